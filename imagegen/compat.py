@@ -1,0 +1,190 @@
+"""Compatibility knowledge: pydantic models of the data files in imagegen/data/.
+
+Frameworks, CUDA releases and bases are facts kept as YAML; this module only loads and
+types them. Nothing here decides by framework name.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import UserInputError
+
+DATA = Path(str(resources.files("imagegen") / "data"))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- frameworks -------------------------------------------------------------------------------
+
+
+class IndexSpec(_Model):
+    kind: Literal["index", "find-links"] = "index"
+    url: str
+
+
+class DeviceSpec(_Model):
+    requirements: list[str]
+    index: str | None = None  # a name from Framework.indexes; None = the host's default index (PyPI)
+
+
+class GpuBuild(_Model):
+    cudnn: str
+    requirements: list[str]
+    index: str | None = None
+
+
+class GpuSpec(_Model):
+    runtime_wheels: Literal["imagegen", "framework"] = "framework"
+    cudart: Literal["static", "shared"] = "shared"
+    dlopen: list[str] = Field(default_factory=list)
+    builds: dict[str, GpuBuild]
+
+
+class FrameworkVersion(_Model):
+    python: list[str]
+    cpu: DeviceSpec | None = None
+    gpu: GpuSpec | None = None
+
+
+class TestProfile(_Model):
+    smoke: str
+    writable_home: bool = False
+
+
+class Framework(_Model):
+    name: str
+    title: str
+    image: str
+    import_name: str
+    libc: list[Literal["glibc", "musl"]]
+    indexes: dict[str, IndexSpec] = Field(default_factory=dict)
+    test: TestProfile
+    inference_prune: dict[str, list[str]] = Field(default_factory=dict)
+    versions: dict[str, FrameworkVersion]
+
+
+# --- CUDA -------------------------------------------------------------------------------------
+
+
+class CudaComponent(_Model):
+    package: str  # with {major}
+    libdir: str  # relative to site-packages
+    provides: dict[str, str]  # unversioned name -> glob of the versioned file in libdir
+
+    def package_for(self, cuda: str) -> str:
+        return self.package.format(major=cuda.split(".")[0])
+
+
+class CudaRelease(_Model):
+    driver_min: str
+    wheels: dict[str, str] = Field(default_factory=dict)
+
+
+class CudaData(_Model):
+    host_provided: list[str]
+    components: dict[str, CudaComponent]
+    releases: dict[str, CudaRelease]
+    cudnn_wheels: dict[str, str] = Field(default_factory=dict)
+
+    def component_for_soname(self, name: str) -> tuple[str, CudaComponent] | None:
+        for key, comp in self.components.items():
+            if name in comp.provides:
+                return key, comp
+        return None
+
+
+# --- bases ------------------------------------------------------------------------------------
+
+
+class BaseRole(_Model):
+    variant: str | None = None  # mmdebstrap variant (bootstrap bases)
+    packages: list[str] = Field(default_factory=list)
+    ref: str | None = None  # registry bases: image reference pinned by digest
+
+
+class BaseSpec(_Model):
+    description: str = ""
+    source: Literal["bootstrap", "registry"]
+    libc: Literal["glibc", "musl"]
+    glibc: str | None = None
+    python: str
+    suite: str | None = None
+    mirror: str = "http://deb.debian.org/debian"
+    snapshot: str | None = None
+    roles: dict[Literal["runtime", "builder", "dev"], BaseRole]
+
+    def role(self, role: str) -> BaseRole:
+        return self.roles[role]  # type: ignore[index]
+
+    def inputs(self, role: str) -> dict:
+        """Everything that determines a bootstrapped role image."""
+        r = self.role(role)
+        return {
+            "suite": self.suite,
+            "mirror": self.mirror,
+            "snapshot": self.snapshot,
+            "variant": r.variant,
+            "packages": sorted(r.packages),
+            "recipe": BOOTSTRAP_RECIPE_VERSION,
+        }
+
+    def role_ref(self, name: str, role: str) -> str:
+        """The image reference a Dockerfile uses for this role.
+
+        Registry roles: their digest-pinned ref. Bootstrapped roles: a local tag derived from
+        the role's inputs, so a changed package list or snapshot is a different image."""
+        r = self.role(role)
+        if self.source == "registry":
+            assert r.ref
+            return r.ref
+        digest = hashlib.sha256(json.dumps(self.inputs(role), sort_keys=True).encode()).hexdigest()[:12]
+        return f"imagegen/base-{name}-{role}:{digest}"
+
+
+# Bumped when the bootstrap recipe in imagegen/bases.py changes in a way that changes the image.
+BOOTSTRAP_RECIPE_VERSION = 1
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+def _load_yaml(path: Path) -> dict:
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserInputError(f"{path}: malformed YAML: {exc}".splitlines()[0]) from None
+
+
+@functools.lru_cache(maxsize=None)
+def frameworks(data_dir: Path = DATA) -> dict[str, Framework]:
+    out: dict[str, Framework] = {}
+    for path in sorted((data_dir / "frameworks").glob("*.yaml")):
+        fw = Framework.model_validate(_load_yaml(path))
+        out[fw.name] = fw
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def cuda(data_dir: Path = DATA) -> CudaData:
+    return CudaData.model_validate(_load_yaml(data_dir / "cuda.yaml"))
+
+
+@functools.lru_cache(maxsize=None)
+def bases(data_dir: Path = DATA) -> dict[str, BaseSpec]:
+    raw = _load_yaml(data_dir / "bases.yaml").get("bases", {})
+    return {name: BaseSpec.model_validate(spec) for name, spec in raw.items()}
+
+
+def smoke_script(framework: Framework) -> Path:
+    return DATA / "smoke" / framework.test.smoke

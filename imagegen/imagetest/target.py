@@ -1,0 +1,176 @@
+"""What an image is tested against: the TestTarget, built from a matrix cell.
+
+A target is plain data (JSON round-trip) so that the pytest session that runs the checks can
+receive it through a file, whether it is started by `run_targets` or by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .. import compat
+
+# Every rule the contents policy knows. A target says which apply (True) to its image.
+POLICY_RULES: dict[str, str] = {
+    "non_root": "the image's default user is not root",
+    "arbitrary_uid": "the framework imports and runs under an arbitrary UID with no passwd entry",
+    "no_docs": "no /usr/share/doc beyond copyright files",
+    "no_man": "no man or info pages",
+    "no_tests_dirs": "no tests/ directories in site-packages",
+    "no_headers": "no C/C++ headers",
+    "no_pkg_caches": "no pip or apt caches",
+    "no_apt_lists": "no apt lists",
+    "stripped": "no unstripped ELF objects (auditwheel *.libs/ dirs exempt)",
+    "no_shell": "no shell in the image",
+    "no_pip": "no pip in the image",
+    "single_python": "exactly one Python installation",
+    "deps_consistent": "every installed distribution's requirements are satisfied (pip check)",
+    "labels": "OCI and imagegen labels present and matching the cell",
+}
+
+SLIM_POLICY: dict[str, bool] = {name: True for name in POLICY_RULES}
+# full = the dev role (pip, headers, toolchain, a shell): only what still makes sense there.
+FULL_POLICY: dict[str, bool] = {
+    **{name: False for name in POLICY_RULES},
+    "non_root": True,
+    "arbitrary_uid": True,
+    "no_pkg_caches": True,
+    "no_apt_lists": True,
+    "single_python": True,
+    "deps_consistent": True,
+    "labels": True,
+}
+
+# Labels every image must carry; values for the ones a cell determines are in TestTarget.labels.
+REQUIRED_LABELS: tuple[str, ...] = (
+    "org.opencontainers.image.title",
+    "org.opencontainers.image.version",
+    "org.opencontainers.image.revision",
+    "org.opencontainers.image.source",
+    "org.opencontainers.image.created",
+    "io.imagegen.framework",
+    "io.imagegen.framework.version",
+    "io.imagegen.device",
+    "io.imagegen.python",
+    "io.imagegen.flavor",
+    "io.imagegen.inputs-digest",
+)
+GPU_LABELS: tuple[str, ...] = ("io.imagegen.cuda", "io.imagegen.cudnn")
+
+
+@dataclass
+class TestTarget:
+    """One image and what its tag claims. `framework` is the compat profile (data)."""
+
+    __test__ = False  # not a pytest class
+
+    image: str  # a reference or ID the local engine knows
+    framework: compat.Framework
+    version: str
+    device: str  # "cpu" | "gpu"
+    python: str  # "3.11"
+    flavor: str = "slim"
+    cuda: str | None = None  # "11.8"
+    cudnn: str | None = None  # "8.6.0" (full) or "8.6"
+    budget_bytes: int | None = None  # uncompressed (engine) size budget
+    budget_compressed_bytes: int | None = None  # sum of gzip(-6) layer sizes budget
+    policy: dict[str, bool] = field(default_factory=lambda: dict(SLIM_POLICY))
+    labels: dict[str, str] = field(default_factory=dict)  # expected label values ("" = present)
+    allow: list[str] = field(default_factory=list)  # fnmatch globs exempt from contents rules
+    python_exe: str = "python3"  # resolved through the image's PATH
+    smoke_script: str | None = None  # default: imagegen/data/smoke/<framework.test.smoke>
+    name: str | None = None  # display id; default: the image reference
+
+    @property
+    def id(self) -> str:
+        return self.name or self.image
+
+    @property
+    def smoke_path(self) -> Path:
+        return Path(self.smoke_script) if self.smoke_script else compat.smoke_script(self.framework)
+
+    def rule(self, name: str) -> bool:
+        return bool(self.policy.get(name, False))
+
+    def expected_labels(self) -> dict[str, str]:
+        """Required labels (value "" = must be present) overlaid with the cell's known values."""
+        out = {k: "" for k in REQUIRED_LABELS}
+        if self.device == "gpu":
+            out.update({k: "" for k in GPU_LABELS})
+        out.update({
+            "io.imagegen.framework": self.framework.name,
+            "io.imagegen.framework.version": self.version,
+            "io.imagegen.device": self.device,
+            "io.imagegen.python": self.python,
+            "io.imagegen.flavor": self.flavor,
+        })
+        if self.device == "gpu":
+            out["io.imagegen.cuda"] = self.cuda or ""
+            out["io.imagegen.cudnn"] = self.cudnn or ""
+        out.update(self.labels)
+        return out
+
+    # --- serialisation -----------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["framework"] = self.framework.model_dump(mode="json")
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "TestTarget":
+        d = dict(d)
+        d["framework"] = compat.Framework.model_validate(d["framework"])
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    @classmethod
+    def from_cell(cls, cell: Any, image: str | None = None, **overrides: Any) -> "TestTarget":
+        """A target from a matrix Cell (duck-typed: framework/version/device/... attributes)."""
+        slimming = cell.slimming.as_dict() if hasattr(cell.slimming, "as_dict") else dict(cell.slimming or {})
+        kw: dict[str, Any] = dict(
+            image=image or cell.ref,
+            framework=cell.fw,
+            version=cell.version,
+            device=cell.device,
+            python=cell.python,
+            flavor=cell.flavor,
+            cuda=cell.cuda,
+            cudnn=cell.cudnn,
+            budget_bytes=cell.budget_size,
+            budget_compressed_bytes=cell.budget_compressed,
+            policy=policy_for(cell.flavor, slimming),
+            name=getattr(cell, "ref", None),
+        )
+        kw.update(overrides)
+        return cls(**kw)
+
+
+def policy_for(flavor: str, slimming: dict[str, Any] | None = None) -> dict[str, bool]:
+    """The rules that apply to a flavor, narrowed by the cell's slimming switches: a contents
+    rule is only enforced when the build was asked to remove that content."""
+    base = dict(SLIM_POLICY if flavor == "slim" else FULL_POLICY)
+    s = slimming or {}
+    switch = {  # slimming key -> policy rules it governs
+        "docs": ("no_docs", "no_man"),
+        "tests": ("no_tests_dirs",),
+        "headers": ("no_headers",),
+        "caches": ("no_pkg_caches", "no_apt_lists"),
+        "strip": ("stripped",),
+        "pip": ("no_pip",),
+    }
+    for key, rules in switch.items():
+        if s.get(key) is not None:
+            for r in rules:
+                base[r] = bool(s[key])
+    return base
+
+
+def dump_targets(targets: list[TestTarget], path: Path) -> None:
+    path.write_text(json.dumps([t.to_json() for t in targets], indent=1))
+
+
+def load_targets(path: Path) -> list[TestTarget]:
+    return [TestTarget.from_json(d) for d in json.loads(Path(path).read_text())]

@@ -1,0 +1,746 @@
+"""matrix.yaml: its model, expansion into cells, validation and selector resolution.
+
+A cell is one image: framework x version x device x CUDA x Python x flavor on a base.
+Everything a cell knows about its framework, CUDA and base comes from imagegen/data (compat.py).
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import functools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.version import InvalidVersion, Version
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from . import compat
+from .errors import UserInputError
+from .yamlsrc import Located
+from .yamlsrc import load as load_yaml
+
+Device = Literal["cpu", "gpu"]
+Flavor = Literal["slim", "full"]
+
+# --- sizes ------------------------------------------------------------------------------------
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(value: str | int) -> int:
+    """'4.5GB' -> 4500000000 (decimal units, like `docker images`); 'GiB' units are binary."""
+    if isinstance(value, bool):
+        raise ValueError("a size, like 800MB or 4.5GB")
+    if isinstance(value, int):
+        return value
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?i?B?)\s*", str(value), re.IGNORECASE)
+    if not m or m.group(2).upper() not in _UNITS:
+        raise ValueError(f"'{value}' is not a size (examples: 800MB, 4.5GB, 2GiB)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def format_size(n: int | float | None) -> str:
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n:.2f} TB"
+
+
+# --- the matrix file's model ------------------------------------------------------------------
+
+_SAFE_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+_REPO_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+_REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]+)?$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_SHELL_META = re.compile(r"[\s'\"`$;&|<>(){}\\!*?\[\]#~]")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Slimming(_Model):
+    docs: bool | None = None
+    tests: bool | None = None
+    headers: bool | None = None
+    caches: bool | None = None
+    bytecode: Literal["drop", "keep"] | None = None
+    static_libs: bool | None = None
+    strip: bool | None = None
+    pip: bool | None = None
+    cudnn_train: bool | None = None
+    flashattn: bool | None = None
+    warpctc: bool | None = None
+
+
+class Budget(_Model):
+    size: int | None = None
+    compressed: int | None = None
+
+    @field_validator("size", "compressed", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        return None if v is None else parse_size(v)
+
+
+def _check_requirement(v: str) -> str:
+    try:
+        req = Requirement(v)
+    except InvalidRequirement as exc:
+        raise ValueError(f"'{v}' is not a valid package requirement ({exc})".splitlines()[0]) from None
+    if req.url:
+        raise ValueError(f"'{v}': direct URL requirements are not allowed; add an index instead")
+    if _SHELL_META.search(v.replace(" ", "")) and not re.fullmatch(r"[A-Za-z0-9._\[\],<>=!~+-]+", v.replace(" ", "")):
+        raise ValueError(f"'{v}' contains characters that are not allowed in a requirement")
+    return v
+
+
+def _check_url(v: str) -> str:
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https", "file") or (parts.scheme != "file" and not parts.netloc):
+        raise ValueError(f"'{v}' is not an http(s) or file URL")
+    if re.search(r"[\s'\"`$;&|<>\\]", v):
+        raise ValueError(f"'{v}' contains characters that are not allowed in a URL")
+    return v
+
+
+class IndexDef(_Model):
+    kind: Literal["index", "find-links"] = "index"
+    url: str
+
+    _url = field_validator("url")(classmethod(lambda cls, v: _check_url(v)))
+
+
+class CudaEntry(_Model):
+    version: str
+    cudnn: str | None = None
+
+
+class VersionEntry(_Model):
+    devices: list[Device] | None = None
+    cuda: list[str | CudaEntry] | None = None
+    python: list[str] | None = None
+    flavors: list[Flavor] | None = None
+    base: str | None = None
+    extra_requirements: list[str] = Field(default_factory=list)
+
+    @field_validator("extra_requirements")
+    @classmethod
+    def _reqs(cls, v: list[str]) -> list[str]:
+        return [_check_requirement(x) for x in v]
+
+
+class Defaults(_Model):
+    base: str = "bookworm"
+    python: list[str] = Field(default_factory=lambda: ["3.11"])
+    devices: list[Device] = Field(default_factory=lambda: ["cpu"])
+    flavors: list[Flavor] = Field(default_factory=lambda: ["slim", "full"])
+    slimming: Slimming = Field(default_factory=Slimming)
+
+
+class Rule(_Model):
+    """Selects cells by glob (`match`, against the full tag) and/or by axis values."""
+
+    match: str | None = None
+    framework: str | None = None
+    version: str | None = None
+    device: Device | None = None
+    cuda: str | None = None
+    python: str | None = None
+    flavor: Flavor | None = None
+    base: str | None = None
+
+
+class ExcludeRule(Rule):
+    reason: str = "excluded by the matrix"
+
+
+class IncludeRule(_Model):
+    framework: str
+    version: str
+    device: Device
+    cuda: str | None = None
+    cudnn: str | None = None
+    python: str | None = None
+    flavor: Flavor
+    base: str | None = None
+
+
+class OverrideRule(Rule):
+    slimming: Slimming | None = None
+    base: str | None = None  # type: ignore[assignment]
+    extra_requirements: list[str] | None = None
+    budget: Budget | None = None
+
+    @field_validator("extra_requirements")
+    @classmethod
+    def _reqs(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else [_check_requirement(x) for x in v]
+
+
+class BudgetRule(Rule):
+    size: int | None = None
+    compressed: int | None = None
+
+    @field_validator("size", "compressed", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        return None if v is None else parse_size(v)
+
+
+class MatrixFile(_Model):
+    schema_: str | None = Field(default=None, alias="$schema")
+    registry: str | None = None
+    namespace: str | None = None
+    default: str | None = None
+    defaults: Defaults = Field(default_factory=Defaults)
+    bases: dict[str, compat.BaseSpec] = Field(default_factory=dict)
+    indexes: dict[str, IndexDef] = Field(default_factory=dict)
+    frameworks: dict[str, dict[str, VersionEntry]]
+    include: list[IncludeRule] = Field(default_factory=list)
+    exclude: list[ExcludeRule] = Field(default_factory=list)
+    overrides: list[OverrideRule] = Field(default_factory=list)
+    budgets: list[BudgetRule] = Field(default_factory=list)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# --- cells ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SlimRules:
+    docs: bool
+    tests: bool
+    headers: bool
+    caches: bool
+    bytecode: str
+    static_libs: bool
+    strip: bool
+    pip: bool
+    cudnn_train: bool
+    flashattn: bool
+    warpctc: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Index:
+    name: str
+    kind: str
+    url: str
+
+
+@dataclass(frozen=True)
+class Cell:
+    framework: str
+    version: str
+    device: str
+    cuda: str | None
+    cudnn: str | None  # full, e.g. "8.6.0"
+    python: str
+    flavor: str
+    base: str
+    image: str
+    tag: str
+    selector: str
+    requirements: tuple[str, ...]
+    indexes: tuple[Index, ...]
+    slimming: SlimRules
+    budget_size: int | None = None
+    budget_compressed: int | None = None
+    excluded: str | None = None
+    origin: str = ""
+    registry: str | None = None
+    namespace: str | None = None
+    base_spec: compat.BaseSpec | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.image}:{self.tag}"
+
+    @property
+    def id(self) -> str:
+        return f"{self.image}-{self.tag}"
+
+    @property
+    def cudnn_short(self) -> str | None:
+        return ".".join(self.cudnn.split(".")[:2]) if self.cudnn else None
+
+    @property
+    def remote_ref(self) -> str:
+        parts = [p for p in (self.registry, self.namespace, self.image) if p]
+        return "/".join(parts) + ":" + self.tag
+
+    @property
+    def fw(self) -> compat.Framework:
+        return compat.frameworks()[self.framework]
+
+    @property
+    def runtime_role(self) -> str:
+        return flavors()[self.flavor]["runtime_role"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ref": self.ref, "id": self.id, "selector": self.selector, "framework": self.framework,
+            "version": self.version, "device": self.device, "cuda": self.cuda, "cudnn": self.cudnn,
+            "python": self.python, "flavor": self.flavor, "base": self.base, "image": self.image,
+            "tag": self.tag, "requirements": list(self.requirements),
+            "indexes": [i.__dict__ for i in self.indexes], "slimming": self.slimming.as_dict(),
+            "budget": {"size": self.budget_size, "compressed": self.budget_compressed},
+            "excluded": self.excluded, "origin": self.origin, "remote_ref": self.remote_ref,
+        }
+
+
+@functools.lru_cache(maxsize=1)
+def flavors() -> dict[str, dict]:
+    return yaml.safe_load((compat.DATA / "flavors.yaml").read_text())
+
+
+def bases_for(matrix: "Matrix") -> dict[str, compat.BaseSpec]:
+    """Bases from imagegen's data, plus (and overridden by) the matrix's own `bases:`."""
+    out = dict(compat.bases())
+    out.update(matrix.file.bases)
+    return out
+
+
+@dataclass
+class Matrix:
+    path: Path
+    file: MatrixFile
+    src: Located
+    cells: list[Cell] = field(default_factory=list)  # included and excluded
+
+    @property
+    def active(self) -> list[Cell]:
+        return [c for c in self.cells if not c.excluded]
+
+    @property
+    def excluded(self) -> list[Cell]:
+        return [c for c in self.cells if c.excluded]
+
+    def select(self, patterns: list[str] | None, *, all_cells: bool = False) -> list[Cell]:
+        if all_cells or not patterns:
+            return list(self.active)
+        chosen: list[Cell] = []
+        for p in patterns:
+            for c in resolve_selector(self, p):
+                if c not in chosen:
+                    chosen.append(c)
+        return chosen
+
+
+# --- loading and validation -------------------------------------------------------------------
+
+
+def _fail(src: Located, path: tuple, message: str) -> UserInputError:
+    return UserInputError(f"{src.where(path)}: {message}")
+
+
+def _did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _pydantic_error(src: Located, exc: ValidationError) -> UserInputError:
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    # pydantic puts union-member names into loc (e.g. 'str', 'CudaEntry'); drop them for the path.
+    noise = {"str", "int", "float", "bool", "list", "dict", "CudaEntry", "Budget", "Slimming", "IndexDef"}
+    path = tuple(p for p in loc if not (isinstance(p, str) and (p in noise or p.startswith(("function-", "list[")))))
+    dotted = ".".join(str(p) for p in path) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        key = str(path[-1])
+        parent = _model_at(path[:-1])
+        hint = _did_you_mean(key, _field_names(parent)) if parent else ""
+        where = ".".join(str(p) for p in path[:-1]) or "the top level"
+        return _fail(src, path, f"unknown key '{key}' in {where}{hint}")
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if err["type"] == "literal_error":
+        msg = f"{err['input']!r} is not one of {err['ctx']['expected']}"
+    return _fail(src, path, f"{dotted}: {msg}")
+
+
+def _model_at(path: tuple) -> type[BaseModel] | None:
+    """The pydantic model that describes the mapping at `path` (for did-you-mean)."""
+    model: Any = MatrixFile
+    i = 0
+    while i < len(path):
+        key = path[i]
+        if model is MatrixFile and key == "frameworks":
+            if len(path) - i <= 2:
+                return None
+            model, i = VersionEntry, i + 3
+            continue
+        if model is MatrixFile and key in ("bases",):
+            return compat.BaseSpec if len(path) - i == 2 else None
+        fields = {f.alias or n: f for n, f in model.model_fields.items()} if hasattr(model, "model_fields") else {}
+        if key not in fields:
+            return None
+        ann = fields[key].annotation
+        nxt = None
+        for cand in (Defaults, Slimming, IncludeRule, ExcludeRule, OverrideRule, BudgetRule, Budget, IndexDef):
+            if cand is ann or cand.__name__ in str(ann):
+                nxt = cand
+                break
+        if nxt is None:
+            return None
+        model = nxt
+        i += 1
+        if i < len(path) and isinstance(path[i], int):
+            i += 1
+        if model is IndexDef and i < len(path):  # dict of indexes: skip the name
+            i += 1
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def load(path: str | Path) -> Matrix:
+    path = Path(path)
+    src = load_yaml(path)
+    if not isinstance(src.data, dict):
+        raise _fail(src, (), "the matrix must be a mapping with a 'frameworks' key")
+    try:
+        mf = MatrixFile.model_validate(src.data)
+    except ValidationError as exc:
+        raise _pydantic_error(src, exc) from None
+    m = Matrix(path=path, file=mf, src=src)
+    _validate_names(m)
+    m.cells = _expand(m)
+    return m
+
+
+def _validate_names(m: Matrix) -> None:
+    src, mf = m.src, m.file
+    if mf.registry is not None and not _REGISTRY.match(mf.registry):
+        raise _fail(src, ("registry",), f"'{mf.registry}' is not a valid registry host[:port]")
+    if mf.namespace is not None:
+        for part in mf.namespace.split("/"):
+            if not _REPO_COMPONENT.match(part):
+                raise _fail(src, ("namespace",), f"'{mf.namespace}' is not a valid image namespace "
+                            "(lowercase letters, digits and . _ - separators)")
+    for name, spec in mf.bases.items():
+        for role, r in spec.roles.items():
+            if spec.source == "registry" and (not r.ref or "@sha256:" not in r.ref):
+                raise _fail(src, ("bases", name, "roles", role), f"registry base '{name}' role {role} must be "
+                            "pinned by digest (name:tag@sha256:...)")
+            for pkg in r.packages:
+                if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*(:[a-z0-9]+)?(=[A-Za-z0-9.+~:-]+)?", pkg):
+                    raise _fail(src, ("bases", name, "roles", role, "packages"), f"'{pkg}' is not a Debian package name")
+        _check_mirror = spec.mirror
+        try:
+            _check_url(_check_mirror)
+        except ValueError as exc:
+            raise _fail(src, ("bases", name, "mirror"), str(exc)) from None
+    for fw_name, versions in mf.frameworks.items():
+        if fw_name not in compat.frameworks():
+            raise _fail(src, ("frameworks", fw_name), f"unknown framework '{fw_name}'"
+                        f"{_did_you_mean(fw_name, compat.frameworks())}; known: {', '.join(sorted(compat.frameworks()))}")
+        seen: dict[Version, str] = {}
+        for ver in versions:
+            try:
+                parsed = Version(ver)
+            except InvalidVersion:
+                raise _fail(src, ("frameworks", fw_name, ver), f"'{ver}' is not a valid version (PEP 440)") from None
+            if parsed in seen:
+                raise _fail(src, ("frameworks", fw_name, ver),
+                            f"duplicate cells: version '{ver}' is the same as '{seen[parsed]}'")
+            seen[parsed] = ver
+
+
+def _pyver_ok(v: str) -> bool:
+    return re.fullmatch(r"3\.[0-9]{1,2}", v) is not None
+
+
+def _normalize_cuda(entry: str | CudaEntry) -> CudaEntry:
+    return entry if isinstance(entry, CudaEntry) else CudaEntry(version=str(entry))
+
+
+def _rule_matches(rule: Rule, cell: Cell) -> bool:
+    for axis in ("framework", "version", "device", "cuda", "python", "flavor", "base"):
+        want = getattr(rule, axis)
+        if want is not None and str(want) != str(getattr(cell, axis)):
+            return False
+    if rule.match is not None and not any(
+        fnmatch.fnmatchcase(name, rule.match) for name in (cell.ref, f"{cell.framework}:{cell.tag}", cell.tag)
+    ):
+        return False
+    return True
+
+
+def _expand(m: Matrix) -> list[Cell]:
+    src, mf = m.src, m.file
+    cuda_data = compat.cuda()
+    all_bases = bases_for(m)
+    cells: list[Cell] = []
+    where_of: dict[str, str] = {}
+
+    def emit(fw_name: str, ver: str, device: str, cuda_e: CudaEntry | None, py: str, flavor: str,
+             base_name: str, extra: list[str], path: tuple, multi_py: bool) -> None:
+        fw = compat.frameworks()[fw_name]
+        where = src.where(path)
+        if ver not in fw.versions:
+            raise UserInputError(f"{where}: {fw_name} {ver} is not in imagegen's compatibility data "
+                                 f"(known versions: {', '.join(fw.versions)})")
+        fv = fw.versions[ver]
+        if base_name not in all_bases:
+            raise UserInputError(f"{where}: unknown base '{base_name}'{_did_you_mean(base_name, all_bases)}; "
+                                 f"known: {', '.join(sorted(all_bases))}")
+        base = all_bases[base_name]
+        if base.libc not in fw.libc:
+            raise UserInputError(
+                f"{where}: {fw_name} publishes only manylinux ({'/'.join(fw.libc)}) wheels, which do not run on "
+                f"{base.libc}; base '{base_name}' cannot carry it (use a glibc base such as 'bookworm')")
+        if not _pyver_ok(py):
+            raise UserInputError(f"{where}: '{py}' is not a Python version like 3.11")
+        if py not in fv.python:
+            raise UserInputError(f"{where}: {fw_name} {ver} supports Python {', '.join(fv.python)}, not {py}")
+        if py != base.python:
+            raise UserInputError(f"{where}: base '{base_name}' provides Python {base.python}, not {py}")
+        indexes: list[Index] = []
+        reqs: list[str]
+        cuda_v = cudnn_v = None
+        if device == "cpu":
+            if cuda_e is not None:
+                raise UserInputError(f"{where}: a cpu cell takes no CUDA version")
+            if fv.cpu is None:
+                raise UserInputError(f"{where}: {fw_name} {ver} has no CPU build in imagegen's data")
+            reqs = list(fv.cpu.requirements)
+            index_name = fv.cpu.index
+        else:
+            if fv.gpu is None:
+                raise UserInputError(f"{where}: {fw_name} {ver} has no GPU build in imagegen's data")
+            if cuda_e is None:
+                raise UserInputError(f"{where}: a gpu cell needs a CUDA version; {fw_name} {ver} supports "
+                                     f"{', '.join(fv.gpu.builds)}")
+            cuda_v = cuda_e.version
+            if cuda_v not in fv.gpu.builds:
+                raise UserInputError(f"{where}: {fw_name} {ver} has no CUDA {cuda_v} build; it supports "
+                                     f"{', '.join(fv.gpu.builds)}")
+            build = fv.gpu.builds[cuda_v]
+            cudnn_v = build.cudnn
+            if cuda_e.cudnn and not (cudnn_v == cuda_e.cudnn or cudnn_v.startswith(cuda_e.cudnn + ".")):
+                raise UserInputError(f"{where}: {fw_name} {ver} with CUDA {cuda_v} is built with cuDNN {cudnn_v}, "
+                                     f"not {cuda_e.cudnn}")
+            if cuda_v not in cuda_data.releases:
+                raise UserInputError(f"{where}: CUDA {cuda_v} is not in imagegen's CUDA data")
+            reqs = list(build.requirements)
+            index_name = build.index
+            if fv.gpu.runtime_wheels == "imagegen":
+                rel = cuda_data.releases[cuda_v]
+                missing = [c for c in cuda_data.components if c not in rel.wheels and c != "cudnn"]
+                if missing or cudnn_v not in cuda_data.cudnn_wheels:
+                    raise UserInputError(f"{where}: imagegen has no NVIDIA runtime wheel pins for CUDA {cuda_v} / "
+                                         f"cuDNN {cudnn_v} (add them to imagegen/data/cuda.yaml)")
+                for comp_name, comp in cuda_data.components.items():
+                    pin = cuda_data.cudnn_wheels[cudnn_v] if comp_name == "cudnn" else rel.wheels[comp_name]
+                    reqs.append(f"{comp.package_for(cuda_v)}=={pin}")
+        if index_name:
+            idx = mf.indexes.get(index_name) or fw.indexes.get(index_name)
+            if idx is None:
+                raise UserInputError(f"{where}: index '{index_name}' is not defined")
+            indexes.append(Index(index_name, idx.kind, idx.url))
+        reqs.extend(extra)
+        tag_parts = [ver, device]
+        sel_parts = [device]
+        if cuda_v:
+            tag_parts += [f"cuda{cuda_v}", f"cudnn{'.'.join(cudnn_v.split('.')[:2])}"]
+            sel_parts += [f"cuda{cuda_v}"]
+        if multi_py:
+            tag_parts.append(f"py{py}")
+            sel_parts.append(f"py{py}")
+        tag_parts.append(flavor)
+        sel_parts.append(flavor)
+        tag = "-".join(tag_parts)
+        if not _TAG.match(tag):
+            raise UserInputError(f"{where}: '{tag}' would not be a valid Docker tag")
+        if not _REPO_COMPONENT.match(fw.image):
+            raise UserInputError(f"{where}: '{fw.image}' would not be a valid image name")
+        proto = Cell(
+            framework=fw_name, version=ver, device=device, cuda=cuda_v, cudnn=cudnn_v, python=py,
+            flavor=flavor, base=base_name, image=fw.image, tag=tag, selector="-".join(sel_parts),
+            requirements=tuple(reqs), indexes=tuple(indexes), slimming=_slim_rules(m, None, flavor),
+            origin=where, registry=mf.registry, namespace=mf.namespace, base_spec=base,
+        )
+        if proto.ref in where_of:
+            raise UserInputError(f"{where}: duplicate cells: {proto.ref} is already defined at {where_of[proto.ref]}")
+        where_of[proto.ref] = where
+        cells.append(proto)
+
+    for fw_name, versions in mf.frameworks.items():
+        for ver, entry in versions.items():
+            vpath = ("frameworks", fw_name, ver)
+            devices = entry.devices or mf.defaults.devices
+            pys = [str(p) for p in (entry.python or mf.defaults.python)]
+            flavs = entry.flavors or mf.defaults.flavors
+            base_name = entry.base or mf.defaults.base
+            for dup_list, key in ((devices, "devices"), (pys, "python"), (flavs, "flavors")):
+                if len(set(dup_list)) != len(dup_list):
+                    raise _fail(src, vpath + (key,), f"duplicate cells: {key} lists a value twice")
+            cudas = [_normalize_cuda(c) for c in (entry.cuda or [])]
+            if len({c.version for c in cudas}) != len(cudas):
+                raise _fail(src, vpath + ("cuda",), "duplicate cells: cuda lists a version twice")
+            if "gpu" in devices and not cudas:
+                raise _fail(src, vpath, f"{fw_name} {ver} lists device gpu but no cuda versions")
+            if cudas and "gpu" not in devices:
+                raise _fail(src, vpath + ("cuda",), "cuda versions given but devices has no gpu")
+            for device in devices:
+                for ci, cuda_e in enumerate(cudas if device == "gpu" else [None]):
+                    for py in pys:
+                        for flavor in flavs:
+                            path = vpath + (("cuda", ci) if cuda_e else ("devices",))
+                            emit(fw_name, ver, device, cuda_e, py, flavor, base_name, entry.extra_requirements,
+                                 path, len(pys) > 1)
+    for i, inc in enumerate(mf.include):
+        path = ("include", i)
+        if inc.framework not in compat.frameworks():
+            raise _fail(src, path, f"unknown framework '{inc.framework}'{_did_you_mean(inc.framework, compat.frameworks())}")
+        try:
+            Version(inc.version)
+        except InvalidVersion:
+            raise _fail(src, path + ("version",), f"'{inc.version}' is not a valid version (PEP 440)") from None
+        cuda_e = CudaEntry(version=inc.cuda, cudnn=inc.cudnn) if inc.cuda else None
+        py = inc.python or mf.defaults.python[0]
+        emit(inc.framework, inc.version, inc.device, cuda_e, py, inc.flavor, inc.base or mf.defaults.base, [],
+             path, False)
+
+    # overrides, budgets, excludes: applied in file order; later rules win.
+    out: list[Cell] = []
+    used_excludes: set[int] = set()
+    for cell in cells:
+        slim_override: dict[str, Any] = {}
+        extra: list[str] = []
+        base_name = cell.base
+        size = comp = None
+        for rule in mf.overrides:
+            if _rule_matches(rule, cell):
+                if rule.slimming:
+                    slim_override.update(rule.slimming.model_dump(exclude_none=True))
+                if rule.extra_requirements:
+                    extra.extend(rule.extra_requirements)
+                if rule.base:
+                    base_name = rule.base
+                if rule.budget:
+                    size = rule.budget.size if rule.budget.size is not None else size
+                    comp = rule.budget.compressed if rule.budget.compressed is not None else comp
+        for rule in mf.budgets:
+            if _rule_matches(rule, cell):
+                size = rule.size if rule.size is not None else size
+                comp = rule.compressed if rule.compressed is not None else comp
+        excluded = None
+        for i, rule in enumerate(mf.exclude):
+            if _rule_matches(rule, cell):
+                excluded = rule.reason
+                used_excludes.add(i)
+        if base_name not in all_bases:
+            raise UserInputError(f"{cell.origin}: override sets unknown base '{base_name}'")
+        if all_bases[base_name].libc not in cell.fw.libc:
+            raise UserInputError(f"{cell.origin}: {cell.framework} publishes only manylinux wheels, which do not "
+                                 f"run on {all_bases[base_name].libc}; an override puts {cell.ref} on '{base_name}'")
+        out.append(_replace(cell, slimming=_slim_rules(m, slim_override, cell.flavor),
+                            requirements=cell.requirements + tuple(extra), base=base_name,
+                            budget_size=size, budget_compressed=comp, excluded=excluded,
+                            base_spec=all_bases[base_name]))
+    for i, rule in enumerate(mf.exclude):
+        if i not in used_excludes:
+            raise _fail(src, ("exclude", i), "this exclude rule matches no cell (check the pattern)")
+    if mf.default:
+        _check_default(m, out)
+    if not [c for c in out if not c.excluded]:
+        raise _fail(src, ("frameworks",), "the matrix defines no cells")
+    return out
+
+
+def _check_default(m: Matrix, cells: list[Cell]) -> None:
+    fw, _, ver = (m.file.default or "").partition(":")
+    if not any(c.framework == fw and (not ver or c.version == ver) for c in cells):
+        raise _fail(m.src, ("default",), f"default '{m.file.default}' matches no framework:version in the matrix")
+
+
+def _replace(cell: Cell, **changes: Any) -> Cell:
+    import dataclasses
+
+    return dataclasses.replace(cell, **changes)
+
+
+def _slim_rules(m: Matrix, override: dict[str, Any] | None, flavor: str) -> SlimRules:
+    values = dict(flavors()[flavor]["slimming"])
+    values.update(m.file.defaults.slimming.model_dump(exclude_none=True) if flavor == "slim" else {})
+    values.update(override or {})
+    return SlimRules(**values)
+
+
+# --- selectors --------------------------------------------------------------------------------
+
+
+def resolve_selector(m: Matrix, pattern: str) -> list[Cell]:
+    """A short selector (gpu-cuda11.8-slim), a full tag (paddle:2.6.2-gpu-cuda11.8-cudnn8.6-slim),
+    a framework-scoped one (paddle:3.3.1-cpu-slim, torch:cpu-slim) or a glob (paddle:*-cpu-*)."""
+    pattern = pattern.strip()
+    if not pattern or len(pattern) > 200 or re.search(r"\s", pattern):
+        raise UserInputError(f"'{pattern}' is not a variant selector")
+    active = m.active
+
+    def names(c: Cell) -> list[str]:
+        return [c.ref, f"{c.framework}:{c.tag}", c.id, c.tag, c.selector, f"{c.framework}:{c.selector}",
+                f"{c.image}:{c.selector}", f"{c.framework}:{c.version}-{c.selector}",
+                f"{c.image}:{c.version}-{c.selector}", f"{c.version}-{c.selector}"]
+
+    if any(ch in pattern for ch in "*?["):
+        hits = [c for c in active if any(fnmatch.fnmatchcase(n, pattern) for n in names(c))]
+        if not hits:
+            raise UserInputError(f"variant pattern '{pattern}' matches no cell; try `imagegen list`")
+        return hits
+    for group in (lambda c: [c.ref, f"{c.framework}:{c.tag}", c.id],  # exact full names first
+                  lambda c: [c.tag, f"{c.framework}:{c.version}-{c.selector}", f"{c.image}:{c.version}-{c.selector}",
+                             f"{c.version}-{c.selector}"],
+                  None):
+        if group is None:
+            hits = [c for c in active if pattern in (c.selector, f"{c.framework}:{c.selector}",
+                                                      f"{c.image}:{c.selector}")]
+        else:
+            hits = [c for c in active if pattern in group(c)]
+        if len(hits) > 1 and group is None and m.file.default and ":" not in pattern:
+            fw, _, ver = m.file.default.partition(":")
+            scoped = [c for c in hits if c.framework == fw and (not ver or c.version == ver)]
+            if len(scoped) == 1:
+                return scoped
+        if len(hits) == 1:
+            return hits
+        if len(hits) > 1:
+            raise UserInputError(f"variant '{pattern}' is ambiguous; candidates: {', '.join(c.ref for c in hits)}")
+    excluded = [c for c in m.excluded if pattern in names(c)]
+    if excluded:
+        raise UserInputError(f"variant '{pattern}' is excluded from the matrix: {excluded[0].excluded}")
+    close = difflib.get_close_matches(pattern, sorted({n for c in active for n in (c.selector, c.ref)}), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; try `imagegen list`"
+    raise UserInputError(f"no cell matches variant '{pattern}'{hint}")
+
+
+# --- JSON Schema ------------------------------------------------------------------------------
+
+
+def json_schema() -> dict:
+    schema = MatrixFile.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "imagegen matrix.yaml"
+    schema["properties"]["frameworks"]["propertyNames"] = {"enum": sorted(compat.frameworks())}
+    return schema

@@ -1,0 +1,202 @@
+"""Render templates/ into one build folder per cell, deterministically, and check for drift."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import shlex
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+import yaml
+
+from . import compat
+from .errors import UserInputError
+from .matrix import Cell, Matrix, flavors
+
+VENV = "/opt/venv"
+USER = {"name": "app", "uid": 1000, "gid": 1000}
+SCRIPTS = Path(str(resources.files("imagegen") / "scripts"))
+
+
+def templates_dir(matrix_path: Path | None = None) -> Path:
+    """templates/ beside the matrix, else the repository's, else the copy shipped in the wheel."""
+    candidates = []
+    if matrix_path is not None:
+        candidates.append(matrix_path.resolve().parent / "templates")
+    candidates.append(Path(__file__).resolve().parent.parent / "templates")
+    candidates.append(Path(str(resources.files("imagegen") / "_templates")))
+    for c in candidates:
+        if (c / "Dockerfile.j2").is_file():
+            return c
+    raise UserInputError("no templates/ directory with Dockerfile.j2 found next to the matrix")
+
+
+def _env(tdir: Path) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(tdir)),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["shell_quote"] = lambda v: shlex.quote(str(v))
+    return env
+
+
+def site_packages(cell: Cell) -> str:
+    return f"{VENV}/lib/python{cell.python}/site-packages"
+
+
+def prune_config(cell: Cell) -> dict:
+    """The rules in force and the paths they act on, as the builder's prune.py reads them."""
+    data = yaml.safe_load((compat.DATA / "prune.yaml").read_text())
+    rules = cell.slimming.as_dict()
+    fw = cell.fw
+    globs = {k: list(v) for k, v in data.items() if k != "protect"}
+    for name, paths in fw.inference_prune.items():
+        globs.setdefault(name, []).extend(paths)
+    cfg: dict = {
+        "cell": cell.ref,
+        "venv": VENV,
+        "site_packages": site_packages(cell),
+        "rules": rules,
+        "globs": globs,
+        "protect": data.get("protect", []),
+        "cuda": None,
+    }
+    if cell.device == "gpu":
+        cuda = compat.cuda()
+        links = {}
+        gpu = fw.versions[cell.version].gpu
+        for name in gpu.dlopen if gpu else []:
+            hit = cuda.component_for_soname(name)
+            if hit is None:
+                raise UserInputError(f"{fw.name} {cell.version} dlopens {name}, which no CUDA component in "
+                                     "imagegen/data/cuda.yaml provides")
+            _, comp = hit
+            links[name] = {"dir": comp.libdir, "target_glob": comp.provides[name]}
+        cfg["cuda"] = {
+            "libdirs": sorted({c.libdir for c in cuda.components.values()}),
+            "links": links,
+            "ldconf": "/etc/ld.so.conf.d/imagegen-cuda.conf",
+        }
+    return cfg
+
+
+def runtime_env(cell: Cell) -> list[tuple[str, str]]:
+    env = [
+        ("PATH", f"{VENV}/bin:/usr/local/bin:/usr/bin:/bin"),
+        ("VIRTUAL_ENV", VENV),
+        ("HOME", f"/home/{USER['name']}"),
+        ("LANG", "C.UTF-8"),
+        ("PYTHONUNBUFFERED", "1"),
+    ]
+    if cell.slimming.bytecode == "drop":
+        env.append(("PYTHONDONTWRITEBYTECODE", "1"))
+    if cell.device == "gpu":
+        env += [
+            ("NVIDIA_VISIBLE_DEVICES", "all"),
+            ("NVIDIA_DRIVER_CAPABILITIES", "compute,utility"),
+            ("NVIDIA_REQUIRE_CUDA", f"cuda>={cell.cuda}"),
+        ]
+    return env
+
+
+@dataclass(frozen=True)
+class Rendered:
+    cell: Cell
+    files: dict[str, str]  # relative path -> content
+
+
+def render_cell(m: Matrix, cell: Cell, tdir: Path | None = None) -> Rendered:
+    tdir = tdir or templates_dir(m.path)
+    env = _env(tdir)
+    base = cell.base_spec
+    assert base is not None
+    roles = {r: base.role(r) for r in ("runtime", "builder", "dev") if r in base.roles}
+    refs = {r: base.role_ref(cell.base, r) for r in roles}
+    cfg = prune_config(cell)
+    ctx = {
+        "cell": cell,
+        "framework": cell.fw,
+        "flavor": flavors()[cell.flavor],
+        "base": base,
+        "roles": roles,
+        "refs": refs,
+        "venv": VENV,
+        "user": USER,
+        "gpu_libdirs": (cfg["cuda"] or {}).get("libdirs", []),
+        "driver_min": compat.cuda().releases[cell.cuda].driver_min if cell.cuda else None,
+        "env": [f"{k}={shlex.quote(v)}" for k, v in runtime_env(cell)],
+    }
+    try:
+        dockerfile = env.get_template("Dockerfile.j2").render(**ctx)
+    except jinja2.TemplateError as exc:
+        raise UserInputError(f"template error: {exc}") from None
+    dockerfile = _tidy(dockerfile)
+    files = {
+        "Dockerfile": dockerfile,
+        "imagegen/prune.json": json.dumps(cfg, indent=2, sort_keys=True) + "\n",
+    }
+    return Rendered(cell=cell, files=files)
+
+
+def _tidy(text: str) -> str:
+    """Collapse runs of blank lines so partial boundaries don't leave gaps; end with one newline."""
+    out: list[str] = []
+    for line in text.splitlines():
+        line = line.rstrip()
+        if not line and (not out or not out[-1]):
+            continue
+        out.append(line)
+    while out and not out[-1]:
+        out.pop()
+    return "\n".join(out) + "\n"
+
+
+def write(rendered: list[Rendered], out_dir: Path) -> list[Path]:
+    """Write each cell's folder atomically enough: render everything first, then write."""
+    written = []
+    for r in rendered:
+        folder = out_dir / r.cell.id
+        for rel, content in sorted(r.files.items()):
+            path = folder / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists() or path.read_text() != content:
+                path.write_text(content)
+            written.append(path)
+    return written
+
+
+def check(rendered: list[Rendered], out_dir: Path, all_cells: bool) -> list[str]:
+    """Drift between committed files and a fresh render: a list of problems (empty = clean)."""
+    problems: list[str] = []
+    expected_dirs = {r.cell.id for r in rendered}
+    for r in rendered:
+        for rel, content in sorted(r.files.items()):
+            path = out_dir / r.cell.id / rel
+            if not path.exists():
+                problems.append(f"{path}: missing (run `imagegen render`)")
+                continue
+            current = path.read_text()
+            if current != content:
+                diff = difflib.unified_diff(current.splitlines(), content.splitlines(), str(path), "rendered", n=0,
+                                            lineterm="")
+                first = next((d for d in list(diff)[2:] if d[:1] in "+-"), "")
+                problems.append(f"{path}: drifted from the templates ({first.strip()[:120]})")
+    if all_cells and out_dir.is_dir():
+        for stale in sorted(p.name for p in out_dir.iterdir() if p.is_dir() and p.name not in expected_dirs):
+            problems.append(f"{out_dir / stale}: no longer in the matrix (delete it)")
+    return problems
+
+
+def build_context_files(cell: Cell) -> dict[str, Path]:
+    """Static helper scripts every build context carries (not committed per cell)."""
+    return {
+        "imagegen/prune.py": SCRIPTS / "prune.py",
+        "imagegen/sysroot.py": SCRIPTS / "sysroot.py",
+    }
