@@ -360,7 +360,8 @@ def _field_names(model: type[BaseModel]) -> list[str]:
 
 
 def _pydantic_error(src: Located, exc: ValidationError) -> UserInputError:
-    err = exc.errors()[0]
+    errors = exc.errors()
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = tuple(err["loc"])
     # pydantic puts union-member names into loc (e.g. 'str', 'CudaEntry'); drop them for the path.
     noise = {"str", "int", "float", "bool", "list", "dict", "CudaEntry", "Budget", "Slimming", "IndexDef"}
@@ -372,6 +373,9 @@ def _pydantic_error(src: Located, exc: ValidationError) -> UserInputError:
         hint = _did_you_mean(key, _field_names(parent)) if parent else ""
         where = ".".join(str(p) for p in path[:-1]) or "the top level"
         return _fail(src, path, f"unknown key '{key}' in {where}{hint}")
+    if err["type"] == "missing":
+        where = ".".join(str(p) for p in path[:-1]) or "the top level"
+        return _fail(src, path[:-1], f"missing required key '{path[-1]}' in {where}")
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]

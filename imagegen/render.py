@@ -122,6 +122,7 @@ def render_cell(m: Matrix, cell: Cell, tdir: Path | None = None) -> Rendered:
     cfg = prune_config(cell)
     ctx = {
         "cell": cell,
+        "origin": _portable_origin(cell.origin),
         "framework": cell.fw,
         "flavor": flavors()[cell.flavor],
         "base": base,
@@ -143,6 +144,12 @@ def render_cell(m: Matrix, cell: Cell, tdir: Path | None = None) -> Rendered:
         "imagegen/prune.json": json.dumps(cfg, indent=2, sort_keys=True) + "\n",
     }
     return Rendered(cell=cell, files=files)
+
+
+def _portable_origin(origin: str) -> str:
+    """'some/dir/matrix.yaml:17' -> 'matrix.yaml:17', so output doesn't depend on the working directory."""
+    file, _, line = origin.rpartition(":")
+    return f"{Path(file).name}:{line}" if file else origin
 
 
 def _tidy(text: str) -> str:

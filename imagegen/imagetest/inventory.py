@@ -68,24 +68,8 @@ class Inventory:
     def exists(self, path: str) -> bool:
         return path.strip("/") in self.files
 
-    def resolve(self, path: str, depth: int = 0) -> str | None:
-        """Follow symlinks (absolute and relative, also in parent dirs) inside the image."""
-        parts = [p for p in path.strip("/").split("/") if p]
-        cur = ""
-        for i, part in enumerate(parts):
-            cur = posixpath.join(cur, part) if cur else part
-            e = self.files.get(cur)
-            if e is None:
-                return None
-            if e[T] == "l":
-                if depth > 40:
-                    return None
-                target = e[LINK]
-                base = posixpath.dirname(cur)
-                joined = target if target.startswith("/") else posixpath.join("/" + base, target)
-                rest = "/".join(parts[i + 1:])
-                return self.resolve(posixpath.normpath(posixpath.join(joined, rest)) if rest else posixpath.normpath(joined), depth + 1)
-        return cur
+    def resolve(self, path: str) -> str | None:
+        return resolve(self.files, path)
 
     def to_json(self) -> dict:
         return {
@@ -100,6 +84,29 @@ class Inventory:
     @classmethod
     def from_json(cls, d: dict) -> "Inventory":
         return cls(d["image_id"], [Layer(**x) for x in d["layers"]], d["files"], d.get("config", {}), d.get("seconds", 0.0))
+
+
+def resolve(files: dict[str, list], path: str, depth: int = 0) -> str | None:
+    """The path a name reaches inside the image, following symlinks (absolute and relative,
+    also in parent directories); None if it does not exist."""
+    parts = [p for p in path.strip("/").split("/") if p]
+    cur = ""
+    for i, part in enumerate(parts):
+        if part == "..":
+            cur = posixpath.dirname(cur)
+            continue
+        cur = posixpath.join(cur, part) if cur else part
+        e = files.get(cur)
+        if e is None:
+            return None
+        if e[T] == "l":
+            if depth > 40:
+                return None
+            target = e[LINK]
+            joined = target if target.startswith("/") else posixpath.join("/" + posixpath.dirname(cur), target)
+            rest = "/".join(parts[i + 1:])
+            return resolve(files, posixpath.normpath(posixpath.join(joined, rest) if rest else joined), depth + 1)
+    return cur
 
 
 # --- ELF --------------------------------------------------------------------------------------

@@ -1,0 +1,1056 @@
+"""Base images: bootstrapped from Debian packages (mmdebstrap + docker import) or pulled by digest.
+
+A bootstrapped base gives three roles (see imagegen/data/bases.yaml):
+
+* ``runtime``  distroless-like: ``mmdebstrap --variant=extract`` of the listed packages. apt
+  resolves their hard dependencies; packages listed with a trailing ``-`` (``debconf-``) are
+  *cut*: the dependency walk does not enter them, and the files of every downloaded package
+  outside the walk are deleted again (they only serve maintainer scripts that never run in an
+  extracted tree: dpkg, debconf, perl, awk, the openssl CLI). The kept packages are written to
+  ``/var/lib/dpkg/status`` (plus ``info/<pkg>.list``), with Depends clauses on cut packages moved
+  to an ``Imagegen-Dropped-Depends`` field so apt sees a consistent state when pointed at it with
+  ``-o Dir::State::status=``.
+* ``builder`` and ``dev``: ``minbase`` plus the listed packages, installed by dpkg, with docs, man
+  pages and locales excluded by a dpkg path filter that stays in the image.
+
+The rootfs tarball is reproducible: SOURCE_DATE_EPOCH comes from the snapshot date, or from the
+``Date`` of the suite's InRelease, so the same archive state gives the same tarball bytes. Its
+sha256 is recorded in the image labels. Import is atomic: the image is imported untagged, checked
+(``python3`` runs, as root, uid 1000 and an arbitrary uid), then tagged; any failure or Ctrl-C
+removes the untagged image and the temporary directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import hashlib
+import io
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from . import compat
+from .console import log, warn
+from .errors import EngineError, ImagegenError, UserInputError
+
+LABEL_PREFIX = "imagegen.base"
+RUNTIME_USER = {"name": "app", "uid": 1000, "gid": 1000, "home": "/home/app"}
+IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+LIB_DIRS = ("lib", "usr/lib", "lib64", "usr/lib64", "lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
+SMOKE = "import ssl, sqlite3, json, ctypes, zlib, lzma, bz2, hashlib, zoneinfo; print('ok')"
+SMOKE_UIDS = ("0", "1000", "12345")
+
+# Applied as dpkg path filters (minbase roles) and by the runtime finalizer (extract variant).
+DOC_EXCLUDES = (
+    "/usr/share/doc/*",
+    "/usr/share/man/*",
+    "/usr/share/info/*",
+    "/usr/share/locale/*",
+    "/usr/share/lintian/*",
+    "/usr/share/linda/*",
+    "/usr/share/doc-base/*",
+    "/usr/share/bug/*",
+    "/usr/share/menu/*",
+)
+DOC_INCLUDES = ("/usr/share/doc/*/copyright", "/usr/share/locale/locale.alias")
+
+_DIGEST_RE = re.compile(r"^(?P<name>[^@\s]+?)(?::(?P<tag>[\w][\w.-]{0,127}))?@(?P<digest>sha256:[0-9a-f]{64})$")
+_SNAPSHOT_RE = re.compile(r"^\d{8}T\d{6}Z$")
+
+
+# --- specs, refs ------------------------------------------------------------------------------
+
+
+def _spec(base_name: str) -> compat.BaseSpec:
+    known = compat.bases()
+    if base_name not in known:
+        raise UserInputError(f"unknown base {base_name!r}; known bases: {', '.join(sorted(known))}")
+    return known[base_name]
+
+
+def _roles(spec: compat.BaseSpec, role: str | None) -> list[str]:
+    if role is None:
+        return [r for r in ("builder", "dev", "runtime") if r in spec.roles]
+    if role not in spec.roles:
+        raise UserInputError(f"unknown role {role!r}; roles: {', '.join(spec.roles)}")
+    return [role]
+
+
+@dataclass(frozen=True)
+class PinnedRef:
+    name: str  # repository, with registry host if any
+    tag: str | None
+    digest: str
+
+    @property
+    def by_digest(self) -> str:
+        return f"{self.name}@{self.digest}"
+
+    @property
+    def registry(self) -> str:
+        first = self.name.split("/", 1)[0]
+        if "/" in self.name and ("." in first or ":" in first or first == "localhost"):
+            return first
+        return "docker.io"
+
+
+def parse_pinned(ref: str) -> PinnedRef:
+    """``name[:tag]@sha256:<64 hex>``; anything else is a UserInputError."""
+    m = _DIGEST_RE.match(ref or "")
+    if not m:
+        raise UserInputError(
+            f"registry base ref {ref!r} is not pinned by digest; write it as name:tag@sha256:<64 hex digits>"
+        )
+    return PinnedRef(m["name"], m["tag"], m["digest"])
+
+
+def packages_split(packages: Iterable[str]) -> tuple[list[str], set[str]]:
+    """(packages to extract/install, packages cut from a runtime's dependency walk: ``name-``)."""
+    wanted, cut = [], set()
+    for p in packages:
+        if p.endswith("-") and len(p) > 1:
+            cut.add(p[:-1])
+        else:
+            wanted.append(p)
+    both = cut.intersection(wanted)
+    if both:
+        raise UserInputError(f"package(s) both listed and cut: {', '.join(sorted(both))}")
+    return wanted, cut
+
+
+def snapshot_epoch(snapshot: str) -> int:
+    if not _SNAPSHOT_RE.match(snapshot):
+        raise UserInputError(f"snapshot {snapshot!r} is not a snapshot.debian.org timestamp like 20250101T000000Z")
+    return int(_dt.datetime.strptime(snapshot, "%Y%m%dT%H%M%SZ").replace(tzinfo=_dt.timezone.utc).timestamp())
+
+
+def _security_mirror(mirror: str) -> str | None:
+    m = mirror.rstrip("/")
+    return m + "-security" if m.endswith("/debian") else None
+
+
+def apt_sources(spec: compat.BaseSpec) -> list[str]:
+    """sources.list lines: the suite, its -updates and -security (stable releases only)."""
+    suite = spec.suite
+    if not suite:
+        raise UserInputError("a bootstrap base needs a suite")
+    stable_like = suite not in ("sid", "unstable", "experimental", "rc-buggy")
+    if spec.snapshot:
+        snapshot_epoch(spec.snapshot)
+        opt = "[check-valid-until=no] "
+        main = f"http://snapshot.debian.org/archive/debian/{spec.snapshot}"
+        sec = f"http://snapshot.debian.org/archive/debian-security/{spec.snapshot}"
+    else:
+        opt = ""
+        main = spec.mirror.rstrip("/")
+        sec = _security_mirror(spec.mirror)
+    lines = [f"deb {opt}{main} {suite} main"]
+    if stable_like:
+        lines.append(f"deb {opt}{main} {suite}-updates main")
+        if sec:
+            lines.append(f"deb {opt}{sec} {suite}-security main")
+    return lines
+
+
+# --- reproducibility: SOURCE_DATE_EPOCH --------------------------------------------------------
+
+
+def source_date_epoch(spec: compat.BaseSpec) -> int:
+    """From the snapshot date, else from the suite's InRelease ``Date`` (the archive state)."""
+    if spec.snapshot:
+        return snapshot_epoch(spec.snapshot)
+    import requests
+
+    url = f"{spec.mirror.rstrip('/')}/dists/{spec.suite}/InRelease"
+    try:
+        resp = requests.get(url, timeout=30)
+        resp.raise_for_status()
+    except requests.RequestException as exc:
+        raise ImagegenError(f"cannot read {url}: {str(exc).splitlines()[0][:160]} (is the mirror reachable?)") from None
+    return release_date_epoch(resp.text, url)
+
+
+def release_date_epoch(text: str, where: str = "InRelease") -> int:
+    for line in text.splitlines():
+        if line.startswith("Date:"):
+            from email.utils import parsedate_to_datetime
+
+            return int(parsedate_to_datetime(line.split(":", 1)[1].strip()).timestamp())
+    raise ImagegenError(f"{where} has no Date field")
+
+
+# --- Debian control data ----------------------------------------------------------------------
+
+
+def parse_deb822(text: str) -> list[dict[str, str]]:
+    """Paragraphs of a Debian control file; field order kept, continuation lines joined with \\n."""
+    paras: list[dict[str, str]] = []
+    cur: dict[str, str] = {}
+    last = None
+    for line in text.splitlines():
+        if not line.strip():
+            if cur:
+                paras.append(cur)
+            cur, last = {}, None
+        elif line[0] in " \t" and last:
+            cur[last] += "\n" + line
+        elif ":" in line:
+            key, value = line.split(":", 1)
+            cur[key] = value.strip()
+            last = key
+    if cur:
+        paras.append(cur)
+    return paras
+
+
+def format_deb822(para: dict[str, str]) -> str:
+    return "".join(f"{k}: {v}\n" if v else f"{k}:\n" for k, v in para.items())
+
+
+def parse_depends(value: str) -> list[list[str]]:
+    """``a (>= 1) | b:any, c`` -> [[a, b], [c]] (package names only)."""
+    out = []
+    for clause in value.split(","):
+        alts = []
+        for alt in clause.split("|"):
+            name = alt.strip().split(" ", 1)[0].split("(", 1)[0].split(":", 1)[0].strip()
+            if name:
+                alts.append(name)
+        if alts:
+            out.append(alts)
+    return out
+
+
+@dataclass
+class Resolution:
+    keep: list[str]
+    dropped_clauses: dict[str, list[str]]  # package -> raw clauses whose every alternative was cut/absent
+
+
+def resolve_keep(requested: Iterable[str], cut: set[str], control: dict[str, dict[str, str]]) -> Resolution:
+    """Walk Pre-Depends/Depends from the requested packages over the downloaded set, never entering
+    a cut package. Virtual names go to their providers."""
+    providers: dict[str, list[str]] = {}
+    for name, fields in sorted(control.items()):
+        for prov in parse_depends(fields.get("Provides", "")):
+            providers.setdefault(prov[0], []).append(name)
+    keep: set[str] = set()
+    dropped: dict[str, list[str]] = {}
+    todo = deque(requested)
+    while todo:
+        pkg = todo.popleft()
+        if pkg in keep:
+            continue
+        if pkg not in control:
+            raise ImagegenError(f"package {pkg} was requested but not downloaded")
+        keep.add(pkg)
+        for field in ("Pre-Depends", "Depends"):
+            raw = [c.strip() for c in control[pkg].get(field, "").split(",") if c.strip()]
+            for clause_raw in raw:
+                alts = parse_depends(clause_raw)[0]
+                choice = None
+                for alt in alts:
+                    for cand in ([alt] if alt in control else []) + providers.get(alt, []):
+                        if cand not in cut:
+                            choice = cand
+                            break
+                    if choice:
+                        break
+                if choice is None:
+                    dropped.setdefault(pkg, []).append(clause_raw)
+                else:
+                    todo.append(choice)
+    return Resolution(sorted(keep), dropped)
+
+
+def status_paragraph(fields: dict[str, str], keep: set[str], providers: set[str]) -> dict[str, str]:
+    """A dpkg status entry for a kept package: Status added; Depends clauses none of whose
+    alternatives is present are moved to Imagegen-Dropped-Depends."""
+    out: dict[str, str] = {}
+    dropped: list[str] = []
+    present = keep | providers
+    for key, value in fields.items():
+        if key in ("Depends", "Pre-Depends"):
+            kept_clauses = []
+            for clause in (c.strip() for c in value.split(",") if c.strip()):
+                if any(a in present for a in parse_depends(clause)[0]):
+                    kept_clauses.append(clause)
+                else:
+                    dropped.append(clause)
+            if kept_clauses:
+                out[key] = ", ".join(kept_clauses)
+        else:
+            out[key] = value
+        if key == "Package":
+            out["Status"] = "install ok installed"
+    if dropped:
+        out["Imagegen-Dropped-Depends"] = ", ".join(dropped)
+    return out
+
+
+# --- the runtime finalizer (runs as an mmdebstrap extract hook) -------------------------------
+
+
+def _deb_fields(deb: Path) -> dict[str, str]:
+    text = subprocess.run(["dpkg-deb", "-f", str(deb)], check=True, capture_output=True, text=True).stdout
+    return parse_deb822(text)[0]
+
+
+def _deb_paths(deb: Path) -> list[tuple[str, bool]]:
+    """(path without leading './', is_dir) of every member of a .deb's data tarball."""
+    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+    out = []
+    assert proc.stdout
+    with tarfile.open(fileobj=proc.stdout, mode="r|") as tf:
+        for m in tf:
+            path = m.name[2:] if m.name.startswith("./") else m.name
+            path = path.rstrip("/")
+            if path and path != ".":
+                out.append((path, m.isdir()))
+    if proc.wait() != 0:
+        raise ImagegenError(f"dpkg-deb --fsys-tarfile {deb.name} failed")
+    return out
+
+
+def _canonical(path: str) -> str:
+    """Merged-/usr: bin, sbin, lib, lib64 are links into usr/."""
+    head, _, rest = path.partition("/")
+    if head in ("bin", "sbin", "lib", "lib64") and rest:
+        return f"usr/{head}/{rest}"
+    return path
+
+
+def _excluded(path: str) -> bool:
+    import fnmatch
+
+    p = "/" + path
+    if any(fnmatch.fnmatchcase(p, g) for g in DOC_INCLUDES):
+        return False
+    return any(fnmatch.fnmatchcase(p, g) or p == g[:-2] for g in DOC_EXCLUDES)
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file() or (path.exists() and not path.is_dir()):
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def finalize_runtime(root: Path, cfg: dict) -> None:
+    """Turn an extracted package set into the runtime rootfs (see module docstring)."""
+    archives = root / "var/cache/apt/archives"
+    debs = sorted(archives.glob("*.deb"))
+    control: dict[str, dict[str, str]] = {}
+    paths: dict[str, list[tuple[str, bool]]] = {}
+    for deb in debs:
+        fields = _deb_fields(deb)
+        control[fields["Package"]] = fields
+        paths[fields["Package"]] = _deb_paths(deb)
+    wanted, cut = packages_split(cfg["packages"])
+    res = resolve_keep(wanted, cut, control)
+    keep = set(res.keep)
+
+    owned_files, owned_dirs = set(), set()
+    for pkg in keep:
+        for p, is_dir in paths[pkg]:
+            (owned_dirs if is_dir else owned_files).add(_canonical(p))
+    for pkg in sorted(set(control) - keep):
+        dirs = []
+        for p, is_dir in paths[pkg]:
+            c = _canonical(p)
+            if is_dir:
+                if c not in owned_dirs:
+                    dirs.append(c)
+            elif c not in owned_files and os.path.lexists(root / c):
+                (root / c).unlink()
+        for d in sorted(dirs, key=lambda s: s.count("/"), reverse=True):
+            with contextlib.suppress(OSError):
+                (root / d).rmdir()
+
+    # docs, man pages, locales: keep /usr/share/doc/*/copyright
+    for top in ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "usr/share/lintian",
+                "usr/share/linda", "usr/share/doc-base", "usr/share/bug", "usr/share/menu"):
+        base = root / top
+        if not base.exists():
+            continue
+        for dirpath, dirnames, filenames in os.walk(base, topdown=False):
+            for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+                full = Path(dirpath) / name
+                if _excluded(str(full.relative_to(root))):
+                    full.unlink()
+            for d in dirnames:
+                full = Path(dirpath) / d
+                if not full.is_symlink():
+                    with contextlib.suppress(OSError):
+                        full.rmdir()
+        with contextlib.suppress(OSError):
+            base.rmdir()
+
+    # apt/dpkg machinery that has no use without apt and dpkg
+    for rel in ("etc/apt", "var/lib/apt", "var/cache/apt", "var/log/apt", "var/cache/debconf", "var/lib/dpkg",
+                "etc/dpkg", "etc/resolv.conf", "etc/hostname", "var/cache/ldconfig", "var/log"):
+        p = root / rel
+        if os.path.lexists(p):
+            _remove(p)
+
+    _runtime_system_files(root, cfg)
+
+    # dpkg database: status + info/<pkg>.list of the kept packages
+    dpkg = root / "var/lib/dpkg"
+    (dpkg / "info").mkdir(parents=True, exist_ok=True)
+    provided = {prov[0] for p in keep for prov in parse_depends(control[p].get("Provides", ""))}
+    with open(dpkg / "status", "w") as fh:
+        for pkg in sorted(keep):
+            fh.write(format_deb822(status_paragraph(control[pkg], keep, provided)) + "\n")
+    for pkg in sorted(keep):
+        fields = control[pkg]
+        listname = f"{pkg}:{fields['Architecture']}" if fields.get("Multi-Arch") == "same" else pkg
+        lines = ["/."] + [f"/{p}" for p, _ in paths[pkg] if os.path.lexists(root / p)]
+        (dpkg / "info" / f"{listname}.list").write_text("\n".join(lines) + "\n")
+
+    # ld.so.cache, built by the image's own ldconfig
+    subprocess.run(["chroot", str(root), "/sbin/ldconfig"], check=True)
+    shutil.rmtree(root / "var/cache/ldconfig", ignore_errors=True)
+    summary = {"kept": res.keep, "removed": sorted(set(control) - keep), "dropped_depends": res.dropped_clauses}
+    Path(cfg["summary"]).write_text(json.dumps(summary, indent=1))
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def _symlink(target: str, link: Path) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if os.path.lexists(link):
+        link.unlink()
+    link.symlink_to(target)
+
+
+def _runtime_system_files(root: Path, cfg: dict) -> None:
+    u = RUNTIME_USER
+    _write(root / "etc/passwd", "root:x:0:0:root:/root:/sbin/nologin\n"
+           f"{u['name']}:x:{u['uid']}:{u['gid']}:{u['name']}:{u['home']}:/sbin/nologin\n"
+           "nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n")
+    _write(root / "etc/group", f"root:x:0:\n{u['name']}:x:{u['gid']}:\nnogroup:x:65534:\n")
+    _write(root / "etc/nsswitch.conf", "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n"
+           "networks: files\nprotocols: files\nservices: files\nethers: files\nrpc: files\n")
+    _write(root / "etc/ld.so.conf", "include /etc/ld.so.conf.d/*.conf\n")
+    (root / "etc/ld.so.conf.d").mkdir(exist_ok=True)
+    for rel, mode in (("tmp", 0o1777), ("var/tmp", 0o1777), ("root", 0o700)):
+        (root / rel).mkdir(parents=True, exist_ok=True)
+        (root / rel).chmod(mode)
+    home = root / u["home"].lstrip("/")
+    home.mkdir(parents=True, exist_ok=True)
+    home.chmod(0o755)
+    os.chown(home, u["uid"], u["gid"])
+    # CA bundle as update-ca-certificates would write it (its postinst never runs in an extract)
+    certs = sorted((root / "usr/share/ca-certificates").rglob("*.crt"), key=lambda p: str(p.relative_to(root)))
+    bundle = "".join(p.read_text().rstrip("\n") + "\n" for p in certs)
+    _write(root / "etc/ssl/certs/ca-certificates.crt", bundle)
+    _write(root / "etc/ca-certificates.conf", "".join(
+        str(p.relative_to(root / "usr/share/ca-certificates")) + "\n" for p in certs))
+    _symlink("/etc/ssl/certs/ca-certificates.crt", root / "usr/lib/ssl/cert.pem")
+    _symlink("/etc/ssl/certs", root / "usr/lib/ssl/certs")
+    _symlink(f"python{cfg['python']}", root / "usr/bin/python3")
+    if (root / "usr/share/zoneinfo/Etc/UTC").exists():
+        _symlink("/usr/share/zoneinfo/Etc/UTC", root / "etc/localtime")
+        _write(root / "etc/timezone", "Etc/UTC\n")
+
+
+def finalize_minbase(root: Path, cfg: dict) -> None:
+    """builder/dev: the non-root user, reproducible host-derived files."""
+    u = RUNTIME_USER
+    passwd = (root / "etc/passwd").read_text()
+    if f"\n{u['name']}:" not in "\n" + passwd:
+        shell = "/bin/bash" if (root / "usr/bin/bash").exists() else "/bin/sh"
+        with open(root / "etc/passwd", "a") as fh:
+            fh.write(f"{u['name']}:x:{u['uid']}:{u['gid']}:{u['name']}:{u['home']}:{shell}\n")
+        with open(root / "etc/group", "a") as fh:
+            fh.write(f"{u['name']}:x:{u['gid']}:\n")
+        days = int(cfg["epoch"]) // 86400
+        for name, line in (("shadow", f"{u['name']}:!:{days}:0:99999:7:::\n"), ("gshadow", f"{u['name']}:!::\n")):
+            p = root / "etc" / name
+            if p.exists():
+                with open(p, "a") as fh:
+                    fh.write(line)
+        home = root / u["home"].lstrip("/")
+        home.mkdir(parents=True, exist_ok=True)
+        os.chown(home, u["uid"], u["gid"])
+    for rel in ("etc/resolv.conf", "etc/hostname"):
+        if os.path.lexists(root / rel):
+            (root / rel).unlink()
+    if not (root / "usr/bin/python3").exists():
+        _symlink(f"python{cfg['python']}", root / "usr/bin/python3")
+
+
+def _hook_main(argv: list[str]) -> int:
+    kind, cfg_path, root = argv
+    cfg = json.loads(Path(cfg_path).read_text())
+    if kind == "runtime":
+        finalize_runtime(Path(root), cfg)
+    elif kind == "minbase":
+        finalize_minbase(Path(root), cfg)
+    else:
+        print(f"unknown hook {kind}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# --- running mmdebstrap -----------------------------------------------------------------------
+
+
+def mmdebstrap_argv(spec: compat.BaseSpec, role: str, target: Path, hook_cfg: Path, mode: str) -> list[str]:
+    r = spec.role(role)
+    wanted, cut = packages_split(r.packages)
+    if cut and r.variant != "extract":
+        raise UserInputError(f"cut packages ({', '.join(sorted(cut))}-) only apply to the extract variant")
+    hook = (f"{shlex.quote(sys.executable)} -m imagegen.bases --hook "
+            f"{'runtime' if r.variant == 'extract' else 'minbase'} {shlex.quote(str(hook_cfg))} \"$1\"")
+    argv = ["mmdebstrap", f"--mode={mode}", f"--variant={r.variant or 'minbase'}", "--format=tar",
+            "--aptopt=Acquire::Retries \"3\";",
+            "--aptopt=APT::Install-Recommends \"false\";",
+            "--aptopt=APT::Install-Suggests \"false\";"]
+    if spec.snapshot:
+        argv.append("--aptopt=Acquire::Check-Valid-Until \"false\";")
+    if wanted:
+        argv.append("--include=" + ",".join(wanted))
+    if r.variant == "extract":
+        argv.append("--setup-hook=for d in bin sbin lib lib64; do mkdir -p \"$1/usr/$d\"; ln -s usr/$d \"$1/$d\"; done")
+        argv.append(f"--extract-hook={hook}")
+        # the hook removes apt's and dpkg's state itself (the runtime has neither)
+        argv.append("--skip=cleanup/apt,cleanup/mmdebstrap")
+    else:
+        for g in DOC_EXCLUDES:
+            argv.append(f"--dpkgopt=path-exclude={g}")
+        for g in DOC_INCLUDES:
+            argv.append(f"--dpkgopt=path-include={g}")
+        argv.append("--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr")
+        argv.append(f"--customize-hook={hook}")
+    argv += [spec.suite or "", str(target), *apt_sources(spec)]
+    return argv
+
+
+def explain_failure(lines: Iterable[str], spec: compat.BaseSpec) -> str:
+    """One line naming the package and mirror for a failed download, else apt's first error."""
+    lines = [ln.strip() for ln in lines]
+    mirror = spec.mirror if not spec.snapshot else f"snapshot.debian.org ({spec.snapshot})"
+    for ln in lines:
+        m = re.search(r"Failed to fetch (\S+)\s*(.*)", ln)
+        if m:
+            url, why = m.groups()
+            pkg = url.rsplit("/", 1)[-1].split("_", 1)[0]
+            if url.endswith(".deb"):
+                return f"download of package {pkg} failed from {mirror}: {why or url}".strip()
+            return f"cannot fetch {url} from {mirror}: {why}".strip()
+        m = re.search(r"Unable to locate package (\S+)", ln)
+        if m:
+            return f"package {m.group(1)} not found in {spec.suite} at {mirror}"
+        m = re.search(r"Package '?(\S+?)'? has no installation candidate", ln)
+        if m:
+            return f"package {m.group(1)} has no installation candidate in {spec.suite} at {mirror}"
+    errs = [ln for ln in lines if ln.startswith("E:")]
+    if errs:
+        return f"{errs[0][2:].strip()[:300]} (mirror {mirror})"
+    tail = [ln for ln in lines if ln][-1:] or ["no output"]
+    return f"{tail[0][:300]} (mirror {mirror})"
+
+
+def _mounts_under(path: Path) -> list[str]:
+    prefix = str(path.resolve()).rstrip("/") + "/"
+    out = []
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            mp = line.split()[4].replace("\\040", " ")
+            if mp.startswith(prefix):
+                out.append(mp)
+    return out
+
+
+def safe_rmtree(path: Path) -> None:
+    """Remove a temp dir, first unmounting anything a killed mmdebstrap left mounted in it; never
+    descend into a mount point (a bind-mounted /dev must not be emptied)."""
+    if not path.exists():
+        return
+    for mp in sorted(_mounts_under(path), key=len, reverse=True):
+        subprocess.run(["umount", "-l", mp], capture_output=True)
+    left = _mounts_under(path)
+    if left:
+        warn(f"not removing {path}: still mounted: {', '.join(left)}")
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    if path.exists():  # read-only dirs left by a rootfs: make writable and retry
+        for dirpath, dirnames, _ in os.walk(path):
+            for d in dirnames:
+                with contextlib.suppress(OSError):
+                    os.chmod(os.path.join(dirpath, d), 0o700, follow_symlinks=False)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def run_mmdebstrap(argv: list[str], *, env: dict, spec: compat.BaseSpec, label: str) -> None:
+    """Run mmdebstrap in its own process group, progress to stderr. On Ctrl-C: SIGTERM the group
+    and wait for mmdebstrap's own cleanup (it unmounts), then re-raise."""
+    if not shutil.which("mmdebstrap"):
+        raise ImagegenError("mmdebstrap not found", hint="apt-get install mmdebstrap, or run scripts/setup.sh")
+    tail: deque[str] = deque(maxlen=200)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True, errors="replace")
+    try:
+        assert proc.stderr
+        for line in proc.stderr:
+            line = line.rstrip("\n")
+            tail.append(line)
+            if line.startswith(("I: downloading", "I: extracting", "I: installing", "I: creating tarball",
+                                "I: running apt-get update", "E:", "W:")):
+                log(f"  [{label}] {line}")
+        rc = proc.wait()
+    except BaseException:
+        _stop_group(proc)
+        raise
+    if rc != 0:
+        for line in [ln for ln in tail if not ln.startswith("I: ")][-20:]:
+            log(f"  [{label}] {line}")
+        raise ImagegenError(f"bootstrap of {label} failed: {explain_failure(tail, spec)}")
+
+
+def _stop_group(proc: subprocess.Popen, grace: float = 60.0) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+# --- bootstrapping ---------------------------------------------------------------------------
+
+
+@dataclass
+class Tarball:
+    path: Path
+    sha256: str
+    epoch: int
+    versions: dict[str, str]  # package -> version, from the rootfs's dpkg status
+    seconds: float
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("IMAGEGEN_CACHE") or Path.home() / ".cache" / "imagegen")
+
+
+def bootstrap_tarball(spec: compat.BaseSpec, role: str, workdir: Path, *, label: str = "") -> Tarball:
+    """Build the role's rootfs tarball into workdir (which the caller removes)."""
+    label = label or role
+    epoch = source_date_epoch(spec)
+    mode = "root" if os.geteuid() == 0 else "unshare"
+    if mode == "unshare":
+        workdir.chmod(0o1777)
+    target = workdir / "rootfs.tar"
+    cfg = workdir / "hook.json"
+    cfg.write_text(json.dumps({"packages": list(spec.role(role).packages), "python": spec.python,
+                               "epoch": epoch, "summary": str(workdir / "summary.json")}))
+    argv = mmdebstrap_argv(spec, role, target, cfg, mode)
+    env = dict(os.environ, SOURCE_DATE_EPOCH=str(epoch), TMPDIR=str(workdir), LC_ALL="C.UTF-8")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
+                                                      os.environ.get("PYTHONPATH")]))
+    t0 = time.monotonic()
+    run_mmdebstrap(argv, env=env, spec=spec, label=label)
+    seconds = time.monotonic() - t0
+    digest = hashlib.sha256()
+    versions: dict[str, str] = {}
+    with open(target, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    with tarfile.open(target) as tf:
+        for name in ("./var/lib/dpkg/status", "var/lib/dpkg/status"):
+            with contextlib.suppress(KeyError):
+                data = tf.extractfile(name)
+                if data:
+                    for para in parse_deb822(data.read().decode()):
+                        versions[para.get("Package", "")] = para.get("Version", "")
+                    break
+    return Tarball(target, digest.hexdigest(), epoch, versions, seconds)
+
+
+def _labels(name: str, spec: compat.BaseSpec, role: str, tb: Tarball, ref: str) -> dict[str, str]:
+    r = spec.role(role)
+    created = _dt.datetime.fromtimestamp(tb.epoch, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    inputs = spec.inputs(role)
+    py = tb.versions.get(f"python{spec.python}-minimal") or tb.versions.get(f"python{spec.python}", "")
+    return {
+        "org.opencontainers.image.title": f"imagegen base {name} {role}",
+        "org.opencontainers.image.description": spec.description or f"{name} {role} base",
+        "org.opencontainers.image.created": created,
+        "org.opencontainers.image.version": f"{spec.suite}-{tb.epoch}",
+        "org.opencontainers.image.ref.name": ref,
+        "org.opencontainers.image.vendor": "imagegen",
+        "org.opencontainers.image.licenses": "see /usr/share/doc/*/copyright",
+        LABEL_PREFIX: "1",
+        f"{LABEL_PREFIX}.name": name,
+        f"{LABEL_PREFIX}.role": role,
+        f"{LABEL_PREFIX}.suite": spec.suite or "",
+        f"{LABEL_PREFIX}.mirror": spec.mirror,
+        f"{LABEL_PREFIX}.snapshot": spec.snapshot or "",
+        f"{LABEL_PREFIX}.variant": r.variant or "",
+        f"{LABEL_PREFIX}.packages": ",".join(sorted(r.packages)),
+        f"{LABEL_PREFIX}.recipe": str(compat.BOOTSTRAP_RECIPE_VERSION),
+        f"{LABEL_PREFIX}.inputs-sha256": hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest(),
+        f"{LABEL_PREFIX}.source-date-epoch": str(tb.epoch),
+        f"{LABEL_PREFIX}.rootfs-sha256": tb.sha256,
+        f"{LABEL_PREFIX}.python": py,
+        f"{LABEL_PREFIX}.libc6": tb.versions.get("libc6", ""),
+        f"{LABEL_PREFIX}.dpkg-status": "/var/lib/dpkg/status",
+    }
+
+
+def _changes(labels: dict[str, str], role: str) -> list[str]:
+    ch = [f"ENV PATH={IMAGE_PATH}", "ENV LANG=C.UTF-8"]
+    ch.append('CMD ["python3"]' if role == "runtime" else 'CMD ["/bin/bash"]')
+    ch += [f"LABEL {k}={json.dumps(v)}" for k, v in sorted(labels.items())]
+    return ch
+
+
+def _import(tarball: Path, changes: list[str]) -> str:
+    """docker import (streamed from the file), untagged; returns the image ID."""
+    from .engine import api
+
+    try:
+        result = api().import_image(src=str(tarball), changes=changes)
+    except Exception as exc:  # docker.errors.APIError, requests errors
+        raise EngineError(f"docker import failed: {str(exc).splitlines()[0][:200]}") from None
+    image_id = None
+    for line in str(result).splitlines():
+        with contextlib.suppress(ValueError):
+            msg = json.loads(line)
+            if "error" in msg or "errorDetail" in msg:
+                raise EngineError(f"docker import failed: {msg.get('error') or msg.get('errorDetail')}")
+            if str(msg.get("status", "")).startswith("sha256:"):
+                image_id = msg["status"]
+    if not image_id:
+        raise EngineError(f"docker import returned no image ID: {str(result)[:200]}")
+    return image_id
+
+
+def smoke_check(image: str, *, uids: Iterable[str] = SMOKE_UIDS, timeout: int = 60) -> None:
+    """Run the base's python3 as each uid; raise ImagegenError with its output on failure."""
+    from .engine import client
+
+    c = client()
+    for uid in uids:
+        cont = c.containers.create(image, ["python3", "-c", SMOKE], user=uid, network_disabled=True,
+                                   labels={"imagegen.tmp": "1"})
+        try:
+            cont.start()
+            res = cont.wait(timeout=timeout)
+            logs = cont.logs().decode(errors="replace").strip()
+            if res.get("StatusCode") != 0 or logs.splitlines()[-1:] != ["ok"]:
+                raise ImagegenError(f"base check failed for {image} as uid {uid}: {logs.splitlines()[-1:] or res}")
+        finally:
+            with contextlib.suppress(Exception):
+                cont.remove(force=True)
+
+
+@contextlib.contextmanager
+def _lock(ref: str) -> Iterator[None]:
+    d = _cache_dir() / "locks"
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / (re.sub(r"[^\w.-]", "_", ref) + ".lock")
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _image(ref: str):
+    from docker.errors import ImageNotFound
+
+    from .engine import client
+
+    try:
+        return client().images.get(ref)
+    except ImageNotFound:
+        return None
+
+
+def _tmp_parent() -> str | None:
+    return os.environ.get("IMAGEGEN_TMPDIR") or os.environ.get("TMPDIR") or None
+
+
+def build_role(name: str, spec: compat.BaseSpec, role: str) -> tuple[str, Tarball]:
+    """Bootstrap, import, check, tag. Atomic: on any failure or Ctrl-C, nothing is left."""
+    from .engine import client
+
+    ref = spec.role_ref(name, role)
+    repo, tag = ref.rsplit(":", 1)
+    workdir = Path(tempfile.mkdtemp(prefix="imagegen-base-", dir=_tmp_parent()))
+    image_id = None
+    tagged = False
+    try:
+        log(f"bootstrapping {name}/{role} ({spec.suite}, variant {spec.role(role).variant}) -> {ref}")
+        tb = bootstrap_tarball(spec, role, workdir, label=f"{name}/{role}")
+        log(f"  rootfs {tb.path.stat().st_size / 1e6:.1f} MB sha256 {tb.sha256[:16]}... in {tb.seconds:.0f}s; importing")
+        image_id = _import(tb.path, _changes(_labels(name, spec, role, tb, ref), role))
+        smoke_check(image_id)
+        old = _image(ref)
+        client().api.tag(image_id, repo, tag, force=True)
+        tagged = True
+        if old is not None and old.id != image_id and not old.tags[1:]:
+            with contextlib.suppress(Exception):
+                client().images.remove(old.id, noprune=False)
+        return ref, tb
+    finally:
+        if image_id and not tagged:
+            with contextlib.suppress(Exception):
+                client().images.remove(image_id, force=True)
+        safe_rmtree(workdir)
+
+
+def ensure_role(base_name: str, role: str, *, force: bool = False) -> str:
+    """An image ref for the role that exists in the local engine (building or pulling it)."""
+    spec = _spec(base_name)
+    _roles(spec, role)
+    return ensure_spec_role(base_name, spec, role, force=force)
+
+
+def ensure_spec_role(name: str, spec: compat.BaseSpec, role: str, *, force: bool = False) -> str:
+    if spec.source == "registry":
+        return ensure_registry(spec.role(role).ref or "", force=force)
+    ref = spec.role_ref(name, role)
+    with _lock(ref):
+        if not force and _image(ref) is not None:
+            return ref
+        build_role(name, spec, role)
+    return ref
+
+
+# --- registry bases --------------------------------------------------------------------------
+
+
+_UNREACHABLE = ("dial tcp", "no such host", "i/o timeout", "connection refused", "timeout", "tls:",
+                "x509", "network is unreachable", "server misbehaving", "temporary failure", "EOF")
+
+
+def local_by_digest(pinned: PinnedRef):
+    """The local image whose RepoDigests hold name@digest, or None."""
+    img = _image(pinned.by_digest)
+    if img is not None:
+        return img
+    from .engine import client
+
+    for img in client().images.list(name=pinned.name):
+        if pinned.by_digest in (img.attrs.get("RepoDigests") or []):
+            return img
+    return None
+
+
+def ensure_registry(ref: str, *, force: bool = False) -> str:
+    """Use the digest-pinned image if it is local; else pull it by digest."""
+    from .engine import api
+
+    pinned = parse_pinned(ref)
+    if not force and local_by_digest(pinned) is not None:
+        return pinned.by_digest
+    log(f"pulling {pinned.by_digest}")
+    error = None
+    try:
+        for msg in api().pull(pinned.name, tag=pinned.digest, stream=True, decode=True):
+            if "error" in msg:
+                error = msg.get("error") or str(msg.get("errorDetail"))
+                break
+    except Exception as exc:  # docker.errors.APIError / NotFound / requests errors
+        error = getattr(exc, "explanation", None) or str(exc)
+    if error is None and local_by_digest(pinned) is None:
+        error = "pull finished but the image is not in the engine"
+    if error is not None:
+        raise pull_error(pinned, str(error))
+    return pinned.by_digest
+
+
+def pull_error(pinned: PinnedRef, error: str) -> EngineError:
+    first = " ".join(error.split())[:200]
+    offline = (f"load it offline: on a connected machine `docker pull {pinned.by_digest}` and "
+               f"`docker save -o base.tar {pinned.by_digest}`, then here `docker load -i base.tar`; "
+               "or use a bootstrapped base (`imagegen base build bookworm`)")
+    if "manifest unknown" in first or "not found" in first.lower() and "no such host" not in first:
+        return EngineError(f"cannot pull {pinned.by_digest}: digest not found in {pinned.registry} ({first})",
+                           hint=offline)
+    return EngineError(f"cannot pull {pinned.by_digest}: registry {pinned.registry} is unreachable ({first})",
+                       hint=offline)
+
+
+# --- shared-library inventory ----------------------------------------------------------------
+
+
+def _lib_member(path: str) -> bool:
+    path = path[2:] if path.startswith("./") else path
+    d, _, base = path.rpartition("/")
+    return d in LIB_DIRS and ".so" in base and (base.endswith(".so") or ".so." in base)
+
+
+def elf_soname(data: bytes) -> str | None:
+    """DT_SONAME of a 64/32-bit little-endian ELF, or None."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.dynamic import DynamicSection
+    from elftools.elf.elffile import ELFFile
+
+    if not data.startswith(b"\x7fELF"):
+        return None
+    try:
+        elf = ELFFile(io.BytesIO(data))
+        for sec in elf.iter_sections():
+            if isinstance(sec, DynamicSection):
+                for tag in sec.iter_tags():
+                    if tag.entry.d_tag == "DT_SONAME":
+                        return tag.soname
+    except (ELFError, ValueError, KeyError, AssertionError):
+        return None
+    return None
+
+
+SONAME_READ_LIMIT = 64 << 20
+
+
+def sonames_from_tar(stream) -> set[str]:
+    """Library basenames (files and links) in the library dirs of a filesystem tar stream, plus
+    the DT_SONAME of each regular library file up to 64 MB."""
+    names: set[str] = set()
+    with tarfile.open(fileobj=stream, mode="r|") as tf:
+        for m in tf:
+            if not _lib_member(m.name):
+                continue
+            names.add(m.name.rsplit("/", 1)[-1])
+            if m.isfile() and m.size <= SONAME_READ_LIMIT:
+                fh = tf.extractfile(m)
+                if fh:
+                    soname = elf_soname(fh.read())
+                    if soname:
+                        names.add(soname)
+    return names
+
+
+class _ChunkReader(io.RawIOBase):
+    def __init__(self, chunks: Iterable[bytes]):
+        self._it = iter(chunks)
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self._buf:
+            try:
+                self._buf = next(self._it)
+            except StopIteration:
+                return 0
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+def role_sonames(image_ref: str) -> set[str]:
+    """Shared-library names present in an image's library dirs, read from the streamed filesystem
+    of a created (never started) container; cached by image ID under $IMAGEGEN_CACHE/sonames."""
+    from .engine import client
+
+    img = _image(image_ref)
+    if img is None:
+        raise UserInputError(f"image {image_ref} is not in the local engine")
+    cache = _cache_dir() / "sonames" / (img.id.split(":", 1)[-1] + ".json")
+    with contextlib.suppress(OSError, ValueError):
+        return set(json.loads(cache.read_text()))
+    c = client()
+    cont = c.api.create_container(img.id, command=["/nonexistent"], labels={"imagegen.tmp": "1"},
+                                  network_disabled=True)
+    try:
+        stream = io.BufferedReader(_ChunkReader(c.api.export(cont["Id"], chunk_size=1 << 20)), 1 << 20)
+        names = sonames_from_tar(stream)
+    finally:
+        with contextlib.suppress(Exception):
+            c.api.remove_container(cont["Id"], force=True)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(sorted(names)))
+    tmp.replace(cache)
+    return names
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+
+
+def _size(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.1f} MB"
+
+
+def list_rows() -> list[dict]:
+    rows = []
+    for name, spec in compat.bases().items():
+        for role in spec.roles:
+            if spec.source == "registry":
+                ref = spec.role(role).ref or ""
+                try:
+                    img = local_by_digest(parse_pinned(ref))
+                except UserInputError:
+                    img = None
+            else:
+                ref = spec.role_ref(name, role)
+                img = _image(ref)
+            rows.append({"base": name, "role": role, "source": spec.source, "ref": ref,
+                         "present": img is not None, "size": img.attrs.get("Size") if img else None,
+                         "id": img.id if img else None})
+    return rows
+
+
+def base_list(json_out: bool = False) -> None:
+    """List bases and roles: ref, whether present in the local engine, size."""
+    from .console import out
+
+    rows = list_rows()
+    if json_out:
+        out.print(json.dumps(rows, indent=2), markup=False, highlight=False)
+        return
+    from rich.table import Table
+
+    t = Table("base", "role", "source", "ref", "present", "size")
+    for r in rows:
+        t.add_row(r["base"], r["role"], r["source"], r["ref"], "yes" if r["present"] else "no", _size(r["size"]))
+    out.print(t)
+
+
+def base_build(name: str, role: str | None = None, force: bool = False) -> None:
+    """Build (bootstrap) or pull a base's roles; print each role's ref."""
+    from .console import out
+
+    spec = _spec(name)
+    for r in _roles(spec, role):
+        t0 = time.monotonic()
+        ref = ensure_spec_role(name, spec, r, force=force)
+        img = _image(ref)
+        out.print(f"{name}/{r}\t{ref}\t{_size(img.attrs.get('Size') if img else None)}\t{time.monotonic() - t0:.0f}s",
+                  markup=False, highlight=False)
+
+
+if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "--hook":
+    sys.exit(_hook_main(sys.argv[2:]))

@@ -1,0 +1,273 @@
+#!/usr/bin/env python3
+"""Prune a virtual environment inside the builder stage. Standard library only.
+
+Each rule removes one kind of thing and reports the bytes it saved. Rules that are off in
+prune.json are measured anyway ("would save"), so the build log shows what they'd give.
+Also prepares GPU library links and the loader configuration (ld.so.conf.d) for the runtime.
+
+Writes <stage>/etc/imagegen/prune-report.json and prints it on one line prefixed with
+IMAGEGEN-PRUNE-REPORT so the build can show it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import shutil
+import stat
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+ELF_MAGIC = b"\x7fELF"
+
+
+def tree_size(path: Path) -> int:
+    if path.is_symlink():
+        return 0
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            p = os.path.join(root, f)
+            if not os.path.islink(p):
+                total += os.lstat(p).st_size
+    return total
+
+
+def remove(path: Path) -> int:
+    size = tree_size(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+    return size
+
+
+class Pruner:
+    def __init__(self, cfg: dict, venv: Path):
+        self.cfg = cfg
+        self.venv = venv
+        self.site = Path(cfg["site_packages"])
+        self.rules = cfg["rules"]
+        self.globs = cfg["globs"]
+        self.protect = cfg.get("protect", [])
+        self.report: dict[str, dict] = {}
+
+    # -- helpers ------------------------------------------------------------------------------
+    def rel(self, p: Path) -> str:
+        try:
+            return str(p.relative_to(self.site))
+        except ValueError:
+            return "venv:" + str(p.relative_to(self.venv))
+
+    def protected(self, p: Path) -> bool:
+        rel = self.rel(p)
+        parts = rel.split("/")
+        for pat in self.protect:
+            if fnmatch.fnmatch(rel, pat) or any(fnmatch.fnmatch(part, pat) for part in parts[:1]):
+                return True
+            # "*.libs/*": anything inside an auditwheel-repaired library dir, at any depth
+            if pat.endswith("/*") and any(fnmatch.fnmatch(part, pat[:-2]) for part in parts[:-1]):
+                return True
+        return False
+
+    def expand(self, pattern: str) -> list[Path]:
+        if pattern.startswith("venv:"):
+            return sorted(self.venv.glob(pattern[5:]))
+        return sorted(self.site.glob(pattern))
+
+    def apply(self, rule: str, paths: list[Path]) -> None:
+        on = bool(self.rules.get(rule))
+        if rule == "bytecode":
+            on = self.rules.get("bytecode") == "drop"
+        saved = 0
+        count = 0
+        for p in paths:
+            if not (p.exists() or p.is_symlink()) or self.protected(p):
+                continue
+            if on:
+                saved += remove(p)
+            else:
+                saved += tree_size(p)
+            count += 1
+        entry = self.report.setdefault(rule, {"enabled": on, "bytes": 0, "paths": 0})
+        entry["bytes"] += saved
+        entry["paths"] += count
+
+    def walk(self):
+        for root, dirs, files in os.walk(self.venv):
+            yield Path(root), dirs, files
+
+    # -- rules --------------------------------------------------------------------------------
+    def run(self) -> dict:
+        for rule in ("docs", "headers", "pip", "cudnn_train", "flashattn", "warpctc"):
+            paths = [p for g in self.globs.get(rule, []) for p in self.expand(g)]
+            self.apply(rule, paths)
+        tests, headers, static, caches, bytecode = [], [], [], [], []
+        for root, dirs, files in self.walk():
+            for d in list(dirs):
+                p = root / d
+                if d == "tests" and self.site in p.parents:
+                    tests.append(p)
+                    dirs.remove(d)
+                elif d == "include" and self.site in p.parents and not self.protected(p):
+                    headers.append(p)
+                    dirs.remove(d)
+                elif d == "__pycache__":
+                    bytecode.append(p)
+                    dirs.remove(d)
+                elif d in (".cache", "pip-cache"):
+                    caches.append(p)
+                    dirs.remove(d)
+            for f in files:
+                p = root / f
+                if f.endswith((".h", ".hpp", ".hh", ".hxx", ".cuh", ".inl")):
+                    headers.append(p)
+                elif f.endswith(".a") and not p.is_symlink():
+                    static.append(p)
+                elif f.endswith(".pyc"):
+                    bytecode.append(p)
+        self.apply("tests", tests)
+        self.apply("headers", headers)
+        self.apply("static_libs", static)
+        self.apply("caches", caches)
+        self.apply("bytecode", bytecode)
+        self.strip()
+        return self.report
+
+    def strip(self) -> None:
+        on = bool(self.rules.get("strip"))
+        saved = files = skipped = 0
+        for root, _dirs, names in self.walk():
+            for f in names:
+                p = root / f
+                if p.is_symlink() or not p.is_file():
+                    continue
+                if not is_elf(p):
+                    continue
+                if self.protected(p):
+                    skipped += 1
+                    continue
+                if not has_symbols(p):
+                    continue
+                before = p.stat().st_size
+                if on:
+                    mode = stat.S_IMODE(p.stat().st_mode)
+                    os.chmod(p, mode | stat.S_IWUSR)
+                    r = subprocess.run(["strip", "--strip-unneeded", "--preserve-dates", str(p)],
+                                       capture_output=True, text=True)
+                    os.chmod(p, mode)
+                    if r.returncode != 0:
+                        print(f"prune: strip failed on {self.rel(p)}: {r.stderr.strip()}", file=sys.stderr)
+                        continue
+                    saved += before - p.stat().st_size
+                else:
+                    saved += symbol_bytes(p)
+                files += 1
+        self.report["strip"] = {"enabled": on, "bytes": saved, "paths": files, "skipped_auditwheel": skipped}
+
+
+# -- ELF (section headers only) --------------------------------------------------------------
+
+
+def is_elf(p: Path) -> bool:
+    try:
+        with open(p, "rb") as fh:
+            return fh.read(4) == ELF_MAGIC
+    except OSError:
+        return False
+
+
+def _sections(p: Path) -> list[tuple[str, int, int]]:
+    """(name, type, size) of each section, read from the section header table."""
+    with open(p, "rb") as fh:
+        ident = fh.read(16)
+        if ident[:4] != ELF_MAGIC or ident[4] != 2:  # 64-bit only
+            return []
+        end = "<" if ident[5] == 1 else ">"
+        hdr = fh.read(48)
+        (_t, _m, _v, _entry, _phoff, shoff, _flags, _ehsize, _phentsize, _phnum, shentsize, shnum,
+         shstrndx) = struct.unpack(end + "HHIQQQIHHHHHH", hdr)
+        if not shoff or not shnum or shstrndx >= shnum:
+            return []
+        fh.seek(shoff)
+        raw = fh.read(shentsize * shnum)
+        heads = [struct.unpack_from(end + "IIQQQQIIQQ", raw, i * shentsize) for i in range(shnum)]
+        strtab = heads[shstrndx]
+        fh.seek(strtab[4])
+        names = fh.read(strtab[5])
+        out = []
+        for h in heads:
+            name_end = names.find(b"\0", h[0])
+            out.append((names[h[0]:name_end].decode("ascii", "replace"), h[1], h[5]))
+        return out
+
+
+def has_symbols(p: Path) -> bool:
+    try:
+        return any(n == ".symtab" or n.startswith(".debug_") for n, _t, _s in _sections(p))
+    except (OSError, struct.error):
+        return False
+
+
+def symbol_bytes(p: Path) -> int:
+    try:
+        return sum(s for n, _t, s in _sections(p) if n in (".symtab", ".strtab") or n.startswith(".debug_"))
+    except (OSError, struct.error):
+        return 0
+
+
+# -- GPU: unversioned links and loader configuration -----------------------------------------
+
+
+def cuda_setup(cfg: dict, site: Path, stage: Path) -> dict:
+    cuda = cfg.get("cuda")
+    if not cuda:
+        return {}
+    present = sorted({str(p.parent) for p in site.glob("nvidia/*/lib/*.so*")})
+    links = {}
+    for name, spec in sorted(cuda["links"].items()):
+        libdir = site / spec["dir"]
+        candidates = sorted(libdir.glob(spec["target_glob"]), key=lambda q: (len(q.name), q.name))
+        if not candidates:
+            raise SystemExit(f"prune: {name}: no {spec['target_glob']} in {libdir} (is its NVIDIA wheel locked?)")
+        link = libdir / name
+        if link.exists() or link.is_symlink():
+            link.unlink()
+        link.symlink_to(candidates[0].name)
+        links[name] = f"{spec['dir']}/{candidates[0].name}"
+    conf = stage / cuda["ldconf"].lstrip("/")
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text("# NVIDIA runtime libraries from pip wheels (written by imagegen)\n" + "".join(f"{d}\n" for d in present))
+    return {"links": links, "ld_so_conf": present}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", required=True, type=Path)
+    ap.add_argument("--venv", required=True, type=Path)
+    ap.add_argument("--stage", required=True, type=Path, help="files for the runtime root, copied as-is")
+    args = ap.parse_args()
+    cfg = json.loads(args.config.read_text())
+    before = tree_size(args.venv)
+    pruner = Pruner(cfg, args.venv)
+    report = pruner.run()
+    args.stage.mkdir(parents=True, exist_ok=True)
+    gpu = cuda_setup(cfg, pruner.site, args.stage)
+    after = tree_size(args.venv)
+    result = {"cell": cfg["cell"], "venv_bytes_before": before, "venv_bytes_after": after, "rules": report,
+              "gpu": gpu}
+    out = args.stage / "etc/imagegen/prune-report.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    print("IMAGEGEN-PRUNE-REPORT " + json.dumps(result, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

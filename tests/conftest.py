@@ -1,0 +1,29 @@
+"""Shared pytest configuration: markers are assigned by directory, so a test's cost is explicit."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(ROOT / "tests").parts
+        kind = parts[0] if len(parts) > 1 else "unit"
+        if kind in ("unit", "engine", "integration") and not item.get_closest_marker(kind):
+            item.add_marker(getattr(pytest.mark, kind))
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(autouse=True)
+def _no_color(monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "200")

