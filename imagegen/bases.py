@@ -33,7 +33,6 @@ import re
 import shlex
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tarfile
@@ -42,13 +41,15 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Annotated, Iterable, Iterator, Optional
+
+import typer
 
 from . import compat
 from .console import log, warn
 from .errors import EngineError, ImagegenError, UserInputError
 
-LABEL_PREFIX = "imagegen.base"
+LABEL_PREFIX = "io.imagegen.base"
 RUNTIME_USER = {"name": "app", "uid": 1000, "gid": 1000, "home": "/home/app"}
 IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LIB_DIRS = ("lib", "usr/lib", "lib64", "usr/lib64", "lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
@@ -96,6 +97,10 @@ class PinnedRef:
     name: str  # repository, with registry host if any
     tag: str | None
     digest: str
+
+    @property
+    def original(self) -> str:
+        return f"{self.name}:{self.tag}@{self.digest}" if self.tag else self.by_digest
 
     @property
     def by_digest(self) -> str:
@@ -335,11 +340,16 @@ def _canonical(path: str) -> str:
     return path
 
 
+_KEEP_RE = re.compile(r"^/usr/share/doc/[^/]+/copyright$|^/usr/share/locale/locale\.alias$")
+
+
 def _excluded(path: str) -> bool:
+    """Docs, man pages, locales... except each package's top-level copyright file (stricter than
+    dpkg's fnmatch, whose ``*`` also matches ``/``)."""
     import fnmatch
 
     p = "/" + path
-    if any(fnmatch.fnmatchcase(p, g) for g in DOC_INCLUDES):
+    if _KEEP_RE.match(p):
         return False
     return any(fnmatch.fnmatchcase(p, g) or p == g[:-2] for g in DOC_EXCLUDES)
 
@@ -663,8 +673,8 @@ def bootstrap_tarball(spec: compat.BaseSpec, role: str, workdir: Path, *, label:
     label = label or role
     epoch = source_date_epoch(spec)
     mode = "root" if os.geteuid() == 0 else "unshare"
-    if mode == "unshare":
-        workdir.chmod(0o1777)
+    # apt downloads as _apt (root mode) and the unshared user (unshare mode) must reach the tempdir
+    workdir.chmod(0o1777 if mode == "unshare" else 0o755)
     target = workdir / "rootfs.tar"
     cfg = workdir / "hook.json"
     cfg.write_text(json.dumps({"packages": list(spec.role(role).packages), "python": spec.python,
@@ -798,8 +808,32 @@ def _tmp_parent() -> str | None:
     return os.environ.get("IMAGEGEN_TMPDIR") or os.environ.get("TMPDIR") or None
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the cleanup below still runs."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def build_role(name: str, spec: compat.BaseSpec, role: str) -> tuple[str, Tarball]:
-    """Bootstrap, import, check, tag. Atomic: on any failure or Ctrl-C, nothing is left."""
+    """Bootstrap, import, check, tag. Atomic: on any failure, Ctrl-C or SIGTERM, nothing is left."""
+    with _sigterm_as_interrupt():
+        return _build_role(name, spec, role)
+
+
+def _build_role(name: str, spec: compat.BaseSpec, role: str) -> tuple[str, Tarball]:
     from .engine import client
 
     ref = spec.role_ref(name, role)
@@ -827,9 +861,12 @@ def build_role(name: str, spec: compat.BaseSpec, role: str) -> tuple[str, Tarbal
         safe_rmtree(workdir)
 
 
-def ensure_role(base_name: str, role: str, *, force: bool = False) -> str:
-    """An image ref for the role that exists in the local engine (building or pulling it)."""
-    spec = _spec(base_name)
+def ensure_role(base_name: str, role: str, *, force: bool = False, spec: compat.BaseSpec | None = None) -> str:
+    """An image ref for the role that exists in the local engine (building or pulling it).
+
+    ``spec``: the base's definition when it does not come from imagegen/data/bases.yaml (a
+    matrix may define its own bases); by default it is looked up by name there."""
+    spec = spec or _spec(base_name)
     _roles(spec, role)
     return ensure_spec_role(base_name, spec, role, force=force)
 
@@ -890,13 +927,13 @@ def ensure_registry(ref: str, *, force: bool = False) -> str:
 
 def pull_error(pinned: PinnedRef, error: str) -> EngineError:
     first = " ".join(error.split())[:200]
-    offline = (f"load it offline: on a connected machine `docker pull {pinned.by_digest}` and "
-               f"`docker save -o base.tar {pinned.by_digest}`, then here `docker load -i base.tar`; "
-               "or use a bootstrapped base (`imagegen base build bookworm`)")
-    if "manifest unknown" in first or "not found" in first.lower() and "no such host" not in first:
-        return EngineError(f"cannot pull {pinned.by_digest}: digest not found in {pinned.registry} ({first})",
+    offline = ("to work offline: `docker save` it on a connected machine, `docker load -i FILE` here, push it to a "
+               "registry this engine reaches (e.g. docker-registry on 127.0.0.1) and pin that digest, "
+               "or use a bootstrapped base: `imagegen base build bookworm`; see docs/bases.md")
+    if "manifest unknown" in first or ("not found" in first.lower() and "no such host" not in first):
+        return EngineError(f"cannot pull {pinned.original}: digest not found in {pinned.registry} ({first})",
                            hint=offline)
-    return EngineError(f"cannot pull {pinned.by_digest}: registry {pinned.registry} is unreachable ({first})",
+    return EngineError(f"cannot pull {pinned.original}: registry {pinned.registry} is unreachable ({first})",
                        hint=offline)
 
 
@@ -999,14 +1036,28 @@ def role_sonames(image_ref: str) -> set[str]:
 
 # --- CLI ---------------------------------------------------------------------------------------
 
+MatrixArg = Annotated[Optional[Path], typer.Option(
+    "--matrix", "-m", envvar="IMAGEGEN_MATRIX",
+    help="Also use the bases a matrix file defines (default: ./matrix.yaml when it exists).")]
+
+
+def all_bases(matrix: Path | None = None) -> dict[str, compat.BaseSpec]:
+    """imagegen's bases, plus (overridden by) a matrix's own `bases:`."""
+    path = matrix if matrix is not None else Path("matrix.yaml")
+    if matrix is None and not path.exists():
+        return dict(compat.bases())
+    from . import matrix as matrix_mod
+
+    return matrix_mod.bases_for(matrix_mod.load(path))
+
 
 def _size(n: int | None) -> str:
     return "-" if n is None else f"{n / 1e6:.1f} MB"
 
 
-def list_rows() -> list[dict]:
+def list_rows(known: dict[str, compat.BaseSpec] | None = None) -> list[dict]:
     rows = []
-    for name, spec in compat.bases().items():
+    for name, spec in (known if known is not None else compat.bases()).items():
         for role in spec.roles:
             if spec.source == "registry":
                 ref = spec.role(role).ref or ""
@@ -1023,13 +1074,16 @@ def list_rows() -> list[dict]:
     return rows
 
 
-def base_list(json_out: bool = False) -> None:
-    """List bases and roles: ref, whether present in the local engine, size."""
+def base_list(
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")] = False,
+    matrix: MatrixArg = None,
+) -> None:
+    """List base images: each role's ref, whether it is in the local engine, and its size."""
     from .console import out
 
-    rows = list_rows()
+    rows = list_rows(all_bases(matrix))
     if json_out:
-        out.print(json.dumps(rows, indent=2), markup=False, highlight=False)
+        out.print(json.dumps(rows, indent=2), markup=False, highlight=False, soft_wrap=True)
         return
     from rich.table import Table
 
@@ -1039,11 +1093,19 @@ def base_list(json_out: bool = False) -> None:
     out.print(t)
 
 
-def base_build(name: str, role: str | None = None, force: bool = False) -> None:
-    """Build (bootstrap) or pull a base's roles; print each role's ref."""
+def base_build(
+    name: Annotated[str, typer.Argument(help="A base from `imagegen base list` (e.g. bookworm).")],
+    role: Annotated[Optional[str], typer.Option("--role", "-r", help="runtime, builder or dev (default: all).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild (or re-pull) even if the image is present.")] = False,
+    matrix: MatrixArg = None,
+) -> None:
+    """Bootstrap (or pull by digest) a base's roles; print each role's ref, size and time."""
     from .console import out
 
-    spec = _spec(name)
+    known = all_bases(matrix)
+    if name not in known:
+        raise UserInputError(f"unknown base {name!r}; known bases: {', '.join(sorted(known))}")
+    spec = known[name]
     for r in _roles(spec, role):
         t0 = time.monotonic()
         ref = ensure_spec_role(name, spec, r, force=force)

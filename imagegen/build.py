@@ -138,7 +138,9 @@ def prepare(m: Matrix, cell: Cell, workdir: Path) -> Prepared:
         (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, ctx / rel)
         parts[rel] = src.read_bytes()
-    closure_txt = "".join(f"{p}\n" for p in clos.packages)
+    extra = cell.fw.versions[cell.version].runtime_packages
+    packages = sorted(set(clos.packages) | set(extra))
+    closure_txt = "".join(f"{p}\n" for p in packages)
     (ctx / "imagegen" / "closure.txt").write_text(closure_txt)
     parts["imagegen/closure.txt"] = closure_txt
     wheelhouse.stage(lk, ctx)
@@ -146,7 +148,7 @@ def prepare(m: Matrix, cell: Cell, workdir: Path) -> Prepared:
     api = engine.api()
     for role, ref in refs.items():
         parts[f"base:{role}"] = api.inspect_image(ref)["Id"]
-    return Prepared(cell=cell, context=ctx, digest=_digest_inputs(parts), refs=refs, closure=list(clos.packages),
+    return Prepared(cell=cell, context=ctx, digest=_digest_inputs(parts), refs=refs, closure=packages,
                     lock_path=lpath)
 
 
@@ -202,6 +204,38 @@ def _write_stamp(m: Matrix, cell: Cell, digest: str) -> None:
 
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 _IMAGE = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
+_RUNNING = re.compile(r"^ ---> Running in ([0-9a-f]{12,64})$")
+
+# What builds in flight have created, so an interrupt can remove it (see abort_cleanup).
+_ACTIVE_LOCK = threading.Lock()
+_ACTIVE: dict[str, set[str]] = {"containers": set(), "workdirs": set(), "images": set()}
+
+
+def _track(kind: str, value: str, add: bool = True) -> None:
+    with _ACTIVE_LOCK:
+        (_ACTIVE[kind].add if add else _ACTIVE[kind].discard)(value)
+
+
+def abort_cleanup() -> None:
+    """Called on Ctrl-C/SIGTERM: remove step containers still running, untagged new images and contexts."""
+    with _ACTIVE_LOCK:
+        containers, workdirs, images = (set(_ACTIVE[k]) for k in ("containers", "workdirs", "images"))
+    try:
+        api = engine.api()
+        for cid in containers:
+            try:
+                api.remove_container(cid, force=True)
+            except docker.errors.APIError:
+                pass
+        for image in images:
+            try:
+                api.remove_image(image)
+            except docker.errors.APIError:
+                pass
+    except ImagegenError:
+        pass
+    for d in workdirs:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 class _Progress:
@@ -269,6 +303,11 @@ def docker_build(prep: Prepared, log_path: Path, progress: _Progress, *, no_cach
                         if s:
                             progress.update(cell, f"step {s.group(1)}/{s.group(2)} {s.group(3)}",
                                             int(s.group(1)) - 1, int(s.group(2)))
+                        r = _RUNNING.match(line)
+                        if r:
+                            _track("containers", r.group(1))
+                        elif line.startswith("Removing intermediate container "):
+                            _track("containers", line.split()[-1], add=False)
                         i = _IMAGE.match(line)
                         if i:
                             step_images.append(i.group(1))
@@ -341,6 +380,7 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
             progress.finish(cell, "up to date (skipped)")
             return BuildResult(cell, "skipped", seconds=time.monotonic() - t0, message="inputs unchanged")
     workdir = Path(tempfile.mkdtemp(prefix="imagegen-ctx-", dir=cache_dir()))
+    _track("workdirs", str(workdir))
     log_path = cache_dir() / "logs" / f"{cell.id}.log"
     image_id = None
     step_images: list[str] = []
@@ -352,6 +392,7 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
             progress.finish(cell, "up to date (skipped)")
             return BuildResult(cell, "skipped", seconds=time.monotonic() - t0, message="inputs unchanged")
         image_id, step_images = docker_build(prep, log_path, progress)
+        _track("images", image_id)
         report = prune_report_from_log(log_path)
         if run_tests:
             progress.update(cell, "testing")
@@ -360,8 +401,10 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
             summary = testrun.test_image(cell, image_id, junit_dir=junit_dir)
             if not summary.ok:
                 raise GateFailed(f"{cell.ref}: built image {image_id[:19]} failed its tests "
-                                 f"({summary.brief()}); the tag was not moved")
+                                 f"({'; '.join(summary.reasons())[:400] or 'no checks ran'}); the tag was not "
+                                 f"moved; JUnit XML: {summary.junit_path}")
         engine.api().tag(image_id, cell.ref.rsplit(":", 1)[0], cell.ref.rsplit(":", 1)[1], force=True)
+        _track("images", image_id, add=False)
         _write_stamp(m, cell, prep.digest)
         size = engine.api().inspect_image(image_id)["Size"]
         progress.finish(cell, "built")
@@ -379,6 +422,7 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
         if not keep_cache and step_images:
             remove_images(step_images, keep={image_id or ""})
         shutil.rmtree(workdir, ignore_errors=True)
+        _track("workdirs", str(workdir), add=False)
 
 
 def build_cells(m: Matrix, cells: list[Cell], *, jobs: int = 1, force: bool = False, run_tests: bool = True,

@@ -31,7 +31,8 @@ import subprocess
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterable, Mapping
+import zlib
+from collections.abc import Iterable
 from pathlib import Path
 
 from elftools.common.exceptions import ELFError
@@ -327,7 +328,7 @@ def _scan_wheel(wheel: Path) -> ElfScan:
                     continue
                 stream.seek(0)
                 found = _read_elf(stream, wheel.name, info.filename)
-            except (zipfile.BadZipFile, zlib_error(), OSError) as exc:
+            except (zipfile.BadZipFile, zlib.error, OSError) as exc:
                 raise UserInputError(f"{wheel.name}: corrupt member {info.filename}: {exc}") from None
             finally:
                 scan.inflated_bytes += stream.inflated
@@ -338,12 +339,6 @@ def _scan_wheel(wheel: Path) -> ElfScan:
                 scan.objects.append(found)
     scan.seconds = time.monotonic() - t0
     return scan
-
-
-def zlib_error() -> type[Exception]:
-    import zlib
-
-    return zlib.error
 
 
 def needed_from_tree(root_dir: str | os.PathLike) -> ElfScan:
@@ -398,6 +393,7 @@ def needed_from_tree(root_dir: str | os.PathLike) -> ElfScan:
 
 INDEX_FORMAT = 1
 _DEV_LIKE = re.compile(r"-(dev|dbg|dbgsym|doc)$")
+_LIBNAME = re.compile(r"\.so(\.[0-9]+)*$")  # libfoo.so, libfoo.so.1, libfoo.so.1.2.3
 
 
 def cache_root() -> Path:
@@ -440,7 +436,7 @@ def parse_contents(lines: Iterable[str], arch: str) -> dict:
         if not path or path.startswith(foreign) or "/debug/" in path:
             continue
         d, _, name = path.rpartition("/")
-        if not re.search(r"\.so(\.|$)", name):
+        if not _LIBNAME.search(name):
             continue
         top = d.split("/", 2)
         if not (top[0] in ("lib", "lib64") or (top[0] == "usr" and len(top) > 1 and top[1] in ("lib", "lib64"))):
@@ -488,6 +484,12 @@ class ContentsIndex:
     def candidates(self, soname: str) -> list[str]:
         return [e[0] for e in self.libs.get(soname, [])]
 
+    def sonames_of(self, packages: Iterable[str]) -> set[str]:
+        """The library names the given packages ship in the loader's default directories (e.g. a
+        base's soname set from the package names of its dpkg status, without running it)."""
+        wanted = {p.split(":", 1)[0] for p in packages}
+        return {name for name, entries in self.libs.items() if any(e[0] in wanted for e in entries)}
+
     def hint(self, soname: str) -> str | None:
         found = self.elsewhere.get(soname)
         if not found:
@@ -517,8 +519,14 @@ def _http_get(url: str, dest: Path | None = None, timeout: float = 60.0) -> byte
                     fh.write(chunk)
             tmp.replace(dest)
             return None
+    except requests.Timeout:
+        raise ImagegenError(f"GET {url}: timed out after {timeout:.0f}s") from None
+    except requests.ConnectionError as exc:
+        root = exc.args[0] if exc.args else exc
+        reason = getattr(root, "reason", root)
+        raise ImagegenError(f"GET {url}: cannot connect ({type(reason).__name__})") from None
     except requests.RequestException as exc:
-        raise ImagegenError(f"GET {url}: {str(exc).splitlines()[0][:200]}") from None
+        raise ImagegenError(f"GET {url}: {str(exc).splitlines()[0][:160]}") from None
 
 
 def _release_sha256(inrelease: bytes, relpath: str) -> tuple[str, int] | None:

@@ -1,5 +1,142 @@
-"""Registers the pipeline-stage commands (implemented in their own modules) on the CLI app."""
+"""Pipeline-stage commands: lock, build, test, audit, base, doctor, scan, publish.
+
+Each command is thin: it loads the matrix, selects cells and calls the stage's module.
+"""
 
 from __future__ import annotations
 
-from .cli import app  # noqa: F401
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from .cli import AllOpt, JsonOpt, MatrixOpt, VariantOpt, _cells, app
+from .console import err, out
+from .errors import GateFailed, ImagegenError, UserInputError
+
+
+@app.command()
+def build(
+    matrix: MatrixOpt = Path("matrix.yaml"),
+    variant: VariantOpt = None,
+    all_: AllOpt = False,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, max=16, help="Cells built in parallel.")] = 1,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if the tag holds the same inputs.")] = False,
+    no_test: Annotated[bool, typer.Option("--no-test", help="Tag without running the image test suite.")] = False,
+    keep_cache: Annotated[bool, typer.Option("--keep-cache", help="Keep the builder stages' intermediate images "
+                                                                   "(faster rebuilds after a change, GBs of disk).")] = False,
+    junit: Annotated[Optional[Path], typer.Option("--junit", help="Directory for the tests' JUnit XML.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Build cells: lock, bootstrap bases, stage the wheelhouse, build, test, then tag."""
+    from . import build as build_mod
+    from .matrix import format_size
+
+    m, cells = _cells(matrix, variant, all_)
+    _install_interrupt_handler()
+    results = build_mod.build_cells(m, cells, jobs=jobs, force=force, run_tests=not no_test,
+                                    keep_cache=keep_cache, junit_dir=junit)
+    if json_out:
+        out.print_json(data=[{"ref": r.cell.ref, "status": r.status, "image_id": r.image_id,
+                              "seconds": round(r.seconds, 2), "size": r.size, "message": r.message,
+                              "closure": r.closure, "prune": r.prune_report,
+                              "log": str(r.log_path) if r.log_path else None} for r in results])
+    elif len(results) > 1 or results[0].status != "failed":
+        table = Table(box=None, header_style="bold")
+        for col in ("cell", "status", "size", "time", "note"):
+            table.add_column(col)
+        for r in results:
+            note = r.message if r.status != "built" else (f"closure: {', '.join(r.closure)}" if r.closure else "")
+            table.add_row(r.cell.ref, r.status, format_size(r.size), f"{r.seconds:.1f}s", note)
+        out.print(table)
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        if len(failed) == 1:
+            raise ImagegenError(failed[0].message)
+        raise ImagegenError(f"{len(failed)} of {len(results)} cells failed: {', '.join(r.cell.ref for r in failed)}")
+
+
+def _install_interrupt_handler() -> None:
+    """Ctrl-C during a build: the daemon cancels the build when the connection drops; the tag was never
+    moved (images are tagged only after their tests pass). Remove our temporary contexts and leave."""
+
+    def handler(signum, frame):
+        from . import build as build_mod
+
+        err.print("error: interrupted; cancelling builds (tags unchanged)", style="red")
+        build_mod.abort_cleanup()
+        os._exit(130)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+@app.command()
+def publish(
+    matrix: MatrixOpt = Path("matrix.yaml"),
+    variant: VariantOpt = None,
+    all_: AllOpt = False,
+    registry: Annotated[Optional[str], typer.Option("--registry", help="Override the matrix's registry "
+                                                    "(host[:port]).")] = None,
+    namespace: Annotated[Optional[str], typer.Option("--namespace", help="Override the matrix's namespace.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be pushed.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Push built cells' tags to the registry (credentials: REGISTRY_USER/REGISTRY_TOKEN or docker login)."""
+    from . import publish as publish_mod
+    from .matrix import _REGISTRY
+
+    if registry is not None and not _REGISTRY.match(registry):
+        raise UserInputError(f"'{registry}' is not a valid registry host[:port]")
+    m, cells = _cells(matrix, variant, all_)
+    done = [publish_mod.publish(c, registry=registry, namespace=namespace, dry_run=dry_run) for c in cells]
+    if json_out:
+        out.print_json(data=[{"ref": p.cell.ref, "remote": p.remote, "digest": p.digest, "dry_run": p.dry_run}
+                             for p in done])
+        return
+    for p in done:
+        out.print(f"{p.remote}{'@' + p.digest if p.digest else ''}{'  (dry run)' if p.dry_run else ''}",
+                  markup=False)
+
+
+@app.command("test")
+def test_cmd(
+    matrix: MatrixOpt = Path("matrix.yaml"),
+    variant: VariantOpt = None,
+    all_: AllOpt = False,
+    junit: Annotated[Optional[Path], typer.Option("--junit", help="JUnit XML file (or directory) to write.")]
+    = Path("reports/junit-images.xml"),
+    check: Annotated[Optional[list[str]], typer.Option("--check", help="Only these check modules (smoke, "
+                                                       "gpu_ready, tag, policy, budget, hardening).")] = None,
+    keyword: Annotated[Optional[str], typer.Option("-k", help="pytest -k expression over check names.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show every check as it runs.")] = False,
+) -> None:
+    """Test built images: smoke inference, GPU readiness, tag <-> contents, contents policy, size budget."""
+    from . import testrun
+
+    m, cells = _cells(matrix, variant, all_)
+    summary = testrun.test_cells(cells, junit=junit, checks=check, keyword=keyword, verbose=verbose)
+    summary.raise_for_failures()
+
+
+# --- bases and environment ------------------------------------------------------------------------
+
+base_app = typer.Typer(help="Base images: bootstrap from Debian packages (mmdebstrap) or pin from a registry.",
+                       no_args_is_help=True)
+app.add_typer(base_app, name="base")
+
+
+def _register_bases() -> None:
+    from . import bases, doctor
+
+    base_app.command("build")(bases.base_build)
+    base_app.command("list")(bases.base_list)
+    app.command("doctor")(doctor.doctor)
+
+
+_register_bases()

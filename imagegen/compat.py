@@ -55,6 +55,9 @@ class FrameworkVersion(_Model):
     python: list[str]
     cpu: DeviceSpec | None = None
     gpu: GpuSpec | None = None
+    # Debian packages the framework needs at run time that no ELF NEEDED entry reveals
+    # (package -> why). They join the cell's closure; a shell here also relaxes the no-shell policy.
+    runtime_packages: dict[str, str] = Field(default_factory=dict)
 
 
 class TestProfile(_Model):

@@ -21,6 +21,14 @@ _META_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfil
                tarfile.GNUTYPE_LONGLINK)
 
 
+def tee(pieces: Iterable, sinks: list[Callable[[memoryview], object]]) -> Iterator:
+    """Pass pieces through, giving each to every sink first (layer digest, compressed-size counter)."""
+    for mv in pieces:
+        for s in sinks:
+            s(mv)
+        yield mv
+
+
 class StreamError(Exception):
     """Base for stream problems; turned into ImagegenError by the caller (which knows the image)."""
 
@@ -78,7 +86,7 @@ class ChunkSource:
             b = self._cur[self._off:self._off + n]
             self._off += n
             self.pos += n
-            return b
+            return b if type(b) is bytes else bytes(b)
         return b"".join(self.pieces(n))
 
     def read_upto(self, n: int) -> bytes:
@@ -92,7 +100,7 @@ class ChunkSource:
                     break
                 continue
             take = min(avail, n - got)
-            out.append(self._cur[self._off:self._off + take])
+            out.append(bytes(self._cur[self._off:self._off + take]))
             self._off += take
             self.pos += take
             got += take
@@ -112,47 +120,6 @@ class ChunkSource:
             n += len(self._cur)
             self._cur, self._off = b"", 0
         return n
-
-
-class BoundedSource(ChunkSource):
-    """Exactly `length` bytes of a parent source (a tar member), each byte also given to `sinks`
-    (layer digest, compressed-size counter) as it passes."""
-
-    def __init__(self, parent: ChunkSource, length: int, sinks: list[Callable[[memoryview], object]] | None = None):
-        self._parent = parent
-        self._left = length
-        self._sinks = sinks or []
-        super().__init__(self._gen())
-
-    def _gen(self) -> Iterator[memoryview]:
-        sinks = self._sinks
-        while self._left > 0:
-            step = min(self._left, 4 << 20)
-            for mv in self._parent.pieces(step):
-                self._left -= len(mv)
-                for s in sinks:
-                    s(mv)
-                yield mv
-
-    def _fill(self) -> bool:  # chunks are memoryviews here; keep them as they are
-        try:
-            chunk = next(self._it)
-        except StopIteration:
-            return False
-        self._cur = chunk  # type: ignore[assignment]
-        self._off = 0
-        return True
-
-    def read_exact(self, n: int) -> bytes:
-        if len(self._cur) - self._off >= n:
-            b = bytes(self._cur[self._off:self._off + n])
-            self._off += n
-            self.pos += n
-            return b
-        return b"".join(self.pieces(n))
-
-    def read_upto(self, n: int) -> bytes:
-        return bytes(super().read_upto(n))
 
 
 @dataclass(slots=True)

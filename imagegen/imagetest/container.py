@@ -120,7 +120,7 @@ class TestContainer:
     env: dict[str, str] = field(default_factory=dict)
     mem_limit: str = os.environ.get("IMAGEGEN_TEST_MEMORY", "8g")
     _ctr: Any = None
-    restarts: int = 0
+    starts: int = 0
     last_error: str | None = None
 
     @property
@@ -138,7 +138,13 @@ class TestContainer:
             kw["tmpfs"] = {"/tmp": "rw,nosuid,nodev,size=2g,mode=1777"}
         return kw
 
+    @property
+    def restarts(self) -> int:
+        """How often the container had to be started again (after a probe hung)."""
+        return max(0, self.starts - 1)
+
     def start(self) -> "TestContainer":
+        self.starts += 1
         env = dict(self.env)
         if self.read_only:
             env.setdefault("HOME", "/tmp")  # the only writable place
@@ -189,8 +195,6 @@ class TestContainer:
         """Run argv (exec form, no shell) with a host-side deadline. On timeout the container
         is killed and removed (the hung process cannot be trusted to end) and restarted lazily."""
         if not self.alive():
-            if self._ctr is not None:
-                self.restarts += 1
             self.start()
         api = _client().api
         t0 = time.monotonic()

@@ -11,6 +11,7 @@ This is how contents policy works on shell-less images: no tool has to run insid
 
 from __future__ import annotations
 
+import concurrent.futures
 import gzip
 import io
 import json
@@ -98,7 +99,9 @@ def resolve(files: dict[str, list], path: str, depth: int = 0) -> str | None:
         cur = posixpath.join(cur, part) if cur else part
         e = files.get(cur)
         if e is None:
-            return None
+            if i == len(parts) - 1:
+                return None
+            continue  # a parent directory without its own tar entry
         if e[T] == "l":
             if depth > 40:
                 return None
@@ -183,6 +186,49 @@ class IterReader(io.RawIOBase):
         return n
 
 
+_BLOCK = 4 << 20
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _deflated_size(block: bytes) -> int:
+    z = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -15)  # raw deflate
+    return len(z.compress(block)) + len(z.flush())
+
+
+class _Gzipper:
+    """gzip -6 size of a byte stream, on all cores: 4 MiB blocks deflated independently on a
+    thread pool (zlib releases the GIL), + 18 bytes of gzip header and trailer. Independent blocks
+    lose at most the 32 KiB window at each block start: < 0.1% over a real layer, well inside the
+    difference between zlib and the registry client's own gzip."""
+
+    def __init__(self) -> None:
+        global _POOL
+        if _POOL is None:
+            _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1))
+        self._buf = bytearray()
+        self._pending: list[concurrent.futures.Future] = []
+        self.size = 18
+
+    def _submit(self, block: bytes) -> None:
+        self._pending.append(_POOL.submit(_deflated_size, block))  # type: ignore[union-attr]
+        while len(self._pending) > 2 * (os.cpu_count() or 1):
+            self.size += self._pending.pop(0).result()
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+        if len(self._buf) >= _BLOCK:
+            self._submit(bytes(self._buf))
+            self._buf = bytearray()
+
+    def close(self) -> int:
+        if self._buf or not self._pending:
+            self._submit(bytes(self._buf))
+        for f in self._pending:
+            self.size += f.result()
+        self._pending = []
+        return self.size
+
+
 class _Tee(io.RawIOBase):
     """Reads a layer member once: counts its bytes and their gzip size while tarfile parses it."""
 
@@ -191,11 +237,11 @@ class _Tee(io.RawIOBase):
         self._prefix = prefix
         self.size = 0
         self.gzip_size = 0
-        self._z = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # 31 = gzip wrapper
+        self._gz = _Gzipper()
 
     def _feed(self, data: bytes) -> None:
         self.size += len(data)
-        self.gzip_size += len(self._z.compress(data))
+        self._gz.feed(data)
 
     def feed_prefix(self) -> None:
         self._feed(self._prefix)
@@ -219,7 +265,7 @@ class _Tee(io.RawIOBase):
     def finish(self) -> None:
         while self.read(_CHUNK):
             pass
-        self.gzip_size += len(self._z.flush())
+        self.gzip_size = self._gz.close()
 
 
 def _norm(name: str) -> str:
@@ -335,7 +381,7 @@ def scan_save_stream(stream: IO[bytes]) -> tuple[list[Layer], dict[str, list], d
     return ordered, merged, config
 
 
-def inventory(image: str, *, use_cache: bool = True) -> Inventory:
+def load_inventory(image: str, *, use_cache: bool = True) -> Inventory:
     """The inventory of a local image, from cache or one streamed `docker save`."""
     from ..engine import api
 

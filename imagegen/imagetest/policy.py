@@ -93,7 +93,12 @@ def unstripped(files: Files, allow: list[str] = []) -> list[str]:
 
 
 def shells(files: Files, allow: list[str] = []) -> list[str]:
-    out = sorted({p for p in SHELLS if resolve(files, p)})
+    seen: dict[str, str] = {}  # resolved target -> first name that reaches it
+    for p in SHELLS:
+        real = resolve(files, p)
+        if real and real not in seen:
+            seen[real] = p
+    out = sorted(seen.values())
     return sorted(x for x in out if not _allowed(x, allow))
 
 

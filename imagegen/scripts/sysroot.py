@@ -14,9 +14,10 @@ apt resolves the listed packages and their Depends/Pre-Depends against the *base
 own lists and caches live in a scratch directory, never in the sysroot), so exactly the packages
 the base lacks are downloaded. Each is unpacked into the sysroot without running maintainer
 scripts, without docs/man pages/locales (each package's copyright file is kept), and with the
-merged-/usr layout (``/lib/x`` is written as ``/usr/lib/x``) so that the result can be copied onto
-a base with either layout: Docker's COPY would replace a base's ``/lib -> usr/lib`` symlink by a
-directory. ``<out>/var/lib/dpkg/status`` is written as the base's status plus one paragraph per
+merged-/usr layout (``/lib/x`` is written as ``/usr/lib/x``, symlinks re-pointed) so that the
+result lands in the same place on a base with either layout and never depends on how a builder's
+COPY treats a directory copied onto the base's ``/lib -> usr/lib`` symlink (Docker 20.10's classic
+builder follows the symlink; other builders need not). ``<out>/var/lib/dpkg/status`` is written as the base's status plus one paragraph per
 added package (``Status: install ok installed``), and ``var/lib/dpkg/info/<pkg>.list`` and
 ``.md5sums`` for them, so scanners see every package present. With nothing to add, the sysroot
 holds just the status file.

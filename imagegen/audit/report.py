@@ -1,0 +1,373 @@
+"""From a scanned image to the audit report: a plain JSON-able dict (the `--json` output), which
+the terminal view, the HTML page, the comparison and the gates all read."""
+
+from __future__ import annotations
+
+import heapq
+import posixpath
+import unicodedata
+from collections import defaultdict
+from dataclasses import dataclass
+
+from .categories import CATEGORIES, category_of, group_of, rule_for_file
+from .fsview import SymlinkLoop, View
+from .packages import UNOWNED, Ownership
+from .scan import ImageScan, Rec
+
+SCHEMA = "imagegen.audit/1"
+
+NOTE_GZIP = ("compressed = bytes of a gzip -6 stream of the layer tar, the format and level `docker push` "
+             "uploads (computed, not estimated)")
+
+
+def display_path(path: str) -> str:
+    """A path as one printable line: non-UTF-8 bytes as \\xNN, control characters as \\n, \\t, \\xNN."""
+    if path.isprintable() and path.isascii():
+        return path
+    text = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    out = []
+    for ch in text:
+        if ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ch == "\r":
+            out.append("\\r")
+        elif unicodedata.category(ch) in ("Cc", "Cf", "Cs"):
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _odd(path: str) -> bool:
+    if path.isascii() and path.isprintable():
+        return False
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return not path.isprintable()
+
+
+@dataclass
+class Analysis:
+    scan: ImageScan
+    view: View
+    own: Ownership
+    report: dict
+
+    def file_rows(self):
+        """(rec, category, package, elf debug, elf fatbin) per visible regular file."""
+        owner = self.own.owner
+        for r in self.view.files():
+            yield r, category_of(r.path), owner.get(r.path, UNOWNED)
+
+
+def _created_by(h: dict) -> str:
+    text = (h.get("created_by") or h.get("comment") or "").strip()
+    for prefix in ("/bin/sh -c #(nop) ", "/bin/sh -c "):
+        if text.startswith(prefix):
+            text = text[len(prefix):].strip()
+            if prefix.endswith("-c "):
+                text = "RUN " + text
+            break
+    return " ".join(text.split())
+
+
+def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id: str = "",
+            engine_size: int | None = None, top: int = 20, gzip_mode: str = "computed",
+            extra_problems: list[str] | None = None) -> Analysis:
+    cat_bytes: dict[str, int] = defaultdict(int)
+    cat_files: dict[str, int] = defaultdict(int)
+    rule_bytes: dict[str, int] = defaultdict(int)
+    rule_files: dict[str, int] = defaultdict(int)
+    layer_visible: dict[int, int] = defaultdict(int)
+    layer_files: dict[int, int] = defaultdict(int)
+    dir_bytes: dict[str, int] = defaultdict(int)
+    unowned_dirs: dict[str, int] = defaultdict(int)
+    dup_first: dict[tuple[bytes, int], str] = {}
+    dup_groups: dict[tuple[bytes, int], list[str]] = {}
+    top_files: list[tuple[int, str]] = []
+    top_unowned: list[tuple[int, str]] = []
+    elf_files = elf_bad = 0
+    strip_bytes = strip_files = strip_skipped = 0
+    total = nfiles = 0
+    odd = 0
+    owner = own.owner
+    for r in view.files():
+        size = r.size
+        path = r.path
+        nfiles += 1
+        total += size
+        if _odd(path):
+            odd += 1
+        cat = category_of(path)
+        rest = size
+        e = r.elf
+        if e is not None:
+            elf_files += 1
+            if not e.ok:
+                elf_bad += 1
+            dbg = min(e.debug, rest)
+            rest -= dbg
+            fat = min(e.fatbin, rest)
+            rest -= fat
+            if dbg:
+                cat_bytes["debug"] += dbg
+            if fat:
+                cat_bytes["cuda_kernels"] += fat
+            if (e.debug or e.symbols) and cat != "static_libs":
+                if ".libs/" in path:  # auditwheel-repaired: stripping corrupts them (FACTS trap 1)
+                    strip_skipped += 1
+                else:
+                    strip_bytes += min(size, e.debug + e.symbols)
+                    strip_files += 1
+        cat_bytes[cat] += rest
+        cat_files[cat] += 1
+        rule = rule_for_file(path)
+        if rule:
+            rule_bytes[rule] += size
+            rule_files[rule] += 1
+        layer_visible[r.layer] += size
+        layer_files[r.layer] += 1
+        d = posixpath.dirname(path)
+        while True:
+            dir_bytes[d] += size
+            if d == "/":
+                break
+            d = posixpath.dirname(d)
+        if path not in owner:
+            unowned_dirs[posixpath.dirname(path)] += size
+            if len(top_unowned) < top:
+                heapq.heappush(top_unowned, (size, path))
+            elif size > top_unowned[0][0]:
+                heapq.heapreplace(top_unowned, (size, path))
+        if len(top_files) < top:
+            heapq.heappush(top_files, (size, path))
+        elif size > top_files[0][0]:
+            heapq.heapreplace(top_files, (size, path))
+        if size and r.digest is not None:
+            k = (r.digest, size)
+            first = dup_first.get(k)
+            if first is None:
+                dup_first[k] = path
+            else:
+                g = dup_groups.get(k)
+                if g is None:
+                    dup_groups[k] = [first, path]
+                else:
+                    g.append(path)
+    del dup_first
+
+    # waste
+    hidden_total = sum(h.rec.size for h in view.hidden)
+    deleted = sum(h.rec.size for h in view.hidden if h.reason == "deleted")
+    hidden_cat: dict[str, int] = defaultdict(int)
+    for h in view.hidden:
+        hidden_cat[category_of(h.rec.path)] += h.rec.size
+    top_hidden = heapq.nlargest(top, view.hidden, key=lambda h: h.rec.size)
+    groups = sorted(dup_groups.items(), key=lambda kv: -kv[0][1] * (len(kv[1]) - 1))
+    dup_bytes = sum(k[1] * (len(v) - 1) for k, v in dup_groups.items())
+
+    # problems
+    problems: list[str] = list(extra_problems or [])
+    loops: list[dict] = []
+    seen_loop: set[str] = set()
+    for path, node in view.index.items():
+        if type(node) is Rec and node.kind == "l":
+            try:
+                view.resolve(path)
+            except SymlinkLoop as exc:
+                if path not in seen_loop:
+                    seen_loop.add(path)
+                    loops.append({"path": display_path(path), "chain": [display_path(c) for c in exc.chain[1:6]]})
+    if loops:
+        problems.append(f"{len(loops)} symlink(s) in a loop (not followed; counted as links): "
+                        + ", ".join(lp["path"] for lp in loops[:5]))
+    if elf_bad:
+        problems.append(f"{elf_bad} ELF file(s) whose section headers could not be read (counted by path only)")
+    if odd:
+        problems.append(f"{odd} file(s) with non-UTF-8 or control characters in their names (shown escaped)")
+
+    # layers
+    layers = []
+    for i, ls in enumerate(scan.layers):
+        h = scan.history[i] if i < len(scan.history) else {}
+        layers.append({
+            "index": i, "created_by": _created_by(h), "created": h.get("created", ""),
+            "size": ls.content_bytes, "tar_size": ls.tar_size, "compressed": ls.gzip_size,
+            "files": sum(1 for e in ls.entries if e.kind == "f"),
+            "visible": layer_visible.get(i, 0), "visible_files": layer_files.get(i, 0),
+            "hidden_later": view.hidden_from_layer.get(i, 0),
+            "deletes": view.deleted_by_layer.get(i, 0), "overwrites": view.overwritten_by_layer.get(i, 0),
+            "whiteouts": len(ls.whiteouts) + len(ls.opaques), "diff_id": ls.digest,
+        })
+    layers_bytes = sum(ls.content_bytes for ls in scan.layers)
+    comp = [ls.gzip_size for ls in scan.layers]
+    compressed = sum(comp) if comp and all(c is not None for c in comp) else None
+
+    # categories
+    cats = []
+    for name, b in sorted(cat_bytes.items(), key=lambda kv: -kv[1]):
+        c = CATEGORIES.get(name)
+        cats.append({"name": name, "group": group_of(name), "bytes": b, "files": cat_files.get(name, 0),
+                     "rule": c.rule if c else None, "label": c.label if c else name})
+    groups_b: dict[str, int] = defaultdict(int)
+    for c in cats:
+        groups_b[c["group"]] += c["bytes"]
+
+    # packages
+    pkgs = [{"manager": p.manager, "name": p.name, "version": p.version, "key": p.key, "bytes": p.bytes,
+             "files": p.files, "location": p.location, "missing": p.missing}
+            for p in sorted(own.packages.values(), key=lambda p: -p.bytes)]
+    unowned_bytes = total - sum(p.bytes for p in own.packages.values())
+    unowned_files = nfiles - sum(p.files for p in own.packages.values())
+    mgr: dict[str, int] = defaultdict(int)
+    for p in own.packages.values():
+        mgr[p.manager] += p.bytes
+
+    # suggestions
+    def cats_sum(*names: str) -> int:
+        return sum(cat_bytes.get(n, 0) for n in names)
+
+    sugg = []
+
+    def s(rule: str | None, b: int, text: str) -> None:
+        if b > 0:
+            sugg.append({"rule": rule, "bytes": b, "text": text})
+
+    s("caches", cats_sum("cache:pip", "cache:apt", "cache:conda", "cache:other"),
+      "remove pip/apt/conda caches in the layer that creates them (pip --no-cache-dir, rm -rf /var/lib/apt/lists/*)")
+    s("docs", cats_sum("docs", "man", "locales"), "drop documentation, man pages and locales")
+    s("tests", cats_sum("tests"), "drop test suites shipped inside Python packages and the standard library")
+    s("headers", cats_sum("headers"), "drop C/C++/CUDA headers from the runtime image")
+    s("static_libs", cats_sum("static_libs"), "drop static libraries (.a)")
+    s("bytecode", cats_sum("bytecode"), "drop .pyc files (Python rebuilds them; or keep and set PYTHONDONTWRITEBYTECODE)")
+    s("strip", strip_bytes, f"strip debug sections and symbol tables of {strip_files} ELF file(s)"
+      + (f"; {strip_skipped} auditwheel-repaired file(s) in *.libs/ left out: stripping corrupts them"
+         if strip_skipped else ""))
+    pip_b = sum(p.bytes for p in own.packages.values() if p.manager == "pip" and p.name in ("pip", "wheel"))
+    s("pip", pip_b, "uninstall pip and wheel from the runtime (keep setuptools: Paddle 3.x imports it)")
+    s("cudnn_train", rule_bytes.get("cudnn_train", 0),
+      f"drop cuDNN training libraries ({rule_files.get('cudnn_train', 0)} file(s)) from inference images")
+    s("flashattn", rule_bytes.get("flashattn", 0), "drop libflashattn if the workload does not use flash attention")
+    s("warpctc", rule_bytes.get("warpctc", 0), "drop libwarpctc/libwarprnnt if the workload does not use CTC loss")
+    if hidden_total:
+        worst = max(view.deleted_by_layer.items(), key=lambda kv: kv[1], default=None)
+        s(None, hidden_total, "bytes hidden by later layers still ship: delete files in the same RUN that creates "
+          "them, or copy only what is needed into a final stage"
+          + (f" (layer {worst[0]} deletes {worst[1]} bytes added below)" if worst and worst[1] else ""))
+    if dup_bytes:
+        s(None, dup_bytes, f"{len(dup_groups)} set(s) of identical files at different paths: keep one copy "
+          "(symlink or hard link)")
+    sugg.sort(key=lambda x: -x["bytes"])
+
+    top_dirs = heapq.nlargest(top, ((b, d) for d, b in dir_bytes.items() if d != "/"))
+    report = {
+        "schema": SCHEMA,
+        "image": image, "id": image_id,
+        "totals": {
+            "engine_size": engine_size, "layers": layers_bytes, "visible": total, "files": nfiles,
+            "hidden": hidden_total, "deleted": deleted, "overwritten": hidden_total - deleted,
+            "duplicates": dup_bytes, "wasted": hidden_total + dup_bytes, "compressed": compressed,
+            "save_stream": scan.save_bytes,
+        },
+        "compressed_note": NOTE_GZIP, "compressed_mode": gzip_mode,
+        "layers": layers,
+        "categories": cats,
+        "category_groups": dict(sorted(groups_b.items(), key=lambda kv: -kv[1])),
+        "hidden_by_category": dict(sorted(hidden_cat.items(), key=lambda kv: -kv[1])),
+        "packages": pkgs,
+        "managers": dict(mgr),
+        "unowned": {"bytes": unowned_bytes, "files": unowned_files,
+                    "top_files": [{"path": display_path(p), "bytes": b} for b, p in sorted(top_unowned, reverse=True)],
+                    "top_dirs": [{"path": display_path(d), "bytes": b}
+                                 for b, d in heapq.nlargest(top, ((b, d) for d, b in unowned_dirs.items()))]},
+        "ownership_conflicts": own.conflicts,
+        "waste": {
+            "hidden": hidden_total, "deleted": deleted, "overwritten": hidden_total - deleted,
+            "top_hidden": [{"path": display_path(h.rec.path), "bytes": h.rec.size, "added_in": h.rec.layer,
+                            "hidden_by": h.by_layer, "reason": h.reason} for h in top_hidden],
+            "duplicates": dup_bytes,
+            "duplicate_groups": [{"bytes_each": k[1], "copies": len(v), "wasted": k[1] * (len(v) - 1),
+                                  "digest": k[0].hex(), "paths": [display_path(p) for p in sorted(v)[:10]]}
+                                 for k, v in groups[:top]],
+        },
+        "elf": {"files": elf_files, "unreadable": elf_bad, "debug": cat_bytes.get("debug", 0),
+                "cuda_kernels": cat_bytes.get("cuda_kernels", 0), "strippable": strip_bytes},
+        "top_files": [{"path": display_path(p), "bytes": b, "category": category_of(p),
+                       "package": owner.get(p, UNOWNED)} for b, p in sorted(top_files, reverse=True)],
+        "top_dirs": [{"path": display_path(d), "bytes": b} for b, d in top_dirs],
+        "suggestions": sugg,
+        "problems": problems,
+        "symlink_loops": loops,
+    }
+    return Analysis(scan, view, own, report)
+
+
+# ---------------------------------------------------------------------------------------------
+# comparison
+
+
+def compare(a: dict, b: dict) -> dict:
+    def table(key: str, field: str, name_of) -> list[dict]:
+        av = {name_of(x): x[field] for x in a[key]}
+        bv = {name_of(x): x[field] for x in b[key]}
+        rows = [{"name": n, "a": av.get(n, 0), "b": bv.get(n, 0), "diff": bv.get(n, 0) - av.get(n, 0)}
+                for n in set(av) | set(bv)]
+        rows.sort(key=lambda r: (-abs(r["diff"]), -max(r["a"], r["b"]), r["name"]))
+        return rows
+
+    pa = list(a["packages"]) + [{"key": UNOWNED, "bytes": a["unowned"]["bytes"]}]
+    pb = list(b["packages"]) + [{"key": UNOWNED, "bytes": b["unowned"]["bytes"]}]
+    totals = [{"name": k, "a": a["totals"].get(k), "b": b["totals"].get(k),
+               "diff": (b["totals"][k] - a["totals"][k]) if a["totals"].get(k) is not None
+               and b["totals"].get(k) is not None else None}
+              for k in ("engine_size", "layers", "visible", "compressed", "hidden", "duplicates", "wasted", "files")]
+    return {
+        "schema": SCHEMA + "/compare",
+        "a": a["image"], "b": b["image"],
+        "totals": totals,
+        "categories": table("categories", "bytes", lambda x: x["name"]),
+        "packages": _pkg_table(pa, pb),
+    }
+
+
+def _pkg_table(pa: list[dict], pb: list[dict]) -> list[dict]:
+    av = {x["key"]: x["bytes"] for x in pa}
+    bv = {x["key"]: x["bytes"] for x in pb}
+    rows = [{"name": n, "a": av.get(n, 0), "b": bv.get(n, 0), "diff": bv.get(n, 0) - av.get(n, 0)}
+            for n in set(av) | set(bv)]
+    rows.sort(key=lambda r: (-abs(r["diff"]), -max(r["a"], r["b"]), r["name"]))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# gates
+
+
+def check_gates(report: dict, *, max_size: int | None = None, max_wasted: int | None = None,
+                max_cats: dict[str, int] | None = None) -> list[str]:
+    """Reasons the report breaches its limits (empty = pass)."""
+    from .units import human
+
+    reasons = []
+    t = report["totals"]
+    size = t["engine_size"] if t.get("engine_size") is not None else t["layers"]
+    if max_size is not None and size > max_size:
+        reasons.append(f"image size {human(size)} ({size} B) exceeds --max-size {human(max_size)} ({max_size} B)")
+    if max_wasted is not None and t["wasted"] > max_wasted:
+        reasons.append(f"wasted {human(t['wasted'])} ({t['wasted']} B: {t['hidden']} hidden by later layers + "
+                       f"{t['duplicates']} duplicate) exceeds --max-wasted {human(max_wasted)} ({max_wasted} B)")
+    for name, limit in (max_cats or {}).items():
+        got = category_bytes(report, name)
+        if got > limit:
+            reasons.append(f"category {name} {human(got)} ({got} B) exceeds --max {name}={human(limit)} ({limit} B)")
+    return reasons
+
+
+def category_bytes(report: dict, name: str) -> int:
+    """Bytes of a category ('cuda:cudnn') or of a group of categories ('cuda', 'docs', 'caches')."""
+    return sum(c["bytes"] for c in report["categories"] if c["name"] == name or
+               (c["group"] == name and c["name"] != name))

@@ -1,0 +1,44 @@
+"""pytest plugin loaded with `-p imagegen.imagetest.plugin` in the suite's pytest process:
+writes one JSON line per check result to $IMAGEGEN_TEST_RESULTS for the rich summary."""
+
+from __future__ import annotations
+
+import json
+import os
+
+_results: dict[str, dict] = {}
+
+
+def _message(report) -> str:
+    if report.skipped and isinstance(report.longrepr, tuple):
+        return str(report.longrepr[2]).removeprefix("Skipped: ")
+    text = getattr(report, "longreprtext", "") or str(report.longrepr or "")
+    lines = [x for x in text.strip().splitlines() if x.strip()]
+    if not lines:
+        return ""
+    # pytest.fail(pytrace=False) gives just our one line; an unexpected error gives a traceback:
+    # keep its last line (the exception), which names what broke
+    return lines[-1].removeprefix("E   ").strip() if len(lines) > 1 else lines[0]
+
+
+def pytest_runtest_logreport(report) -> None:
+    props = dict(report.user_properties)
+    r = _results.setdefault(report.nodeid, {
+        "nodeid": report.nodeid, "image": props.get("image", ""), "check": props.get("check", report.nodeid),
+        "outcome": "passed", "seconds": 0.0, "message": "",
+    })
+    r["seconds"] += report.duration
+    if report.failed:
+        r["outcome"] = "error" if report.when != "call" else "failed"
+        r["message"] = _message(report)
+    elif report.skipped and r["outcome"] == "passed":
+        r["outcome"] = "skipped"
+        r["message"] = _message(report)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    path = os.environ.get("IMAGEGEN_TEST_RESULTS")
+    if path:
+        with open(path, "w") as fh:
+            for r in _results.values():
+                fh.write(json.dumps(r) + "\n")

@@ -1,0 +1,43 @@
+"""The test stage: turn matrix cells into image-test targets and run the suite on them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import docker.errors
+
+from . import engine
+from .build import LABEL_DIGEST, SOURCE_URL, cache_dir
+from .errors import UserInputError
+from .imagetest import TestTarget, run_targets
+from .imagetest.runner import Summary
+from .matrix import Cell
+
+
+def target_for(cell: Cell, image: str | None = None) -> TestTarget:
+    ref = image or cell.ref
+    try:
+        labels = (engine.api().inspect_image(ref).get("Config") or {}).get("Labels") or {}
+    except docker.errors.ImageNotFound:
+        raise UserInputError(f"{cell.ref} is not built here; run `imagegen build --variant {cell.ref}`") from None
+    expected = {"org.opencontainers.image.source": SOURCE_URL}
+    if LABEL_DIGEST in labels:
+        expected[LABEL_DIGEST] = labels[LABEL_DIGEST]
+    return TestTarget.from_cell(cell, image=ref, labels=expected)
+
+
+def junit_path(junit_dir: Path | None, name: str) -> Path:
+    base = junit_dir or (cache_dir() / "reports")
+    return base / f"junit-{name.replace(':', '-').replace('/', '_')}.xml"
+
+
+def test_image(cell: Cell, image: str, *, junit_dir: Path | None = None) -> Summary:
+    """Run the whole suite on one freshly built image (by ID) before it gets its tag."""
+    return run_targets([target_for(cell, image)], junit_path(junit_dir, cell.id))
+
+
+def test_cells(cells: list[Cell], *, junit: Path | None = None, checks: list[str] | None = None,
+               keyword: str | None = None, verbose: bool = False) -> Summary:
+    targets = [target_for(c) for c in cells]
+    path = junit if junit and junit.suffix == ".xml" else junit_path(junit, "imagegen")
+    return run_targets(targets, path, checks=checks, keyword=keyword, verbose=verbose)
