@@ -82,6 +82,8 @@ def lock_request(cell: Cell):
         glibc=base.glibc or "2.17",
         arch="x86_64",
         indexes=[(i.name, i.kind, i.url) for i in cell.indexes],
+        cell_id=cell.id,
+        regenerate=f"imagegen lock --variant {cell.ref}",
     )
 
 
@@ -233,6 +235,12 @@ def abort_cleanup() -> None:
             except docker.errors.APIError:
                 pass
     except ImagegenError:
+        pass
+    try:
+        from . import lock as lock_mod
+
+        lock_mod.terminate_children()
+    except Exception:  # noqa: BLE001 - best effort while exiting
         pass
     for d in workdirs:
         shutil.rmtree(d, ignore_errors=True)

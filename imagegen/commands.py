@@ -140,3 +140,16 @@ def _register_bases() -> None:
 
 
 _register_bases()
+
+
+def _register_wheelhouse() -> None:
+    from . import lock, wheelhouse
+
+    app.command("lock")(lock.lock_command)
+    app.command("fetch")(wheelhouse.fetch_command)
+    cache = typer.Typer(help="The host's content-addressed wheel cache.", no_args_is_help=True)
+    cache.command("prune")(wheelhouse.prune_command)
+    app.add_typer(cache, name="cache")
+
+
+_register_wheelhouse()

@@ -82,6 +82,7 @@ class Slimming(_Model):
     cudnn_train: bool | None = None
     flashattn: bool | None = None
     warpctc: bool | None = None
+    openvino: bool | None = None
 
 
 class Budget(_Model):
@@ -232,6 +233,7 @@ class SlimRules:
     cudnn_train: bool
     flashattn: bool
     warpctc: bool
+    openvino: bool
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

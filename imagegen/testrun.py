@@ -13,6 +13,8 @@ from .imagetest import TestTarget, run_targets
 from .imagetest.runner import Summary
 from .matrix import Cell
 
+SHELL_PACKAGES = {"dash", "bash", "busybox", "busybox-static", "zsh"}
+
 
 def target_for(cell: Cell, image: str | None = None) -> TestTarget:
     ref = image or cell.ref
@@ -23,7 +25,13 @@ def target_for(cell: Cell, image: str | None = None) -> TestTarget:
     expected = {"org.opencontainers.image.source": SOURCE_URL}
     if LABEL_DIGEST in labels:
         expected[LABEL_DIGEST] = labels[LABEL_DIGEST]
-    return TestTarget.from_cell(cell, image=ref, labels=expected)
+    target = TestTarget.from_cell(cell, image=ref, labels=expected)
+    needs = cell.fw.versions[cell.version].runtime_packages
+    shells = sorted(set(needs) & SHELL_PACKAGES)
+    if shells and target.policy.get("no_shell"):
+        # The framework shells out at run time (see runtime_packages in its data file).
+        target.policy["no_shell"] = False
+    return target
 
 
 def junit_path(junit_dir: Path | None, name: str) -> Path:

@@ -242,10 +242,12 @@ class TestContainer:
 
     # --- testinfra ---------------------------------------------------------------------------
     def shell(self, image_has_shell: bool) -> list[str] | None:
-        if image_has_shell:
-            return ["/bin/sh", "-c"]
+        # The test busybox first: an image's own /bin/sh (kept for a framework that shells out)
+        # comes without coreutils, and testinfra's modules need id, stat, cat, uname.
         if (self.workdir / "busybox").exists():
             return [f"{MOUNT}/busybox", "sh", "-c"]
+        if image_has_shell:
+            return ["/bin/sh", "-c"]
         return None
 
     def testinfra_host(self, shell: list[str]) -> testinfra.host.Host:

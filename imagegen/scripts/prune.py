@@ -105,8 +105,8 @@ class Pruner:
 
     # -- rules --------------------------------------------------------------------------------
     def run(self) -> dict:
-        for rule in ("docs", "headers", "pip", "cudnn_train", "flashattn", "warpctc"):
-            paths = [p for g in self.globs.get(rule, []) for p in self.expand(g)]
+        for rule in sorted(self.globs):  # path rules, from imagegen/data/prune.yaml + the framework's data
+            paths = [p for g in self.globs[rule] for p in self.expand(g)]
             self.apply(rule, paths)
         tests, headers, static, caches, bytecode = [], [], [], [], []
         for root, dirs, files in self.walk():
