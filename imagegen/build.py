@@ -357,13 +357,18 @@ def _git_revision() -> str:
 
 
 def remove_images(ids: list[str], keep: set[str]) -> None:
-    """Best-effort removal of a build's intermediate images (builder stages hold GBs of wheels)."""
+    """Best-effort removal of a build's untagged intermediate images (builder stages hold GBs of
+    wheels). Tagged images (the bases, other cells) and ancestors of the kept image are left alone."""
     api = engine.api()
     for image in reversed(ids):
-        if any(k.startswith(image) or image.startswith(k.replace("sha256:", "")[:12]) for k in keep):
+        if any(k and (k.replace("sha256:", "").startswith(image) or image.startswith(k.replace("sha256:", "")[:12]))
+               for k in keep):
             continue
         try:
-            api.remove_image(image, noprune=False)
+            info = api.inspect_image(image)
+            if info.get("RepoTags"):
+                continue
+            api.remove_image(info["Id"], noprune=False)
         except docker.errors.APIError:
             pass  # a parent of the kept image, or shared with another build's cache
 

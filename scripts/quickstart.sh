@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The main job on a fresh Debian/Ubuntu machine: set up (Docker engine included), then build,
+# test and audit one cell of matrix.yaml. Default: the Paddle 3.3.1 CPU inference image.
+#
+#   sudo bash scripts/quickstart.sh [VARIANT]      e.g. gpu-cuda11.8-slim, onnxruntime:cpu-slim
+set -euo pipefail
+cd "$(dirname "$0")/.."
+variant="${1:-paddle:3.3.1-cpu-slim}"
+bash scripts/setup.sh
+mkdir -p reports
+imagegen validate
+imagegen build --variant "$variant" --junit reports/          # builds, then runs the image test suite
+ref="$(imagegen list --variant "$variant" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["ref"])')"
+imagegen audit "$ref" --html reports/audit.html
+echo "quickstart: $ref built, tested and audited; reports in $(pwd)/reports/" >&2

@@ -1,0 +1,181 @@
+"""End to end on the real engine: build the small CPU cells of the repo's matrix with the CLI,
+let the build run the image test suite, check sizes, the no-op skip, Ctrl-C, publish, and clean up.
+
+Each build pulls real wheels into the host wheelhouse and bootstraps the bases when missing.
+The GPU flagship is behind the `gpu_cell` marker (IMAGEGEN_GPU_CELLS=1): several GB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import docker
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "engine"))
+from registry_fixture import LocalRegistry  # noqa: E402
+
+CPU_CELLS = ["paddle:3.3.1-cpu-slim", "onnxruntime:1.23.2-cpu-slim", "pytorch:2.13.0-cpu-slim",
+             "paddle:3.3.1-cpu-full"]
+GPU_FLAGSHIP = "paddle:2.6.2-gpu-cuda11.8-cudnn8.6-slim"
+
+
+def imagegen(*args: str, check: bool = True, timeout: int = 1800, env: dict | None = None):
+    proc = subprocess.run([sys.executable, "-m", "imagegen", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "NO_COLOR": "1", **(env or {})})
+    if check and proc.returncode != 0:
+        pytest.fail(f"imagegen {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def client():
+    return docker.from_env()
+
+
+@pytest.fixture(scope="module")
+def built(client, tmp_path_factory):
+    """Build every CPU cell once (with its tests); remove them all at the end."""
+    junit = tmp_path_factory.mktemp("junit")
+    results = {}
+    before = {i.id for i in client.images.list()}
+    try:
+        for ref in CPU_CELLS:
+            proc = imagegen("build", "--variant", ref, "--json", "--junit", str(junit))
+            (res,) = json.loads(proc.stdout)
+            results[ref] = res
+        yield results, junit
+    finally:
+        for ref in CPU_CELLS:
+            try:
+                client.images.remove(ref, force=True)
+            except docker.errors.ImageNotFound:
+                pass
+        for image in client.images.list(filters={"dangling": True}):
+            if image.id not in before:
+                try:
+                    client.images.remove(image.id, force=True)
+                except docker.errors.APIError:
+                    pass
+
+
+@pytest.mark.parametrize("ref", CPU_CELLS)
+def test_cell_builds_passes_tests_and_meets_budget(built, client, ref):
+    results, junit = built
+    res = results[ref]
+    assert res["status"] in ("built", "skipped"), res
+    image = client.images.get(ref)
+    labels = image.labels
+    assert labels["io.imagegen.cell"] == ref
+    assert labels["io.imagegen.inputs-digest"].startswith("sha256:")
+    assert labels["org.opencontainers.image.version"] == ref.split(":", 1)[1]
+    cell = json.loads(imagegen("list", "--variant", ref, "--json").stdout)[0]
+    if cell["budget"]["size"]:
+        assert image.attrs["Size"] <= cell["budget"]["size"], f"{ref}: {image.attrs['Size']} > budget"
+    if res["status"] == "built":
+        # the build ran the suite and wrote its JUnit XML
+        assert any(junit.glob(f"junit-{ref.replace(':', '-')}*.xml"))
+        prune = res["prune"]["rules"]
+        assert prune["pip"]["enabled"] is (ref.endswith("-slim"))
+        assert res["prune"]["venv_bytes_after"] < res["prune"]["venv_bytes_before"]
+
+
+def test_slim_is_non_root_and_has_no_pip(built, client):
+    image = client.images.get("paddle:3.3.1-cpu-slim")
+    assert image.attrs["Config"]["User"] == "1000:1000"
+    out = client.containers.run("paddle:3.3.1-cpu-slim", ["python3.11", "-c",
+                                "import importlib.util as u; print(u.find_spec('pip') is None)"],
+                                remove=True, user="12345")
+    assert out.strip() == b"True"
+
+
+def test_no_credentials_or_ca_in_history(built, client):
+    """The host CA bundle and pip configuration never reach an image or its history."""
+    for ref in CPU_CELLS:
+        image = client.images.get(ref)
+        history = json.dumps(image.history())
+        for needle in ("PIP_CERT", "ca-certificates.crt --", "pip.conf", "REQUESTS_CA_BUNDLE", "/opt/pypi"):
+            assert needle not in history, (ref, needle)
+
+
+def test_noop_rebuild_is_skipped(built):
+    proc = imagegen("build", "--variant", "onnxruntime:1.23.2-cpu-slim", "--json")
+    (res,) = json.loads(proc.stdout)
+    assert res["status"] == "skipped" and res["message"] == "inputs unchanged"
+
+
+def test_test_command_on_built_cells(built, tmp_path):
+    junit = tmp_path / "all.xml"
+    proc = imagegen("test", "--variant", "onnxruntime:cpu-slim", "--variant", "torch:cpu-slim",
+                    "--junit", str(junit))
+    assert junit.exists() and "testsuite" in junit.read_text()
+    assert "passed" in proc.stdout
+
+
+def test_ctrl_c_mid_build_leaves_no_containers_and_keeps_the_tag(built, client):
+    ref = "onnxruntime:1.23.2-cpu-slim"
+    old_id = client.images.get(ref).id
+    containers_before = {c.id for c in client.containers.list(all=True)}
+    proc = subprocess.Popen([sys.executable, "-m", "imagegen", "build", "--variant", ref, "--force", "--no-test"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "NO_COLOR": "1"})
+    # wait until a RUN step's container exists, then interrupt
+    deadline = time.monotonic() + 300
+    new = set()
+    while time.monotonic() < deadline:
+        new = {c.id for c in client.containers.list(all=True)} - containers_before
+        if new or proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    assert new, f"no build step container appeared: {proc.poll()} {proc.stderr.read()[-500:] if proc.poll() is not None else ''}"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-1000:]
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    time.sleep(2)
+    left = {c.id for c in client.containers.list(all=True)} - containers_before
+    assert not left, f"containers left behind: {left}"
+    assert client.images.get(ref).id == old_id, "the tag moved"
+
+
+def test_daemon_down_is_one_line_error():
+    proc = imagegen("build", "--variant", "onnxruntime:cpu-slim", check=False,
+                    env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert proc.returncode == 3
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: Docker engine not reachable")
+    assert "dockerd" in lines[0]
+
+
+def test_publish_to_local_registry(built, client):
+    with LocalRegistry() as reg:
+        proc = imagegen("publish", "--variant", "onnxruntime:cpu-slim", "--registry", reg.host, "--namespace", "ml",
+                        "--json")
+        (pushed,) = json.loads(proc.stdout)
+        assert pushed["remote"] == f"{reg.host}/ml/onnxruntime:1.23.2-cpu-slim"
+        assert pushed["digest"].startswith("sha256:")
+        client.images.remove(pushed["remote"])
+        pulled = client.images.pull(f"{reg.host}/ml/onnxruntime@{pushed['digest']}")
+        assert pulled.id == client.images.get("onnxruntime:1.23.2-cpu-slim").id
+        client.images.remove(f"{reg.host}/ml/onnxruntime@{pushed['digest']}")
+
+
+@pytest.mark.gpu_cell
+@pytest.mark.skipif(os.environ.get("IMAGEGEN_GPU_CELLS") != "1", reason="GPU cells are opt-in: IMAGEGEN_GPU_CELLS=1")
+def test_gpu_flagship_builds_and_is_gpu_ready(client, tmp_path):
+    proc = imagegen("build", "--variant", "gpu-cuda11.8-slim", "--json", "--junit", str(tmp_path), timeout=3600)
+    (res,) = json.loads(proc.stdout)
+    assert res["ref"] == GPU_FLAGSHIP and res["status"] in ("built", "skipped")
+    image = client.images.get(GPU_FLAGSHIP)
+    assert image.attrs["Size"] <= 4_500_000_000
+    if res["status"] == "built":
+        rules = res["prune"]["rules"]
+        assert rules["cudnn_train"]["enabled"] and rules["cudnn_train"]["bytes"] > 200_000_000
+        assert rules["flashattn"]["bytes"] > 200_000_000
