@@ -83,6 +83,8 @@ class Slimming(_Model):
     flashattn: bool | None = None
     warpctc: bool | None = None
     openvino: bool | None = None
+    cuda_unused: bool | None = None
+    cuda_extras: bool | None = None
 
 
 class Budget(_Model):
@@ -234,6 +236,8 @@ class SlimRules:
     flashattn: bool
     warpctc: bool
     openvino: bool
+    cuda_unused: bool
+    cuda_extras: bool
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

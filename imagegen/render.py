@@ -79,9 +79,11 @@ def prune_config(cell: Cell) -> dict:
                                      "imagegen/data/cuda.yaml provides")
             _, comp = hit
             links[name] = {"dir": comp.libdir, "target_glob": comp.provides[name]}
+        pruned = set(pruned_dlopen_names(cell))
         cfg["cuda"] = {
             "libdirs": sorted({c.libdir for c in cuda.components.values()}),
-            "links": links,
+            "links": {k: v for k, v in links.items() if k not in pruned},
+            "pruned_links": sorted(pruned),
             "ldconf": "/etc/ld.so.conf.d/imagegen-cuda.conf",
         }
     return cfg
@@ -104,6 +106,29 @@ def runtime_env(cell: Cell) -> list[tuple[str, str]]:
             ("NVIDIA_REQUIRE_CUDA", f"cuda>={cell.cuda}"),
         ]
     return env
+
+
+def pruned_dlopen_names(cell: Cell) -> list[str]:
+    """Unversioned names the framework dlopens whose library an enabled opt-in rule removes."""
+    import fnmatch
+
+    gpu = cell.fw.versions[cell.version].gpu
+    if cell.device != "gpu" or gpu is None:
+        return []
+    rules = cell.slimming.as_dict()
+    removed = [g for name, globs in cell.fw.inference_prune.items() if rules.get(name) for g in globs]
+    removed += [g for g in yaml.safe_load((compat.DATA / "prune.yaml").read_text()).get("cudnn_train", [])
+                if rules.get("cudnn_train")]
+    out = []
+    for name in gpu.dlopen:
+        hit = compat.cuda().component_for_soname(name)
+        if hit is None:
+            continue
+        comp = hit[1]
+        example = f"{comp.libdir}/{comp.provides[name].replace('*', '0')}"
+        if any(fnmatch.fnmatch(example, g) for g in removed):
+            out.append(name)
+    return sorted(out)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,9 @@ def target_for(cell: Cell, image: str | None = None) -> TestTarget:
     expected = {"org.opencontainers.image.source": SOURCE_URL}
     if LABEL_DIGEST in labels:
         expected[LABEL_DIGEST] = labels[LABEL_DIGEST]
-    target = TestTarget.from_cell(cell, image=ref, labels=expected)
+    from .render import pruned_dlopen_names
+
+    target = TestTarget.from_cell(cell, image=ref, labels=expected, pruned_libs=pruned_dlopen_names(cell))
     needs = cell.fw.versions[cell.version].runtime_packages
     shells = sorted(set(needs) & SHELL_PACKAGES)
     if shells and target.policy.get("no_shell"):

@@ -83,7 +83,9 @@ def test_gpu_prune_config_maps_every_dlopen_name():
     m = matrix.load(ROOT / "matrix.yaml")
     (cell,) = m.select(["gpu-cuda11.8-slim"])
     cfg = render.prune_config(cell)
-    assert set(cfg["cuda"]["links"]) == set(cell.fw.versions["2.6.2"].gpu.dlopen)
+    dlopen = set(cell.fw.versions["2.6.2"].gpu.dlopen)
+    assert set(cfg["cuda"]["links"]) | set(cfg["cuda"]["pruned_links"]) == dlopen
+    assert "libcudnn.so" in cfg["cuda"]["links"] and "libnccl.so" in cfg["cuda"]["pruned_links"]
     assert cfg["cuda"]["links"]["libcudnn.so"] == {"dir": "nvidia/cudnn/lib", "target_glob": "libcudnn.so.*"}
     assert cfg["rules"]["cudnn_train"] is True
     assert "paddle/libs/libflashattn.so" in cfg["globs"]["flashattn"]
