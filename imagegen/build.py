@@ -391,7 +391,9 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
         digest = fast_skip_digest(m, cell)
         if digest and current_digest(cell.ref) == digest:
             progress.finish(cell, "up to date (skipped)")
-            return BuildResult(cell, "skipped", seconds=time.monotonic() - t0, message="inputs unchanged")
+            info = engine.api().inspect_image(cell.ref)
+            return BuildResult(cell, "skipped", image_id=info["Id"], size=info["Size"],
+                               seconds=time.monotonic() - t0, message="inputs unchanged")
     workdir = Path(tempfile.mkdtemp(prefix="imagegen-ctx-", dir=cache_dir()))
     _track("workdirs", str(workdir))
     log_path = cache_dir() / "logs" / f"{cell.id}.log"
