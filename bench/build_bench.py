@@ -68,8 +68,8 @@ def bench_cell(m: matrix.Matrix, cell: matrix.Cell) -> dict:
         (naive_ctx / "Dockerfile").write_text(NAIVE.format(builder=prep.refs["builder"], py=cell.python))
         naive_s = docker_build(naive_ctx, naive_tag)
         naive_size = api.inspect_image(naive_tag)["Size"]
-        cold_s, out = run([sys.executable, "-m", "imagegen", "build", "--variant", cell.ref, "--force", "--no-test",
-                           "--json"])
+        cold_s, out = run([sys.executable, "-m", "imagegen", "build", "--variant", cell.ref, "--force", "--no-cache",
+                           "--no-test", "--json"])
         (res,) = json.loads(out)
         noop_s, out = run([sys.executable, "-m", "imagegen", "build", "--variant", cell.ref, "--no-test", "--json"])
         (noop,) = json.loads(out)

@@ -384,7 +384,7 @@ def prune_report_from_log(log_path: Path) -> dict | None:
 
 
 def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: _Progress,
-              keep_cache: bool = False, junit_dir: Path | None = None) -> BuildResult:
+              keep_cache: bool = False, junit_dir: Path | None = None, no_cache: bool = False) -> BuildResult:
     t0 = time.monotonic()
     progress.start(cell)
     if not force:
@@ -406,7 +406,7 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
             _write_stamp(m, cell, prep.digest)
             progress.finish(cell, "up to date (skipped)")
             return BuildResult(cell, "skipped", seconds=time.monotonic() - t0, message="inputs unchanged")
-        image_id, step_images = docker_build(prep, log_path, progress)
+        image_id, step_images = docker_build(prep, log_path, progress, no_cache=no_cache)
         _track("images", image_id)
         report = prune_report_from_log(log_path)
         if run_tests:
@@ -441,7 +441,7 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
 
 
 def build_cells(m: Matrix, cells: list[Cell], *, jobs: int = 1, force: bool = False, run_tests: bool = True,
-                keep_cache: bool = False, junit_dir: Path | None = None) -> list[BuildResult]:
+                keep_cache: bool = False, junit_dir: Path | None = None, no_cache: bool = False) -> list[BuildResult]:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     engine.client()  # fail fast, with the remedy, when the daemon is down
@@ -452,10 +452,10 @@ def build_cells(m: Matrix, cells: list[Cell], *, jobs: int = 1, force: bool = Fa
         progress = _Progress(prog if err.is_terminal else None)
         if jobs <= 1 or len(cells) == 1:
             for cell in cells:
-                results.append(_guarded(m, cell, force, run_tests, progress, keep_cache, junit_dir))
+                results.append(_guarded(m, cell, force, run_tests, progress, keep_cache, junit_dir, no_cache))
         else:
             with ThreadPoolExecutor(max_workers=jobs) as pool:
-                futures = {pool.submit(_guarded, m, c, force, run_tests, progress, keep_cache, junit_dir): c
+                futures = {pool.submit(_guarded, m, c, force, run_tests, progress, keep_cache, junit_dir, no_cache): c
                            for c in cells}
                 for fut in as_completed(futures):
                     results.append(fut.result())
@@ -463,11 +463,11 @@ def build_cells(m: Matrix, cells: list[Cell], *, jobs: int = 1, force: bool = Fa
     return sorted(results, key=lambda r: order[r.cell.id])
 
 
-def _guarded(m, cell, force, run_tests, progress, keep_cache, junit_dir) -> BuildResult:
+def _guarded(m, cell, force, run_tests, progress, keep_cache, junit_dir, no_cache=False) -> BuildResult:
     t0 = time.monotonic()
     try:
         return build_one(m, cell, force=force, run_tests=run_tests, progress=progress, keep_cache=keep_cache,
-                         junit_dir=junit_dir)
+                         junit_dir=junit_dir, no_cache=no_cache)
     except (ImagegenError, UserInputError, EngineError) as exc:
         progress.finish(cell, "failed")
         return BuildResult(cell, "failed", seconds=time.monotonic() - t0, message=str(exc),

@@ -31,6 +31,8 @@ def build(
     keep_cache: Annotated[bool, typer.Option("--keep-cache", help="Keep the builder stages' intermediate images "
                                                                    "(faster rebuilds after a change, GBs of disk).")] = False,
     junit: Annotated[Optional[Path], typer.Option("--junit", help="Directory for the tests' JUnit XML.")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not reuse the engine's layer cache (cold build).")]
+    = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Build cells: lock, bootstrap bases, stage the wheelhouse, build, test, then tag."""
@@ -40,7 +42,7 @@ def build(
     m, cells = _cells(matrix, variant, all_)
     _install_interrupt_handler()
     results = build_mod.build_cells(m, cells, jobs=jobs, force=force, run_tests=not no_test,
-                                    keep_cache=keep_cache, junit_dir=junit)
+                                    keep_cache=keep_cache, junit_dir=junit, no_cache=no_cache)
     if json_out:
         out.print_json(data=[{"ref": r.cell.ref, "status": r.status, "image_id": r.image_id,
                               "seconds": round(r.seconds, 2), "size": r.size, "message": r.message,
@@ -153,3 +155,35 @@ def _register_wheelhouse() -> None:
 
 
 _register_wheelhouse()
+
+
+@app.command()
+def scan(
+    matrix: MatrixOpt = Path("matrix.yaml"),
+    variant: VariantOpt = None,
+    all_: AllOpt = False,
+    fail_on: Annotated[Optional[str], typer.Option("--fail-on", help="Exit 1 if a finding is at this severity or "
+                                                   "above (LOW, MEDIUM, HIGH, CRITICAL).")] = None,
+    ignore_unfixed: Annotated[bool, typer.Option("--ignore-unfixed", help="Only findings with a fix.")] = False,
+    offline: Annotated[bool, typer.Option("--offline", help="Use trivy's cached DB; no download.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Scan built cells for known vulnerabilities with trivy (OS packages from dpkg status, pip packages)."""
+    from . import scan as scan_mod
+
+    if fail_on:
+        fail_on = fail_on.upper()
+        if fail_on not in scan_mod.SEVERITIES:
+            raise UserInputError(f"--fail-on takes one of {', '.join(scan_mod.SEVERITIES[1:])}")
+    m, cells = _cells(matrix, variant, all_)
+    results = [scan_mod.scan_image(c.ref, ignore_unfixed=ignore_unfixed, offline=offline) for c in cells]
+    if json_out:
+        out.print_json(data=[{"image": r.image, "findings": [f.__dict__ for f in r.findings]} for r in results])
+    else:
+        table = Table(box=None, header_style="bold")
+        for col in ("image", *reversed(scan_mod.SEVERITIES)):
+            table.add_column(col)
+        for r in results:
+            table.add_row(r.image, *(str(r.count(s)) for s in reversed(scan_mod.SEVERITIES)))
+        out.print(table)
+    scan_mod.gate(results, fail_on)

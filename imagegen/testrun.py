@@ -33,6 +33,8 @@ def target_for(cell: Cell, image: str | None = None) -> TestTarget:
     if shells and target.policy.get("no_shell"):
         # The framework shells out at run time (see runtime_packages in its data file).
         target.policy["no_shell"] = False
+        target.policy_notes["no_shell"] = (f"relaxed: {cell.framework} {cell.version} needs {', '.join(shells)} "
+                                           f"({needs[shells[0]]})")
     return target
 
 
