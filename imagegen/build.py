@@ -72,6 +72,13 @@ def lock_path(m: Matrix, cell: Cell) -> Path:
     return m.path.resolve().parent / "locks" / f"{cell.id}.txt"
 
 
+def build_tools() -> list[str]:
+    """Builder-stage tools (data: imagegen/data/build.yaml), locked with every cell."""
+    import yaml
+
+    return list(yaml.safe_load((compat.DATA / "build.yaml").read_text()).get("tools", []))
+
+
 def lock_request(cell: Cell):
     from . import lock as lock_mod
 
@@ -82,6 +89,7 @@ def lock_request(cell: Cell):
         glibc=base.glibc or "2.17",
         arch="x86_64",
         indexes=[(i.name, i.kind, i.url) for i in cell.indexes],
+        extra_tools=build_tools(),
         cell_id=cell.id,
         regenerate=f"imagegen lock --variant {cell.ref}",
     )
@@ -122,11 +130,22 @@ def prepare(m: Matrix, cell: Cell, workdir: Path) -> Prepared:
     base = cell.base_spec
     refs = {role: bases.ensure_role(cell.base, role, spec=base) for role in ("builder", cell.runtime_role)}
     wheels = wheelhouse.fetch(lk)
-    base_sonames = bases.role_sonames(refs[cell.runtime_role])
-    clos = closure.compute_closure(
-        wheels, base_sonames, suite=base.suite or "bookworm", arch="amd64", mirror=base.mirror,
-        host_provided=set(compat.cuda().host_provided),
-    )
+    api = engine.api()
+    runtime_id = api.inspect_image(refs[cell.runtime_role])["Id"]
+    closure_key = _digest_inputs({"lock": lpath.read_bytes(), "base": runtime_id, "suite": base.suite or "",
+                                  "mirror": base.mirror, "host": ",".join(sorted(compat.cuda().host_provided))})
+    closure_cache = cache_dir() / "closures" / f"{closure_key.split(':')[1]}.json"
+    if closure_cache.exists():
+        clos_packages = json.loads(closure_cache.read_text())["packages"]
+    else:
+        base_sonames = bases.role_sonames(refs[cell.runtime_role])
+        clos = closure.compute_closure(
+            wheels, base_sonames, suite=base.suite or "bookworm", arch="amd64", mirror=base.mirror,
+            host_provided=set(compat.cuda().host_provided),
+        )
+        clos_packages = list(clos.packages)
+        closure_cache.parent.mkdir(parents=True, exist_ok=True)
+        closure_cache.write_text(json.dumps({"packages": clos_packages, "closure": clos.to_json()}))
     ctx = workdir / cell.id
     if ctx.exists():
         shutil.rmtree(ctx)
@@ -141,13 +160,14 @@ def prepare(m: Matrix, cell: Cell, workdir: Path) -> Prepared:
         shutil.copyfile(src, ctx / rel)
         parts[rel] = src.read_bytes()
     extra = cell.fw.versions[cell.version].runtime_packages
-    packages = sorted(set(clos.packages) | set(extra))
+    packages = sorted(set(clos_packages) | set(extra))
     closure_txt = "".join(f"{p}\n" for p in packages)
     (ctx / "imagegen" / "closure.txt").write_text(closure_txt)
     parts["imagegen/closure.txt"] = closure_txt
     wheelhouse.stage(lk, ctx)
     parts["wheels/requirements.lock"] = (ctx / "wheels" / "requirements.lock").read_bytes()
-    api = engine.api()
+    if (ctx / "wheels" / "tools.lock").exists():
+        parts["wheels/tools.lock"] = (ctx / "wheels" / "tools.lock").read_bytes()
     for role, ref in refs.items():
         parts[f"base:{role}"] = api.inspect_image(ref)["Id"]
     return Prepared(cell=cell, context=ctx, digest=_digest_inputs(parts), refs=refs, closure=packages,
@@ -291,23 +311,34 @@ def docker_build(prep: Prepared, log_path: Path, progress: _Progress, *, no_cach
         "org.opencontainers.image.source": SOURCE_URL,
         "io.imagegen.closure": ",".join(prep.closure),
     }
+    # One LABEL instruction appended to the context's Dockerfile (the API's `labels` would add one
+    # build step per label); the inputs digest was computed before, over the rendered file.
+    dockerfile = prep.context / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + "LABEL " + " \\\n      ".join(
+        f"{k}={json.dumps(v)}" for k, v in sorted(labels.items())) + "\n")
     tail: deque[str] = deque(maxlen=25)
     step_images: list[str] = []
     image_id = None
     error = None
+    step_started: tuple[str, float] | None = None
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w", encoding="utf-8", errors="replace") as logf:
         logf.write(f"# imagegen build {cell.ref} inputs {prep.digest}\n")
         try:
             stream = api.build(path=str(prep.context), rm=True, forcerm=True, decode=True, pull=False,
-                               nocache=no_cache, labels=labels)
+                               nocache=no_cache)
             for chunk in stream:
                 if "stream" in chunk:
                     text = chunk["stream"]
-                    logf.write(text)
                     for line in text.splitlines():
-                        tail.append(line)
                         s = _STEP.match(line)
+                        if s:
+                            now = time.monotonic()
+                            if step_started is not None:
+                                logf.write(f"# imagegen: step {step_started[0]} took {now - step_started[1]:.1f}s\n")
+                            step_started = (s.group(1), now)
+                        logf.write(line + "\n")
+                        tail.append(line)
                         if s:
                             progress.update(cell, f"step {s.group(1)}/{s.group(2)} {s.group(3)}",
                                             int(s.group(1)) - 1, int(s.group(2)))

@@ -230,5 +230,6 @@ def build_context_files(cell: Cell) -> dict[str, Path]:
     """Static helper scripts every build context carries (not committed per cell)."""
     return {
         "imagegen/prune.py": SCRIPTS / "prune.py",
+        "imagegen/install.py": SCRIPTS / "install.py",
         "imagegen/sysroot.py": SCRIPTS / "sysroot.py",
     }

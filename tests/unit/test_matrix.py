@@ -78,7 +78,7 @@ def test_gpu_cell_gets_cuda_runtime_wheels_from_data():
 def test_paddle3_gpu_comes_from_paddles_index_without_extra_wheels():
     m = matrix.load(ROOT / "matrix.yaml")
     (cell,) = m.select(["paddle:3.3.1-gpu-cuda12.6-slim"])
-    assert cell.requirements == ("paddlepaddle-gpu==3.3.1",)
+    assert cell.requirements == ("paddlepaddle-gpu==3.3.1", "setuptools")
     assert cell.indexes[0].name == "paddle-cu126"
     assert cell.cudnn == "9.5.1"
 

@@ -1,0 +1,139 @@
+"""`imagegen audit`. The lead registers it with `app.command("audit")(audit_command)`.
+
+User errors raise imagegen.errors exceptions (the CLI layer prints them as one line); a gate
+breach prints its reasons on stderr and raises typer.Exit(1)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Annotated, Optional
+
+import typer
+
+from ..console import err, out
+from ..errors import UserInputError
+from .categories import all_names
+from .units import parse_size
+
+# The lead wires `--trace VARIANT` by setting this: variant -> (image reference, smoke argv).
+VARIANT_RESOLVER: Callable[[str], tuple[str, list[str]]] | None = None
+
+
+def _parse_max(items: list[str]) -> dict[str, int]:
+    known = set(all_names())
+    out_: dict[str, int] = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        name = name.strip()
+        if not eq or not name:
+            raise UserInputError(f"--max needs CATEGORY=BYTES, got {item!r}")
+        if name not in known:
+            raise UserInputError(f"unknown category {name!r} in --max; known: {', '.join(sorted(known))}")
+        out_[name] = parse_size(value, what=f"--max {name}")
+    return out_
+
+
+def _log(msg: str) -> None:
+    if err.is_terminal:
+        err.print(msg, markup=False, style="dim")
+
+
+def audit_command(
+    image: Annotated[Optional[str], typer.Argument(help="Local image (name:tag or id). With --trace-image: the "
+                                                   "command to run, after `--`.")] = None,
+    command: Annotated[Optional[list[str]], typer.Argument(help="With --trace-image: the command's arguments.",
+                                                           show_default=False)] = None,
+    compare_with: Annotated[Optional[str], typer.Option("--compare", metavar="IMAGE_B",
+                                                        help="Show IMAGE and IMAGE_B side by side, with the difference.")] = None,
+    from_tar: Annotated[Optional[str], typer.Option("--from-tar", metavar="FILE",
+                                                    help="Audit a `docker save` tarball instead of a local image.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
+    html: Annotated[Optional[str], typer.Option("--html", metavar="FILE",
+                                                help="Write a self-contained HTML page (treemap + tables).")] = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="Rows in top-N tables.")] = 20,
+    compressed: Annotated[bool, typer.Option("--compressed/--no-compressed",
+                                             help="Compute each layer's gzip size (cached by diff_id).")] = True,
+    max_size: Annotated[Optional[str], typer.Option("--max-size", metavar="BYTES",
+                                                    help="Gate: image size limit, e.g. 4.5GB.")] = None,
+    max_wasted: Annotated[Optional[str], typer.Option("--max-wasted", metavar="BYTES",
+                                                      help="Gate: hidden-by-later-layers + duplicate bytes limit.")] = None,
+    max_cat: Annotated[Optional[list[str]], typer.Option("--max", metavar="CATEGORY=BYTES",
+                                                         help="Gate: a category or group limit (repeatable), "
+                                                              "e.g. --max docs=50MB --max cuda=3GB.")] = None,
+    trace_variant: Annotated[Optional[str], typer.Option("--trace", metavar="VARIANT",
+                                                         help="Trace the cell's smoke test (needs the matrix).")] = None,
+    trace_image: Annotated[Optional[str], typer.Option("--trace-image", metavar="IMAGE",
+                                                       help="Trace `-- CMD...` run in IMAGE; report bytes never opened.")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Trace: seconds before the workload is killed.")] = 600,
+) -> None:
+    """Where every byte of an image goes: layers, categories, packages, waste, suggestions."""
+    from .core import audit
+    from .report import check_gates, compare
+    from .units import human
+
+    gates_size = parse_size(max_size, what="--max-size") if max_size is not None else None
+    gates_wasted = parse_size(max_wasted, what="--max-wasted") if max_wasted is not None else None
+    gates_cat = _parse_max(max_cat or [])
+
+    if trace_variant or trace_image:
+        from .trace import render_trace, trace
+
+        if trace_variant:
+            if VARIANT_RESOLVER is None:
+                raise UserInputError("--trace VARIANT is not wired to the matrix yet; "
+                                     "use --trace-image IMAGE -- CMD ...")
+            ref, argv = VARIANT_RESOLVER(trace_variant)
+        else:
+            ref = trace_image
+            argv = ([image] if image else []) + list(command or [])
+        rep = trace(ref, argv, timeout=timeout, top=top)
+        if json_out:
+            out.print_json(json.dumps(rep))
+        else:
+            render_trace(rep, out, top=top)
+        return
+
+    if not image and not from_tar:
+        raise UserInputError("name an image to audit (or --from-tar FILE)")
+    if image and from_tar:
+        raise UserInputError("give either an image or --from-tar FILE, not both")
+    if command:
+        raise UserInputError(f"unexpected arguments: {' '.join(command)}")
+
+    a = audit(image, tarball=from_tar, compressed=compressed, top=top, log=_log)
+    report = a.report
+    b = None
+    if compare_with:
+        b = audit(compare_with, compressed=compressed, top=top, log=_log)
+    if html:
+        from .html import write
+
+        try:
+            write(a, html, top=top)
+        except OSError as exc:
+            raise UserInputError(f"cannot write {html}: {exc.strerror or exc}") from None
+    if json_out:
+        doc = compare(report, b.report) if b is not None else report
+        if b is not None:
+            doc = {**doc, "reports": {"a": report, "b": b.report}}
+        out.print_json(json.dumps(doc))
+    else:
+        from .render import render, render_compare
+
+        if b is not None:
+            render_compare(compare(report, b.report), out, top=top)
+        else:
+            render(report, out, top=top)
+        if html:
+            err.print(f"wrote {html}", markup=False)
+    for p in report["problems"]:
+        if "symlink" in p:
+            err.print(f"warning: {p}", markup=False, style="yellow")
+    reasons = check_gates(report, max_size=gates_size, max_wasted=gates_wasted, max_cats=gates_cat)
+    if reasons:
+        for r in reasons:
+            err.print(f"gate failed: {r}", markup=False, style="red")
+        raise typer.Exit(1)
+    if gates_size is not None or gates_wasted is not None or gates_cat:
+        err.print(f"gates passed ({human(report['totals']['layers'])})", markup=False)

@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Install the locked wheels into a virtual environment inside the builder stage. Stdlib only.
+
+uv (a locked builder tool, its wheel verified against tools.lock's sha256 before use) installs
+with --offline --no-index --require-hashes; without it, the venv's pip does the same job.
+No network, no index, no CA: the wheels were downloaded and verified on the host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import stat
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+
+def tool_wheel(wheels: Path, name: str) -> Path | None:
+    lock = wheels / "tools.lock"
+    if not lock.exists():
+        return None
+    text = lock.read_text()
+    m = re.search(rf"^{re.escape(name)}==(\S+)[\s\\]+--hash=sha256:([0-9a-f]{{64}})", text, re.M)
+    if not m:
+        return None
+    version, digest = m.groups()
+    for cand in sorted(wheels.glob(f"{name}-{version}-*.whl")):
+        if hashlib.sha256(cand.read_bytes()).hexdigest() == digest:
+            return cand
+        raise SystemExit(f"install: {cand.name} does not match its hash in tools.lock")
+    return None
+
+
+def extract_uv(wheel: Path, dest: Path) -> Path:
+    with zipfile.ZipFile(wheel) as z:
+        member = next(n for n in z.namelist() if re.fullmatch(r"[^/]+\.data/scripts/uv", n))
+        dest.write_bytes(z.read(member))
+    dest.chmod(dest.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return dest
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--venv", required=True, type=Path)
+    ap.add_argument("--wheels", required=True, type=Path)
+    ap.add_argument("--compile", action="store_true", help="write bytecode (full images)")
+    args = ap.parse_args()
+    req = args.wheels / "requirements.lock"
+    python = args.venv / "bin" / "python"
+    common = ["--no-index", "--no-deps", "--require-hashes", "--find-links", str(args.wheels), "-r", str(req)]
+    uv_wheel = tool_wheel(args.wheels, "uv")
+    if uv_wheel:
+        uv = extract_uv(uv_wheel, Path("/tmp/imagegen-uv"))
+        cmd = [str(uv), "pip", "install", "--offline", "--no-cache", "--link-mode", "copy", "--python", str(python),
+               *common]
+        if args.compile:
+            cmd.append("--compile-bytecode")
+        env = dict(os.environ, UV_NO_PROGRESS="1")
+    else:
+        cmd = [str(python), "-m", "pip", "install", "--no-cache-dir", "--disable-pip-version-check", *common]
+        if not args.compile:
+            cmd.append("--no-compile")
+        env = dict(os.environ)
+    print("install: " + " ".join(cmd[:3]) + " ...", flush=True)
+    rc = subprocess.call(cmd, env=env)
+    if uv_wheel:
+        Path("/tmp/imagegen-uv").unlink(missing_ok=True)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
