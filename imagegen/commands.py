@@ -122,6 +122,13 @@ def test_cmd(
     from . import testrun
 
     m, cells = _cells(matrix, variant, all_)
+    if all_ and not variant:
+        built, missing = testrun.split_built(cells)
+        for c in missing:
+            err.print(f"warning: {c.ref} is not built here; not tested", markup=False, style="yellow")
+        if not built:
+            raise UserInputError("no cell of the matrix is built here; run `imagegen build` first")
+        cells = built
     summary = testrun.test_cells(cells, junit=junit, checks=check, keyword=keyword, verbose=verbose)
     summary.raise_for_failures()
 

@@ -38,6 +38,18 @@ def target_for(cell: Cell, image: str | None = None) -> TestTarget:
     return target
 
 
+def split_built(cells: list[Cell]) -> tuple[list[Cell], list[Cell]]:
+    api = engine.api()
+    built, missing = [], []
+    for c in cells:
+        try:
+            api.inspect_image(c.ref)
+            built.append(c)
+        except docker.errors.ImageNotFound:
+            missing.append(c)
+    return built, missing
+
+
 def junit_path(junit_dir: Path | None, name: str) -> Path:
     base = junit_dir or (cache_dir() / "reports")
     return base / f"junit-{name.replace(':', '-').replace('/', '_')}.xml"

@@ -89,7 +89,7 @@ def audit_command(
             argv = ([image] if image else []) + list(command or [])
         rep = trace(ref, argv, timeout=timeout, top=top)
         if json_out:
-            out.print_json(json.dumps(rep))
+            out.file.write(json.dumps(rep, indent=2) + "\n")
         else:
             render_trace(rep, out, top=top)
         return
@@ -117,7 +117,7 @@ def audit_command(
         doc = compare(report, b.report) if b is not None else report
         if b is not None:
             doc = {**doc, "reports": {"a": report, "b": b.report}}
-        out.print_json(json.dumps(doc))
+        out.file.write(json.dumps(doc, indent=2) + "\n")
     else:
         from .render import render, render_compare
 

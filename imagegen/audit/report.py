@@ -58,7 +58,7 @@ class Analysis:
     report: dict
 
     def file_rows(self):
-        """(rec, category, package, elf debug, elf fatbin) per visible regular file."""
+        """(rec, category, package) per visible regular file."""
         owner = self.own.owner
         for r in self.view.files():
             yield r, category_of(r.path), owner.get(r.path, UNOWNED)
