@@ -194,3 +194,42 @@ def scan(
             table.add_row(r.image, *(str(r.count(s)) for s in reversed(scan_mod.SEVERITIES)))
         out.print(table)
     scan_mod.gate(results, fail_on)
+
+
+# --- audit ------------------------------------------------------------------------------------------
+
+_SMOKE_RUNNER = (
+    "import sys; src = sys.argv[1]; sys.argv = ['/tmp/imagegen-smoke.py'] + sys.argv[2:]; "
+    "exec(compile(src, '/tmp/imagegen-smoke.py', 'exec'), "
+    "{'__name__': '__main__', '__file__': '/tmp/imagegen-smoke.py'})"
+)
+
+
+def _trace_variant(selector: str) -> tuple[str, list[str]]:
+    """--trace VARIANT: the cell's built image and its CPU smoke inference, run by the image's Python."""
+    from . import compat, testrun
+    from .cli import _load
+
+    m = _load(Path(os.environ.get("IMAGEGEN_MATRIX", "matrix.yaml")))
+    (cell,) = m.select([selector])[:1] or [None]
+    if cell is None:
+        raise UserInputError(f"no cell matches {selector}")
+    built, _ = testrun.split_built([cell])
+    if not built:
+        raise UserInputError(f"{cell.ref} is not built here; run `imagegen build --variant {cell.ref}` first")
+    script = compat.smoke_script(cell.fw)
+    source = script.read_text()
+    if "def host_prepare" in source:
+        raise UserInputError(f"{cell.framework}'s smoke test needs a model prepared on the host; trace it with "
+                             f"--trace-image {cell.ref} -- python3 YOUR_WORKLOAD.py")
+    return cell.ref, [f"python{cell.python}", "-c", _SMOKE_RUNNER, source, "cpu"]
+
+
+def _register_audit() -> None:
+    from .audit import cli as audit_cli
+
+    audit_cli.VARIANT_RESOLVER = _trace_variant
+    app.command("audit")(audit_cli.audit_command)
+
+
+_register_audit()

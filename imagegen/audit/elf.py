@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 
 from elftools.common.exceptions import ELFError
+from elftools.common.utils import parse_cstring_from_stream, struct_parse
 from elftools.elf.elffile import ELFFile
 
 HEAD = 64 << 10
@@ -84,13 +85,22 @@ class _SparseView(io.RawIOBase):
 
 
 def _sections(f) -> ElfInfo:
+    """Section names and sizes from the section header table only. (ELFFile.iter_sections would
+    build section objects, and some of those, e.g. GNU hash tables, read section contents.)"""
     info = ElfInfo()
     elf = ELFFile(f)
-    for sec in elf.iter_sections():
-        name = sec.name
-        size = sec["sh_size"]
-        if sec["sh_type"] == "SHT_NOBITS":
+    shoff, entsize = elf["e_shoff"], elf["e_shentsize"]
+    shdr = elf.structs.Elf_Shdr
+    n = elf.num_sections()
+    strndx = elf.get_shstrndx()
+    names_at = struct_parse(shdr, f, shoff + strndx * entsize)["sh_offset"]
+    for i in range(n):
+        h = struct_parse(shdr, f, shoff + i * entsize)
+        if h["sh_type"] == "SHT_NOBITS":
             continue
+        raw = parse_cstring_from_stream(f, names_at + h["sh_name"]) or b""
+        name = raw.decode("latin-1")
+        size = h["sh_size"]
         if name.startswith(".debug") or name.startswith(".zdebug"):
             info.debug += size
         elif name in (".symtab", ".strtab"):
@@ -152,6 +162,10 @@ class ElfProbe:
         if self._decided and not self._is_elf:
             return
         n = len(mv)
+        if self._spool is not None:
+            self._spool.write(mv)
+            self._pos += n
+            return
         if len(self._head) < HEAD:
             take = min(HEAD - len(self._head), n)
             self._head += mv[:take]
@@ -159,12 +173,13 @@ class ElfProbe:
                 self._decide()
                 if not self._is_elf:
                     return
-            if self._spool is not None and take < n:
-                self._spool.write(mv[take:])
-        elif self._spool is not None:
-            self._spool.write(mv)
+                if self._spool is not None:  # it holds the head already
+                    if take < n:
+                        self._spool.write(mv[take:])
+                    self._pos += n
+                    return
         self._pos += n
-        if self._spool is None and self._pos > self.size - TAIL:
+        if self._pos > self.size - TAIL:
             self._tail.append(bytes(mv))
             self._tail_len += n
             while self._tail and self._tail_len - len(self._tail[0]) >= TAIL:

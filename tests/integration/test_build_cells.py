@@ -179,3 +179,33 @@ def test_gpu_flagship_builds_and_is_gpu_ready(client, tmp_path):
         rules = res["prune"]["rules"]
         assert rules["cudnn_train"]["enabled"] and rules["cudnn_train"]["bytes"] > 200_000_000
         assert rules["flashattn"]["bytes"] > 200_000_000
+
+
+def test_audit_of_a_real_cell_adds_up(built):
+    proc = imagegen("audit", "paddle:3.3.1-cpu-slim", "--json", "--no-compressed")
+    rep = json.loads(proc.stdout)
+    visible = rep["totals"]["visible"]
+    assert sum(c["bytes"] for c in rep["categories"]) == visible
+    assert sum(p["bytes"] for p in rep["packages"]) + rep["unowned"]["bytes"] == visible
+    assert rep["totals"]["layers"] == sum(layer["size"] for layer in rep["layers"])
+    paddle = next(p for p in rep["packages"] if p["manager"] == "pip" and p["name"] == "paddlepaddle")
+    assert paddle["bytes"] > 500_000_000
+    assert any(p["manager"] == "deb" and p["name"] == "libgomp1" for p in rep["packages"])  # the ELF closure
+
+
+def test_audit_gate_breach_exits_1(built):
+    proc = imagegen("audit", "onnxruntime:1.23.2-cpu-slim", "--no-compressed", "--max-size", "10MB", check=False)
+    assert proc.returncode == 1
+    assert "10" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_audit_trace_of_the_smoke_test(built):
+    proc = imagegen("audit", "--trace", "paddle:3.3.1-cpu-slim", "--json", timeout=900)
+    rep = json.loads(proc.stdout)
+    assert rep["exit_code"] == 0 and not rep["timed_out"], rep["workload_log_tail"]
+    totals = rep["totals"]
+    assert 0 < totals["touched"] < totals["bytes"] and totals["untouched"] == totals["bytes"] - totals["touched"]
+    notes = " ".join(rep["notes"]).lower()
+    assert "advice" in notes and "gpu" in notes
+    # the workload really ran paddle: its core library was opened
+    assert any(p.endswith("libpaddle.so") for p in rep["touched_paths"])

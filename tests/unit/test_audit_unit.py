@@ -243,11 +243,13 @@ def test_elf_probe_spools_when_section_headers_are_not_at_the_end(debug_so, monk
     ref = want.result()
     monkeypatch.setattr(elf, "TAIL", 64)   # force the section headers outside the kept tail
     monkeypatch.setattr(elf, "HEAD", 64)
-    p = elf.ElfProbe(len(debug_so))
-    for i in range(0, len(debug_so), 1000):
-        p.feed(memoryview(debug_so)[i:i + 1000])
-    got = p.result()
-    assert got == ref and got.debug > 0
+    for step in (10, 1000, 50_000):   # pieces smaller and larger than the kept head
+        p = elf.ElfProbe(len(debug_so))
+        for i in range(0, len(debug_so), step):
+            p.feed(memoryview(debug_so)[i:i + step])
+        assert p._spool is not None
+        got = p.result()
+        assert got == ref and got.debug > 0
 
 
 def test_fatbin_section_is_cuda_kernels(tmp_path, debug_so):
