@@ -61,6 +61,8 @@ def main() -> int:
             cmd.append("--compile-bytecode")
         env = dict(os.environ, UV_NO_PROGRESS="1")
     else:
+        if subprocess.call([str(python), "-c", "import pip"], stderr=subprocess.DEVNULL) != 0:
+            subprocess.check_call([str(python), "-m", "ensurepip", "--default-pip"])  # slim venvs start without
         cmd = [str(python), "-m", "pip", "install", "--no-cache-dir", "--disable-pip-version-check", *common]
         if not args.compile:
             cmd.append("--no-compile")

@@ -71,7 +71,8 @@ def test_slim_runtime_shape():
     (cell,) = m.select(["gpu-cuda11.8-slim"])
     df = render.render_cell(m, cell).files["Dockerfile"]
     assert df.count("FROM ") == 5  # two bases, builder, sysroot, runtime
-    assert "--no-index" in df and "--require-hashes" in df
+    assert "/opt/imagegen-build/install.py --venv /opt/venv --wheels /tmp/wheels" in df
+    assert "venv --without-pip" in df  # slim: no pip, ever
     assert "USER 1000:1000" in df
     assert 'RUN ["/sbin/ldconfig"]' in df
     assert "pip" not in df.split("FROM runtime-base\n")[-1].split("ENV")[0]  # runtime copies no pip step
