@@ -57,7 +57,12 @@ def junit_path(junit_dir: Path | None, name: str) -> Path:
 
 def test_image(cell: Cell, image: str, *, junit_dir: Path | None = None) -> Summary:
     """Run the whole suite on one freshly built image (by ID) before it gets its tag."""
-    return run_targets([target_for(cell, image)], junit_path(junit_dir, cell.id))
+    from .console import err
+    from .imagetest.runner import print_summary_table
+
+    summary = run_targets([target_for(cell, image)], junit_path(junit_dir, cell.id), print_summary=False)
+    print_summary_table(summary, console=err)
+    return summary
 
 
 def test_cells(cells: list[Cell], *, junit: Path | None = None, checks: list[str] | None = None,

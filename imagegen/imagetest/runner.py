@@ -96,7 +96,7 @@ def run_targets(
     unknown = sorted(set(checks or []) - set(CHECK_MODULES))
     if unknown:
         raise UserInputError(f"unknown check module(s) {', '.join(unknown)}; known: {', '.join(CHECK_MODULES)}")
-    junit_path = Path(junit_path)
+    junit_path = Path(junit_path).resolve()
     junit_path.parent.mkdir(parents=True, exist_ok=True)
     paths = [str(CHECKS_DIR / f"test_{c}.py") for c in checks] if checks else [str(CHECKS_DIR)]
     with tempfile.TemporaryDirectory(prefix="imagegen-run-") as tmp:
@@ -112,8 +112,9 @@ def run_targets(
         if keyword:
             cmd += ["-k", keyword]
         cmd += list(pytest_args or [])
+        # PYTHONSAFEPATH: never import `imagegen` from the caller's working directory (another checkout)
         env = dict(os.environ, IMAGEGEN_TEST_TARGETS=str(tfile), IMAGEGEN_TEST_RESULTS=str(rfile),
-                   PYTHONDONTWRITEBYTECODE="1")
+                   PYTHONDONTWRITEBYTECODE="1", PYTHONSAFEPATH="1")
         t0 = time.monotonic()
         proc = subprocess.run(cmd, env=env, stdout=sys.stderr, stderr=sys.stderr, stdin=subprocess.DEVNULL)
         results = [CheckResult(**{k: v for k, v in json.loads(line).items() if k != "nodeid"})
@@ -124,8 +125,12 @@ def run_targets(
     return summary
 
 
-def print_summary_table(summary: Summary) -> None:
-    from ..console import out
+def print_summary_table(summary: Summary, console=None) -> None:
+    """The summary on stdout (it is the result of `imagegen test`), or on `console` (stderr when the
+    tests are a step of `imagegen build`, whose result is the build table or its --json)."""
+    from ..console import out as stdout_console
+
+    out = console or stdout_console
 
     by_image: dict[str, list[CheckResult]] = defaultdict(list)
     for r in summary.results:
