@@ -109,7 +109,7 @@ if [[ "${IMAGEGEN_SKIP_PIP:-0}" != "1" ]]; then
     || die "$PYTHON is $("$PYTHON" -V 2>&1); imagegen needs Python >= 3.11 (set IMAGEGEN_PYTHON)"
   stamp_dir="${IMAGEGEN_CACHE:-$HOME/.cache/imagegen}/setup"
   stamp="$stamp_dir/pip-$( (echo "$REPO"; "$PYTHON" -c 'import sys; print(sys.executable)'; cat "$REPO/pyproject.toml") | sha256sum | cut -c1-16)"
-  where="$("$PYTHON" -c 'import imagegen, os; print(os.path.dirname(os.path.dirname(os.path.abspath(imagegen.__file__))))' 2>/dev/null || true)"
+  where="$(cd / && "$PYTHON" -c 'import imagegen, os; print(os.path.dirname(os.path.dirname(os.path.abspath(imagegen.__file__))))' 2>/dev/null || true)"
   if [[ -e "$stamp" && "$where" == "$REPO" ]]; then
     say "imagegen already installed from $REPO"
   else

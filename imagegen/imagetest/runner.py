@@ -112,9 +112,12 @@ def run_targets(
         if keyword:
             cmd += ["-k", keyword]
         cmd += list(pytest_args or [])
-        # PYTHONSAFEPATH: never import `imagegen` from the caller's working directory (another checkout)
+        # The child imports exactly the `imagegen` that runs here (not one from its working directory
+        # or another installed checkout): its package root first on PYTHONPATH, cwd never.
+        pkg_root = str(Path(__file__).resolve().parents[2])
+        pythonpath = os.pathsep.join(p for p in (pkg_root, os.environ.get("PYTHONPATH", "")) if p)
         env = dict(os.environ, IMAGEGEN_TEST_TARGETS=str(tfile), IMAGEGEN_TEST_RESULTS=str(rfile),
-                   PYTHONDONTWRITEBYTECODE="1", PYTHONSAFEPATH="1")
+                   PYTHONDONTWRITEBYTECODE="1", PYTHONSAFEPATH="1", PYTHONPATH=pythonpath)
         t0 = time.monotonic()
         proc = subprocess.run(cmd, env=env, stdout=sys.stderr, stderr=sys.stderr, stdin=subprocess.DEVNULL)
         results = [CheckResult(**{k: v for k, v in json.loads(line).items() if k != "nodeid"})
