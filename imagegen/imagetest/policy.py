@@ -51,6 +51,8 @@ def tests_dirs(files: Files, allow: list[str] = []) -> list[str]:
         rel = p[m.end():].split("/")
         dirs = rel if e[T] == "d" else rel[:-1]
         for i, part in enumerate(dirs):
+            if part.endswith(".dist-info"):
+                break  # license trees of vendored projects (torch's licenses/third_party/*/test)
             if part in ("tests", "test"):
                 out.add(p[: m.end()] + "/".join(rel[: i + 1]))
                 break

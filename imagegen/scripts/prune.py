@@ -112,7 +112,9 @@ class Pruner:
         for root, dirs, files in self.walk():
             for d in list(dirs):
                 p = root / d
-                if d == "tests" and self.site in p.parents:
+                if d.endswith(".dist-info"):
+                    dirs.remove(d)  # metadata and license trees stay whole
+                elif d in ("tests", "test") and self.site in p.parents:
                     tests.append(p)
                     dirs.remove(d)
                 elif d == "include" and self.site in p.parents and not self.protected(p):
