@@ -27,7 +27,13 @@ def target_for(cell: Cell, image: str | None = None) -> TestTarget:
         expected[LABEL_DIGEST] = labels[LABEL_DIGEST]
     from .render import pruned_dlopen_names
 
+    from .matrix import flavors
+
     target = TestTarget.from_cell(cell, image=ref, labels=expected, pruned_libs=pruned_dlopen_names(cell))
+    # The flavor's policy (data) is the source of truth; a slimming rule the matrix turns off relaxes
+    # the matching contents rule (policy_for), it never tightens the flavor's policy.
+    flavor_policy = dict(flavors()[cell.flavor]["policy"])
+    target.policy = {k: bool(v and flavor_policy.get(k, v)) for k, v in target.policy.items()}
     needs = cell.fw.versions[cell.version].runtime_packages
     shells = sorted(set(needs) & SHELL_PACKAGES)
     if shells and target.policy.get("no_shell"):
