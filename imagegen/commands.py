@@ -198,10 +198,12 @@ def scan(
 
 # --- audit ------------------------------------------------------------------------------------------
 
+# Writes the smoke script to a real file first: frameworks read their models' source (Paddle's
+# dy2static calls inspect.getsource), so exec() of a string is not enough.
 _SMOKE_RUNNER = (
-    "import sys; src = sys.argv[1]; sys.argv = ['/tmp/imagegen-smoke.py'] + sys.argv[2:]; "
-    "exec(compile(src, '/tmp/imagegen-smoke.py', 'exec'), "
-    "{'__name__': '__main__', '__file__': '/tmp/imagegen-smoke.py'})"
+    "import runpy, sys, tempfile; f = tempfile.NamedTemporaryFile('w', suffix='.py', delete=False); "
+    "f.write(sys.argv[1]); f.close(); sys.argv = [f.name] + sys.argv[2:]; "
+    "runpy.run_path(f.name, run_name='__main__')"
 )
 
 
