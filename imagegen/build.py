@@ -131,7 +131,8 @@ def prepare(m: Matrix, cell: Cell, workdir: Path) -> Prepared:
     refs = {role: bases.ensure_role(cell.base, role, spec=base) for role in ("builder", cell.runtime_role)}
     wheels = wheelhouse.fetch(lk)
     api = engine.api()
-    runtime_id = api.inspect_image(refs[cell.runtime_role])["Id"]
+    base_ids = {role: api.inspect_image(ref)["Id"] for role, ref in refs.items()}
+    runtime_id = base_ids[cell.runtime_role]
     closure_key = _digest_inputs({"lock": lpath.read_bytes(), "base": runtime_id, "suite": base.suite or "",
                                   "mirror": base.mirror, "host": ",".join(sorted(compat.cuda().host_provided))})
     closure_cache = cache_dir() / "closures" / f"{closure_key.split(':')[1]}.json"
@@ -155,7 +156,7 @@ def prepare(m: Matrix, cell: Cell, workdir: Path) -> Prepared:
         (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
         (ctx / rel).write_text(content)
         parts[rel] = content
-    for rel, src in render.build_context_files(cell).items():
+    for rel, src in render.build_context_files().items():
         (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, ctx / rel)
         parts[rel] = src.read_bytes()
@@ -168,8 +169,8 @@ def prepare(m: Matrix, cell: Cell, workdir: Path) -> Prepared:
     parts["wheels/requirements.lock"] = (ctx / "wheels" / "requirements.lock").read_bytes()
     if (ctx / "wheels" / "tools.lock").exists():
         parts["wheels/tools.lock"] = (ctx / "wheels" / "tools.lock").read_bytes()
-    for role, ref in refs.items():
-        parts[f"base:{role}"] = api.inspect_image(ref)["Id"]
+    for role, image_id in base_ids.items():
+        parts[f"base:{role}"] = image_id
     return Prepared(cell=cell, context=ctx, digest=_digest_inputs(parts), refs=refs, closure=packages,
                     lock_path=lpath)
 
@@ -202,7 +203,7 @@ def _quick_key(m: Matrix, cell: Cell) -> str:
     """A cheap fingerprint of the same inputs: rendered files, scripts, lock file, base image IDs."""
     rendered = render.render_cell(m, cell)
     parts: dict[str, bytes | str] = dict(rendered.files)
-    for rel, src in render.build_context_files(cell).items():
+    for rel, src in render.build_context_files().items():
         parts[rel] = src.read_bytes()
     lp = lock_path(m, cell)
     parts["lock"] = lp.read_bytes() if lp.exists() else b""

@@ -213,9 +213,10 @@ def _trace_variant(selector: str) -> tuple[str, list[str]]:
     from .cli import _load
 
     m = _load(Path(os.environ.get("IMAGEGEN_MATRIX", "matrix.yaml")))
-    (cell,) = m.select([selector])[:1] or [None]
-    if cell is None:
-        raise UserInputError(f"no cell matches {selector}")
+    cells = m.select([selector])  # raises with candidates when nothing matches
+    if len(cells) != 1:
+        raise UserInputError(f"--trace takes one cell; '{selector}' matches {', '.join(c.ref for c in cells)}")
+    (cell,) = cells
     built, _ = testrun.split_built([cell])
     if not built:
         raise UserInputError(f"{cell.ref} is not built here; run `imagegen build --variant {cell.ref}` first")

@@ -63,7 +63,9 @@ _SAFE_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _REPO_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 _REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]+)?$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_SHELL_META = re.compile(r"[\s'\"`$;&|<>(){}\\!*?\[\]#~]")
+# Requirements reach the lock file, never a RUN line; still, only PEP 508 name/extras/version characters
+# pass (no markers, quotes, `;`, `$`, backticks, pipes).
+_REQUIREMENT_CHARS = re.compile(r"[A-Za-z0-9._\[\],<>=!~+* -]+")
 
 
 class _Model(BaseModel):
@@ -104,7 +106,7 @@ def _check_requirement(v: str) -> str:
         raise ValueError(f"'{v}' is not a valid package requirement ({exc})".splitlines()[0]) from None
     if req.url:
         raise ValueError(f"'{v}': direct URL requirements are not allowed; add an index instead")
-    if _SHELL_META.search(v.replace(" ", "")) and not re.fullmatch(r"[A-Za-z0-9._\[\],<>=!~+-]+", v.replace(" ", "")):
+    if not _REQUIREMENT_CHARS.fullmatch(v):
         raise ValueError(f"'{v}' contains characters that are not allowed in a requirement")
     return v
 

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 import docker.errors
 
 from . import engine
+from .build import LABEL_DIGEST
 from .console import log
 from .errors import ImagegenError, UserInputError
 from .matrix import Cell
-
-LABEL_DIGEST = "io.imagegen.inputs-digest"
 
 
 @dataclass

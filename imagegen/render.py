@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import shlex
 from dataclasses import dataclass
@@ -51,9 +52,14 @@ def site_packages(cell: Cell) -> str:
     return f"{VENV}/lib/python{cell.python}/site-packages"
 
 
+@functools.lru_cache(maxsize=1)
+def prune_data() -> dict:
+    return yaml.safe_load((compat.DATA / "prune.yaml").read_text())
+
+
 def prune_config(cell: Cell) -> dict:
     """The rules in force and the paths they act on, as the builder's prune.py reads them."""
-    data = yaml.safe_load((compat.DATA / "prune.yaml").read_text())
+    data = prune_data()
     rules = cell.slimming.as_dict()
     fw = cell.fw
     globs = {k: list(v) for k, v in data.items() if k != "protect"}
@@ -117,8 +123,7 @@ def pruned_dlopen_names(cell: Cell) -> list[str]:
         return []
     rules = cell.slimming.as_dict()
     removed = [g for name, globs in cell.fw.inference_prune.items() if rules.get(name) for g in globs]
-    removed += [g for g in yaml.safe_load((compat.DATA / "prune.yaml").read_text()).get("cudnn_train", [])
-                if rules.get("cudnn_train")]
+    removed += [g for g in prune_data().get("cudnn_train", []) if rules.get("cudnn_train")]
     out = []
     for name in gpu.dlopen:
         hit = compat.cuda().component_for_soname(name)
@@ -226,7 +231,7 @@ def check(rendered: list[Rendered], out_dir: Path, all_cells: bool) -> list[str]
     return problems
 
 
-def build_context_files(cell: Cell) -> dict[str, Path]:
+def build_context_files() -> dict[str, Path]:
     """Static helper scripts every build context carries (not committed per cell)."""
     return {
         "imagegen/prune.py": SCRIPTS / "prune.py",
