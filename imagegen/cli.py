@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 from rich.table import Table
 
@@ -181,14 +180,15 @@ def main() -> None:
     except ImagegenError as exc:
         err.print(f"error: {exc}", markup=False, style="red")
         sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         err.print("error: interrupted", style="red")
         sys.exit(130)
-    except click.ClickException as exc:
-        err.print(f"error: {exc.format_message()}", markup=False, style="red")
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+    except typer.TyperException as exc:  # usage errors: typer's public base class (typer >= 0.29)
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        err.print(f"error: {message}", markup=False, style="red")
+        sys.exit(getattr(exc, "exit_code", 2))
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -30,13 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
         return 130
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
+    except typer.TyperException as exc:  # usage errors
+        print(f"error: {exc.format_message()}", file=sys.stderr)
+        return getattr(exc, "exit_code", 2)
     return 0
 
 
