@@ -38,16 +38,39 @@ class DeviceSpec(_Model):
     index: str | None = None  # a name from Framework.indexes; None = the host's default index (PyPI)
 
 
+class TensorRTBuild(_Model):
+    """NVIDIA's TensorRT runtime wheels for one TensorRT major version a build can load."""
+
+    version: str  # full TensorRT version, e.g. "10.13.3.9"; the tag shows major.minor
+    requirements: list[str]
+    index: str | None = None
+    why: str = ""  # where the major version comes from (the provider's NEEDED entries)
+
+
 class GpuBuild(_Model):
     cudnn: str
     requirements: list[str]
     index: str | None = None
+    tensorrt: dict[str, TensorRTBuild] = Field(default_factory=dict)  # TensorRT major -> its wheels
+
+
+class ProviderSpec(_Model):
+    """An execution provider the framework dlopens by path (ONNX Runtime's CUDA / TensorRT providers)."""
+
+    name: str  # as the framework lists it, e.g. CUDAExecutionProvider
+    library: str  # relative to site-packages
+    needs: Literal["tensorrt"] | None = None  # only in cells with that part
 
 
 class GpuSpec(_Model):
     runtime_wheels: Literal["imagegen", "framework"] = "framework"
+    # runtime_wheels: imagegen -> the CUDA components (cuda.yaml) whose wheels the cell gets; None = all
+    components: list[str] | None = None
     cudart: Literal["static", "shared"] = "shared"
     dlopen: list[str] = Field(default_factory=list)
+    # execution providers: readiness checks each is listed as available and loads every NEEDED entry
+    # of its library one by one, by name
+    providers: list[ProviderSpec] = Field(default_factory=list)
     builds: dict[str, GpuBuild]
 
 
@@ -97,6 +120,9 @@ class CudaRelease(_Model):
 class CudaData(_Model):
     host_provided: list[str]
     components: dict[str, CudaComponent]
+    # site-packages globs of the directories NVIDIA's wheels put shared libraries in; every one present
+    # in a GPU image is listed in its ld.so.conf.d file (FACTS trap 4: versioned names load each other)
+    loader_dirs: list[str] = Field(default_factory=lambda: ["nvidia/*/lib"])
     releases: dict[str, CudaRelease]
     cudnn_wheels: dict[str, str] = Field(default_factory=dict)
 

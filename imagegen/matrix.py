@@ -87,6 +87,7 @@ class Slimming(_Model):
     openvino: bool | None = None
     cuda_unused: bool | None = None
     cuda_extras: bool | None = None
+    tensorrt_unused: bool | None = None
 
 
 class Budget(_Model):
@@ -130,6 +131,11 @@ class IndexDef(_Model):
 class CudaEntry(_Model):
     version: str
     cudnn: str | None = None
+    tensorrt: str | None = None  # TensorRT major (or major.minor) from the framework's data, e.g. "10"
+
+
+# `base:` is one base name, or a mapping Python version -> base name (each Python on its own base).
+BaseSetting = str | dict[str, str]
 
 
 class VersionEntry(_Model):
@@ -137,7 +143,7 @@ class VersionEntry(_Model):
     cuda: list[str | CudaEntry] | None = None
     python: list[str] | None = None
     flavors: list[Flavor] | None = None
-    base: str | None = None
+    base: BaseSetting | None = None
     extra_requirements: list[str] = Field(default_factory=list)
 
     @field_validator("extra_requirements")
@@ -147,7 +153,7 @@ class VersionEntry(_Model):
 
 
 class Defaults(_Model):
-    base: str = "bookworm"
+    base: BaseSetting = "bookworm"
     python: list[str] = Field(default_factory=lambda: ["3.11"])
     devices: list[Device] = Field(default_factory=lambda: ["cpu"])
     flavors: list[Flavor] = Field(default_factory=lambda: ["slim", "full"])
@@ -177,6 +183,7 @@ class IncludeRule(_Model):
     device: Device
     cuda: str | None = None
     cudnn: str | None = None
+    tensorrt: str | None = None
     python: str | None = None
     flavor: Flavor
     base: str | None = None
@@ -240,6 +247,7 @@ class SlimRules:
     openvino: bool
     cuda_unused: bool
     cuda_extras: bool
+    tensorrt_unused: bool
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -275,6 +283,7 @@ class Cell:
     registry: str | None = None
     namespace: str | None = None
     base_spec: compat.BaseSpec | None = field(default=None, compare=False, repr=False)
+    tensorrt: str | None = None  # full TensorRT version of the cell's TensorRT runtime wheels
 
     @property
     def ref(self) -> str:
@@ -305,6 +314,7 @@ class Cell:
         return {
             "ref": self.ref, "id": self.id, "selector": self.selector, "framework": self.framework,
             "version": self.version, "device": self.device, "cuda": self.cuda, "cudnn": self.cudnn,
+            "tensorrt": self.tensorrt,
             "python": self.python, "flavor": self.flavor, "base": self.base, "image": self.image,
             "tag": self.tag, "requirements": list(self.requirements),
             "indexes": [i.__dict__ for i in self.indexes], "slimming": self.slimming.as_dict(),
@@ -498,17 +508,65 @@ def _rule_matches(rule: Rule, cell: Cell) -> bool:
     return True
 
 
+def _pick_base(setting: BaseSetting, py: str, *, explicit: bool, all_bases: dict[str, compat.BaseSpec],
+               where: str) -> str:
+    """The base a cell with Python `py` goes on.
+
+    `setting` is a base name or a mapping Python -> base name. A mapping must name the Python. A
+    name set on the framework version (or an include) is taken as given (the Python check follows);
+    the matrix default goes on the one base that provides `py` when the default base does not (so
+    `python: ["3.11", "3.13"]` puts each Python on its own base: bookworm, trixie)."""
+    if isinstance(setting, dict):
+        mapping = {str(k): v for k, v in setting.items()}
+        if py not in mapping:
+            raise UserInputError(f"{where}: base: names no base for Python {py} "
+                                 f"(it maps {', '.join(sorted(mapping))})")
+        return mapping[py]
+    if explicit or setting not in all_bases or all_bases[setting].python == py:
+        return setting
+    default = all_bases[setting]
+    candidates = sorted(n for n, b in all_bases.items() if b.python == py and b.libc == default.libc)
+    if len(candidates) == 1:
+        return candidates[0]
+    if len(candidates) > 1:
+        raise UserInputError(f"{where}: several bases provide Python {py} ({', '.join(candidates)}); choose one "
+                             f"with base: {{\"{py}\": {candidates[0]}}}")
+    return setting  # the Python check reports it
+
+
+def _python_lists(mf: MatrixFile) -> dict[tuple[str, str], list[str]]:
+    """Every Python each framework version gets, across its entry and the includes; the first is
+    its primary Python, whose cells keep the plain tag."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for fw_name, versions in mf.frameworks.items():
+        for ver, entry in versions.items():
+            out.setdefault((fw_name, ver), []).extend(
+                str(p) for p in (entry.python or mf.defaults.python) if str(p) not in out.get((fw_name, ver), []))
+    for inc in mf.include:
+        lst = out.setdefault((inc.framework, inc.version), [])
+        py = inc.python or (lst[0] if lst else str(mf.defaults.python[0]))
+        if py not in lst:
+            lst.append(py)
+    return out
+
+
 def _expand(m: Matrix) -> list[Cell]:
     src, mf = m.src, m.file
     cuda_data = compat.cuda()
     all_bases = bases_for(m)
     cells: list[Cell] = []
     where_of: dict[str, str] = {}
+    pythons = _python_lists(mf)
 
     def emit(fw_name: str, ver: str, device: str, cuda_e: CudaEntry | None, py: str, flavor: str,
-             base_name: str, extra: list[str], path: tuple, multi_py: bool) -> None:
+             base_setting: BaseSetting, extra: list[str], path: tuple, explicit_base: bool) -> None:
         fw = compat.frameworks()[fw_name]
         where = src.where(path)
+        base_name = _pick_base(base_setting, py, explicit=explicit_base, all_bases=all_bases, where=where)
+        # -py3.X: only when the version has cells for several Pythons, and not for its primary Python
+        # (the first listed), so adding a Python never renames a tag that is already published.
+        py_list = pythons.get((fw_name, ver), [py])
+        multi_py = len(py_list) > 1 and py != py_list[0]
         if ver not in fw.versions:
             raise UserInputError(f"{where}: {fw_name} {ver} is not in imagegen's compatibility data "
                                  f"(known versions: {', '.join(fw.versions)})")
@@ -526,10 +584,15 @@ def _expand(m: Matrix) -> list[Cell]:
         if py not in fv.python:
             raise UserInputError(f"{where}: {fw_name} {ver} supports Python {', '.join(fv.python)}, not {py}")
         if py != base.python:
-            raise UserInputError(f"{where}: base '{base_name}' provides Python {base.python}, not {py}")
+            others = sorted(n for n, b in all_bases.items() if b.python == py)
+            hint = (f"; base {others[0]} provides it" if len(others) == 1 else
+                    f"; bases {', '.join(others)} provide it" if others else
+                    f", and no base in imagegen's data or the matrix provides {py}")
+            raise UserInputError(f"{where}: base '{base_name}' provides Python {base.python}, not {py}{hint}")
         indexes: list[Index] = []
         reqs: list[str]
         cuda_v = cudnn_v = None
+        trt: compat.TensorRTBuild | None = None
         if device == "cpu":
             if cuda_e is not None:
                 raise UserInputError(f"{where}: a cpu cell takes no CUDA version")
@@ -549,6 +612,12 @@ def _expand(m: Matrix) -> list[Cell]:
                                      f"{', '.join(fv.gpu.builds)}")
             build = fv.gpu.builds[cuda_v]
             cudnn_v = build.cudnn
+            if cuda_e.tensorrt is not None:
+                trt = build.tensorrt.get(str(cuda_e.tensorrt))
+                if trt is None:
+                    known = ", ".join(build.tensorrt) or "none"
+                    raise UserInputError(f"{where}: {fw_name} {ver} with CUDA {cuda_v} has no TensorRT "
+                                         f"{cuda_e.tensorrt} runtime in imagegen's data (TensorRT majors: {known})")
             if cuda_e.cudnn and not (cudnn_v == cuda_e.cudnn or cudnn_v.startswith(cuda_e.cudnn + ".")):
                 raise UserInputError(f"{where}: {fw_name} {ver} with CUDA {cuda_v} is built with cuDNN {cudnn_v}, "
                                      f"not {cuda_e.cudnn}")
@@ -558,24 +627,41 @@ def _expand(m: Matrix) -> list[Cell]:
             index_name = build.index
             if fv.gpu.runtime_wheels == "imagegen":
                 rel = cuda_data.releases[cuda_v]
-                missing = [c for c in cuda_data.components if c not in rel.wheels and c != "cudnn"]
-                if missing or cudnn_v not in cuda_data.cudnn_wheels:
+                wanted = fv.gpu.components or [c for c in cuda_data.components if c != "tensorrt"]
+                unknown = [c for c in wanted if c not in cuda_data.components]
+                if unknown:
+                    raise UserInputError(f"{where}: {fw_name} {ver} names CUDA components {', '.join(unknown)}, "
+                                         "which imagegen/data/cuda.yaml does not define")
+                missing = [c for c in wanted if c not in rel.wheels and c != "cudnn"]
+                if missing or ("cudnn" in wanted and cudnn_v not in cuda_data.cudnn_wheels):
                     raise UserInputError(f"{where}: imagegen has no NVIDIA runtime wheel pins for CUDA {cuda_v} / "
                                          f"cuDNN {cudnn_v} (add them to imagegen/data/cuda.yaml)")
-                for comp_name, comp in cuda_data.components.items():
+                for comp_name in wanted:
+                    comp = cuda_data.components[comp_name]
                     pin = cuda_data.cudnn_wheels[cudnn_v] if comp_name == "cudnn" else rel.wheels[comp_name]
                     reqs.append(f"{comp.package_for(cuda_v)}=={pin}")
-        if index_name:
-            idx = mf.indexes.get(index_name) or fw.indexes.get(index_name)
+        trt_v = None
+        index_names = [index_name] if index_name else []
+        if trt is not None:
+            trt_v = trt.version
+            reqs.extend(trt.requirements)
+            if trt.index and trt.index not in index_names:
+                index_names.append(trt.index)
+        for name in index_names:
+            idx = mf.indexes.get(name) or fw.indexes.get(name)
             if idx is None:
-                raise UserInputError(f"{where}: index '{index_name}' is not defined")
-            indexes.append(Index(index_name, idx.kind, idx.url))
+                raise UserInputError(f"{where}: index '{name}' is not defined")
+            indexes.append(Index(name, idx.kind, idx.url))
         reqs.extend(extra)
         tag_parts = [ver, device]
         sel_parts = [device]
         if cuda_v:
             tag_parts += [f"cuda{cuda_v}", f"cudnn{'.'.join(cudnn_v.split('.')[:2])}"]
             sel_parts += [f"cuda{cuda_v}"]
+        if trt_v:  # like Paddle's and ONNX Runtime's own TensorRT images: -trt<major.minor>
+            trt_part = "trt" + ".".join(trt_v.split(".")[:2])
+            tag_parts.append(trt_part)
+            sel_parts.append(trt_part)
         if multi_py:
             tag_parts.append(f"py{py}")
             sel_parts.append(f"py{py}")
@@ -590,7 +676,7 @@ def _expand(m: Matrix) -> list[Cell]:
             framework=fw_name, version=ver, device=device, cuda=cuda_v, cudnn=cudnn_v, python=py,
             flavor=flavor, base=base_name, image=fw.image, tag=tag, selector="-".join(sel_parts),
             requirements=tuple(reqs), indexes=tuple(indexes), slimming=_slim_rules(m, None, flavor),
-            origin=where, registry=mf.registry, namespace=mf.namespace, base_spec=base,
+            origin=where, registry=mf.registry, namespace=mf.namespace, base_spec=base, tensorrt=trt_v,
         )
         if proto.ref in where_of:
             raise UserInputError(f"{where}: duplicate cells: {proto.ref} is already defined at {where_of[proto.ref]}")
@@ -603,12 +689,12 @@ def _expand(m: Matrix) -> list[Cell]:
             devices = entry.devices or mf.defaults.devices
             pys = [str(p) for p in (entry.python or mf.defaults.python)]
             flavs = entry.flavors or mf.defaults.flavors
-            base_name = entry.base or mf.defaults.base
+            base_setting = entry.base if entry.base is not None else mf.defaults.base
             for dup_list, key in ((devices, "devices"), (pys, "python"), (flavs, "flavors")):
                 if len(set(dup_list)) != len(dup_list):
                     raise _fail(src, vpath + (key,), f"duplicate cells: {key} lists a value twice")
             cudas = [_normalize_cuda(c) for c in (entry.cuda or [])]
-            if len({c.version for c in cudas}) != len(cudas):
+            if len({(c.version, c.tensorrt) for c in cudas}) != len(cudas):
                 raise _fail(src, vpath + ("cuda",), "duplicate cells: cuda lists a version twice")
             if "gpu" in devices and not cudas:
                 raise _fail(src, vpath, f"{fw_name} {ver} lists device gpu but no cuda versions")
@@ -619,8 +705,8 @@ def _expand(m: Matrix) -> list[Cell]:
                     for py in pys:
                         for flavor in flavs:
                             path = vpath + (("cuda", ci) if cuda_e else ("devices",))
-                            emit(fw_name, ver, device, cuda_e, py, flavor, base_name, entry.extra_requirements,
-                                 path, len(pys) > 1)
+                            emit(fw_name, ver, device, cuda_e, py, flavor, base_setting, entry.extra_requirements,
+                                 path, entry.base is not None)
     for i, inc in enumerate(mf.include):
         path = ("include", i)
         if inc.framework not in compat.frameworks():
@@ -629,10 +715,10 @@ def _expand(m: Matrix) -> list[Cell]:
             Version(inc.version)
         except InvalidVersion:
             raise _fail(src, path + ("version",), f"'{inc.version}' is not a valid version (PEP 440)") from None
-        cuda_e = CudaEntry(version=inc.cuda, cudnn=inc.cudnn) if inc.cuda else None
-        py = inc.python or mf.defaults.python[0]
-        emit(inc.framework, inc.version, inc.device, cuda_e, py, inc.flavor, inc.base or mf.defaults.base, [],
-             path, False)
+        cuda_e = CudaEntry(version=inc.cuda, cudnn=inc.cudnn, tensorrt=inc.tensorrt) if inc.cuda else None
+        py = inc.python or pythons[(inc.framework, inc.version)][0]
+        emit(inc.framework, inc.version, inc.device, cuda_e, py, inc.flavor,
+             inc.base if inc.base is not None else mf.defaults.base, [], path, inc.base is not None)
 
     # overrides, budgets, excludes: applied in file order; later rules win.
     out: list[Cell] = []

@@ -91,6 +91,7 @@ def prune_config(cell: Cell) -> dict:
             "links": {k: v for k, v in links.items() if k not in pruned},
             "pruned_links": sorted(pruned),
             "ldconf": "/etc/ld.so.conf.d/imagegen-cuda.conf",
+            "loader_dirs": list(cuda.loader_dirs),
         }
     return cfg
 

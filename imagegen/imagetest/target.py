@@ -75,6 +75,7 @@ class TestTarget:
     flavor: str = "slim"
     cuda: str | None = None  # "11.8"
     cudnn: str | None = None  # "8.6.0" (full) or "8.6"
+    tensorrt: str | None = None  # "10.13.3.9": the cell carries NVIDIA's TensorRT runtime
     budget_bytes: int | None = None  # uncompressed (engine) size budget
     budget_compressed_bytes: int | None = None  # sum of gzip(-6) layer sizes budget
     policy: dict[str, bool] = field(default_factory=lambda: dict(SLIM_POLICY))
@@ -141,6 +142,7 @@ class TestTarget:
             flavor=cell.flavor,
             cuda=cell.cuda,
             cudnn=cell.cudnn,
+            tensorrt=getattr(cell, "tensorrt", None),
             budget_bytes=cell.budget_size,
             budget_compressed_bytes=cell.budget_compressed,
             policy=policy_for(cell.flavor, slimming),

@@ -239,7 +239,7 @@ def cuda_setup(cfg: dict, site: Path, stage: Path) -> dict:
     cuda = cfg.get("cuda")
     if not cuda:
         return {}
-    present = sorted({str(p.parent) for p in site.glob("nvidia/*/lib/*.so*")})
+    present = sorted({str(p.parent) for g in cuda.get("loader_dirs", ["nvidia/*/lib"]) for p in site.glob(f"{g}/*.so*")})
     links = {}
     for name, spec in sorted(cuda["links"].items()):
         libdir = site / spec["dir"]

@@ -55,10 +55,126 @@ def test_default_matrix_cells():
         "paddle:3.3.1-cpu-slim", "paddle:3.3.1-cpu-full",
         "paddle:3.3.1-gpu-cuda11.8-cudnn8.9-slim", "paddle:3.3.1-gpu-cuda12.6-cudnn9.5-slim",
         "onnxruntime:1.23.2-cpu-slim", "pytorch:2.13.0-cpu-slim",
+        # trixie / Python 3.13 (issue 13): the second Python of a version gets -py3.13
+        "paddle:3.3.1-cpu-py3.13-slim", "onnxruntime:1.23.2-cpu-py3.13-slim",
+        "onnxruntime:1.23.2-gpu-cuda12.8-cudnn9.10-slim", "onnxruntime:1.23.2-gpu-cuda12.8-cudnn9.10-trt10.13-slim",
     } == refs
     excluded = {c.ref: c.excluded for c in m.excluded}
-    assert set(excluded) == {"paddle:3.3.1-gpu-cuda11.8-cudnn8.9-full", "paddle:3.3.1-gpu-cuda12.6-cudnn9.5-full"}
-    assert all("official images" in r for r in excluded.values())
+    assert {"paddle:3.3.1-gpu-cuda11.8-cudnn8.9-full", "paddle:3.3.1-gpu-cuda12.6-cudnn9.5-full"} < set(excluded)
+    assert "official images" in excluded["paddle:3.3.1-gpu-cuda11.8-cudnn8.9-full"]
+    assert all(c.python == "3.11" for c in m.active if c.device == "gpu")
+    by_ref = {c.ref: c for c in m.active}
+    assert by_ref["paddle:3.3.1-cpu-py3.13-slim"].base == "trixie"
+    assert by_ref["paddle:3.3.1-cpu-slim"].base == "bookworm"
+    assert by_ref["onnxruntime:1.23.2-cpu-py3.13-slim"].selector == "cpu-py3.13-slim"
+
+
+def test_onnxruntime_gpu_gets_only_the_cuda_components_it_loads():
+    m = matrix.load(ROOT / "matrix.yaml")
+    (cell,) = m.select(["onnxruntime:gpu-cuda12.8-slim"])
+    assert cell.cudnn == "9.10.2" and cell.tensorrt is None
+    assert set(cell.requirements) >= {
+        "onnxruntime-gpu==1.23.2", "nvidia-cuda-runtime-cu12==12.8.90", "nvidia-cublas-cu12==12.8.4.1",
+        "nvidia-cudnn-cu12==9.10.2.21", "nvidia-cufft-cu12==11.3.3.83", "nvidia-curand-cu12==10.3.9.90",
+        "nvidia-cuda-nvrtc-cu12==12.8.93"}
+    assert not any(r.startswith(("nvidia-nccl", "nvidia-cusolver", "nvidia-cusparse", "nvidia-cuda-cupti", "tensorrt"))
+                   for r in cell.requirements)
+    assert cell.indexes == ()
+
+
+def test_tensorrt_cell_tag_wheels_and_index():
+    m = matrix.load(ROOT / "matrix.yaml")
+    (cell,) = m.select(["onnxruntime:gpu-cuda12.8-trt10.13-slim"])
+    assert cell.ref == "onnxruntime:1.23.2-gpu-cuda12.8-cudnn9.10-trt10.13-slim"
+    assert cell.tensorrt == "10.13.3.9"
+    assert "tensorrt-cu12-libs==10.13.3.9" in cell.requirements
+    assert [i.name for i in cell.indexes] == ["nvidia"]
+    assert cell.as_dict()["tensorrt"] == "10.13.3.9"
+
+
+def test_unknown_tensorrt_major(tmp_path):
+    msg = error_of(tmp_path, """
+        frameworks:
+          onnxruntime:
+            "1.23.2":
+              python: ["3.11"]
+              devices: [gpu]
+              cuda: [{version: "12.8", tensorrt: "8"}]
+    """)
+    assert "onnxruntime 1.23.2 with CUDA 12.8 has no TensorRT 8 runtime in imagegen's data (TensorRT majors: 10)" in msg
+
+
+def test_two_pythons_on_two_bases_from_one_version_entry(tmp_path):
+    m = load_text(tmp_path, """
+        frameworks:
+          onnxruntime:
+            "1.23.2": {flavors: [slim], python: ["3.11", "3.13"]}
+    """)
+    assert [(c.ref, c.base) for c in m.active] == [
+        ("onnxruntime:1.23.2-cpu-slim", "bookworm"), ("onnxruntime:1.23.2-cpu-py3.13-slim", "trixie")]
+
+
+def test_include_of_a_second_python_is_not_a_duplicate(tmp_path):
+    # issue 9 item 7: this used to be "duplicate cells"
+    m = load_text(tmp_path, """
+        frameworks:
+          paddle:
+            "3.3.1": {flavors: [slim]}
+        include:
+          - {framework: paddle, version: 3.3.1, device: cpu, python: "3.13", flavor: slim, base: trixie}
+    """)
+    assert [(c.ref, c.base, c.python) for c in m.active] == [
+        ("paddle:3.3.1-cpu-slim", "bookworm", "3.11"), ("paddle:3.3.1-cpu-py3.13-slim", "trixie", "3.13")]
+    assert m.select(["paddle:cpu-py3.13-slim"])[0].tag == "3.3.1-cpu-py3.13-slim"
+
+
+def test_base_mapping_per_python(tmp_path):
+    m = load_text(tmp_path, """
+        defaults: {python: ["3.13"], base: {"3.11": bookworm, "3.13": trixie}}
+        frameworks:
+          onnxruntime:
+            "1.23.2": {flavors: [slim]}
+          paddle:
+            "2.6.2": {flavors: [slim], python: ["3.11"]}
+    """)
+    assert [(c.ref, c.base) for c in m.active] == [
+        ("onnxruntime:1.23.2-cpu-slim", "trixie"), ("paddle:2.6.2-cpu-slim", "bookworm")]
+
+
+def test_base_mapping_without_the_python(tmp_path):
+    msg = error_of(tmp_path, """
+        frameworks:
+          onnxruntime:
+            "1.23.2": {flavors: [slim], python: ["3.11", "3.12"], base: {"3.11": bookworm}}
+    """)
+    assert "base: names no base for Python 3.12 (it maps 3.11)" in msg
+
+
+def test_explicit_base_is_not_moved(tmp_path):
+    msg = error_of(tmp_path, """
+        frameworks:
+          onnxruntime:
+            "1.23.2": {flavors: [slim], python: ["3.11", "3.13"], base: bookworm}
+    """)
+    assert "base 'bookworm' provides Python 3.11, not 3.13; base trixie provides it" in msg
+
+
+def test_several_bases_for_one_python_is_ambiguous(tmp_path):
+    msg = error_of(tmp_path, """
+        bases:
+          trixie-corp:
+            source: registry
+            libc: glibc
+            python: "3.13"
+            roles:
+              runtime: {ref: "example/py:3.13@sha256:0000000000000000000000000000000000000000000000000000000000000000"}
+              builder: {ref: "example/py:3.13@sha256:0000000000000000000000000000000000000000000000000000000000000000"}
+              dev: {ref: "example/py:3.13@sha256:0000000000000000000000000000000000000000000000000000000000000000"}
+        frameworks:
+          onnxruntime:
+            "1.23.2": {flavors: [slim], python: ["3.11", "3.13"]}
+    """)
+    assert "several bases provide Python 3.13 (trixie, trixie-corp)" in msg
 
 
 def test_gpu_cell_gets_cuda_runtime_wheels_from_data():
@@ -247,8 +363,8 @@ def test_musl_base_rejected_with_reason(tmp_path):
 
 
 def test_gpu_on_cpu_only_framework(tmp_path):
-    msg = error_of(tmp_path, "frameworks:\n  onnxruntime:\n    \"1.23.2\": {devices: [gpu], cuda: ['11.8']}\n")
-    assert "onnxruntime 1.23.2 has no GPU build" in msg
+    msg = error_of(tmp_path, "frameworks:\n  torch:\n    \"2.13.0\": {devices: [gpu], cuda: ['11.8'], python: ['3.11']}\n")
+    assert "torch 2.13.0 has no GPU build" in msg
 
 
 def test_unknown_framework_version(tmp_path):

@@ -60,18 +60,41 @@ def host_prepare(workdir):
     return []  # the runner appends the in-image path of workdir
 
 
+def _cuda_runtime_version():
+    """The CUDA runtime in the environment (NVIDIA's wheel), from cudaRuntimeGetVersion: it needs no
+    GPU and no driver. None when there is no such wheel."""
+    import ctypes
+    import glob
+    import site
+
+    for sp in site.getsitepackages():
+        for path in sorted(glob.glob(os.path.join(sp, "nvidia", "cuda_runtime", "lib", "libcudart.so.*"))):
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:
+                continue
+            v = ctypes.c_int(0)
+            if lib.cudaRuntimeGetVersion(ctypes.byref(v)) == 0 and v.value:
+                return "%d.%d" % (v.value // 1000, (v.value % 1000) // 10)
+    return None
+
+
 def info():
     import onnxruntime as ort
     providers = ort.get_available_providers()
-    cuda = cudnn = None
+    built = cudnn = None
     try:
         from onnxruntime.capi import build_and_package_info as bi
-        cuda = getattr(bi, "cuda_version", None) or None
+        built = getattr(bi, "cuda_version", None) or None
         cudnn = getattr(bi, "cudnn_version", None) or None
     except ImportError:
         pass
+    # ONNX Runtime runs on any CUDA 12.x runtime at or above the one it was built with (CUDA minor
+    # version compatibility); the image's CUDA is the runtime wheel's, which is what the tag claims.
+    cuda = _cuda_runtime_version() if built else None
     return {"framework_version": ort.__version__, "providers": providers,
-            "compiled_with_cuda": "CUDAExecutionProvider" in providers, "cuda": cuda, "cudnn": cudnn}
+            "compiled_with_cuda": "CUDAExecutionProvider" in providers, "cuda": cuda or built,
+            "cuda_built_with": built, "cudnn": cudnn}
 
 
 def infer(device, model_dir):

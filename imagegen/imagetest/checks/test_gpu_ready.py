@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from imagegen import compat
 from imagegen.imagetest.helpers import PROBE_TIMEOUT, ProbeError, fail, parse, same_version
 from imagegen.imagetest.inventory import T
 
@@ -16,9 +17,30 @@ def _gpu_spec(target):
     return v.gpu
 
 
-def _dlopen(target, ctr):
+def providers(target):
+    """The execution providers (data: gpu.providers) that this cell carries."""
+    parts = {"tensorrt"} if target.tensorrt else set()
+    return [p for p in _gpu_spec(target).providers if p.needs is None or p.needs in parts]
+
+
+def probe_args(target):
+    """Arguments of probes/gpu.py for this target (all from data): the names the framework dlopens,
+    the NEEDED entries of its execution providers, else every library in the wheels' loader dirs by
+    SONAME; never the libraries the host driver provides."""
     spec = _gpu_spec(target)
-    names = [n for n in spec.dlopen if n not in target.pruned_libs] or ["--nvidia-sonames"]
+    args = [n for n in spec.dlopen if n not in target.pruned_libs]
+    for p in providers(target):
+        args += ["--needed-of", p.library]
+    cuda = compat.cuda()
+    if not spec.dlopen:
+        args += ["--dirs", ",".join(cuda.loader_dirs)]
+    for name in cuda.host_provided:
+        args += ["--skip", name]
+    return args
+
+
+def _dlopen(target, ctr):
+    names = probe_args(target)
     try:
         res = parse(ctr.python("probes/gpu.py", *names, timeout=PROBE_TIMEOUT), "dlopen probe")
     except ProbeError as exc:
@@ -57,6 +79,16 @@ def test_cudnn_library_version(target, dlopen_results):
     for r in found:
         if not same_version(r["version"], claimed):
             fail(target, f"cuDNN library {r.get('path') or r['name']} is {r['version']}, the tag claims {claimed}")
+
+
+@pytest.mark.device("gpu")
+def test_execution_providers_available(target, info):
+    """Every execution provider the cell carries (data: gpu.providers) is listed as available."""
+    wanted = [p.name for p in providers(target)]
+    listed = info.get("providers") or []
+    missing = [n for n in wanted if n not in listed]
+    if missing:
+        fail(target, f"{', '.join(missing)} not available; {target.framework.title} lists {', '.join(listed) or 'none'}")
 
 
 @pytest.mark.device("gpu")

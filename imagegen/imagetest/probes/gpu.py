@@ -1,17 +1,26 @@
-"""GPU readiness without a GPU (runs INSIDE the image): is every CUDA library the framework
-loads dlopen-able by the exact name the framework asks for?
+"""GPU readiness without a GPU (runs INSIDE the image): does every CUDA library the framework loads
+load, by the name it is asked for, with no error left pending?
 
-usage: python gpu.py NAME [NAME ...]      names from the framework's data (gpu.dlopen)
-       python gpu.py --nvidia-sonames     the versioned sonames of every library in the
-                                          nvidia/*/lib directories of the installed wheels
+usage: python gpu.py [--dirs GLOB,...] [--needed-of REL]... [--skip NAME]... [NAME ...]
+  NAME               a name the framework dlopens itself (data: gpu.dlopen), e.g. libcudnn.so
+  --dirs GLOB,...    also every shared library in these site-packages directories (e.g.
+                     nvidia/*/lib,tensorrt_libs), by the DT_SONAME read from its ELF file
+  --needed-of REL    also every NEEDED entry of this library (relative to site-packages), e.g. an
+                     execution provider the framework dlopens by path
+  --skip NAME        never probe NAME (libraries the host driver provides: libcuda.so.1)
+  --nvidia-sonames   the same as --dirs 'nvidia/*/lib'
 Each name is loaded in its own child process with a timeout: a failing cuDNN load can abort the
-process. Prints one JSON line: {"results": [{name, ok, error, path, version}]}.
+process. A load that succeeds but leaves an error pending in dlerror() fails too: cuDNN >= 8.7
+dlopens libnvrtc.so from its constructor, ignores the failure, and aborts at the first convolution
+(pytorch#97041); ctypes never looks. Prints one JSON line: {"results": [{name, ok, error, path,
+version}], "skipped": [...]}. Names come from the ELF files, never from file names (libnvrtc.so.11.2
+has the SONAME libnvrtc.so.11.2, not libnvrtc.so.11).
 """
 import glob
 import json
 import os
-import re
 import site
+import struct
 import subprocess
 import sys
 
@@ -21,43 +30,110 @@ CHILD = r'''
 import ctypes, json, os, sys
 name = sys.argv[1]
 res = {"name": name, "ok": False, "error": None, "path": None, "version": None}
+libc = ctypes.CDLL(None)
+dlerror = libc.dlerror
+dlerror.restype = ctypes.c_char_p
+dlerror()  # clear whatever is pending before the load
 try:
     lib = ctypes.CDLL(name)
     res["ok"] = True
 except OSError as exc:
     res["error"] = str(exc)
 if res["ok"]:
+    pending = dlerror()
+    if pending:
+        res["ok"] = False
+        res["error"] = "loaded, but dlerror() is pending: " + pending.decode(errors="replace")
+if res["ok"]:
+    stem = name.split(".so")[0] + ".so"
     with open("/proc/self/maps") as fh:
         for line in fh:
             p = line.split()[-1]
-            if "/" in p and os.path.basename(p).startswith(name.split(".so")[0] + ".so"):
+            if "/" in p and os.path.basename(p).startswith(stem):
                 res["path"] = os.path.realpath(p)
                 break
-    # libraries that report their own version (cuDNN): a real call, which also makes cuDNN 8
-    # load its sub-libraries (libcudnn_ops_infer.so.8 ...) the way a framework does
-    for sym in ("cudnnGetVersion",):
-        if hasattr(lib, sym):
-            fn = getattr(lib, sym)
-            fn.restype = ctypes.c_size_t
-            v = int(fn())
-            major = v // 10000 if v >= 90000 else v // 1000
-            minor = (v % 10000) // 100 if v >= 90000 else (v % 1000) // 100
-            res["version"] = "%d.%d.%d" % (major, minor, v % 100)
+    # libraries that report their own version (cuDNN): a real call, which also makes cuDNN load its
+    # sub-libraries (libcudnn_ops_infer.so.8, libcudnn_graph.so.9 ...) the way a framework does
+    if hasattr(lib, "cudnnGetVersion"):
+        fn = lib.cudnnGetVersion
+        fn.restype = ctypes.c_size_t
+        v = int(fn())
+        major = v // 10000 if v >= 90000 else v // 1000
+        minor = (v % 10000) // 100 if v >= 90000 else (v % 1000) // 100
+        res["version"] = "%d.%d.%d" % (major, minor, v % 100)
+        pending = dlerror()
+        if pending:
+            res["ok"] = False
+            res["error"] = "cudnnGetVersion left dlerror() pending: " + pending.decode(errors="replace")
 print(json.dumps(res))
 '''
 
 
-def nvidia_sonames():
-    names = []
+# --- ELF: DT_SONAME / DT_NEEDED, stdlib only (slim images have no pyelftools) -------------------
+
+def elf_dynamic(path):
+    """(soname, [needed]) of a 64-bit little-endian ELF file; (None, []) if it is not one."""
+    try:
+        with open(path, "rb") as fh:
+            ident = fh.read(64)
+            if len(ident) < 64 or ident[:4] != b"\x7fELF" or ident[4] != 2 or ident[5] != 1:
+                return None, []
+            shoff, = struct.unpack_from("<Q", ident, 0x28)
+            shentsize, shnum = struct.unpack_from("<HH", ident, 0x3A)
+            if not shoff or not shnum:
+                return None, []
+            fh.seek(shoff)
+            table = fh.read(shentsize * shnum)
+            sections = [struct.unpack_from("<IIQQQQIIQQ", table, i * shentsize) for i in range(shnum)]
+            for sh in sections:
+                if sh[1] != 6:  # SHT_DYNAMIC
+                    continue
+                strtab = sections[sh[6]]
+                fh.seek(strtab[4])
+                strings = fh.read(strtab[5])
+                fh.seek(sh[4])
+                dyn = fh.read(sh[5])
+                soname, needed = None, []
+                for off in range(0, len(dyn) - 15, 16):
+                    tag, val = struct.unpack_from("<qQ", dyn, off)
+                    if tag == 0:
+                        break
+                    if tag in (1, 14):  # DT_NEEDED, DT_SONAME
+                        s = strings[val:strings.index(b"\0", val)].decode()
+                        if tag == 14:
+                            soname = s
+                        else:
+                            needed.append(s)
+                return soname, needed
+    except (OSError, struct.error, ValueError, IndexError):
+        pass
+    return None, []
+
+
+def site_dirs():
     dirs = site.getsitepackages() + [p for p in sys.path if p.endswith("-packages")]
-    for sp in dict.fromkeys(dirs):
-        for path in sorted(glob.glob(os.path.join(sp, "nvidia", "*", "lib", "lib*.so*"))):
-            base = os.path.basename(path)
-            if re.search(r"\.so\.\d+", base):
-                soname = re.sub(r"(\.so\.\d+).*$", r"\1", base)
-                if soname not in names:
+    return [d for d in dict.fromkeys(dirs) if os.path.isdir(d)]
+
+
+def sonames_in(dir_globs):
+    names = []
+    for sp in site_dirs():
+        for g in dir_globs:
+            for path in sorted(glob.glob(os.path.join(sp, g, "lib*.so*"))):
+                if os.path.islink(path):
+                    continue  # the file it points to is probed under its own SONAME
+                soname, _ = elf_dynamic(path)
+                if soname and soname not in names:
                     names.append(soname)
     return names
+
+
+def needed_of(rel):
+    for sp in site_dirs():
+        path = os.path.join(sp, rel)
+        if os.path.exists(path):
+            return elf_dynamic(path)[1], None
+    return [], "%s not found in %s" % (rel, ", ".join(site_dirs()))
 
 
 def probe(name):
@@ -74,10 +150,33 @@ def probe(name):
             "error": "process died with %s: %s" % (cp.returncode, err[-1] if err else "")}
 
 
+def plan(argv):
+    """The names to probe, in order, and those skipped: (names, skipped, errors)."""
+    names, skip, dirs, errors = [], [], [], []
+    it = iter(argv)
+    for a in it:
+        if a == "--nvidia-sonames":
+            dirs.append("nvidia/*/lib")
+        elif a == "--dirs":
+            dirs.extend(x for x in next(it).split(",") if x)
+        elif a == "--skip":
+            skip.append(next(it))
+        elif a == "--needed-of":
+            needed, err = needed_of(next(it))
+            names.extend(needed)
+            if err:
+                errors.append({"name": a, "ok": False, "error": err})
+        else:
+            names.append(a)
+    names.extend(sonames_in(dirs))
+    ordered = [n for n in dict.fromkeys(names) if n not in skip]
+    return ordered, sorted(set(names) & set(skip)), errors
+
+
 def main():
-    args = sys.argv[1:]
-    names = nvidia_sonames() if args == ["--nvidia-sonames"] else args
-    print("IMAGEGEN-RESULT " + json.dumps({"results": [probe(n) for n in names]}))
+    names, skipped, errors = plan(sys.argv[1:])
+    results = errors + [probe(n) for n in names]
+    print("IMAGEGEN-RESULT " + json.dumps({"results": results, "skipped": skipped}))
 
 
 if __name__ == "__main__":
