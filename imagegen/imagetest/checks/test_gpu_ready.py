@@ -5,38 +5,9 @@ import re
 
 import pytest
 
-from imagegen import compat
+from imagegen.imagetest.gpuready import probe_args, providers
 from imagegen.imagetest.helpers import PROBE_TIMEOUT, ProbeError, fail, parse, same_version
 from imagegen.imagetest.inventory import T
-
-
-def _gpu_spec(target):
-    v = target.framework.versions.get(target.version)
-    if v is None or v.gpu is None:
-        fail(target, f"{target.framework.name} {target.version} has no gpu section in imagegen/data/frameworks")
-    return v.gpu
-
-
-def providers(target):
-    """The execution providers (data: gpu.providers) that this cell carries."""
-    parts = {"tensorrt"} if target.tensorrt else set()
-    return [p for p in _gpu_spec(target).providers if p.needs is None or p.needs in parts]
-
-
-def probe_args(target):
-    """Arguments of probes/gpu.py for this target (all from data): the names the framework dlopens,
-    the NEEDED entries of its execution providers, else every library in the wheels' loader dirs by
-    SONAME; never the libraries the host driver provides."""
-    spec = _gpu_spec(target)
-    args = [n for n in spec.dlopen if n not in target.pruned_libs]
-    for p in providers(target):
-        args += ["--needed-of", p.library]
-    cuda = compat.cuda()
-    if not spec.dlopen:
-        args += ["--dirs", ",".join(cuda.loader_dirs)]
-    for name in cuda.host_provided:
-        args += ["--skip", name]
-    return args
 
 
 def _dlopen(target, ctr):

@@ -1,0 +1,169 @@
+"""GPU readiness probe (imagegen/imagetest/probes/gpu.py) on stub libraries built here with gcc: names
+come from DT_SONAME, a load that leaves dlerror() pending fails (pytorch#97041), NEEDED entries of
+an execution provider are loaded one by one, host-provided names are skipped. Plus the data-driven
+probe arguments for the ONNX Runtime GPU and TensorRT cells, and the TensorRT prune rule."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from imagegen import compat, matrix, render
+from imagegen.imagetest import gpuready as ready
+from imagegen.imagetest.target import TestTarget
+
+ROOT = Path(__file__).resolve().parents[2]
+PROBE = ROOT / "imagegen" / "imagetest" / "probes" / "gpu.py"
+PRUNE = ROOT / "imagegen" / "scripts" / "prune.py"
+
+GOOD = "int good(void) { return 1; }\n"
+# what cuDNN >= 8.7 does: dlopen an unversioned name from its constructor and ignore the failure
+PENDING = """
+#include <dlfcn.h>
+__attribute__((constructor)) static void init(void) { dlopen("libnvrtc-imagegen-missing.so", RTLD_LAZY); }
+int pending(void) { return 2; }
+"""
+PROVIDER = "#include <unistd.h>\nint good(void); int provider(void) { return good() + (int)getpid(); }\n"
+
+
+def _cc(src: str, out: Path, soname: str, *extra: str) -> None:
+    c = out.with_suffix(".c")
+    c.write_text(src)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(out), str(c), f"-Wl,-soname,{soname}", *extra],
+                   check=True, capture_output=True)
+    c.unlink()
+
+
+@pytest.fixture(scope="module")
+def stubs(tmp_path_factory):
+    """site-packages/nvidia/stub/lib with: libgood-imagegen.so.11.2 (SONAME libgood-imagegen.so.11.2,
+    which truncation would call .so.11), libpending-imagegen.so.9, and a provider NEEDing the first."""
+    root = tmp_path_factory.mktemp("probe")
+    site = root / "lib" / "site-packages"
+    lib = site / "nvidia" / "stub" / "lib"
+    lib.mkdir(parents=True)
+    _cc(GOOD, lib / "libgood-imagegen.so.11.2", "libgood-imagegen.so.11.2")
+    _cc(PENDING, lib / "libpending-imagegen.so.9.1.0", "libpending-imagegen.so.9", "-ldl")
+    (lib / "libpending-imagegen.so.9").symlink_to("libpending-imagegen.so.9.1.0")
+    prov = site / "fw" / "libfw_provider.so"
+    prov.parent.mkdir()
+    _cc(PROVIDER, prov, "libfw_provider.so", f"-L{lib}", "-l:libgood-imagegen.so.11.2")
+    return site, lib
+
+
+def _run(stubs, *args: str) -> dict:
+    site, lib = stubs
+    env = dict(os.environ, PYTHONPATH=str(site), LD_LIBRARY_PATH=str(lib))
+    cp = subprocess.run([sys.executable, str(PROBE), *args], capture_output=True, text=True, env=env, timeout=120)
+    assert cp.returncode == 0, cp.stderr
+    line = [x for x in cp.stdout.splitlines() if x.startswith("IMAGEGEN-RESULT ")][-1]
+    return json.loads(line.split(" ", 1)[1])
+
+
+pytestmark = pytest.mark.unit
+
+
+def test_names_are_the_elf_sonames(stubs):
+    out = _run(stubs, "--dirs", "nvidia/*/lib")
+    names = [r["name"] for r in out["results"]]
+    assert names == ["libgood-imagegen.so.11.2", "libpending-imagegen.so.9"]  # not libgood-imagegen.so.11
+
+
+def test_pending_dlerror_fails_the_load(stubs):
+    res = {r["name"]: r for r in _run(stubs, "--dirs", "nvidia/*/lib")["results"]}
+    assert res["libgood-imagegen.so.11.2"]["ok"] is True
+    bad = res["libpending-imagegen.so.9"]
+    assert bad["ok"] is False
+    assert "dlerror() is pending" in bad["error"] and "libnvrtc-imagegen-missing.so" in bad["error"]
+
+
+def test_needed_entries_of_a_provider_and_skips(stubs):
+    out = _run(stubs, "--needed-of", "fw/libfw_provider.so", "--skip", "libc.so.6")
+    names = [r["name"] for r in out["results"]]
+    assert "libgood-imagegen.so.11.2" in names and "libc.so.6" not in names
+    assert out["skipped"] == ["libc.so.6"]
+    assert all(r["ok"] for r in out["results"])
+
+
+def test_missing_provider_library_is_a_failure(stubs):
+    out = _run(stubs, "--needed-of", "fw/nope.so")
+    assert out["results"][0]["ok"] is False and "fw/nope.so not found" in out["results"][0]["error"]
+
+
+def test_elf_reader_matches_readelf():
+    sys.path.insert(0, str(PROBE.parent))
+    try:
+        import gpu  # the in-image probe module
+    finally:
+        sys.path.pop(0)
+    libz = next(p for p in ("/usr/lib/x86_64-linux-gnu/libz.so.1", "/lib/x86_64-linux-gnu/libz.so.1") if Path(p).exists())
+    soname, needed = gpu.elf_dynamic(libz)
+    assert soname == "libz.so.1" and "libc.so.6" in needed
+    assert gpu.elf_dynamic(str(PROBE)) == (None, [])
+
+
+# --- what the readiness check asks the probe, from data ----------------------------------------
+
+def _target(ref: str) -> TestTarget:
+    m = matrix.load(ROOT / "matrix.yaml")
+    (cell,) = m.select([ref])
+    return TestTarget.from_cell(cell)
+
+
+def test_probe_args_for_onnxruntime_cuda_cell():
+    t = _target("onnxruntime:gpu-cuda12.8-slim")
+    args = ready.probe_args(t)
+    assert args[:2] == ["--needed-of", "onnxruntime/capi/libonnxruntime_providers_cuda.so"]
+    assert "onnxruntime/capi/libonnxruntime_providers_tensorrt.so" not in args  # no TensorRT in this cell
+    assert ["--dirs", "nvidia/*/lib,tensorrt_libs"] == args[2:4]
+    assert ["--skip", "libcuda.so.1"] == args[4:6]
+    assert [p.name for p in ready.providers(t)] == ["CUDAExecutionProvider"]
+
+
+def test_probe_args_for_tensorrt_cell():
+    t = _target("onnxruntime:gpu-cuda12.8-trt10.13-slim")
+    assert t.tensorrt == "10.13.3.9"
+    assert [p.name for p in ready.providers(t)] == ["CUDAExecutionProvider", "TensorrtExecutionProvider"]
+    assert "onnxruntime/capi/libonnxruntime_providers_tensorrt.so" in ready.probe_args(t)
+
+
+def test_paddle_flagship_still_probes_its_dlopen_names():
+    t = _target("gpu-cuda11.8-slim")
+    args = ready.probe_args(t)
+    assert "libcudnn.so" in args and "--dirs" not in args and "--needed-of" not in args
+
+
+# --- the TensorRT prune rule on a fixture environment ------------------------------------------
+
+def test_tensorrt_unused_rule_reports_bytes_and_keeps_what_the_provider_loads(tmp_path):
+    m = matrix.load(ROOT / "matrix.yaml")
+    (cell,) = m.select(["onnxruntime:gpu-cuda12.8-trt10.13-slim"])
+    assert cell.slimming.tensorrt_unused  # opted in by the default matrix
+    cfg = render.prune_config(cell)
+    venv = tmp_path / "venv"
+    site = venv / "lib" / "python3.11" / "site-packages"
+    cfg["venv"], cfg["site_packages"] = str(venv), str(site)
+    cfg["rules"]["strip"] = False
+    trt = site / "tensorrt_libs"
+    trt.mkdir(parents=True)
+    sizes = {"libnvinfer.so.10": 1000, "libnvonnxparser.so.10": 100, "libnvinfer_plugin.so.10": 300,
+             "libnvinfer_builder_resource.so.10.13.3": 2000, "libnvinfer_lean.so.10": 700,
+             "libnvinfer_dispatch.so.10": 50, "libnvinfer_vc_plugin.so.10": 250}
+    for name, size in sizes.items():
+        (trt / name).write_bytes(b"\0" * size)
+    (tmp_path / "prune.json").write_text(json.dumps(cfg))
+    cp = subprocess.run([sys.executable, str(PRUNE), "--config", str(tmp_path / "prune.json"), "--venv", str(venv),
+                         "--stage", str(tmp_path / "stage")], capture_output=True, text=True, timeout=120)
+    assert cp.returncode == 0, cp.stderr
+    report = json.loads((tmp_path / "stage/etc/imagegen/prune-report.json").read_text())
+    assert report["rules"]["tensorrt_unused"]["bytes"] == 700 + 50 + 250
+    assert sorted(p.name for p in trt.iterdir()) == ["libnvinfer.so.10", "libnvinfer_builder_resource.so.10.13.3",
+                                                     "libnvinfer_plugin.so.10", "libnvonnxparser.so.10"]
+    conf = (tmp_path / "stage" / cfg["cuda"]["ldconf"].lstrip("/")).read_text()
+    assert str(trt) in conf  # the loader knows tensorrt_libs/
+    assert compat.cuda().loader_dirs == ["nvidia/*/lib", "tensorrt_libs"]
