@@ -610,8 +610,7 @@ def contents_index(
         _http_get(f"{base}/{relpath}", dest=raw_path, timeout=120)
         got = _sha256(raw_path)
         if got != sha:
-            raw_path.unlink(missing_ok=True)
-            raise ImagegenError(f"{base}/{relpath}: SHA256 {got[:12]}... does not match InRelease ({sha[:12]}...)")
+            sha = _mismatch_fallback(inrelease, mirror, suite, relpath, raw_path, got, sha, keyring)
     t1 = time.monotonic()
     with gzip.open(raw_path, "rt", encoding="utf-8", errors="replace") as fh:
         parsed = parse_contents(fh, arch)
@@ -619,6 +618,49 @@ def contents_index(
     _save_index(index_path, index)
     log(f"indexed {relpath} of {suite}: {len(index.libs)} library names (fetch {t1 - t0:.1f}s, parse {time.monotonic() - t1:.1f}s)")
     return index
+
+
+def _release_field(inrelease: bytes, name: str) -> str | None:
+    for line in inrelease.decode("utf-8", "replace").splitlines():
+        if line.startswith(name + ":"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def _mismatch_fallback(inrelease: bytes, mirror: str, suite: str, relpath: str, raw_path: Path, got: str,
+                       sha: str, keyring: str | None) -> str:
+    """A mirror caught between two syncs serves a Contents file of another archive state than its
+    InRelease (measured: trixie's InRelease of 2026-11-21 next to the Contents of the 2026-09-12 point
+    release). Like apt, fetch the file by hash when the archive offers it; else accept the served file
+    only if the signed InRelease of the suite's alias (`Suite: stable`) of the same codename lists
+    exactly its SHA256, with a warning. Returns the SHA256 accepted; raises ImagegenError otherwise."""
+    base = f"{mirror.rstrip('/')}/dists/{suite}"
+    component = relpath.split("/", 1)[0]
+    if (_release_field(inrelease, "Acquire-By-Hash") or "").lower() == "yes":
+        try:
+            _http_get(f"{base}/{component}/by-hash/SHA256/{sha}", dest=raw_path, timeout=120)
+            if _sha256(raw_path) == sha:
+                return sha
+        except ImagegenError:
+            pass
+    codename = _release_field(inrelease, "Codename")
+    alias = _release_field(inrelease, "Suite")
+    if alias and alias != suite and codename:
+        other_url = f"{mirror.rstrip('/')}/dists/{alias}/InRelease"
+        try:
+            other = _http_get(other_url, timeout=30)
+        except ImagegenError:
+            other = None
+        if other and _release_field(other, "Codename") == codename:
+            _verify_inrelease(other, other_url, keyring)
+            listed = _release_sha256(other, relpath)
+            if listed and listed[0] == got:
+                warn(f"{base}/{relpath} is from another sync of the mirror than its InRelease; its SHA256 is "
+                     f"the one the signed {other_url} ({_release_field(other, 'Date')}) lists: using it")
+                return got
+    raw_path.unlink(missing_ok=True)
+    raise ImagegenError(f"{base}/{relpath}: SHA256 {got[:12]}... does not match InRelease ({sha[:12]}...)",
+                        hint="the mirror is mid-sync; retry later or set the base's mirror to a consistent one")
 
 
 def _sha256(path: Path) -> str:

@@ -53,12 +53,26 @@ def stubs(tmp_path_factory):
     prov = site / "fw" / "libfw_provider.so"
     prov.parent.mkdir()
     _cc(PROVIDER, prov, "libfw_provider.so", f"-L{lib}", "-l:libgood-imagegen.so.11.2")
+    # libraries that NEED the host driver (absent here, like libcuda.so.1 on a host without a GPU)
+    drv = root / "driver"
+    drv.mkdir()
+    _cc("int cuInit(int f) { return f; }\n", drv / "libfakecuda-imagegen.so.1", "libfakecuda-imagegen.so.1")
+    _cc("int gone(void) { return 0; }\n", drv / "libgone-imagegen.so.1", "libgone-imagegen.so.1")
+    dl = site / "nvidia" / "drv" / "lib"
+    dl.mkdir(parents=True)
+    use = "int cuInit(int); int ok9(void) { return cuInit(0); }\n"
+    _cc(use, dl / "libneedsdriver-imagegen.so.9", "libneedsdriver-imagegen.so.9", f"-L{drv}",
+        "-l:libfakecuda-imagegen.so.1", f"-L{lib}", "-l:libgood-imagegen.so.11.2", "-Wl,--no-as-needed")
+    _cc("int cuInit(int); int gone(void); int b(void) { return cuInit(0) + gone(); }\n",
+        dl / "libbroken-imagegen.so.9", "libbroken-imagegen.so.9", "-Wl,--no-as-needed", f"-L{drv}",
+        "-l:libfakecuda-imagegen.so.1", "-l:libgone-imagegen.so.1")
     return site, lib
 
 
 def _run(stubs, *args: str) -> dict:
     site, lib = stubs
-    env = dict(os.environ, PYTHONPATH=str(site), LD_LIBRARY_PATH=str(lib))
+    # the image's ld.so.conf.d lists every loader dir; here LD_LIBRARY_PATH does
+    env = dict(os.environ, PYTHONPATH=str(site), LD_LIBRARY_PATH=f"{lib}:{site / 'nvidia' / 'drv' / 'lib'}")
     cp = subprocess.run([sys.executable, str(PROBE), *args], capture_output=True, text=True, env=env, timeout=120)
     assert cp.returncode == 0, cp.stderr
     line = [x for x in cp.stdout.splitlines() if x.startswith("IMAGEGEN-RESULT ")][-1]
@@ -69,13 +83,13 @@ pytestmark = pytest.mark.unit
 
 
 def test_names_are_the_elf_sonames(stubs):
-    out = _run(stubs, "--dirs", "nvidia/*/lib")
+    out = _run(stubs, "--dirs", "nvidia/stub/lib")
     names = [r["name"] for r in out["results"]]
     assert names == ["libgood-imagegen.so.11.2", "libpending-imagegen.so.9"]  # not libgood-imagegen.so.11
 
 
 def test_pending_dlerror_fails_the_load(stubs):
-    res = {r["name"]: r for r in _run(stubs, "--dirs", "nvidia/*/lib")["results"]}
+    res = {r["name"]: r for r in _run(stubs, "--dirs", "nvidia/stub/lib")["results"]}
     assert res["libgood-imagegen.so.11.2"]["ok"] is True
     bad = res["libpending-imagegen.so.9"]
     assert bad["ok"] is False
@@ -88,6 +102,17 @@ def test_needed_entries_of_a_provider_and_skips(stubs):
     assert "libgood-imagegen.so.11.2" in names and "libc.so.6" not in names
     assert out["skipped"] == ["libc.so.6"]
     assert all(r["ok"] for r in out["results"])
+
+
+def test_a_library_missing_only_the_host_driver_passes_with_needs_host(stubs):
+    res = {r["name"]: r for r in _run(stubs, "--dirs", "nvidia/drv/lib", "--skip", "libfakecuda-imagegen.so.1")["results"]}
+    ok = res["libneedsdriver-imagegen.so.9"]
+    assert ok["ok"] is True and ok["needs_host"] == "libfakecuda-imagegen.so.1"
+    broken = res["libbroken-imagegen.so.9"]
+    assert broken["ok"] is False and "libgone-imagegen.so.1" in broken["error"]
+    # without --skip, the driver's absence is a plain failure
+    res = {r["name"]: r for r in _run(stubs, "--dirs", "nvidia/drv/lib")["results"]}
+    assert res["libneedsdriver-imagegen.so.9"]["ok"] is False
 
 
 def test_missing_provider_library_is_a_failure(stubs):

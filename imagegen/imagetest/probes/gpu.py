@@ -7,7 +7,9 @@ usage: python gpu.py [--dirs GLOB,...] [--needed-of REL]... [--skip NAME]... [NA
                      nvidia/*/lib,tensorrt_libs), by the DT_SONAME read from its ELF file
   --needed-of REL    also every NEEDED entry of this library (relative to site-packages), e.g. an
                      execution provider the framework dlopens by path
-  --skip NAME        never probe NAME (libraries the host driver provides: libcuda.so.1)
+  --skip NAME        never probe NAME (libraries the host driver provides: libcuda.so.1); a library
+                     that fails only because NAME is absent passes when every other NEEDED entry of
+                     its ELF file loads (reported with "needs_host")
   --nvidia-sonames   the same as --dirs 'nvidia/*/lib'
 Each name is loaded in its own child process with a timeout: a failing cuDNN load can abort the
 process. A load that succeeds but leaves an error pending in dlerror() fails too: cuDNN >= 8.7
@@ -115,6 +117,9 @@ def site_dirs():
     return [d for d in dict.fromkeys(dirs) if os.path.isdir(d)]
 
 
+SONAME_PATHS = {}
+
+
 def sonames_in(dir_globs):
     names = []
     for sp in site_dirs():
@@ -125,6 +130,7 @@ def sonames_in(dir_globs):
                 soname, _ = elf_dynamic(path)
                 if soname and soname not in names:
                     names.append(soname)
+                    SONAME_PATHS[soname] = path
     return names
 
 
@@ -150,6 +156,63 @@ def probe(name):
             "error": "process died with %s: %s" % (cp.returncode, err[-1] if err else "")}
 
 
+def ld_cache_paths():
+    """soname -> path, from the image's loader cache (`ldconfig -p`)."""
+    out = {}
+    for exe in ("/sbin/ldconfig", "/usr/sbin/ldconfig"):
+        if os.path.exists(exe):
+            try:
+                text = subprocess.run([exe, "-p"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                      timeout=TIMEOUT).stdout.decode(errors="replace")
+            except (OSError, subprocess.TimeoutExpired):
+                continue
+            for line in text.splitlines():
+                if "=>" in line:
+                    name = line.strip().split(" ", 1)[0]
+                    out.setdefault(name, line.rsplit("=>", 1)[1].strip())
+            break
+    return out
+
+
+def missing_host_library(result, skip):
+    """The host-provided library (e.g. libcuda.so.1) whose absence alone failed this load, or None."""
+    err = result.get("error") or ""
+    for name in skip:
+        if err.startswith(name + ": cannot open shared object file") or (": " + name + ": cannot open") in err:
+            return name
+    return None
+
+
+def resolve_deferred(results, skip, paths):
+    """A library that NEEDs the host driver's libcuda.so.1 cannot load on a host without one. It
+    passes when the driver library is the only thing missing: every other NEEDED entry of its ELF
+    file loads by name (probed the same way). It is reported with `needs_host`."""
+    cache = {r["name"]: r for r in results}
+    for r in results:
+        host = None if r.get("ok") else missing_host_library(r, skip)
+        if not host:
+            continue
+        path = paths.get(r["name"])
+        if not path:
+            continue
+        _, needed = elf_dynamic(path)
+        bad = []
+        for n in needed:
+            if n in skip:
+                continue
+            if n not in cache:
+                cache[n] = probe(n)
+                if not cache[n].get("ok") and missing_host_library(cache[n], skip):
+                    cache[n] = dict(cache[n], ok=True, needs_host=host)  # its own NEEDED are in this walk
+            if not cache[n].get("ok"):
+                bad.append("%s (%s)" % (n, cache[n].get("error")))
+        if bad:
+            r["error"] = "NEEDED entries do not load: " + "; ".join(bad)
+        else:
+            r.update(ok=True, error=None, needs_host=host, path=path)
+    return results
+
+
 def plan(argv):
     """The names to probe, in order, and those skipped: (names, skipped, errors)."""
     names, skip, dirs, errors = [], [], [], []
@@ -170,13 +233,17 @@ def plan(argv):
             names.append(a)
     names.extend(sonames_in(dirs))
     ordered = [n for n in dict.fromkeys(names) if n not in skip]
-    return ordered, sorted(set(names) & set(skip)), errors
+    return ordered, sorted(set(names) & set(skip)), errors, skip
 
 
 def main():
-    names, skipped, errors = plan(sys.argv[1:])
-    results = errors + [probe(n) for n in names]
-    print("IMAGEGEN-RESULT " + json.dumps({"results": results, "skipped": skipped}))
+    names, skipped, errors, skip = plan(sys.argv[1:])
+    results = [probe(n) for n in names]
+    if any(not r.get("ok") and missing_host_library(r, skip) for r in results):
+        paths = dict(ld_cache_paths())
+        paths.update(SONAME_PATHS)
+        results = resolve_deferred(results, skip, paths)
+    print("IMAGEGEN-RESULT " + json.dumps({"results": errors + results, "skipped": skipped}))
 
 
 if __name__ == "__main__":
