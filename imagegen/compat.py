@@ -71,6 +71,8 @@ class GpuSpec(_Model):
     # execution providers: readiness checks each is listed as available and loads every NEEDED entry
     # of its library one by one, by name
     providers: list[ProviderSpec] = Field(default_factory=list)
+    # the framework's own CUDA libraries (relative to site-packages): readiness loads every NEEDED entry
+    needed_of: list[str] = Field(default_factory=list)
     builds: dict[str, GpuBuild]
 
 

@@ -33,6 +33,8 @@ def probe_args(target) -> list[str]:
     args = [n for n in spec.dlopen if n not in target.pruned_libs]
     for p in providers(target):
         args += ["--needed-of", p.library]
+    for lib in spec.needed_of:
+        args += ["--needed-of", lib]
     cuda = compat.cuda()
     if not spec.dlopen:
         args += ["--dirs", ",".join(cuda.loader_dirs)]

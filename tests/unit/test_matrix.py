@@ -58,6 +58,7 @@ def test_default_matrix_cells():
         # trixie / Python 3.13 (issue 13): the second Python of a version gets -py3.13
         "paddle:3.3.1-cpu-py3.13-slim", "onnxruntime:1.23.2-cpu-py3.13-slim",
         "onnxruntime:1.23.2-gpu-cuda12.8-cudnn9.10-slim", "onnxruntime:1.23.2-gpu-cuda12.8-cudnn9.10-trt10.13-slim",
+        "pytorch:2.14.1-gpu-cuda13.0-cudnn9.24-slim",
     } == refs
     excluded = {c.ref: c.excluded for c in m.excluded}
     assert {"paddle:3.3.1-gpu-cuda11.8-cudnn8.9-full", "paddle:3.3.1-gpu-cuda12.6-cudnn9.5-full"} < set(excluded)
@@ -80,6 +81,13 @@ def test_onnxruntime_gpu_gets_only_the_cuda_components_it_loads():
     assert not any(r.startswith(("nvidia-nccl", "nvidia-cusolver", "nvidia-cusparse", "nvidia-cuda-cupti", "tensorrt"))
                    for r in cell.requirements)
     assert cell.indexes == ()
+
+
+def test_torch_gpu_cell_pins_nothing_itself():
+    m = matrix.load(ROOT / "matrix.yaml")
+    (cell,) = m.select(["pytorch:gpu-cuda13.0-slim"])
+    assert cell.requirements == ("torch==2.14.1",)  # the wheel pins its own nvidia wheels (CUDA 13.0)
+    assert cell.cudnn == "9.24.0" and cell.cuda == "13.0"
 
 
 def test_tensorrt_cell_tag_wheels_and_index():
