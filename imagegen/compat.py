@@ -125,6 +125,7 @@ class CudaData(_Model):
     # site-packages globs of the directories NVIDIA's wheels put shared libraries in; every one present
     # in a GPU image is listed in its ld.so.conf.d file (FACTS trap 4: versioned names load each other)
     loader_dirs: list[str] = Field(default_factory=lambda: ["nvidia/*/lib"])
+    dlerror_benign: list[str] = Field(default_factory=list)  # pending dlerror() texts reported, not failed
     releases: dict[str, CudaRelease]
     cudnn_wheels: dict[str, str] = Field(default_factory=dict)
 

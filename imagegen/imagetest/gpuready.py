@@ -40,4 +40,6 @@ def probe_args(target) -> list[str]:
         args += ["--dirs", ",".join(cuda.loader_dirs)]
     for name in cuda.host_provided:
         args += ["--skip", name]
+    for text in cuda.dlerror_benign:
+        args += ["--benign", text]
     return args

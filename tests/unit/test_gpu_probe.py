@@ -28,6 +28,12 @@ PENDING = """
 __attribute__((constructor)) static void init(void) { dlopen("libnvrtc-imagegen-missing.so", RTLD_LAZY); }
 int pending(void) { return 2; }
 """
+# what cuDNN 9.10's engines library does: look up an optional hook with dlsym at load time
+OPTIONAL = """
+#include <dlfcn.h>
+__attribute__((constructor)) static void init(void) { dlsym(RTLD_DEFAULT, "imagegen_optional_hook"); }
+int optional(void) { return 3; }
+"""
 PROVIDER = "#include <unistd.h>\nint good(void); int provider(void) { return good() + (int)getpid(); }\n"
 
 
@@ -50,6 +56,9 @@ def stubs(tmp_path_factory):
     _cc(GOOD, lib / "libgood-imagegen.so.11.2", "libgood-imagegen.so.11.2")
     _cc(PENDING, lib / "libpending-imagegen.so.9.1.0", "libpending-imagegen.so.9", "-ldl")
     (lib / "libpending-imagegen.so.9").symlink_to("libpending-imagegen.so.9.1.0")
+    opt = site / "nvidia" / "opt" / "lib"
+    opt.mkdir(parents=True)
+    _cc(OPTIONAL, opt / "liboptional-imagegen.so.9", "liboptional-imagegen.so.9", "-ldl")
     prov = site / "fw" / "libfw_provider.so"
     prov.parent.mkdir()
     _cc(PROVIDER, prov, "libfw_provider.so", f"-L{lib}", "-l:libgood-imagegen.so.11.2")
@@ -72,7 +81,7 @@ def stubs(tmp_path_factory):
 def _run(stubs, *args: str) -> dict:
     site, lib = stubs
     # the image's ld.so.conf.d lists every loader dir; here LD_LIBRARY_PATH does
-    env = dict(os.environ, PYTHONPATH=str(site), LD_LIBRARY_PATH=f"{lib}:{site / 'nvidia' / 'drv' / 'lib'}")
+    env = dict(os.environ, PYTHONPATH=str(site), LD_LIBRARY_PATH=f"{lib}:{site / 'nvidia' / 'drv' / 'lib'}:{site / 'nvidia' / 'opt' / 'lib'}")
     cp = subprocess.run([sys.executable, str(PROBE), *args], capture_output=True, text=True, env=env, timeout=120)
     assert cp.returncode == 0, cp.stderr
     line = [x for x in cp.stdout.splitlines() if x.startswith("IMAGEGEN-RESULT ")][-1]
@@ -94,6 +103,15 @@ def test_pending_dlerror_fails_the_load(stubs):
     bad = res["libpending-imagegen.so.9"]
     assert bad["ok"] is False
     assert "dlerror() is pending" in bad["error"] and "libnvrtc-imagegen-missing.so" in bad["error"]
+
+
+def test_benign_pending_dlerror_is_reported_not_failed(stubs):
+    (r,) = _run(stubs, "--dirs", "nvidia/opt/lib")["results"]
+    assert r["ok"] is False and "undefined symbol: imagegen_optional_hook" in r["error"]
+    (r,) = _run(stubs, "--dirs", "nvidia/opt/lib", "--benign", "undefined symbol: imagegen_optional_hook")["results"]
+    assert r["ok"] is True and "imagegen_optional_hook" in r["pending_benign"]
+    # the data names exactly one such text (cuDNN 9.10, measured); a missing library is never benign
+    assert compat.cuda().dlerror_benign == ["undefined symbol: InitializeInjectionCaskEnhanced"]
 
 
 def test_needed_entries_of_a_provider_and_skips(stubs):
@@ -147,6 +165,7 @@ def test_probe_args_for_onnxruntime_cuda_cell():
     assert "onnxruntime/capi/libonnxruntime_providers_tensorrt.so" not in args  # no TensorRT in this cell
     assert ["--dirs", "nvidia/*/lib,tensorrt_libs"] == args[2:4]
     assert ["--skip", "libcuda.so.1"] == args[4:6]
+    assert args[-2:] == ["--benign", "undefined symbol: InitializeInjectionCaskEnhanced"]
     assert [p.name for p in ready.providers(t)] == ["CUDAExecutionProvider"]
 
 

@@ -11,6 +11,8 @@ usage: python gpu.py [--dirs GLOB,...] [--needed-of REL]... [--skip NAME]... [NA
                      that fails only because NAME is absent passes when every other NEEDED entry of
                      its ELF file loads (reported with "needs_host")
   --nvidia-sonames   the same as --dirs 'nvidia/*/lib'
+  --benign TEXT      a pending dlerror() message containing TEXT is reported ("pending_benign"), not
+                     failed: data (cuda.yaml dlerror_benign) for a library's own by-design lookups
 Each name is loaded in its own child process with a timeout: a failing cuDNN load can abort the
 process. A load that succeeds but leaves an error pending in dlerror() fails too: cuDNN >= 8.7
 dlopens libnvrtc.so from its constructor, ignores the failure, and aborts at the first convolution
@@ -31,6 +33,7 @@ TIMEOUT = float(os.environ.get("IMAGEGEN_DLOPEN_TIMEOUT", "60"))
 CHILD = r'''
 import ctypes, json, os, sys
 name = sys.argv[1]
+benign = [b for b in sys.argv[2:] if b]
 res = {"name": name, "ok": False, "error": None, "path": None, "version": None}
 libc = ctypes.CDLL(None)
 dlerror = libc.dlerror
@@ -41,11 +44,17 @@ try:
     res["ok"] = True
 except OSError as exc:
     res["error"] = str(exc)
-if res["ok"]:
+def check_pending(what):
     pending = dlerror()
     if pending:
-        res["ok"] = False
-        res["error"] = "loaded, but dlerror() is pending: " + pending.decode(errors="replace")
+        msg = pending.decode(errors="replace")
+        if any(b in msg for b in benign):
+            res["pending_benign"] = msg
+        else:
+            res["ok"] = False
+            res["error"] = what + " dlerror() is pending: " + msg
+if res["ok"]:
+    check_pending("loaded, but")
 if res["ok"]:
     stem = name.split(".so")[0] + ".so"
     with open("/proc/self/maps") as fh:
@@ -63,10 +72,7 @@ if res["ok"]:
         major = v // 10000 if v >= 90000 else v // 1000
         minor = (v % 10000) // 100 if v >= 90000 else (v % 1000) // 100
         res["version"] = "%d.%d.%d" % (major, minor, v % 100)
-        pending = dlerror()
-        if pending:
-            res["ok"] = False
-            res["error"] = "cudnnGetVersion left dlerror() pending: " + pending.decode(errors="replace")
+        check_pending("after cudnnGetVersion,")
 print(json.dumps(res))
 '''
 
@@ -142,9 +148,12 @@ def needed_of(rel):
     return [], "%s not found in %s" % (rel, ", ".join(site_dirs()))
 
 
+BENIGN = []
+
+
 def probe(name):
     try:
-        cp = subprocess.run([sys.executable, "-c", CHILD, name], stdout=subprocess.PIPE,
+        cp = subprocess.run([sys.executable, "-c", CHILD, name] + BENIGN, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, timeout=TIMEOUT, start_new_session=True)
     except subprocess.TimeoutExpired:
         return {"name": name, "ok": False, "error": "timed out after %gs (hung after a failed load?)" % TIMEOUT}
@@ -224,6 +233,8 @@ def plan(argv):
             dirs.extend(x for x in next(it).split(",") if x)
         elif a == "--skip":
             skip.append(next(it))
+        elif a == "--benign":
+            BENIGN.append(next(it))
         elif a == "--needed-of":
             needed, err = needed_of(next(it))
             names.extend(needed)
