@@ -500,3 +500,62 @@ def test_elf_scan_extend_sums():
     a, b = ElfScan(members=2, inflated_bytes=10, seconds=1.0), ElfScan(members=3, inflated_bytes=5, seconds=0.5)
     a.extend(b)
     assert (a.members, a.inflated_bytes, a.seconds) == (5, 15, 1.5)
+
+
+# --- a mirror caught between two syncs (measured: trixie, 2026-11-29) ------------------------------
+
+def _serve(root):
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a, **k: None
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def _release(suite, codename, sha, size, by_hash=False):
+    extra = "Acquire-By-Hash: yes\n" if by_hash else ""
+    return (f"Origin: Debian\nSuite: {suite}\nCodename: {codename}\nDate: Sat, 12 Sep 2026 07:55:41 UTC\n{extra}"
+            f"SHA256:\n {sha} {size} main/Contents-amd64.gz\n")
+
+
+def _mirror(tmp_path, alias_lists_served: bool):
+    import gzip as _gzip
+    import hashlib as _hashlib
+
+    served = _gzip.compress(b"usr/lib/x86_64-linux-gnu/libz.so.1.3.1   libs/zlib1g\n", mtime=0)
+    other = _gzip.compress(b"usr/lib/x86_64-linux-gnu/libz.so.1.3.2   libs/zlib1g\n", mtime=0)
+    sha = lambda b: _hashlib.sha256(b).hexdigest()  # noqa: E731
+    root = tmp_path / "mirror"
+    (root / "dists/trixie/main").mkdir(parents=True)
+    (root / "dists/stable").mkdir(parents=True)
+    (root / "dists/trixie/main/Contents-amd64.gz").write_bytes(served)
+    (root / "dists/trixie/InRelease").write_text(_release("stable", "trixie", sha(other), len(other)))
+    alias_sha = sha(served) if alias_lists_served else sha(other)
+    (root / "dists/stable/InRelease").write_text(_release("stable", "trixie", alias_sha, len(served)))
+    return root
+
+
+def test_contents_of_another_sync_is_accepted_when_the_alias_release_lists_it(tmp_path, capsys):
+    srv = _serve(_mirror(tmp_path, alias_lists_served=True))
+    try:
+        idx = contents_index("trixie", "amd64", f"http://127.0.0.1:{srv.server_port}", cache_dir=tmp_path / "c",
+                             keyring=str(tmp_path / "no-keyring"))
+    finally:
+        srv.shutdown()
+    assert "libz.so.1.3.1" in idx.libs  # the served file, verified by the alias suite's release
+    assert "from another sync of the mirror" in capsys.readouterr().err
+
+
+def test_contents_mismatch_nobody_signs_is_an_error(tmp_path):
+    srv = _serve(_mirror(tmp_path, alias_lists_served=False))
+    try:
+        with pytest.raises(ImagegenError) as exc:
+            contents_index("trixie", "amd64", f"http://127.0.0.1:{srv.server_port}", cache_dir=tmp_path / "c",
+                           keyring=str(tmp_path / "no-keyring"))
+    finally:
+        srv.shutdown()
+    assert "does not match InRelease" in str(exc.value)
