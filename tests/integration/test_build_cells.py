@@ -23,7 +23,9 @@ sys.path.insert(0, str(ROOT / "tests" / "engine"))
 from registry_fixture import LocalRegistry  # noqa: E402
 
 CPU_CELLS = ["paddle:3.3.1-cpu-slim", "onnxruntime:1.23.2-cpu-slim", "pytorch:2.13.0-cpu-slim",
-             "paddle:3.3.1-cpu-full"]
+             "paddle:3.3.1-cpu-full",
+             # Debian 13 / Python 3.13 (trixie base)
+             "paddle:3.3.1-cpu-py3.13-slim", "onnxruntime:1.23.2-cpu-py3.13-slim"]
 GPU_FLAGSHIP = "paddle:2.6.2-gpu-cuda11.8-cudnn8.6-slim"
 
 
@@ -179,6 +181,32 @@ def test_gpu_flagship_builds_and_is_gpu_ready(client, tmp_path):
         rules = res["prune"]["rules"]
         assert rules["cudnn_train"]["enabled"] and rules["cudnn_train"]["bytes"] > 200_000_000
         assert rules["flashattn"]["bytes"] > 200_000_000
+
+
+# Multi-GB GPU cells beside the flagship (issue 13). The TensorRT cell is not here: PyPI has only sdists
+# of tensorrt-cu12-libs, which download NVIDIA's wheel at install time (pypi.nvidia.com).
+GPU_CELLS = {
+    "onnxruntime:1.23.2-gpu-cuda12.8-cudnn9.10-slim": 3_000_000_000,
+    "pytorch:2.14.1-gpu-cuda13.0-cudnn9.24-slim": 8_000_000_000,
+}
+
+
+@pytest.mark.gpu_cell
+@pytest.mark.skipif(os.environ.get("IMAGEGEN_GPU_CELLS") != "1", reason="GPU cells are opt-in: IMAGEGEN_GPU_CELLS=1")
+@pytest.mark.parametrize("ref", sorted(GPU_CELLS))
+def test_gpu_cell_builds_and_is_gpu_ready(client, tmp_path, ref):
+    """Build + the image suite: CPU smoke, readiness (every CUDA library loads by SONAME, no pending
+    dlerror(); providers available; CUDA/cuDNN as tagged); then the cell is removed (several GB)."""
+    try:
+        proc = imagegen("build", "--variant", ref, "--json", "--junit", str(tmp_path), timeout=3600)
+        (res,) = json.loads(proc.stdout)
+        assert res["ref"] == ref and res["status"] in ("built", "skipped")
+        assert client.images.get(ref).attrs["Size"] <= GPU_CELLS[ref]
+    finally:
+        try:
+            client.images.remove(ref, force=True)
+        except docker.errors.ImageNotFound:
+            pass
 
 
 def test_audit_of_a_real_cell_adds_up(built):
