@@ -25,11 +25,12 @@ def target_for(cell: Cell, image: str | None = None) -> TestTarget:
     expected = {"org.opencontainers.image.source": SOURCE_URL}
     if LABEL_DIGEST in labels:
         expected[LABEL_DIGEST] = labels[LABEL_DIGEST]
-    from .render import pruned_dlopen_names
+    from .render import dlopen_names, pruned_dlopen_names
 
     from .matrix import flavors
 
-    target = TestTarget.from_cell(cell, image=ref, labels=expected, pruned_libs=pruned_dlopen_names(cell))
+    target = TestTarget.from_cell(cell, image=ref, labels=expected, pruned_libs=pruned_dlopen_names(cell),
+                                 dlopen=dlopen_names(cell) if cell.device == "gpu" else None)
     # The flavor's policy (data) is the source of truth; a slimming rule the matrix turns off relaxes
     # the matching contents rule (policy_for), it never tightens the flavor's policy.
     flavor_policy = dict(flavors()[cell.flavor]["policy"])

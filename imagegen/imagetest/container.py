@@ -82,6 +82,8 @@ def make_workdir(root: Path | None = None) -> Path:
     (d / "probes").mkdir()
     for f in probes.glob("*.py"):
         shutil.copyfile(f, d / "probes" / f.name)
+    # the stdlib ELF reader the probes import (the same one the builder's prune step uses)
+    shutil.copyfile(Path(__file__).parents[1] / "scripts" / "elfmini.py", d / "probes" / "elfmini.py")
     bb = static_busybox()
     if bb:
         shutil.copyfile(bb, d / "busybox")
