@@ -120,6 +120,7 @@ class TestContainer:
     gpu: bool = False
     lifetime: int = 1800
     env: dict[str, str] = field(default_factory=dict)
+    home: str | None = "/tmp"  # HOME forced on a read-only root; None leaves the image's own value
     mem_limit: str = os.environ.get("IMAGEGEN_TEST_MEMORY", "8g")
     _ctr: Any = None
     starts: int = 0
@@ -148,8 +149,8 @@ class TestContainer:
     def start(self) -> "TestContainer":
         self.starts += 1
         env = dict(self.env)
-        if self.read_only:
-            env.setdefault("HOME", "/tmp")  # the only writable place
+        if self.read_only and self.home:
+            env.setdefault("HOME", self.home)  # the only writable place
         kw = self.hardening
         if self.gpu:
             kw["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
