@@ -25,6 +25,7 @@ from pathlib import Path
 
 import docker.errors
 import requests.exceptions
+import urllib3.exceptions
 
 from . import compat, engine, render
 from .console import err, log
@@ -228,6 +229,12 @@ def _write_stamp(m: Matrix, cell: Cell, digest: str) -> None:
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 _IMAGE = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
 _RUNNING = re.compile(r"^ ---> Running in ([0-9a-f]{12,64})$")
+# One-line errors our in-build scripts print ("install: error: ...", "sysroot: error: ..."): the cause
+# to report instead of the classic builder's "The command ... returned a non-zero code".
+_SCRIPT_ERROR = re.compile(r"^(\w+): error: (.+)$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# What a connection that dies mid-stream raises through docker-py (requests/urllib3)
+_CONNECTION_LOST = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, ConnectionError)
 
 # What builds in flight have created, so an interrupt can remove it (see abort_cleanup).
 _ACTIVE_LOCK = threading.Lock()
@@ -322,6 +329,9 @@ def docker_build(prep: Prepared, log_path: Path, progress: _Progress, *, no_cach
     image_id = None
     error = None
     step_started: tuple[str, float] | None = None
+    script_error: str | None = None
+    mine: set[str] = set()  # this build's step containers still alive
+    lost: str | None = None
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w", encoding="utf-8", errors="replace") as logf:
         logf.write(f"# imagegen build {cell.ref} inputs {prep.digest}\n")
@@ -346,8 +356,13 @@ def docker_build(prep: Prepared, log_path: Path, progress: _Progress, *, no_cach
                         r = _RUNNING.match(line)
                         if r:
                             _track("containers", r.group(1))
+                            mine.add(r.group(1))
                         elif line.startswith("Removing intermediate container "):
                             _track("containers", line.split()[-1], add=False)
+                            mine = {c for c in mine if not line.split()[-1].startswith(c[:12])}
+                        e = _SCRIPT_ERROR.match(_ANSI.sub("", line).strip())
+                        if e:
+                            script_error = f"{e.group(1)}: {e.group(2).strip()}"
                         i = _IMAGE.match(line)
                         if i:
                             step_images.append(i.group(1))
@@ -359,17 +374,31 @@ def docker_build(prep: Prepared, log_path: Path, progress: _Progress, *, no_cach
                     error = chunk.get("error", "").strip()
                     logf.write(f"ERROR: {error}\n")
                     tail.append(error)
-        except (requests.exceptions.ConnectionError, docker.errors.APIError) as exc:
+        except docker.errors.APIError as exc:
             error = str(exc).splitlines()[0]
             logf.write(f"ERROR: {error}\n")
+        except _CONNECTION_LOST as exc:
+            error = lost = engine._short(exc)
+            logf.write(f"ERROR: connection to the engine lost: {error}\n")
+    if lost is not None and not engine.answers():
+        # The daemon died or was stopped: what it was running cannot be removed now. Recorded, the
+        # next imagegen that reaches this engine removes it (engine.reap_leftovers).
+        engine.remember_leftovers(mine)
+        for cid in mine:
+            _track("containers", cid, add=False)
+        raise EngineError(f"{cell.ref}: the Docker engine at {engine.engine_key()} stopped answering mid-build "
+                          f"({lost}); nothing was tagged; log: {log_path}")
     if error or not image_id:
         reason = error or "the build produced no image"
         if "no space left on device" in reason:
             raise ImagegenError(f"{cell.ref}: disk full while building (free space with `docker system prune`); "
                                 f"log: {log_path}")
-        err.print(f"--- last lines of {log_path} ---", markup=False)
-        for line in tail:
-            err.print(line, markup=False)
+        if script_error:  # our own script named the cause: report that, not the builder's exit code
+            reason = script_error
+        else:
+            err.print(f"--- last lines of {log_path} ---", markup=False)
+            for line in tail:
+                err.print(line, markup=False)
         raise ImagegenError(f"{cell.ref}: build failed: {reason[:300]}; full log: {log_path}")
     return image_id, step_images
 
@@ -415,6 +444,21 @@ def prune_report_from_log(log_path: Path) -> dict | None:
     return None
 
 
+def _evict_and_raise(m: Matrix, cell: Cell, exc: ImagegenError) -> None:
+    """Installing the locked wheels failed in the builder: hash the host cache's copies of the
+    cell's wheels again, remove the corrupt ones, and name them in the one error line."""
+    from . import lock as lock_mod, wheelhouse
+
+    try:
+        bad = wheelhouse.evict_corrupt(lock_mod.read_lock(lock_path(m, cell)))
+    except (OSError, ImagegenError):
+        raise exc from None
+    if bad:
+        raise ImagegenError(f"{cell.ref}: build failed: {', '.join(bad)} in the wheel cache did not match its "
+                            f"sha256 (corrupt); removed it: run the build again to fetch it afresh") from None
+    raise exc from None
+
+
 def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: _Progress,
               keep_cache: bool = False, junit_dir: Path | None = None, no_cache: bool = False) -> BuildResult:
     t0 = time.monotonic()
@@ -438,7 +482,12 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
             _write_stamp(m, cell, prep.digest)
             progress.finish(cell, "up to date (skipped)")
             return BuildResult(cell, "skipped", seconds=time.monotonic() - t0, message="inputs unchanged")
-        image_id, step_images = docker_build(prep, log_path, progress, no_cache=no_cache)
+        try:
+            image_id, step_images = docker_build(prep, log_path, progress, no_cache=no_cache)
+        except ImagegenError as exc:
+            if "install: " in str(exc):  # a wheel that fails to install may be a corrupt cache copy
+                _evict_and_raise(m, cell, exc)
+            raise
         _track("images", image_id)
         report = prune_report_from_log(log_path)
         if run_tests:
@@ -462,7 +511,7 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
         if image_id:
             try:
                 engine.api().remove_image(image_id)
-            except docker.errors.APIError:
+            except (docker.errors.APIError, *_CONNECTION_LOST):
                 pass
         raise
     finally:
