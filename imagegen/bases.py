@@ -45,11 +45,12 @@ from typing import Annotated, Iterable, Iterator, Optional
 
 import typer
 
-from . import compat
+from . import compat, labels, paths
 from .console import log, warn
 from .errors import EngineError, ImagegenError, UserInputError
+from .units import format_size
 
-LABEL_PREFIX = "io.imagegen.base"
+LABEL_PREFIX = labels.BASE_PREFIX
 RUNTIME_USER = {"name": "app", "uid": 1000, "gid": 1000, "home": "/home/app"}
 IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LIB_DIRS = ("lib", "usr/lib", "lib64", "usr/lib64", "lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
@@ -664,10 +665,6 @@ class Tarball:
     seconds: float
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("IMAGEGEN_CACHE") or Path.home() / ".cache" / "imagegen")
-
-
 def bootstrap_tarball(spec: compat.BaseSpec, role: str, workdir: Path, *, label: str = "") -> Tarball:
     """Build the role's rootfs tarball into workdir (which the caller removes)."""
     label = label or role
@@ -782,7 +779,7 @@ def smoke_check(image: str, *, uids: Iterable[str] = SMOKE_UIDS, timeout: int = 
 
 @contextlib.contextmanager
 def _lock(ref: str) -> Iterator[None]:
-    d = _cache_dir() / "locks"
+    d = paths.base_flocks()
     d.mkdir(parents=True, exist_ok=True)
     path = d / (re.sub(r"[^\w.-]", "_", ref) + ".lock")
     with open(path, "w") as fh:
@@ -883,10 +880,6 @@ def ensure_spec_role(name: str, spec: compat.BaseSpec, role: str, *, force: bool
 
 
 # --- registry bases --------------------------------------------------------------------------
-
-
-_UNREACHABLE = ("dial tcp", "no such host", "i/o timeout", "connection refused", "timeout", "tls:",
-                "x509", "network is unreachable", "server misbehaving", "temporary failure", "EOF")
 
 
 def local_by_digest(pinned: PinnedRef):
@@ -1015,7 +1008,7 @@ def role_sonames(image_ref: str) -> set[str]:
     img = _image(image_ref)
     if img is None:
         raise UserInputError(f"image {image_ref} is not in the local engine")
-    cache = _cache_dir() / "sonames" / (img.id.split(":", 1)[-1] + ".json")
+    cache = paths.sonames_dir() / (img.id.split(":", 1)[-1] + ".json")
     with contextlib.suppress(OSError, ValueError):
         return set(json.loads(cache.read_text()))
     c = client()
@@ -1049,10 +1042,6 @@ def all_bases(matrix: Path | None = None) -> dict[str, compat.BaseSpec]:
     from . import matrix as matrix_mod
 
     return matrix_mod.bases_for(matrix_mod.load(path))
-
-
-def _size(n: int | None) -> str:
-    return "-" if n is None else f"{n / 1e6:.1f} MB"
 
 
 def list_rows(known: dict[str, compat.BaseSpec] | None = None) -> list[dict]:
@@ -1089,7 +1078,7 @@ def base_list(
 
     t = Table("base", "role", "source", "ref", "present", "size")
     for r in rows:
-        t.add_row(r["base"], r["role"], r["source"], r["ref"], "yes" if r["present"] else "no", _size(r["size"]))
+        t.add_row(r["base"], r["role"], r["source"], r["ref"], "yes" if r["present"] else "no", format_size(r["size"]))
     out.print(t)
 
 
@@ -1110,7 +1099,7 @@ def base_build(
         t0 = time.monotonic()
         ref = ensure_spec_role(name, spec, r, force=force)
         img = _image(ref)
-        out.print(f"{name}/{r}\t{ref}\t{_size(img.attrs.get('Size') if img else None)}\t{time.monotonic() - t0:.0f}s",
+        out.print(f"{name}/{r}\t{ref}\t{format_size(img.attrs.get('Size') if img else None)}\t{time.monotonic() - t0:.0f}s",
                   markup=False, highlight=False)
 
 

@@ -26,18 +26,16 @@ from pathlib import Path
 import docker.errors
 import requests.exceptions
 
-from . import compat, engine, render
+from . import compat, engine, paths, render
 from .console import err, log
 from .errors import EngineError, GateFailed, ImagegenError, UserInputError
+from .labels import LABEL_CELL, LABEL_DIGEST, SOURCE_URL
 from .matrix import Cell, Matrix
 
-LABEL_DIGEST = "io.imagegen.inputs-digest"
-LABEL_CELL = "io.imagegen.cell"
-SOURCE_URL = os.environ.get("IMAGEGEN_SOURCE_URL", "https://github.com/imagegen/imagegen")
 
 
 def cache_dir() -> Path:
-    d = Path(os.environ.get("IMAGEGEN_CACHE", Path.home() / ".cache" / "imagegen"))
+    d = paths.cache_root()
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -72,13 +70,6 @@ def lock_path(m: Matrix, cell: Cell) -> Path:
     return m.path.resolve().parent / "locks" / f"{cell.id}.txt"
 
 
-def build_tools() -> list[str]:
-    """Builder-stage tools (data: imagegen/data/build.yaml), locked with every cell."""
-    import yaml
-
-    return list(yaml.safe_load((compat.DATA / "build.yaml").read_text()).get("tools", []))
-
-
 def lock_request(cell: Cell):
     from . import lock as lock_mod
 
@@ -89,7 +80,7 @@ def lock_request(cell: Cell):
         glibc=base.glibc or "2.17",
         arch="x86_64",
         indexes=[(i.name, i.kind, i.url) for i in cell.indexes],
-        extra_tools=build_tools(),
+        extra_tools=list(compat.build_tools()),
         cell_id=cell.id,
         regenerate=f"imagegen lock --variant {cell.ref}",
     )

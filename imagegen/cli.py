@@ -95,7 +95,7 @@ def list_cells(
     json_out: JsonOpt = False,
 ) -> None:
     """Every cell the matrix expands to: selector, full tag, axes and size budget."""
-    from .matrix import format_size
+    from .units import format_size
 
     m = _load(matrix)
     cells = m.select(variant) if variant else (m.cells if explain else m.active)

@@ -37,7 +37,7 @@ def build(
 ) -> None:
     """Build cells: lock, bootstrap bases, stage the wheelhouse, build, test, then tag."""
     from . import build as build_mod
-    from .matrix import format_size
+    from .units import format_size
 
     m, cells = _cells(matrix, variant, all_)
     _install_interrupt_handler()

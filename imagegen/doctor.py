@@ -17,7 +17,7 @@ from typing import Annotated, Callable
 
 import typer
 
-from . import compat
+from . import compat, paths
 from .errors import EngineError, GateFailed, ImagegenError
 
 GB = 1_000_000_000
@@ -224,7 +224,7 @@ def run_checks(*, network: bool = True) -> list[Check]:
     checks.append(check_storage(info))
     root = Path(info["DockerRootDir"]) if info and info.get("DockerRootDir") else None
     checks.append(check_disk("docker root", root))
-    cache = Path(os.environ.get("IMAGEGEN_CACHE") or Path.home() / ".cache" / "imagegen")
+    cache = paths.cache_root()
     checks.append(check_disk("imagegen cache", cache))
     checks.append(check_gpu(info))
     try:

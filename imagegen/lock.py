@@ -58,6 +58,7 @@ from packaging.version import Version
 
 from .console import log, out, warn
 from .errors import ImagegenError, UserInputError
+from .units import format_size
 
 LOCK_FORMAT = 1
 ARCHES = ("x86_64", "aarch64", "ppc64le", "s390x", "i686", "armv7l")
@@ -1202,14 +1203,6 @@ def _default_cell_source(matrix: Path, variant: list[str] | None, all_: bool) ->
     return requests
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000  # type: ignore[assignment]
-    return str(n)
-
-
 def lock_command(
     matrix: Annotated[Path, typer.Option("--matrix", "-m", envvar="IMAGEGEN_MATRIX", help="The matrix file.")]
     = Path("matrix.yaml"),
@@ -1253,5 +1246,5 @@ def lock_command(
         return
     for r in results:
         n = len(r.lock.wheels) if r.lock else 0
-        size = f"  {_size(r.bytes)}" if r.bytes else ""
+        size = f"  {format_size(r.bytes)}" if r.bytes else ""
         out.print(f"{r.status:<10} {r.path}  ({n} wheels{size})", markup=False)

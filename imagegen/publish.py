@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import docker.errors
 
 from . import engine
-from .build import LABEL_DIGEST
+from .labels import LABEL_DIGEST
 from .console import log
 from .errors import ImagegenError, UserInputError
 from .matrix import Cell

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import docker.errors
 
-from . import engine
-from .build import LABEL_DIGEST, SOURCE_URL, cache_dir
+from . import engine, paths
+from . import labels as labels_mod
+from .labels import LABEL_DIGEST, SOURCE_URL
 from .errors import UserInputError
 from .imagetest import TestTarget, run_targets
 from .imagetest.runner import Summary
@@ -22,18 +23,13 @@ def target_for(cell: Cell, image: str | None = None) -> TestTarget:
         labels = (engine.api().inspect_image(ref).get("Config") or {}).get("Labels") or {}
     except docker.errors.ImageNotFound:
         raise UserInputError(f"{cell.ref} is not built here; run `imagegen build --variant {cell.ref}`") from None
-    expected = {"org.opencontainers.image.source": SOURCE_URL}
+    expected = {labels_mod.OCI_SOURCE: SOURCE_URL}
     if LABEL_DIGEST in labels:
         expected[LABEL_DIGEST] = labels[LABEL_DIGEST]
     from .render import pruned_dlopen_names
 
-    from .matrix import flavors
-
+    # The flavor's policy (flavors.yaml) narrowed by the cell's slimming switches (policy_for).
     target = TestTarget.from_cell(cell, image=ref, labels=expected, pruned_libs=pruned_dlopen_names(cell))
-    # The flavor's policy (data) is the source of truth; a slimming rule the matrix turns off relaxes
-    # the matching contents rule (policy_for), it never tightens the flavor's policy.
-    flavor_policy = dict(flavors()[cell.flavor]["policy"])
-    target.policy = {k: bool(v and flavor_policy.get(k, v)) for k, v in target.policy.items()}
     needs = cell.fw.versions[cell.version].runtime_packages
     shells = sorted(set(needs) & SHELL_PACKAGES)
     if shells and target.policy.get("no_shell"):
@@ -57,7 +53,7 @@ def split_built(cells: list[Cell]) -> tuple[list[Cell], list[Cell]]:
 
 
 def junit_path(junit_dir: Path | None, name: str) -> Path:
-    base = junit_dir or (cache_dir() / "reports")
+    base = junit_dir or paths.reports_dir()
     return base / f"junit-{name.replace(':', '-').replace('/', '_')}.xml"
 
 

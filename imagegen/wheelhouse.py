@@ -37,7 +37,10 @@ from typing import Annotated, Iterable, Iterator, Optional
 
 import typer
 
+from . import paths
 from .console import log, out
+from .paths import cache_root, wheels_root
+from .units import format_size
 from .errors import ImagegenError, UserInputError
 from .lock import (
     Index,
@@ -70,14 +73,6 @@ class DownloadFailed(ImagegenError):
 
 
 # --- cache layout ------------------------------------------------------------------------------
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("IMAGEGEN_CACHE") or Path.home() / ".cache" / "imagegen").expanduser()
-
-
-def wheels_root() -> Path:
-    return cache_root() / "wheels" / "sha256"
 
 
 def cas_path(sha256: str, filename: str) -> Path:
@@ -169,7 +164,7 @@ def _clean_stale_runs(tmp_root: Path) -> None:
 @contextlib.contextmanager
 def run_dir() -> Iterator[Path]:
     """A private temporary directory on the cache's filesystem, removed on exit (also on Ctrl-C)."""
-    tmp_root = cache_root() / "tmp"
+    tmp_root = paths.tmp_root()
     try:
         tmp_root.mkdir(parents=True, exist_ok=True)
         _clean_stale_runs(tmp_root)
@@ -189,7 +184,7 @@ def run_dir() -> Iterator[Path]:
 @contextlib.contextmanager
 def _hash_lock(sha256: str) -> Iterator[None]:
     """Serialises two processes fetching the same file (the second then finds it cached)."""
-    d = cache_root() / "wheels" / "locks"
+    d = paths.wheel_flocks()
     try:
         d.mkdir(parents=True, exist_ok=True)
         fh = open(d / f"{sha256}.lock", "a")
@@ -328,14 +323,6 @@ def _fetch_one(w: LockedWheel, target: _Target, work: Path, group: set) -> tuple
                 (tmp.parent / f"{tmp.name}.req").unlink()
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    return str(n)
-
-
 def _fetch_all(items: list[tuple[LockedWheel, _Target]], jobs: int) -> dict[str, tuple[str, Path]]:
     """Fetch in parallel. Returns {key: (sha256, path)} with key = sha256, or URL for hash-less items."""
     results: dict[str, tuple[str, Path]] = {}
@@ -361,7 +348,7 @@ def _fetch_all(items: list[tuple[LockedWheel, _Target]], jobs: int) -> dict[str,
                 if size:
                     fetched += 1
                     downloaded += size
-                    log(f"  fetched {w.filename} ({_size(size)})")
+                    log(f"  fetched {w.filename} ({format_size(size)})")
         except KeyboardInterrupt:
             for f in futures:
                 f.cancel()
@@ -369,8 +356,8 @@ def _fetch_all(items: list[tuple[LockedWheel, _Target]], jobs: int) -> dict[str,
             raise
     if fetched:
         secs = time.monotonic() - started
-        log(f"fetched {fetched} wheel(s), {_size(downloaded)} in {secs:.1f}s"
-            f"{f' ({_size(downloaded / secs)}/s)' if secs > 0 else ''}; {len(items) - fetched} already cached")
+        log(f"fetched {fetched} wheel(s), {format_size(downloaded)} in {secs:.1f}s"
+            f"{f' ({format_size(downloaded / secs)}/s)' if secs > 0 else ''}; {len(items) - fetched} already cached")
     return results
 
 
@@ -477,7 +464,7 @@ def prune(keep: Iterable[Lock], *, dry_run: bool = False) -> tuple[int, int]:
         if not dry_run:
             shutil.rmtree(f.parent, ignore_errors=True)
             with contextlib.suppress(OSError):
-                (cache_root() / "wheels" / "locks" / f"{sha}.lock").unlink()
+                (paths.wheel_flocks() / f"{sha}.lock").unlink()
     return files, size
 
 
@@ -505,7 +492,7 @@ def fetch_command(
     parsed = [read_lock(f) for f in files]
     paths = fetch_many(parsed, jobs)
     total = sum(p.stat().st_size for p in paths.values())
-    out.print(f"{len(paths)} wheels for {len(files)} lock(s) in {wheels_root()} ({_size(total)})", markup=False)
+    out.print(f"{len(paths)} wheels for {len(files)} lock(s) in {wheels_root()} ({format_size(total)})", markup=False)
 
 
 def prune_command(
@@ -517,7 +504,7 @@ def prune_command(
     parsed = [read_lock(f) for f in _lock_files(locks)]
     files, size = prune(parsed, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
-    out.print(f"{verb} {files} wheel(s), {_size(size)} from {wheels_root()}", markup=False)
+    out.print(f"{verb} {files} wheel(s), {format_size(size)} from {wheels_root()}", markup=False)
 
 
 __all__ = [

@@ -14,7 +14,7 @@ import typer
 from ..console import err, out
 from ..errors import UserInputError
 from .categories import all_names
-from .units import parse_size
+from ..units import parse_size
 
 # The lead wires `--trace VARIANT` by setting this: variant -> (image reference, smoke argv).
 VARIANT_RESOLVER: Callable[[str], tuple[str, list[str]]] | None = None
@@ -70,7 +70,7 @@ def audit_command(
     """Where every byte of an image goes: layers, categories, packages, waste, suggestions."""
     from .core import audit
     from .report import check_gates, compare
-    from .units import human
+    from ..units import format_size as human
 
     gates_size = parse_size(max_size, what="--max-size") if max_size is not None else None
     gates_wasted = parse_size(max_wasted, what="--max-wasted") if max_wasted is not None else None

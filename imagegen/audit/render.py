@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .units import human
+from ..units import format_size as human
 
 
 def _pct(part: int, whole: int) -> str:

@@ -254,7 +254,7 @@ def render_trace(rep: dict, console, *, top: int = 20) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from .units import human
+    from ..units import format_size as human
 
     t = rep["totals"]
     console.print(Text(f"trace of {' '.join(rep['argv'])} in {rep['image']}", style="bold"))

@@ -19,7 +19,7 @@ from imagegen.audit.gzsize import GzipCounter
 from imagegen.audit.report import category_bytes, display_path
 from imagegen.audit.synth import pattern, write_save_tar
 from imagegen.audit.trace import parse_trace
-from imagegen.audit.units import parse_size
+from imagegen.units import parse_size
 from imagegen.errors import ImagegenError, UserInputError
 
 pytestmark = pytest.mark.unit
