@@ -31,6 +31,13 @@ Flavor = Literal["slim", "full"]
 
 _REPO_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 _REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]+)?$")
+
+
+def is_registry(value: str) -> bool:
+    """``value`` is a registry host[:port] (what `registry:` and `publish --registry` take)."""
+    return bool(_REGISTRY.match(value))
+
+
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 # Requirements reach the lock file, never a RUN line; still, only PEP 508 name/extras/version characters
 # pass (no markers, quotes, `;`, `$`, backticks, pipes).

@@ -72,3 +72,25 @@ def test_cells(cells: list[Cell], *, junit: Path | None = None, checks: list[str
     targets = [target_for(c) for c in cells]
     path = junit if junit and junit.suffix == ".xml" else junit_path(junit, "imagegen")
     return run_targets(targets, path, checks=checks, keyword=keyword, verbose=verbose)
+
+
+# Writes the smoke script to a real file first: frameworks read their models' source (Paddle's
+# dy2static calls inspect.getsource), so exec() of a string is not enough.
+_SMOKE_RUNNER = (
+    "import runpy, sys, tempfile; f = tempfile.NamedTemporaryFile('w', suffix='.py', delete=False); "
+    "f.write(sys.argv[1]); f.close(); sys.argv = [f.name] + sys.argv[2:]; "
+    "runpy.run_path(f.name, run_name='__main__')"
+)
+
+
+def smoke_argv(cell: Cell, *, device: str = "cpu") -> list[str]:
+    """The command that runs the cell's smoke inference inside its image with the image's Python
+    (e.g. for `imagegen audit --trace`). UserInputError when the smoke test needs a model prepared
+    on the host first (it cannot run from the image alone)."""
+    from . import compat
+
+    source = compat.smoke_script(cell.fw).read_text()
+    if "def host_prepare" in source:
+        raise UserInputError(f"{cell.framework}'s smoke test needs a model prepared on the host; trace it with "
+                             f"--trace-image {cell.ref} -- python3 YOUR_WORKLOAD.py")
+    return [f"python{cell.python}", "-c", _SMOKE_RUNNER, source, device]

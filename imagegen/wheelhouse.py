@@ -33,31 +33,16 @@ import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Annotated, Iterable, Iterator, Optional
-
-import typer
+from typing import Iterable, Iterator
 
 from . import paths
-from .console import log, out
+from .console import log
 from .paths import cache_root, wheels_root
 from .units import format_size
 from .errors import ImagegenError, UserInputError
-from .lock import (
-    Index,
-    Lock,
-    LockedWheel,
-    LockRequest,
-    host_sources,
-    is_redacted,
-    pip_env,
-    read_lock,
-    redact_text,
-    redact_url,
-    requirements_text,
-    run_pip,
-    target_args,
-    terminate_children,
-)
+from .hostpip import host_sources, last_line, pip_env, run_pip, target_args, terminate_children
+from .lockfile import Index, Lock, LockedWheel, LockRequest, requirements_text
+from .redact import is_redacted, redact_text, redact_url
 
 
 class HashMismatch(ImagegenError):
@@ -274,10 +259,8 @@ def _pip_download(w: LockedWheel, target: _Target, dest: Path, group: set) -> Pa
         if "No space left on device" in text or "[Errno 28]" in text:
             raise DiskFull(f"disk full while downloading {w.pin} (cache {cache_root()})",
                            hint="free space, or point IMAGEGEN_CACHE at a larger disk")
-        from .lock import _last_line
-
         raise DownloadFailed(f"download of {w.pin} ({w.filename}) failed from {target.source_label(w.url)}: "
-                             f"{_last_line(text)}")
+                             f"{last_line(text)}")
     return files[0]
 
 
@@ -468,47 +451,8 @@ def prune(keep: Iterable[Lock], *, dry_run: bool = False) -> tuple[int, int]:
     return files, size
 
 
-def _lock_files(paths: list[Path] | None) -> list[Path]:
-    found: list[Path] = []
-    for p in paths or [Path("locks")]:
-        if p.is_dir():
-            found += sorted(p.glob("*.txt"))
-        elif p.exists():
-            found.append(p)
-        else:
-            raise UserInputError(f"no such lock file or directory: {p}")
-    if not found:
-        raise UserInputError(f"no lock files in {', '.join(str(p) for p in paths or [Path('locks')])}; "
-                             "run `imagegen lock` first")
-    return found
-
-
-def fetch_command(
-    locks: Annotated[Optional[list[Path]], typer.Argument(help="Lock files or directories (default: locks/).")] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, max=16, help="Parallel downloads.")] = 4,
-) -> None:
-    """Fill the wheel cache from lock files (no resolution): each distinct wheel is downloaded once."""
-    files = _lock_files(locks)
-    parsed = [read_lock(f) for f in files]
-    paths = fetch_many(parsed, jobs)
-    total = sum(p.stat().st_size for p in paths.values())
-    out.print(f"{len(paths)} wheels for {len(files)} lock(s) in {wheels_root()} ({format_size(total)})", markup=False)
-
-
-def prune_command(
-    locks: Annotated[Optional[list[Path]], typer.Argument(help="Keep the wheels of these lock files or "
-                                                               "directories (default: locks/).")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Only report what would be removed.")] = False,
-) -> None:
-    """Remove cached wheels that none of the given locks reference."""
-    parsed = [read_lock(f) for f in _lock_files(locks)]
-    files, size = prune(parsed, dry_run=dry_run)
-    verb = "would remove" if dry_run else "removed"
-    out.print(f"{verb} {files} wheel(s), {format_size(size)} from {wheels_root()}", markup=False)
-
-
 __all__ = [
     "DiskFull", "DownloadFailed", "HashMismatch", "cache_root", "cached", "cached_size", "cas_path", "fetch",
-    "fetch_command", "fetch_many", "hash_unhashed", "prune", "prune_command", "redact_text", "run_dir",
+    "fetch_many", "hash_unhashed", "prune", "redact_text", "run_dir",
     "sha256_file", "stage", "wheels_root",
 ]

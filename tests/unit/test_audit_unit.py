@@ -337,7 +337,7 @@ def test_compare(ground_report, tmp_path):
 
 
 def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "imagegen.audit.testing", "audit", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "imagegen", "audit", *args], capture_output=True,
                           text=True, env={**os.environ, **(env or {})}, timeout=300)
 
 

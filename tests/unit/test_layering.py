@@ -32,25 +32,7 @@ CACHE_ROOT_MODULE = "paths"
 
 # Violations present when this test was written. It may only shrink: an entry that no longer occurs
 # fails the test too, so fixed violations are removed here. Empty when issue 8's structure is done.
-ALLOWED: set[str] = {
-    'circle: build -> cli -> commands -> lock -> wheelhouse',
-    'private: commands imports _REGISTRY from matrix',
-    'private: commands imports _cells from cli',
-    'private: commands imports _load from cli',
-    'private: lock imports _cells from cli',
-    'private: wheelhouse imports _last_line from lock',
-    'size: bases has more than 850 lines',
-    'size: lock has more than 850 lines',
-    'typer: audit.cli imports typer (only the CLI may)',
-    'typer: audit.testing imports typer (only the CLI may)',
-    'typer: bases imports typer (only the CLI may)',
-    'typer: commands imports typer (only the CLI may)',
-    'typer: doctor imports typer (only the CLI may)',
-    'typer: lock imports typer (only the CLI may)',
-    'typer: wheelhouse imports typer (only the CLI may)',
-    'upward: commands (stage) imports cli (cli)',
-    'upward: lock (stage) imports cli (cli)',
-}
+ALLOWED: set[str] = set()
 
 
 # --- the checker -------------------------------------------------------------------------------------
