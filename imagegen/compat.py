@@ -191,7 +191,7 @@ def bases(data_dir: Path = DATA) -> dict[str, BaseSpec]:
 
 @functools.lru_cache(maxsize=None)
 def flavors(data_dir: Path = DATA) -> dict[str, dict]:
-    """What each flavor means (flavors.yaml): {flavor: {description, runtime_role, keep_pip, slimming,
+    """What each flavor means (flavors.yaml): {flavor: {description, runtime_role, slimming,
     policy}}. The contents policy the image tests enforce comes from here only."""
     return _load_yaml(data_dir / "flavors.yaml")
 

@@ -119,6 +119,12 @@ def run_pip(args: list[str], *, env: dict[str, str], timeout: float | None = Non
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
+def running() -> int:
+    """How many pips this process has running now."""
+    with _active_lock:
+        return len(_active)
+
+
 def terminate_children(group: set[subprocess.Popen] | None = None) -> None:
     """Stop the pips of ``group`` (a failed sibling job), or every pip this process started (Ctrl-C)."""
     with _active_lock:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import os
 import shutil
@@ -35,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from . import paths
+from . import flock, paths
 from .console import log
 from .paths import cache_root, wheels_root
 from .units import format_size
@@ -131,18 +130,15 @@ def _clean_stale_runs(tmp_root: Path) -> None:
         return
     _cleaned.set()
     for d in tmp_root.iterdir():
-        lockfile = d / ".lock"
         try:
-            fh = open(lockfile, "a")
+            fh = flock.acquire(d / ".lock", blocking=False)
         except OSError:
             if d.is_dir() and time.time() - d.stat().st_mtime > 86400:
                 shutil.rmtree(d, ignore_errors=True)
             continue
+        if fh is None:
+            continue  # a live run holds it
         with fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # a live run holds it
             shutil.rmtree(d, ignore_errors=True)
 
 
@@ -155,10 +151,10 @@ def run_dir() -> Iterator[Path]:
         _clean_stale_runs(tmp_root)
         d = tmp_root / f"run-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         d.mkdir()
-        fh = open(d / ".lock", "w")
+        fh = flock.acquire(d / ".lock", mode="w")  # held while the run lives: see _clean_stale_runs
     except OSError as exc:
         raise _os_error(exc, f"cannot create a temporary directory under {tmp_root}") from None
-    fcntl.flock(fh, fcntl.LOCK_EX)
+    assert fh is not None
     try:
         yield d
     finally:
@@ -167,20 +163,16 @@ def run_dir() -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def _hash_lock(sha256: str) -> Iterator[None]:
-    """Serialises two processes fetching the same file (the second then finds it cached)."""
+def _one_fetch_at_a_time(sha256: str) -> Iterator[None]:
+    """Serialises two processes fetching the same file (the second then finds it cached): an flock."""
     d = paths.wheel_flocks()
     try:
-        d.mkdir(parents=True, exist_ok=True)
-        fh = open(d / f"{sha256}.lock", "a")
+        fh = flock.acquire(d / f"{sha256}.lock")
     except OSError as exc:
         raise _os_error(exc, f"cannot create a lock file under {d}") from None
+    assert fh is not None
     with fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+        yield
 
 
 def _os_error(exc: OSError, what: str) -> ImagegenError:
@@ -272,7 +264,7 @@ def _fetch_one(w: LockedWheel, target: _Target, work: Path, group: set) -> tuple
             return w.sha256, hit, 0
     with contextlib.ExitStack() as stack:
         if w.sha256:
-            stack.enter_context(_hash_lock(w.sha256))
+            stack.enter_context(_one_fetch_at_a_time(w.sha256))
             hit = cached(w)
             if hit:
                 return w.sha256, hit, 0

@@ -250,7 +250,7 @@ def trace(image_ref: str, argv: list[str], *, timeout: float = 600, env: dict | 
     return trace_report(a, run, argv=argv, top=top)
 
 
-def render_trace(rep: dict, console, *, top: int = 20) -> None:
+def print_trace(rep: dict, console, *, top: int = 20) -> None:
     from rich.table import Table
     from rich.text import Text
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import fcntl
 import hashlib
 import io
 import json
@@ -43,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .. import compat, labels, paths
+from .. import compat, flock, labels, paths
 from ..console import log, warn
 from ..errors import EngineError, ImagegenError, UserInputError
 from .hook import DOC_EXCLUDES, DOC_INCLUDES, packages_split, parse_deb822
@@ -423,17 +422,9 @@ def smoke_check(image: str, *, uids: Iterable[str] = SMOKE_UIDS, timeout: int = 
                 cont.remove(force=True)
 
 
-@contextlib.contextmanager
-def _lock(ref: str) -> Iterator[None]:
-    d = paths.base_flocks()
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / (re.sub(r"[^\w.-]", "_", ref) + ".lock")
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def _one_bootstrap_at_a_time(ref: str):
+    """An flock per base ref: a second process waits, then finds the image built."""
+    return flock.held(paths.base_flocks() / (re.sub(r"[^\w.-]", "_", ref) + ".lock"), mode="w")
 
 
 def local_image(ref: str):
@@ -519,7 +510,7 @@ def ensure_spec_role(name: str, spec: compat.BaseSpec, role: str, *, force: bool
     if spec.source == "registry":
         return ensure_registry(spec.role(role).ref or "", force=force)
     ref = spec.role_ref(name, role)
-    with _lock(ref):
+    with _one_bootstrap_at_a_time(ref):
         if not force and local_image(ref) is not None:
             return ref
         build_role(name, spec, role)

@@ -92,7 +92,7 @@ def audit_command(
     gates_cat = _parse_max(max_cat or [])
 
     if trace_variant or trace_image:
-        from ..audit.trace import render_trace, trace
+        from ..audit.trace import print_trace, trace
 
         if trace_variant:
             ref, argv = _trace_variant(matrix, trace_variant)
@@ -103,7 +103,7 @@ def audit_command(
         if json_out:
             out.file.write(json.dumps(rep, indent=2) + "\n")
         else:
-            render_trace(rep, out, top=top)
+            print_trace(rep, out, top=top)
         return
 
     if not image and not from_tar:
@@ -131,12 +131,12 @@ def audit_command(
             doc = {**doc, "reports": {"a": report, "b": b.report}}
         out.file.write(json.dumps(doc, indent=2) + "\n")
     else:
-        from ..audit.render import render, render_compare
+        from ..audit.text import print_compare, print_report
 
         if b is not None:
-            render_compare(compare(report, b.report), out, top=top)
+            print_compare(compare(report, b.report), out, top=top)
         else:
-            render(report, out, top=top)
+            print_report(report, out, top=top)
         if html:
             err.print(f"wrote {html}", markup=False)
     for p in report["problems"]:

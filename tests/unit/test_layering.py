@@ -3,7 +3,7 @@ functions included). See docs/ARCHITECTURE.md for the map.
 
 Layers, bottom to top; a module may import its own layer and the ones below, never above:
 
-    ground    errors, console, engine, yamlsrc, paths, labels, units, filelock, compat
+    ground    errors, console, engine, yamlsrc, paths, labels, units, flock, redact, compat
     stages    everything else (matrix, render, lock, wheelhouse, closure, bases, imagetest, audit, ...)
     pipeline  imagegen.pipeline: prepare -> build -> test
     cli       imagegen.cli (the only place that imports Typer), imagegen.__main__
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.unit
 
 PACKAGE = Path(__file__).resolve().parents[2] / "imagegen"
 
-GROUND = {"errors", "console", "engine", "yamlsrc", "paths", "labels", "units", "filelock", "compat"}
+GROUND = {"errors", "console", "engine", "yamlsrc", "paths", "labels", "units", "flock", "redact", "compat"}
 TOP = {"__main__"}  # with the cli package
 MAX_LINES = 850  # "no module over about 800 lines"
 CACHE_ROOT_MODULE = "paths"
