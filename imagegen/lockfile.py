@@ -54,8 +54,29 @@ class Index:
         return cls(str(name), kind, str(url))  # type: ignore[arg-type]
 
 
+class _Target:
+    """The target platform both a request and a lock describe (python, arch, glibc or musl)."""
+
+    python: str
+    arch: str
+    glibc: str | None
+    musl: str | None
+
+    @property
+    def python_version(self) -> str:
+        return ".".join(self.python.split(".")[:2])
+
+    @property
+    def abi(self) -> str:
+        return "cp" + self.python_version.replace(".", "")
+
+    @property
+    def platforms(self) -> list[str]:
+        return platform_tags(self.arch, glibc=self.glibc, musl=self.musl)
+
+
 @dataclass(frozen=True)
-class LockRequest:
+class LockRequest(_Target):
     """What to lock, in plain values (a matrix cell adapts to it).
 
     ``python``: "3.11" (or "3.11.2": the patch level only feeds ``python_full_version`` markers).
@@ -112,18 +133,6 @@ class LockRequest:
                     f"{where}index {ix.name!r}: its URL carries credentials; put them in pip's configuration "
                     "(pip.conf, ~/.netrc or keyring), which imagegen's host-side pip reads, not in the matrix")
 
-    @property
-    def python_version(self) -> str:
-        return ".".join(self.python.split(".")[:2])
-
-    @property
-    def abi(self) -> str:
-        return "cp" + self.python_version.replace(".", "")
-
-    @property
-    def platforms(self) -> list[str]:
-        return platform_tags(self.arch, glibc=self.glibc, musl=self.musl)
-
     def marker_env(self) -> dict[str, str]:
         return marker_env(self.python, self.arch)
 
@@ -147,7 +156,7 @@ class LockedWheel:
 
 
 @dataclass(frozen=True)
-class Lock:
+class Lock(_Target):
     cell_id: str
     python: str
     arch: str
@@ -161,18 +170,6 @@ class Lock:
     tools: tuple[LockedWheel, ...] = ()
     skipped_indexes: tuple[str, ...] = ()
     regenerate: str = ""
-
-    @property
-    def python_version(self) -> str:
-        return ".".join(self.python.split(".")[:2])
-
-    @property
-    def abi(self) -> str:
-        return "cp" + self.python_version.replace(".", "")
-
-    @property
-    def platforms(self) -> list[str]:
-        return platform_tags(self.arch, glibc=self.glibc, musl=self.musl)
 
     @property
     def target(self) -> str:

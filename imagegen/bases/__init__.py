@@ -18,6 +18,9 @@ The rootfs tarball is reproducible: SOURCE_DATE_EPOCH comes from the snapshot da
 sha256 is recorded in the image labels. Import is atomic: the image is imported untagged, checked
 (``python3`` runs, as root, uid 1000 and an arbitrary uid), then tagged; any failure or Ctrl-C
 removes the untagged image and the temporary directory.
+
+The rootfs is finished inside mmdebstrap by ``imagegen/bases/hook.py`` (run as
+``python -m imagegen.bases --hook``); the commands are in ``imagegen/cli/base_cmds.py``.
 """
 
 from __future__ import annotations
