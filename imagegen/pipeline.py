@@ -27,13 +27,21 @@ import docker.errors
 
 from . import bases, closure, compat, engine, hostpip, lockfile, paths, render, wheelhouse
 from . import lock as lock_stage
-from .build import ACTIVE, Progress, Tracker, current_digest, docker_build, prune_report_from_log, remove_created
-from .build import remove_images
+from .build import (
+    ACTIVE,
+    Progress,
+    Tracker,
+    current_digest,
+    docker_build,
+    prune_report_from_log,
+    remove_created,
+    remove_images,
+)
 from .console import err, log
 from .errors import GateFailed, ImagegenError
 from .matrix import Cell, Matrix
 
-ROLES_BUILT_FROM = "builder"  # every cell's builder stage; the runtime stage uses cell.runtime_role
+BUILDER_ROLE = "builder"  # every cell's builder stage; its final stage uses cell.runtime_role
 
 
 @dataclass
@@ -122,7 +130,7 @@ def base_ids(cell: Cell, refs: dict[str, str] | None = None) -> dict[str, str]:
     api = engine.api()
     base = cell.base_spec
     out = {}
-    for role in (ROLES_BUILT_FROM, cell.runtime_role):
+    for role in (BUILDER_ROLE, cell.runtime_role):
         ref = (refs or {}).get(role) or base.role_ref(cell.base, role)
         try:
             out[role] = api.inspect_image(ref)["Id"]
@@ -200,7 +208,7 @@ def prepare(m: Matrix, cell: Cell, workdir: Path, rendered: render.Rendered | No
     rendered = rendered or render.render_cell(m, cell)
     lk, lpath = ensure_lock(m, cell)
     base = cell.base_spec
-    refs = {role: bases.ensure_role(cell.base, role, spec=base) for role in (ROLES_BUILT_FROM, cell.runtime_role)}
+    refs = {role: bases.ensure_role(cell.base, role, spec=base) for role in (BUILDER_ROLE, cell.runtime_role)}
     wheels = wheelhouse.fetch(lk)
     ids = base_ids(cell, refs)
     clos_packages = _closure_packages(cell, lpath, refs[cell.runtime_role], ids[cell.runtime_role], wheels)
