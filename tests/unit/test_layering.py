@@ -134,6 +134,9 @@ def check(root: Path, pkg_name: str = "imagegen") -> list[str]:
                 if _layer(t) > _layer(mod):
                     problems.append(f"upward: {label} ({_LAYER_NAMES[_layer(mod)]}) imports {t or pkg_name} "
                                     f"({_LAYER_NAMES[_layer(t)]})")
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and n.body
+                      and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
         for node in ast.walk(tree):
             if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in bound
                     and node.attr.startswith("_") and not node.attr.startswith("__")
@@ -142,6 +145,9 @@ def check(root: Path, pkg_name: str = "imagegen") -> list[str]:
             if mod.split(".")[0] != CACHE_ROOT_MODULE:
                 if isinstance(node, ast.Constant) and node.value == "IMAGEGEN_CACHE":
                     problems.append(f"cache-root: {label} reads IMAGEGEN_CACHE (only {CACHE_ROOT_MODULE} may)")
+                if (isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+                        and ".cache/imagegen" in node.value):
+                    problems.append(f"cache-root: {label} spells out ~/.cache/imagegen (only {CACHE_ROOT_MODULE} may)")
                 if isinstance(node, (ast.Call, ast.BinOp)):
                     consts = {c.value for c in ast.walk(node) if isinstance(c, ast.Constant)}
                     if {".cache", "imagegen"} <= consts:
@@ -231,6 +237,7 @@ def test_the_checker_finds_each_kind_of_violation(tmp_path):
     write("audit/__init__.py", "from .core import x\n")
     write("audit/core.py", "from .. import cli\nx = 1\n")
     write("big.py", "x = 1\n" * (MAX_LINES + 1))
+    write("closure.py", '"""Cached under ~/.cache/imagegen."""\nimport os\nROOT = os.path.expanduser("~/.cache/imagegen")\n')
     found = check(pkg)
     text = "\n".join(found)
     assert "circle: matrix -> render" in text
@@ -243,6 +250,7 @@ def test_the_checker_finds_each_kind_of_violation(tmp_path):
     assert "cache-root: build reads IMAGEGEN_CACHE" in text
     assert "cache-root: build builds ~/.cache/imagegen" in text
     assert "typer: build imports typer" in text
+    assert "cache-root: closure spells out ~/.cache/imagegen" in text
     assert "size: big has more than" in text
     assert not any(p.startswith(("cache-root: paths", "typer: cli")) for p in found)
     # and a clean package is clean
