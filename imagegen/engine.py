@@ -25,7 +25,7 @@ def client() -> docker.DockerClient:
         c = docker.from_env(timeout=int(os.environ.get("IMAGEGEN_DOCKER_TIMEOUT", "600")))
         c.ping()
     except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
-        raise EngineError(f"Docker engine not reachable at {where}: {_short(exc)}", hint=START_HINT) from None
+        raise EngineError(f"Docker engine not reachable at {where}: {short_error(exc)}", hint=START_HINT) from None
     reap_leftovers(c)
     return c
 
@@ -36,10 +36,9 @@ def engine_key() -> str:
 
 
 def _journal_path():
-    from pathlib import Path
+    from . import paths
 
-    root = os.environ.get("IMAGEGEN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "imagegen")
-    return Path(root) / "engine-leftovers.json"
+    return paths.engine_leftovers()
 
 
 def remember_leftovers(container_ids) -> None:
@@ -118,6 +117,7 @@ def api() -> docker.APIClient:
     return client().api
 
 
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
+    """The first line of an exception's text, at most 200 characters (for one-line errors)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:200]

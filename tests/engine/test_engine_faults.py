@@ -24,7 +24,7 @@ import docker
 import pytest
 
 from imagegen import bases, matrix, wheelhouse
-from imagegen import lock as lock_mod
+from imagegen import lockfile as lock_mod
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from second_engine import SecondEngine  # noqa: E402
