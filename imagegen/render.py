@@ -92,7 +92,7 @@ def runtime_env(cell: Cell) -> list[tuple[str, str]]:
     env = [
         ("PATH", f"{VENV}/bin:/usr/local/bin:/usr/bin:/bin"),
         ("VIRTUAL_ENV", VENV),
-        ("HOME", flavors()[cell.flavor].get("home") or f"/home/{USER['name']}"),
+        ("HOME", compat.flavors()[cell.flavor].get("home") or f"/home/{USER['name']}"),
         ("LANG", "C.UTF-8"),
         ("PYTHONUNBUFFERED", "1"),
     ]
