@@ -30,13 +30,15 @@ def providers(target) -> list[compat.ProviderSpec]:
 def probe_args(target) -> list[str]:
     """Command-line arguments of probes/gpu.py for this target."""
     spec = gpu_spec(target)
-    args = [n for n in spec.dlopen if n not in target.pruned_libs]
+    # target.dlopen: the cell's names (framework + what its cuDNN dlopens, render.dlopen_names)
+    wanted = target.dlopen if getattr(target, "dlopen", None) is not None else spec.dlopen
+    args = [n for n in wanted if n not in target.pruned_libs]
     for p in providers(target):
         args += ["--needed-of", p.library]
     for lib in spec.needed_of:
         args += ["--needed-of", lib]
     cuda = compat.cuda()
-    if not spec.dlopen:
+    if not wanted:
         args += ["--dirs", ",".join(cuda.loader_dirs)]
     for name in cuda.host_provided:
         args += ["--skip", name]

@@ -81,7 +81,7 @@ def stubs(tmp_path_factory):
 def _run(stubs, *args: str) -> dict:
     site, lib = stubs
     # the image's ld.so.conf.d lists every loader dir; here LD_LIBRARY_PATH does
-    env = dict(os.environ, PYTHONPATH=str(site), LD_LIBRARY_PATH=f"{lib}:{site / 'nvidia' / 'drv' / 'lib'}:{site / 'nvidia' / 'opt' / 'lib'}")
+    env = dict(os.environ, PYTHONPATH=f"{site}:{ROOT / 'imagegen' / 'scripts'}", LD_LIBRARY_PATH=f"{lib}:{site / 'nvidia' / 'drv' / 'lib'}:{site / 'nvidia' / 'opt' / 'lib'}")
     cp = subprocess.run([sys.executable, str(PROBE), *args], capture_output=True, text=True, env=env, timeout=120)
     assert cp.returncode == 0, cp.stderr
     line = [x for x in cp.stdout.splitlines() if x.startswith("IMAGEGEN-RESULT ")][-1]
@@ -102,7 +102,7 @@ def test_pending_dlerror_fails_the_load(stubs):
     assert res["libgood-imagegen.so.11.2"]["ok"] is True
     bad = res["libpending-imagegen.so.9"]
     assert bad["ok"] is False
-    assert "dlerror() is pending" in bad["error"] and "libnvrtc-imagegen-missing.so" in bad["error"]
+    assert "pending in dlerror()" in bad["error"] and "libnvrtc-imagegen-missing.so" in bad["error"]
 
 
 def test_benign_pending_dlerror_is_reported_not_failed(stubs):
@@ -139,11 +139,11 @@ def test_missing_provider_library_is_a_failure(stubs):
 
 
 def test_elf_reader_matches_readelf():
-    sys.path.insert(0, str(PROBE.parent))
+    sys.path[:0] = [str(PROBE.parent), str(ROOT / "imagegen" / "scripts")]
     try:
-        import gpu  # the in-image probe module
+        import gpu  # the in-image probe module (elfmini beside it, as in the image)
     finally:
-        sys.path.pop(0)
+        del sys.path[:2]
     libz = next(p for p in ("/usr/lib/x86_64-linux-gnu/libz.so.1", "/lib/x86_64-linux-gnu/libz.so.1") if Path(p).exists())
     soname, needed = gpu.elf_dynamic(libz)
     assert soname == "libz.so.1" and "libc.so.6" in needed

@@ -26,8 +26,10 @@ def dlopen_results(target, ctr):
 
 @pytest.mark.device("gpu")
 def test_cuda_libraries_load(target, dlopen_results):
-    """Every CUDA library the framework loads is dlopen-able by the exact name it asks for
-    (data: gpu.dlopen; else the versioned sonames of the nvidia wheels' libraries)."""
+    """Every CUDA library the framework loads is dlopen-able by the exact name it asks for, with no
+    dlopen failure left pending in dlerror() (pytorch#97041). Names: the framework's gpu.dlopen plus
+    what its cuDNN loads itself (cuda.yaml cudnn_dlopen); else the DT_SONAMEs of the nvidia wheels'
+    libraries."""
     if not dlopen_results:
         fail(target, "no CUDA libraries found to load (no nvidia/*/lib in site-packages and no gpu.dlopen in data)")
     bad = [r for r in dlopen_results if not r.get("ok")]

@@ -24,9 +24,10 @@ import glob
 import json
 import os
 import site
-import struct
 import subprocess
 import sys
+
+import elfmini  # copied next to this probe (stdlib only; imagegen/scripts/elfmini.py)
 
 TIMEOUT = float(os.environ.get("IMAGEGEN_DLOPEN_TIMEOUT", "60"))
 
@@ -52,7 +53,7 @@ def check_pending(what):
             res["pending_benign"] = msg
         else:
             res["ok"] = False
-            res["error"] = what + " dlerror() is pending: " + msg
+            res["error"] = what + " a dlopen inside it failed and is still pending in dlerror(): " + msg
 if res["ok"]:
     check_pending("loaded, but")
 if res["ok"]:
@@ -77,45 +78,13 @@ print(json.dumps(res))
 '''
 
 
-# --- ELF: DT_SONAME / DT_NEEDED, stdlib only (slim images have no pyelftools) -------------------
-
 def elf_dynamic(path):
-    """(soname, [needed]) of a 64-bit little-endian ELF file; (None, []) if it is not one."""
+    """(soname, [needed]) of an ELF file, read by elfmini; (None, []) if it is not one."""
     try:
-        with open(path, "rb") as fh:
-            ident = fh.read(64)
-            if len(ident) < 64 or ident[:4] != b"\x7fELF" or ident[4] != 2 or ident[5] != 1:
-                return None, []
-            shoff, = struct.unpack_from("<Q", ident, 0x28)
-            shentsize, shnum = struct.unpack_from("<HH", ident, 0x3A)
-            if not shoff or not shnum:
-                return None, []
-            fh.seek(shoff)
-            table = fh.read(shentsize * shnum)
-            sections = [struct.unpack_from("<IIQQQQIIQQ", table, i * shentsize) for i in range(shnum)]
-            for sh in sections:
-                if sh[1] != 6:  # SHT_DYNAMIC
-                    continue
-                strtab = sections[sh[6]]
-                fh.seek(strtab[4])
-                strings = fh.read(strtab[5])
-                fh.seek(sh[4])
-                dyn = fh.read(sh[5])
-                soname, needed = None, []
-                for off in range(0, len(dyn) - 15, 16):
-                    tag, val = struct.unpack_from("<qQ", dyn, off)
-                    if tag == 0:
-                        break
-                    if tag in (1, 14):  # DT_NEEDED, DT_SONAME
-                        s = strings[val:strings.index(b"\0", val)].decode()
-                        if tag == 14:
-                            soname = s
-                        else:
-                            needed.append(s)
-                return soname, needed
-    except (OSError, struct.error, ValueError, IndexError):
-        pass
-    return None, []
+        elf = elfmini.read_file(path)
+    except (OSError, ValueError):
+        return None, []
+    return elf.soname, list(elf.needed)
 
 
 def site_dirs():
