@@ -90,8 +90,25 @@ def unstripped(files: Files, allow: list[str] = []) -> list[str]:
         if e[T] == "f" and e[ELF] == ELF_SYMTAB:
             if any(part.endswith(".libs") for part in p.split("/")[:-1]):
                 continue
+            if _vendoring_package(files, p):
+                continue
             out.append(p)
     return sorted(x for x in out if not _allowed(x, allow))
+
+
+def _vendoring_package(files: Files, path: str) -> bool:
+    """True when `path` lies in a site-packages package X that has an auditwheel `X.libs/` beside it:
+    its extension modules are the ones auditwheel patched with a RUNPATH into X.libs, which the
+    prune rule spares from strip (elfmini.strip_hazard). The image inventory is read forward only and
+    carries no RUNPATH, so this stands in for that test (numpy 2.4 cp313: _multiarray_umath ...)."""
+    parts = path.split("/")
+    if "site-packages" not in parts:
+        return False
+    i = parts.index("site-packages")
+    if i + 2 >= len(parts):
+        return False
+    libs = "/".join(parts[:i + 1] + [parts[i + 1] + ".libs"])
+    return (libs in files and files[libs][T] == "d") or any(k.startswith(libs + "/") for k in files)
 
 
 def shells(files: Files, allow: list[str] = []) -> list[str]:
