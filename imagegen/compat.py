@@ -73,6 +73,9 @@ class GpuSpec(_Model):
     providers: list[ProviderSpec] = Field(default_factory=list)
     # the framework's own CUDA libraries (relative to site-packages): readiness loads every NEEDED entry
     needed_of: list[str] = Field(default_factory=list)
+    # sonames the ELF closure leaves out (soname -> why): NEEDED only by a library the framework loads
+    # on request, whose dependencies other wheels bring in the cells that use it
+    closure_ignore: dict[str, str] = Field(default_factory=dict)
     builds: dict[str, GpuBuild]
 
 

@@ -190,14 +190,17 @@ def ensure_lock(m: Matrix, cell: Cell, *, refresh: bool = False) -> tuple[lockfi
 def _closure_packages(cell: Cell, lpath: Path, runtime_ref: str, runtime_id: str, wheels: list[Path]) -> list[str]:
     """Debian packages the environment's ELF closure needs on the runtime base (cached by its inputs)."""
     base = cell.base_spec
+    gpu = cell.fw.versions[cell.version].gpu if cell.device == "gpu" else None
+    ignore = sorted(gpu.closure_ignore) if gpu else []  # sonames NEEDED only by libraries never loaded
     key = inputs_digest({"lock": lpath.read_bytes(), "base": runtime_id, "suite": base.suite or "",
-                         "mirror": base.mirror, "host": ",".join(sorted(compat.cuda().host_provided))})
+                         "mirror": base.mirror, "host": ",".join(sorted(compat.cuda().host_provided)),
+                         **({"ignore": ",".join(ignore)} if ignore else {})})
     cache = paths.closures_dir() / f"{key.split(':')[1]}.json"
     if cache.exists():
         return json.loads(cache.read_text())["packages"]
     clos = closure.compute_closure(
         wheels, bases.role_sonames(runtime_ref), suite=base.suite or "bookworm", arch="amd64", mirror=base.mirror,
-        host_provided=set(compat.cuda().host_provided),
+        host_provided=set(compat.cuda().host_provided), ignore=ignore,
     )
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"packages": list(clos.packages), "closure": clos.to_json()}))
