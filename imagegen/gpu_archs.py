@@ -23,9 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-import yaml
-
-from . import compat
 from .scripts import fatbin as fb
 
 if TYPE_CHECKING:
@@ -36,9 +33,16 @@ FORMAT = 1
 LABEL = "io.imagegen.cuda.archs"
 
 
+DATA = Path(__file__).resolve().parent / "data"
+
+
 @functools.lru_cache(maxsize=1)
 def gpu_data() -> dict:
-    return yaml.safe_load((compat.DATA / "gpus.yaml").read_text())
+    """imagegen/data/gpus.yaml (yaml is imported here, so the reader works where only the
+    standard library and this package are present, e.g. bench/gpu_archs_on_device.py)."""
+    import yaml
+
+    return yaml.safe_load((DATA / "gpus.yaml").read_text())
 
 
 def known_ccs() -> list[int]:
@@ -278,6 +282,10 @@ def coverage(libs: Iterable[dict]) -> Coverage:
 
 def removed_globs(cell: "Cell") -> list[str]:
     """Globs (site-packages relative) of the libraries the cell's slimming removes."""
+    import yaml
+
+    from . import compat
+
     rules = cell.slimming.as_dict()
     out: list[str] = []
     prune_data = yaml.safe_load((compat.DATA / "prune.yaml").read_text()) or {}
