@@ -25,6 +25,8 @@ def target_for(cell: Cell, image: str | None = None) -> TestTarget:
     expected = {"org.opencontainers.image.source": SOURCE_URL}
     if LABEL_DIGEST in labels:
         expected[LABEL_DIGEST] = labels[LABEL_DIGEST]
+    if cell.device == "gpu" and cell.gpu_archs:  # kernels pruned to the targets: labelled with exactly them
+        expected["io.imagegen.cuda.archs"] = ",".join(cell.gpu_archs)
     from .render import pruned_dlopen_names
 
     from .matrix import flavors

@@ -58,7 +58,7 @@ REQUIRED_LABELS: tuple[str, ...] = (
     "io.imagegen.flavor",
     "io.imagegen.inputs-digest",
 )
-GPU_LABELS: tuple[str, ...] = ("io.imagegen.cuda", "io.imagegen.cudnn")
+GPU_LABELS: tuple[str, ...] = ("io.imagegen.cuda", "io.imagegen.cudnn", "io.imagegen.cuda.archs")
 
 
 @dataclass
