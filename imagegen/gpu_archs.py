@@ -428,8 +428,13 @@ def image_report(libs) -> dict | None:
         for k, v in f["bytes"].items():
             by_arch[k] = by_arch.get(k, 0) + v
     readable = [f for f in facts if not f["warning"]]
+    # one row per architecture some library was built for, plus the first one served only by PTX
+    sass = {parse_name(n)[1] for f in readable for n in shipped(f) if parse_name(n)[0] == "sass"}
+    rows_for = [cc for cc in cov.archs if cc in sass]
+    ptx_only = [cc for cc in cov.archs if cc > max(sass, default=0)]
+    rows_for += ptx_only[:1]
     narrower = []
-    for cc in cov.archs:
+    for cc in rows_for:
         kept = sum(f["kept_bytes"][sm(cc)] for f in readable)
         narrower.append({"target": sm(cc), "kept": kept,
                          "saves": sum(f["fatbin_bytes"] for f in readable) - kept})

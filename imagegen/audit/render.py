@@ -134,6 +134,11 @@ def render_compare(cmp: dict, console: Console, *, top: int = 20) -> None:
         console.print()
 
 
+def _site_rel(path: str) -> str:
+    """A library's path below site-packages (the part that names it), else the path."""
+    return path.split("site-packages/", 1)[1] if "site-packages/" in path else path
+
+
 def render_kernels(k: dict, console: Console, *, top: int = 20) -> None:
     """CUDA kernel bytes per architecture per library, what the image runs on, and what one
     narrower target would keep."""
@@ -145,7 +150,7 @@ def render_kernels(k: dict, console: Console, *, top: int = 20) -> None:
         kt.add_column(n, justify="right")
     for lib in k["libraries"][:top]:
         cells = [human(lib["bytes"][n]) if lib["bytes"].get(n) else "" for n in names]
-        kt.add_row(Text(_short(lib["path"], 60)), human(lib["fatbin_bytes"]), *cells)
+        kt.add_row(Text(_short(_site_rel(lib["path"]), 60)), human(lib["fatbin_bytes"]), *cells)
     kt.add_row(Text("all libraries", style="bold"), Text(human(k["total"]), style="bold"),
                *[human(k["by_arch"][n]) for n in names])
     console.print(kt)
