@@ -381,21 +381,6 @@ def is_library_name(name: str) -> bool:
     return ".so" in base
 
 
-def scan_tree(root: str | os.PathLike, warn: Warn | None = _warn_default) -> list[LibraryKernels]:
-    """Inventories of every shared library under `root` that holds CUDA kernels (paths relative)."""
-    out = []
-    root = Path(root)
-    for dirpath, _dirs, files in os.walk(root):
-        for f in sorted(files):
-            p = Path(dirpath) / f
-            if p.is_symlink() or not is_library_name(f):
-                continue
-            lib = scan_file(p, str(p.relative_to(root)), warn)
-            if lib is not None:
-                out.append(lib)
-    return sorted(out, key=lambda l: l.path)
-
-
 def scan_wheel(wheel: str | os.PathLike, warn: Warn | None = _warn_default) -> list[LibraryKernels]:
     """Inventories of the shared libraries inside a wheel, inflating each member as a stream
     (nothing is extracted to disk; memory stays bounded)."""

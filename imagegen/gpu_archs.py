@@ -338,10 +338,16 @@ def check_targets(cell: "Cell", facts: dict | None) -> str | None:
         if lib.get("warning") or _matches(lib["path"], feature_globs):
             continue
         by_wheel.setdefault(lib["wheel"], []).append(lib)
-    fw_req = cell.requirements[0].split("==")[0].lower() if cell.requirements else ""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    fw_req = canonicalize_name(Requirement(cell.requirements[0]).name) if cell.requirements else ""
+
+    def dist(pin: str) -> str:
+        return canonicalize_name(pin.partition("==")[0])
 
     def order(w: str) -> tuple:
-        return (w.split("==")[0].lower() != fw_req, w)
+        return (dist(w) != fw_req, w)
 
     for target in cell.gpu_archs:
         cc = fb.parse_arch(target)
@@ -349,7 +355,7 @@ def check_targets(cell: "Cell", facts: dict | None) -> str | None:
             missing = [lib for lib in by_wheel[wheel] if not serves(lib, cc)]
             if missing:
                 name, _, ver = wheel.partition("==")
-                who = f"{cell.framework} {cell.version}" if name.lower() == fw_req else f"{name} {ver}"
+                who = f"{cell.framework} {cell.version}" if dist(wheel) == fw_req else f"{name} {ver}"
                 where = "" if len(missing) == len(by_wheel[wheel]) else \
                     " in " + ", ".join(lib["path"].rsplit("/", 1)[-1] for lib in missing)
                 return f"{who} ships no kernels for {sm(cc)}{where} ({describe(missing)})"
