@@ -139,7 +139,8 @@ def prepare(m: Matrix, cell: Cell, workdir: Path) -> Prepared:
         why = gpu_archs.check_targets(cell, facts)
         if why:
             raise UserInputError(f"{cell.ref}: {why}")
-        cuda_archs = gpu_archs.label_value(cell, gpu_archs.cell_coverage(cell, facts))
+        # "" when no locked wheel ships CUDA kernels: the label is still there, and says so
+        cuda_archs = gpu_archs.label_value(cell, gpu_archs.cell_coverage(cell, facts)) or ""
     api = engine.api()
     base_ids = {role: api.inspect_image(ref)["Id"] for role, ref in refs.items()}
     runtime_id = base_ids[cell.runtime_role]
@@ -181,7 +182,7 @@ def prepare(m: Matrix, cell: Cell, workdir: Path) -> Prepared:
         parts["wheels/tools.lock"] = (ctx / "wheels" / "tools.lock").read_bytes()
     for role, image_id in base_ids.items():
         parts[f"base:{role}"] = image_id
-    if cuda_archs:
+    if cuda_archs is not None:
         parts["label:cuda-archs"] = cuda_archs
     return Prepared(cell=cell, context=ctx, digest=_digest_inputs(parts), refs=refs, closure=packages,
                     lock_path=lpath, cuda_archs=cuda_archs)
@@ -324,7 +325,7 @@ def docker_build(prep: Prepared, log_path: Path, progress: _Progress, *, no_cach
         "org.opencontainers.image.source": SOURCE_URL,
         "io.imagegen.closure": ",".join(prep.closure),
     }
-    if prep.cuda_archs:
+    if prep.cuda_archs is not None:
         from .gpu_archs import LABEL as CUDA_ARCHS_LABEL
 
         labels[CUDA_ARCHS_LABEL] = prep.cuda_archs
