@@ -21,13 +21,14 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+import re
+from typing import Any, Iterable
 
 from .scripts import fatbin as fb
 
-if TYPE_CHECKING:
-    from .lock import Lock
-    from .matrix import Cell
+# Type names used in annotations only (imported nowhere here, so this module sits below lock,
+# wheelhouse-free callers and matrix in the import graph): Lock = imagegen.lock.Lock,
+# Cell = imagegen.matrix.Cell.
 
 FORMAT = 1
 LABEL = "io.imagegen.cuda.archs"
@@ -132,12 +133,19 @@ def lock_facts(lock: "Lock", wheel_paths: dict[str, Path]) -> dict | None:
             "wheels": {k: wheels[k] for k in sorted(wheels)}}
 
 
-def facts_current(lock: "Lock", facts: dict | None) -> bool:
-    """Do `facts` describe exactly the binary wheels of `lock` (by sha256)?"""
+def facts_current(lock: "Lock | set[str]", facts: dict | None) -> bool:
+    """Do `facts` describe wheels of `lock` (a Lock, or the set of its wheels' sha256), by sha256?"""
     if not facts or facts.get("format") != FORMAT:
         return False
+    shas = lock if isinstance(lock, set) else {w.sha256 for w in lock.wheels}
     have = {v["sha256"] for v in facts["wheels"].values()}
-    return have <= {w.sha256 for w in lock.wheels}
+    return have <= shas
+
+
+def lock_hashes(lock_path: Path) -> set[str]:
+    """The sha256 of every wheel a lock file pins (its `--hash=sha256:` lines), without parsing it
+    as a lock (keeps this module independent of imagegen.lock)."""
+    return set(re.findall(r"--hash=sha256:([0-9a-f]{64})", Path(lock_path).read_text()))
 
 
 def write_facts(lock: "Lock", lock_path: Path, wheel_paths: dict[str, Path]) -> Path | None:
@@ -370,19 +378,13 @@ def _lock_file(m, cell: "Cell") -> Path:
 
 def committed_facts(m, cell: "Cell") -> dict | None:
     """The committed facts for a cell's lock, if they describe that lock (no scanning, no network)."""
-    from .lock import read_lock
-
     lp = _lock_file(m, cell)
     if cell.device != "gpu" or not lp.exists():
         return None
     facts = read_facts(lp)
     if facts is None:
         return None
-    try:
-        lk = read_lock(lp)
-    except Exception:  # noqa: BLE001 - a broken lock is reported by `lock --check`, not here
-        return None
-    return facts if facts_current(lk, facts) else None
+    return facts if facts_current(lock_hashes(lp), facts) else None
 
 
 def check_matrix(m) -> list[str]:
