@@ -24,6 +24,7 @@ from pathlib import Path
 import re
 from typing import Any, Iterable
 
+from .labels import CUDA_ARCHS
 from .scripts import fatbin as fb
 
 # Type names used in annotations only (imported nowhere here, so this module sits below lock,
@@ -31,7 +32,7 @@ from .scripts import fatbin as fb
 # Cell = imagegen.matrix.Cell.
 
 FORMAT = 1
-LABEL = "io.imagegen.cuda.archs"
+LABEL = CUDA_ARCHS
 
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -82,7 +83,7 @@ def library_facts(lib, wheel: str = "") -> dict[str, Any]:
 
 
 def _cache_dir() -> Path:
-    from .wheelhouse import cache_root
+    from .paths import cache_root
     return cache_root() / "cuda-kernels"
 
 

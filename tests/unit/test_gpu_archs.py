@@ -145,10 +145,10 @@ def test_audit_reports_kernels_per_arch_per_library(tmp_path):
     assert list(k["runs_on"]["unreadable"]) == [f"{site}/pkg/libodd.so"]
     t75 = next(t for t in k["narrower_targets"] if t["target"] == "sm_75")
     assert t75 == {"target": "sm_75", "kept": 16 + 2064 + 16 + 368, "saves": len(sec) - (16 + 2064 + 16 + 368)}
-    from imagegen.audit.render import render
+    from imagegen.audit.text import print_report
     from rich.console import Console
     con = Console(record=True, width=200)
-    render(rep, con)
+    print_report(rep, con)
     text = con.export_text()
     assert "CUDA kernels by GPU architecture" in text and "unreadable" in text and "sm_75" in text
     from imagegen.audit.html import _tables
