@@ -65,7 +65,7 @@ def cuobjdump() -> str | None:
 
 def wheel_path(name: str) -> Path:
     from imagegen import wheelhouse
-    from imagegen.lock import read_lock
+    from imagegen.lockfile import read_lock
 
     lock = read_lock(LOCK)
     w = next(w for w in lock.wheels if w.key == name)

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from imagegen import cuda_kernels as ck, wheelhouse  # noqa: E402
-from imagegen.lock import read_lock  # noqa: E402
+from imagegen.lockfile import read_lock  # noqa: E402
 
 LOCK = ROOT / "locks" / "paddle-2.6.2-gpu-cuda11.8-cudnn8.6-slim.txt"
 TARGETS = [("nvidia-cublas-cu11", "nvidia/cublas/lib/libcublas.so.11"),

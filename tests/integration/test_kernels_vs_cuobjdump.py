@@ -22,7 +22,7 @@ import pytest
 
 from imagegen import cuda_kernels as ck
 from imagegen import wheelhouse
-from imagegen.lock import read_lock
+from imagegen.lockfile import read_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCK = ROOT / "locks" / "paddle-2.6.2-gpu-cuda11.8-cudnn8.6-slim.txt"
