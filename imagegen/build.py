@@ -156,7 +156,7 @@ def prepare(m: Matrix, cell: Cell, workdir: Path) -> Prepared:
         (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
         (ctx / rel).write_text(content)
         parts[rel] = content
-    for rel, src in render.build_context_files().items():
+    for rel, src in render.build_context_files(cell).items():
         (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, ctx / rel)
         parts[rel] = src.read_bytes()
@@ -203,7 +203,7 @@ def _quick_key(m: Matrix, cell: Cell) -> str:
     """A cheap fingerprint of the same inputs: rendered files, scripts, lock file, base image IDs."""
     rendered = render.render_cell(m, cell)
     parts: dict[str, bytes | str] = dict(rendered.files)
-    for rel, src in render.build_context_files().items():
+    for rel, src in render.build_context_files(cell).items():
         parts[rel] = src.read_bytes()
     lp = lock_path(m, cell)
     parts["lock"] = lp.read_bytes() if lp.exists() else b""

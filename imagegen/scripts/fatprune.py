@@ -44,8 +44,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import fatbin  # noqa: E402  (imagegen/scripts/fatbin.py, copied beside this script in the build)
+try:  # imagegen.scripts.fatprune in the package; a plain script beside fatbin.py in the build
+    from . import fatbin
+except ImportError:
+    import fatbin  # type: ignore[no-redef]
 
 PAGE = 0x1000
 PHDR_SIZE = 56
@@ -216,13 +218,14 @@ class Elf:
 # -- the plan -----------------------------------------------------------------------------------
 
 
-def entry_span(e) -> tuple[int, int]:
+def entry_span(c, e) -> tuple[int, int]:
     """(offset, length) of an entry's header plus payload, relative to the section start."""
-    return e.offset, e.header_size + e.size
+    return c.offset + e.offset, e.size
 
 
 def container_span(c) -> tuple[int, int]:
-    return c.offset, c.header_size + c.size
+    """(offset, length) of a whole container (header and entries), relative to the section start."""
+    return c.offset, c.size
 
 
 @dataclass
@@ -231,6 +234,7 @@ class Placed:
     new: int                      # container offset in the new section
     header_size: int
     kept: list                    # kept entries (fatbin.Entry), in their original order
+    container: object             # the original fatbin.Container
     orphan: bool                  # nothing references it: bytes and address kept
     old_len: int
 
@@ -238,7 +242,7 @@ class Placed:
     def new_len(self) -> int:
         if self.orphan:
             return self.old_len
-        return self.header_size + sum(entry_span(e)[1] for e in self.kept)
+        return self.header_size + sum(e.size for e in self.kept)
 
 
 @dataclass
@@ -277,9 +281,7 @@ class Plan:
 
 
 def entry_label(e) -> str:
-    kind = "sm" if getattr(e, "kind", "") in ("sass", "elf", "SASS", "ELF") else "compute"
-    variant = getattr(e, "variant", "") or ""
-    return f"{kind}_{e.arch}{variant}"
+    return e.name
 
 
 def make_plan(path: Path, buf, targets: list[str], keep_ptx: bool) -> Plan | None:
@@ -319,7 +321,10 @@ def make_plan(path: Path, buf, targets: list[str], keep_ptx: bool) -> Plan | Non
             raise Refused(f"program header {i} (type {p.type:#x}) overlaps {FATBIN_SECTION}")
 
     data = memoryview(buf)[lo:hi]
-    containers = fatbin.parse_fatbin(data)
+    try:
+        containers = fatbin.parse_fatbin(data)
+    except fatbin.FatbinError as exc:
+        raise Refused(f"{FATBIN_SECTION}: {exc}") from None
     if not containers:
         raise Refused(f"{FATBIN_SECTION} holds no fat-binary container")
     # the containers must tile the section (up to alignment padding of zeros)
@@ -332,7 +337,7 @@ def make_plan(path: Path, buf, targets: list[str], keep_ptx: bool) -> Plan | Non
             raise Refused(f"container at {off:#x} has a bad magic")
         epos = off + c.header_size
         for e in c.entries:
-            eo, el = entry_span(e)
+            eo, el = entry_span(c, e)
             if eo != epos:
                 raise Refused(f"container at {off:#x}: entries do not follow each other")
             epos = eo + el
@@ -352,7 +357,7 @@ def make_plan(path: Path, buf, targets: list[str], keep_ptx: bool) -> Plan | Non
             raise Refused(f"a relocation applies inside {FATBIN_SECTION} (at {r_offset:#x})")
         if rtype != R_X86_64_RELATIVE:
             continue
-        if alo <= addend <= ahi:
+        if alo <= addend < ahi:
             rel = addend - alo
             if rel not in starts:
                 raise Refused(f"a relocation points inside {FATBIN_SECTION} at {addend:#x}, not at a container")
@@ -365,11 +370,14 @@ def make_plan(path: Path, buf, targets: list[str], keep_ptx: bool) -> Plan | Non
                 raise Refused(f"a wrapper points inside {FATBIN_SECTION} at {value:#x}, not at a container")
             referenced.add(value - alo)
     syms = []
-    for at, value, _shndx in elf.symbols():
-        if alo <= value <= ahi:
-            if value - alo not in starts and value != ahi:
-                raise Refused(f"a symbol points inside {FATBIN_SECTION} at {value:#x}")
+    sec_index = elf.shdrs.index(sec)
+    for at, value, shndx in elf.symbols():
+        if shndx == sec_index:
+            if not alo <= value <= ahi or (value - alo not in starts and value != ahi):
+                raise Refused(f"a symbol points inside {FATBIN_SECTION} at {value:#x}, not at a container")
             syms.append((at, value - alo))
+        elif alo <= value < ahi and shndx != 0xFFF1:
+            raise Refused(f"a symbol of section {shndx} points inside {FATBIN_SECTION} at {value:#x}")
 
     # placement: kept entries compacted per container; orphans keep their bytes and address
     placed: list[Placed] = []
@@ -382,7 +390,7 @@ def make_plan(path: Path, buf, targets: list[str], keep_ptx: bool) -> Plan | Non
         n_before += len(c.entries)
         before.update(entry_label(e) for e in c.entries)
         if off not in referenced:
-            placed.append(Placed(off, off, c.header_size, list(c.entries), True, length))
+            placed.append(Placed(off, off, c.header_size, list(c.entries), c, True, length))
             cursor = off + length
             n_after += len(c.entries)
             after.update(entry_label(e) for e in c.entries)
@@ -390,7 +398,7 @@ def make_plan(path: Path, buf, targets: list[str], keep_ptx: bool) -> Plan | Non
         kept_ids = {id(e) for e in fatbin.select(c.entries, targets, keep_ptx=keep_ptx)}
         kept = [e for e in c.entries if id(e) in kept_ids]
         new = (cursor + 7) & ~7
-        p = Placed(off, new, c.header_size, kept, False, length)
+        p = Placed(off, new, c.header_size, kept, c, False, length)
         placed.append(p)
         cursor = new + p.new_len
         n_after += len(kept)
@@ -520,7 +528,7 @@ def write_plan(plan: Plan, buf, src_fd: int, dst_fd: int) -> None:
             struct.pack_into("<Q", header, 8, p.new_len - p.header_size)
             _write_all(dst_fd, header)
             for e in p.kept:
-                eo, el = entry_span(e)
+                eo, el = entry_span(p.container, e)
                 _write_all(dst_fd, buf[lo + eo:lo + eo + el])
         pos += p.new_len
     assert pos == plan.new_sec_size
@@ -560,10 +568,10 @@ def write_plan(plan: Plan, buf, src_fd: int, dst_fd: int) -> None:
 # -- verification -------------------------------------------------------------------------------
 
 
-def _entry_digests(buf, base: int, entries) -> list[tuple[str, str]]:
+def _entry_digests(buf, base: int, c, entries) -> list[tuple[str, str]]:
     out = []
     for e in entries:
-        eo, el = entry_span(e)
+        eo, el = entry_span(c, e)
         out.append((entry_label(e), hashlib.sha256(buf[base + eo:base + eo + el]).hexdigest()))
     return out
 
@@ -691,8 +699,8 @@ def _check_fatbin(old: Elf, new: Elf, targets: list[str], keep_ptx: bool) -> lis
             continue
         oc, nc = ocont[op - osec.addr], ncont[np_ - nsec.addr]
         picked = {id(e) for e in fatbin.select(oc.entries, targets, keep_ptx=keep_ptx)}
-        want = _entry_digests(old.buf, osec.offset, [e for e in oc.entries if id(e) in picked])
-        got = _entry_digests(new.buf, nsec.offset, nc.entries)
+        want = _entry_digests(old.buf, osec.offset, oc, [e for e in oc.entries if id(e) in picked])
+        got = _entry_digests(new.buf, nsec.offset, nc, nc.entries)
         if got != want:
             problems.append(f"wrapper {i}: kept entries {[g[0] for g in got]} differ from the rule's "
                             f"{[w[0] for w in want]} or from the original bytes")
