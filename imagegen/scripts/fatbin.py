@@ -44,7 +44,7 @@ from typing import Iterable, Sequence
 
 __all__ = [
     "FatbinError", "Entry", "Container", "parse_fatbin", "select", "runs_on",
-    "find_section", "parse_arch", "arch_name", "sass_serves", "ptx_serves",
+    "find_section", "parse_container", "parse_entry_header", "parse_arch", "arch_name", "sass_serves", "ptx_serves",
     "CONTAINER_MAGIC", "FLAG_LZ4", "FLAG_ZSTD", "FLAG_ARCH_SPECIFIC", "FLAG_FAMILY", "FLAG_SM100",
 ]
 
@@ -137,20 +137,22 @@ def parse_arch(value: "str | int") -> int:
     raise ValueError(f"not a GPU architecture: {value!r} (expected e.g. sm_75 or 7.5)")
 
 
-def _entry_at(buf, base: int, coff: int, eoff: int, end: int) -> Entry:
-    at = base + eoff
-    if end - at < ENTRY_MIN_HEADER:
+def parse_entry_header(raw, coff: int, eoff: int, left: int) -> Entry:
+    """Parse one entry header from `raw` (its first 64 bytes at least). coff: the container's
+    offset (for messages); eoff: the entry's offset in its container; left: bytes from the entry's
+    start to the container's end. Raises FatbinError."""
+    if left < ENTRY_MIN_HEADER or len(raw) < ENTRY_MIN_HEADER:
         raise FatbinError(f"container at 0x{coff:x}: entry at +0x{eoff:x} truncated "
-                          f"({end - at} bytes left, an entry header needs {ENTRY_MIN_HEADER})")
-    (kind, _ver, hsize, psize, csize, _u2, _minor, _major, arch, _noff, _nlen, flags, _z,
-     usize) = ENTRY_HEADER.unpack_from(buf, at)
+                          f"({left} bytes left, an entry header needs {ENTRY_MIN_HEADER})")
+    (kind, _ver, hsize, psize, _csize, _u2, _minor, _major, arch, _noff, _nlen, flags, _z,
+     usize) = ENTRY_HEADER.unpack_from(raw, 0)
     if kind not in (KIND_PTX, KIND_SASS):
         raise FatbinError(f"container at 0x{coff:x}: entry at +0x{eoff:x} has unknown kind {kind}")
     if hsize < ENTRY_MIN_HEADER or hsize > 4096:
         raise FatbinError(f"container at 0x{coff:x}: entry at +0x{eoff:x} has header size {hsize}")
-    if hsize + psize > end - at:
+    if hsize + psize > left:
         raise FatbinError(f"container at 0x{coff:x}: entry at +0x{eoff:x} ({hsize}+{psize} bytes) "
-                          f"runs past the container end ({end - at} bytes left)")
+                          f"runs past the container end ({left} bytes left)")
     if flags & FLAG_LZ4 and flags & FLAG_ZSTD:
         raise FatbinError(f"container at 0x{coff:x}: entry at +0x{eoff:x} flags 0x{flags:x} "
                           "claim both LZ4 and zstd")
@@ -164,6 +166,11 @@ def _entry_at(buf, base: int, coff: int, eoff: int, end: int) -> Entry:
     return Entry(offset=eoff, header_size=hsize, size=hsize + psize,
                  kind="ptx" if kind == KIND_PTX else "sass", arch=arch, variant=variant,
                  compression=compression, flags=flags, payload_size=psize, uncompressed_size=usize)
+
+
+def _entry_at(buf, coff: int, eoff: int, end: int) -> Entry:
+    at = coff + eoff
+    return parse_entry_header(buf[at:at + ENTRY_MIN_HEADER], coff, eoff, end - at)
 
 
 def parse_container(buf, offset: int = 0) -> Container:
@@ -184,7 +191,7 @@ def parse_container(buf, offset: int = 0) -> Container:
     entries = []
     eoff = hsize
     while offset + eoff < end:
-        e = _entry_at(buf, offset, offset, eoff, end)
+        e = _entry_at(buf, offset, eoff, end)
         entries.append(e)
         eoff += e.size
     return Container(offset=offset, header_size=hsize, size=hsize + body, entries=tuple(entries))
