@@ -612,6 +612,11 @@ def _expand(m: Matrix) -> list[Cell]:
         if multi_py:
             tag_parts.append(f"py{py}")
             sel_parts.append(f"py{py}")
+        if gpu_archs and device == "gpu":
+            # an arch-targeted image (issue 12): its kernels are cut to these GPUs, so its tag says so
+            arch_part = "-".join(a.replace("_", "") for a in _check_gpu_archs(list(gpu_archs)))
+            tag_parts.append(arch_part)
+            sel_parts.append(arch_part)
         tag_parts.append(flavor)
         sel_parts.append(flavor)
         tag = "-".join(tag_parts)

@@ -47,7 +47,8 @@ from pathlib import Path
 try:  # imagegen.scripts.fatprune in the package; a plain script beside fatbin.py in the build
     from . import fatbin
 except ImportError:
-    import fatbin  # type: ignore[no-redef]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import fatbin  # type: ignore[no-redef]  # noqa: E402
 
 PAGE = 0x1000
 PHDR_SIZE = 56
@@ -631,6 +632,11 @@ def verify(orig_buf, new_buf, targets: list[str], keep_ptx: bool, plan: Plan) ->
                 continue
         problems += _compare(orig_buf, so.offset, new_buf, sn.offset, sn.size, patched_new, sn.name)
     problems += _check_fatbin(old, new, targets, keep_ptx)
+    nsec = new.section(FATBIN_SECTION)
+    _sec, ncont = _containers(new)
+    for _at, value, shndx in new.symbols():
+        if shndx == new.shdrs.index(nsec) and value - nsec.addr not in ncont and value != nsec.addr + nsec.size:
+            problems.append(f"a symbol in {FATBIN_SECTION} at {value:#x} is not at a container")
     return problems
 
 
