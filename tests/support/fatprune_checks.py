@@ -201,3 +201,46 @@ def cuobjdump_elf_archs(path: Path, arch: str | None = None) -> list[str] | None
     if r.returncode != 0 or "fatal" in r.stderr.lower():
         return None
     return re.findall(r"\.(sm_\d+[af]?)\.cubin", r.stdout)
+
+
+def stub_library(soname: str, users: list[Path], dest_dir: Path) -> Path:
+    """A stand-in for a dependency the tests do not fetch (cuBLASLt, 574 MB, for libcublas and
+    cuDNN): a shared object named `soname` that defines, with their symbol versions, exactly the
+    symbols `users` import from it, so dlopen(RTLD_NOW) of the users really binds every symbol."""
+    from elftools.elf.gnuversions import GNUVerNeedSection, GNUVerSymSection
+
+    wanted: dict[str, dict[str, str]] = {}   # version -> {symbol: type}
+    for user in users:
+        with open(user, "rb") as fh:
+            elf = ELFFile(fh)
+            versym = next((s for s in elf.iter_sections() if isinstance(s, GNUVerSymSection)), None)
+            verneed = next((s for s in elf.iter_sections() if isinstance(s, GNUVerNeedSection)), None)
+            index_to = {}
+            for vn, auxes in (verneed.iter_versions() if verneed else []):
+                for aux in auxes:
+                    index_to[aux["vna_other"]] = (vn.name, aux.name)
+            for i, sym in enumerate(elf.get_section_by_name(".dynsym").iter_symbols()):
+                if sym["st_shndx"] != "SHN_UNDEF" or not sym.name or versym is None:
+                    continue
+                ndx = versym.get_symbol(i)["ndx"]
+                hit = index_to.get(ndx if isinstance(ndx, int) else -1)
+                if hit and hit[0] == soname:
+                    kind = "object" if sym["st_info"]["type"] == "STT_OBJECT" else "function"
+                    wanted.setdefault(hit[1], {})[sym.name] = kind
+    work = dest_dir / f".{soname}.stub"
+    work.mkdir(parents=True, exist_ok=True)
+    asm, vmap = [], []
+    for version, syms in sorted(wanted.items()):
+        vmap.append(f"{version} {{ global: {' '.join(f'{s};' for s in sorted(syms))} }};")
+        for s, kind in sorted(syms.items()):
+            if kind == "object":
+                asm.append(f".data\n.globl {s}\n.type {s},@object\n.size {s},8\n{s}: .quad 0\n")
+            else:
+                asm.append(f".text\n.globl {s}\n.type {s},@function\n{s}: ret\n")
+    (work / "stub.s").write_text("".join(asm))
+    (work / "stub.map").write_text("\n".join(vmap) + "\n")
+    subprocess.run(["as", "--64", "-o", str(work / "stub.o"), str(work / "stub.s")], check=True)
+    out = dest_dir / soname
+    subprocess.run(["ld", "-shared", "-soname", soname, "--version-script", str(work / "stub.map"), "-o", str(out),
+                    str(work / "stub.o")], check=True)
+    return out
