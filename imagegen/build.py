@@ -63,6 +63,7 @@ class Prepared:
     refs: dict[str, str]
     closure: list[str]
     lock_path: Path
+    cuda_archs: str | None = None   # io.imagegen.cuda.archs (GPU cells with CUDA kernels)
 
 
 # --- preparation ------------------------------------------------------------------------------
@@ -130,6 +131,15 @@ def prepare(m: Matrix, cell: Cell, workdir: Path) -> Prepared:
     base = cell.base_spec
     refs = {role: bases.ensure_role(cell.base, role, spec=base) for role in ("builder", cell.runtime_role)}
     wheels = wheelhouse.fetch(lk)
+    cuda_archs = None
+    if cell.device == "gpu":
+        from . import gpu_archs
+
+        facts = gpu_archs.ensure_facts(lk, lpath, {w.sha256: p for w, p in zip(lk.wheels, wheels)})
+        why = gpu_archs.check_targets(cell, facts)
+        if why:
+            raise UserInputError(f"{cell.ref}: {why}")
+        cuda_archs = gpu_archs.label_value(cell, gpu_archs.cell_coverage(cell, facts))
     api = engine.api()
     base_ids = {role: api.inspect_image(ref)["Id"] for role, ref in refs.items()}
     runtime_id = base_ids[cell.runtime_role]
@@ -171,8 +181,10 @@ def prepare(m: Matrix, cell: Cell, workdir: Path) -> Prepared:
         parts["wheels/tools.lock"] = (ctx / "wheels" / "tools.lock").read_bytes()
     for role, image_id in base_ids.items():
         parts[f"base:{role}"] = image_id
+    if cuda_archs:
+        parts["label:cuda-archs"] = cuda_archs
     return Prepared(cell=cell, context=ctx, digest=_digest_inputs(parts), refs=refs, closure=packages,
-                    lock_path=lpath)
+                    lock_path=lpath, cuda_archs=cuda_archs)
 
 
 def current_digest(ref: str) -> str | None:
@@ -312,6 +324,10 @@ def docker_build(prep: Prepared, log_path: Path, progress: _Progress, *, no_cach
         "org.opencontainers.image.source": SOURCE_URL,
         "io.imagegen.closure": ",".join(prep.closure),
     }
+    if prep.cuda_archs:
+        from .gpu_archs import LABEL as CUDA_ARCHS_LABEL
+
+        labels[CUDA_ARCHS_LABEL] = prep.cuda_archs
     # One LABEL instruction appended to the context's Dockerfile (the API's `labels` would add one
     # build step per label); the inputs digest was computed before, over the rendered file.
     dockerfile = prep.context / "Dockerfile"

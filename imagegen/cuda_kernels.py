@@ -122,23 +122,21 @@ class KernelScan:
     def feed(self, mv) -> None:
         if self._is_elf is False:
             return
-        data = bytes(mv)
+        data = mv if isinstance(mv, bytes) else bytes(mv)
         if self._is_elf is None:
             self._head += data[:64 - len(self._head)]
             if len(self._head) >= 64 or len(self._head) >= self.size:
                 self._decide()
                 if not self._is_elf:
                     return
-        base = self._pos - len(self._carry)
-        window = self._carry + data
-        self._scan(window, base)
+        self._scan(data, self._pos)
         self._capture_shdrs(data, self._pos)
         self._pos += len(data)
         self._tail.append((self._pos - len(data), data))
         self._tail_len += len(data)
         while self._tail and self._tail_len - len(self._tail[0][1]) >= TAIL:
             self._tail_len -= len(self._tail.pop(0)[1])
-        self._carry = window[-256:]
+        self._carry = (self._carry + data)[-256:] if len(data) < 256 else data[-256:]
 
     def _decide(self) -> None:
         h = self._head
@@ -157,23 +155,38 @@ class KernelScan:
         if lo < hi:
             self._shdr_bytes += data[lo - pos:hi - pos]
 
-    def _scan(self, window: bytes, base: int) -> None:
-        end = base + len(window)
-        # new candidate containers (aligned magic), not already known
-        i = window.find(MAGIC)
+    def _scan(self, data: bytes, pos: int) -> None:
+        carry = self._carry
+        end = pos + len(data)
+        # new candidate containers (aligned magic), also one straddling the previous chunk
+        hits = []
+        i = data.find(MAGIC)
         while i != -1:
-            off = base + i
+            hits.append(pos + i)
+            i = data.find(MAGIC, i + 1)
+        if carry:
+            edge = carry[-3:] + data[:3]
+            j = edge.find(MAGIC)
+            if j != -1 and j < len(edge[:len(carry[-3:])]):
+                hits.append(pos - len(carry[-3:]) + j)
+        for off in hits:
             if off % 8 == 0 and off not in self._seen_magic:
                 self._seen_magic.add(off)
                 heapq.heappush(self._pending, (off, fb.CONTAINER_HEADER.size, 0, off))
-            i = window.find(MAGIC, i + 1)
         # header reads whose bytes are now in view
+        window = None
         while self._pending and self._pending[0][0] + self._pending[0][1] <= end:
             off, need, kind, coff = heapq.heappop(self._pending)
-            if off < base:     # passed before we could read it (cannot happen with the carry)
-                self._fail(coff, f"header at 0x{off:x} out of view")
-                continue
-            raw = window[off - base:off - base + need]
+            if off >= pos:
+                raw = data[off - pos:off - pos + need]
+            else:
+                if window is None:
+                    window = carry + data[:4096]
+                wbase = pos - len(carry)
+                if off < wbase:     # passed before we could read it (cannot happen: headers < 256 bytes)
+                    self._fail(coff, f"header at 0x{off:x} out of view")
+                    continue
+                raw = window[off - wbase:off - wbase + need]
             if kind == 0:
                 self._on_container(off, raw)
             elif kind == 1:
@@ -324,18 +337,24 @@ def _warn_default(msg: str) -> None:
     err.print(f"warning: {msg}", markup=False, highlight=False)
 
 
+def kernel_result(scan: KernelScan, warn: Warn | None = _warn_default) -> LibraryKernels | None:
+    """`scan.result()`, never raising: odd data gives a LibraryKernels with `warning` (and a
+    warning line naming the file through `warn`)."""
+    try:
+        lib = scan.result()
+    except Exception as exc:  # noqa: BLE001 - a library we cannot read never crashes a run
+        lib = LibraryKernels(scan.path, scan.size, warning=f"unreadable fat-binary data ({exc})")
+    if lib is not None and lib.warning and warn is not None:
+        warn(f"{scan.path}: CUDA kernels not read: {lib.warning}")
+    return lib
+
+
 def scan_stream(path: str, size: int, pieces: Iterable, warn: Warn | None = _warn_default) -> LibraryKernels | None:
     """Inventory of one file whose bytes arrive as `pieces` (bytes-like, in order)."""
     s = KernelScan(path, size)
     for mv in pieces:
         s.feed(mv)
-    try:
-        lib = s.result()
-    except Exception as exc:  # noqa: BLE001 - a library we cannot read never crashes a run
-        lib = LibraryKernels(path, size, warning=f"unreadable fat-binary data ({exc})")
-    if lib is not None and lib.warning and warn is not None:
-        warn(f"{path}: CUDA kernels not read: {lib.warning}")
-    return lib
+    return kernel_result(s, warn)
 
 
 def scan_file(path: str | os.PathLike, name: str | None = None, warn: Warn | None = _warn_default) -> LibraryKernels | None:

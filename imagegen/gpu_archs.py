@@ -23,9 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-import yaml
-
-from . import compat
 from .scripts import fatbin as fb
 
 if TYPE_CHECKING:
@@ -36,9 +33,16 @@ FORMAT = 1
 LABEL = "io.imagegen.cuda.archs"
 
 
+DATA = Path(__file__).resolve().parent / "data"
+
+
 @functools.lru_cache(maxsize=1)
 def gpu_data() -> dict:
-    return yaml.safe_load((compat.DATA / "gpus.yaml").read_text())
+    """imagegen/data/gpus.yaml (yaml is imported here, so the reader works where only the
+    standard library and this package are present, e.g. bench/gpu_archs_on_device.py)."""
+    import yaml
+
+    return yaml.safe_load((DATA / "gpus.yaml").read_text())
 
 
 def known_ccs() -> list[int]:
@@ -229,7 +233,7 @@ def describe(lib_or_libs: dict | Iterable[dict]) -> str:
 @dataclass
 class Coverage:
     """archs: compute capabilities every counted library serves; narrowing: library path -> the
-    capabilities all the other libraries serve but it does not; feature: feature-only libraries
+    capabilities some other library serves but it does not; feature: feature-only libraries
     (not counted) -> what they serve; unreadable: libraries whose fat binary could not be read."""
     archs: list[int]
     narrowing: dict[str, list[int]] = field(default_factory=dict)
@@ -248,23 +252,27 @@ class Coverage:
                 "unreadable": self.unreadable}
 
 
+def _matches(path: str, globs: Iterable[str]) -> bool:
+    """site-packages-relative globs, matched against relative or absolute (image) paths."""
+    return any(fnmatch.fnmatchcase(path, g) or fnmatch.fnmatchcase(path, "*/" + g) for g in globs)
+
+
 def coverage(libs: Iterable[dict]) -> Coverage:
     feature_globs = gpu_data().get("feature_libraries") or {}
     counted, feature, bad = [], {}, {}
     for lib in libs:
         if lib.get("warning"):
             bad[lib["path"]] = lib["warning"]
-        elif any(fnmatch.fnmatchcase(lib["path"], g) for g in feature_globs):
+        elif _matches(lib["path"], feature_globs):
             feature[lib["path"]] = served(lib)
         elif lib["containers"]:
             counted.append(lib)
     sets = {lib["path"]: set(served(lib)) for lib in counted}
-    allcc = set(known_ccs())
     archs = set.intersection(*sets.values()) if sets else set()
+    union = set.union(*sets.values()) if sets else set()
     narrowing = {}
     for path, s in sets.items():
-        others = set.intersection(*(v for k, v in sets.items() if k != path)) if len(sets) > 1 else allcc
-        lost = others - s
+        lost = union - s
         if lost:
             narrowing[path] = sorted(lost)
     return Coverage(sorted(archs), narrowing, feature, bad, len(counted))
@@ -274,6 +282,10 @@ def coverage(libs: Iterable[dict]) -> Coverage:
 
 def removed_globs(cell: "Cell") -> list[str]:
     """Globs (site-packages relative) of the libraries the cell's slimming removes."""
+    import yaml
+
+    from . import compat
+
     rules = cell.slimming.as_dict()
     out: list[str] = []
     prune_data = yaml.safe_load((compat.DATA / "prune.yaml").read_text()) or {}
@@ -293,7 +305,7 @@ def cell_libraries(cell: "Cell", facts: dict) -> list[dict]:
     libs = []
     for wheel in facts["wheels"].values():
         for lib in wheel["libraries"]:
-            if not any(fnmatch.fnmatchcase(lib["path"], g) for g in gone):
+            if not _matches(lib["path"], gone):
                 libs.append(lib)
     return libs
 
@@ -323,7 +335,7 @@ def check_targets(cell: "Cell", facts: dict | None) -> str | None:
     feature_globs = gpu_data().get("feature_libraries") or {}
     by_wheel: dict[str, list[dict]] = {}
     for lib in libs:
-        if lib.get("warning") or any(fnmatch.fnmatchcase(lib["path"], g) for g in feature_globs):
+        if lib.get("warning") or _matches(lib["path"], feature_globs):
             continue
         by_wheel.setdefault(lib["wheel"], []).append(lib)
     fw_req = cell.requirements[0].split("==")[0].lower() if cell.requirements else ""
@@ -338,8 +350,9 @@ def check_targets(cell: "Cell", facts: dict | None) -> str | None:
             if missing:
                 name, _, ver = wheel.partition("==")
                 who = f"{cell.framework} {cell.version}" if name.lower() == fw_req else f"{name} {ver}"
-                where = "" if len(by_wheel[wheel]) == 1 else f" in {missing[0]['path'].rsplit('/', 1)[-1]}"
-                return f"{who} ships no kernels for {sm(cc)}{where} ({describe(missing[0])})"
+                where = "" if len(missing) == len(by_wheel[wheel]) else \
+                    " in " + ", ".join(lib["path"].rsplit("/", 1)[-1] for lib in missing)
+                return f"{who} ships no kernels for {sm(cc)}{where} ({describe(missing)})"
     return None
 
 
@@ -396,3 +409,36 @@ def cell_summary(m, cell: "Cell") -> dict | None:
     d["label"] = label_value(cell, cov)
     d["kernel_bytes"] = sum(lib["fatbin_bytes"] for lib in cell_libraries(cell, facts))
     return d
+
+
+# ---- an image's report (audit) ---------------------------------------------------------------------
+
+def image_report(libs) -> dict | None:
+    """The audit's `cuda_kernels` section from the LibraryKernels of an image's files (or None when
+    it has none): kernel bytes per architecture per library, what the image runs on, and what a
+    narrower target (one GPU architecture) would keep and save. Bytes are decimal counts."""
+    libs = list(libs)
+    if not libs:
+        return None
+    facts = [library_facts(lib) for lib in libs]
+    cov = coverage(facts)
+    total = sum(f["fatbin_bytes"] for f in facts)
+    by_arch: dict[str, int] = {}
+    for f in facts:
+        for k, v in f["bytes"].items():
+            by_arch[k] = by_arch.get(k, 0) + v
+    readable = [f for f in facts if not f["warning"]]
+    narrower = []
+    for cc in cov.archs:
+        kept = sum(f["kept_bytes"][sm(cc)] for f in readable)
+        narrower.append({"target": sm(cc), "kept": kept,
+                         "saves": sum(f["fatbin_bytes"] for f in readable) - kept})
+    rows = [{"path": f["path"], "fatbin_bytes": f["fatbin_bytes"], "containers": f["containers"],
+             "compressed_bytes": f["compressed_bytes"], "bytes": f["bytes"],
+             "ships": shipped(f) if not f["warning"] else [],
+             "serves": [sm(c) for c in served(f)] if not f["warning"] else [],
+             "warning": f["warning"]} for f in sorted(facts, key=lambda f: -f["fatbin_bytes"])]
+    return {"total": total, "label": cov.label, "runs_on": cov.as_dict(),
+            "by_arch": dict(sorted(by_arch.items(), key=lambda kv: (kv[0].startswith("compute"),
+                                                                    fb.parse_arch(kv[0]), kv[0]))),
+            "libraries": rows, "narrower_targets": narrower}

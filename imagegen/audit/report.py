@@ -91,6 +91,7 @@ def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id
     top_files: list[tuple[int, str]] = []
     top_unowned: list[tuple[int, str]] = []
     elf_files = elf_bad = 0
+    kernel_libs: list = []
     strip_bytes = strip_files = strip_skipped = 0
     total = nfiles = 0
     odd = 0
@@ -105,6 +106,8 @@ def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id
         cat = category_of(path)
         rest = size
         e = r.elf
+        if getattr(r, "kernels", None) is not None:
+            kernel_libs.append(r.kernels)
         if e is not None:
             elf_files += 1
             if not e.ok:
@@ -296,6 +299,7 @@ def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id
         },
         "elf": {"files": elf_files, "unreadable": elf_bad, "debug": cat_bytes.get("debug", 0),
                 "cuda_kernels": cat_bytes.get("cuda_kernels", 0), "strippable": strip_bytes},
+        "cuda_kernels": _kernels_report(kernel_libs),
         "top_files": [{"path": display_path(p), "bytes": b, "category": category_of(p),
                        "package": owner.get(p, UNOWNED)} for b, p in sorted(top_files, reverse=True)],
         "top_dirs": [{"path": display_path(d), "bytes": b} for b, d in top_dirs],
@@ -304,6 +308,14 @@ def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id
         "symlink_loops": loops,
     }
     return Analysis(scan, view, own, report)
+
+
+def _kernels_report(libs: list) -> dict | None:
+    from ..gpu_archs import image_report
+
+    for lib in libs:
+        lib.path = display_path(lib.path)
+    return image_report(libs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -168,6 +168,8 @@ def test_coverage_intersection_narrowing_and_feature_libraries():
     cov = ga.coverage([PHI, LT, FLASH, {**LT, "path": "libodd.so", "warning": "bad"}])
     assert cov.label == "sm_61,sm_70,sm_75,sm_80,sm_86,sm_89"
     assert cov.narrowing == {"paddle/libs/libphi.so": [35, 37, 50, 52, 60, 90, 100, 103, 120, 121]}
+    two = ga.coverage([PHI, {**PHI, "path": "paddle/base/libpaddle.so"}, LT])
+    assert set(two.narrowing) == {"paddle/libs/libphi.so", "paddle/base/libpaddle.so"}
     assert cov.feature == {"paddle/libs/libflashattn.so": [80, 86, 89]}
     assert cov.unreadable == {"libodd.so": "bad"} and cov.libraries == 2
 
