@@ -612,8 +612,9 @@ def _expand(m: Matrix) -> list[Cell]:
         if multi_py:
             tag_parts.append(f"py{py}")
             sel_parts.append(f"py{py}")
-        if gpu_archs and device == "gpu":
-            # an arch-targeted image (issue 12): its kernels are cut to these GPUs, so its tag says so
+        if gpu_archs and device == "gpu" and path and path[0] == "include":
+            # an arch-targeted twin of a cell (issue 12): its kernels are cut to these GPUs, so its tag says
+            # so (gpu_archs on a version entry or an override retargets that cell under its own tag)
             arch_part = "-".join(a.replace("_", "") for a in _check_gpu_archs(list(gpu_archs)))
             tag_parts.append(arch_part)
             sel_parts.append(arch_part)

@@ -389,12 +389,15 @@ def test_gpu_archs_ptx_keep_and_tag_for_two_targets(tmp_path):
 defaults: {base: bookworm, python: ["3.11"], devices: [cpu], flavors: [slim]}
 frameworks:
   paddle:
-    "2.6.2": {devices: [gpu], cuda: ["11.8"], gpu_archs: [sm_86, "7.5"]}
+    "2.6.2": {devices: [gpu], cuda: ["11.8"]}
+include:
+  - {framework: paddle, version: 2.6.2, device: gpu, cuda: "11.8", flavor: slim, gpu_archs: [sm_86, "7.5"]}
 overrides:
   - match: "paddle:*-sm75-sm86-slim"
     slimming: {ptx: keep}
 """)
-    (cell,) = matrix.load(p).active
+    plain, cell = matrix.load(p).active
+    assert plain.tag == "2.6.2-gpu-cuda11.8-cudnn8.6-slim" and plain.gpu_archs == ()
     assert cell.tag == "2.6.2-gpu-cuda11.8-cudnn8.6-sm75-sm86-slim" and cell.gpu_archs == ("sm_75", "sm_86")
     from imagegen import render
 
