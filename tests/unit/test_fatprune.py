@@ -212,3 +212,14 @@ def test_stdlib_only():
     mods = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     mods |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert mods <= set(sys.stdlib_module_names) | {"fatbin", "__future__"}
+
+
+def test_device_check_script_prunes_and_verifies_without_a_gpu(fatlib, tmp_path):
+    """bench/fatprune_on_device.py's GPU-free stage (the lead runs the whole script on a lent GPU)."""
+    path, orig = fatlib
+    r = subprocess.run([sys.executable, str(ROOT / "bench/fatprune_on_device.py"), "--prune-only", "--cc", "75",
+                        "--libs", str(path.parent)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["libfat.so"]["status"] == "pruned" and rep["libfat.so"]["dlopen"] == "ok"
+    assert sha(path) == sha(orig)  # it works on a linked copy, never on the originals
