@@ -223,3 +223,16 @@ def test_device_check_script_prunes_and_verifies_without_a_gpu(fatlib, tmp_path)
     rep = json.loads(r.stdout)
     assert rep["libfat.so"]["status"] == "pruned" and rep["libfat.so"]["dlopen"] == "ok"
     assert sha(path) == sha(orig)  # it works on a linked copy, never on the originals
+
+
+def test_build_reads_the_kernel_prune_into_its_prune_report(tmp_path):
+    from imagegen import build
+
+    log = tmp_path / "cell.log"
+    log.write_text("step 6/21 RUN ...\n"
+                   'IMAGEGEN-PRUNE-REPORT {"rules": {"docs": {"bytes": 5}}, "venv_bytes_after": 1000}\n'
+                   'fatprune: libphi.so: 1,960 -> 545 bytes (sm_75)\n'
+                   'IMAGEGEN-FATPRUNE-REPORT {"bytes": 400, "paths": 1, "targets": ["sm_75"], "libraries": {}}\n')
+    rep = build.prune_report_from_log(log)
+    assert rep["rules"]["cuda_archs"]["bytes"] == 400 and rep["rules"]["docs"] == {"bytes": 5}
+    assert rep["venv_bytes_after"] == 600
