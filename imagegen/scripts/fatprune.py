@@ -720,6 +720,42 @@ def _check_fatbin(old: Elf, new: Elf, targets: list[str], keep_ptx: bool) -> lis
     return problems
 
 
+def readelf_check(orig: Path, new: Path) -> list[str]:
+    """A second opinion from binutils' readelf (-SW): every section but .nv_fatbin keeps its address,
+    size and flags; .nv_fatbin keeps its address. [] when readelf is not installed."""
+    import shutil as _sh
+
+    if _sh.which("readelf") is None:
+        return []
+
+    def table(p: Path) -> dict[str, tuple]:
+        out = subprocess.run(["readelf", "-SW", str(p)], capture_output=True, text=True, timeout=120).stdout
+        rows = {}
+        for line in out.splitlines():
+            line = line.strip()
+            if not line.startswith("[") or "]" not in line:
+                continue
+            f = line.split("]", 1)[1].split()
+            if len(f) >= 7 and f[0] != "Name" and f[1] != "NULL":
+                rows[f[0]] = (f[1], f[2], f[4])  # type, address, size
+        return rows
+
+    a, b = table(orig), table(new)
+    if not a:
+        return ["readelf shows no sections in the original"]
+    problems = []
+    for name, row in a.items():
+        other = b.get(name)
+        if other is None:
+            problems.append(f"readelf: section {name} is gone")
+        elif name == FATBIN_SECTION:
+            if other[1] != row[1]:
+                problems.append(f"readelf: {FATBIN_SECTION} moved")
+        elif other != row:
+            problems.append(f"readelf: section {name} changed ({row} -> {other})")
+    return problems
+
+
 def check_load(path: Path, env: dict | None = None) -> str | None:
     """dlopen(path, RTLD_NOW) in a child process and dlsym every defined dynamic symbol.
 
@@ -793,6 +829,7 @@ def prune_file(path: Path, targets: list[str], keep_ptx: bool, *, load_env: dict
                 os.close(fd)
             with open(tmp, "rb") as nh, mmap.mmap(nh.fileno(), 0, access=mmap.ACCESS_READ) as nbuf:
                 problems = verify(buf, nbuf, targets, keep_ptx, plan)
+            problems += readelf_check(path, tmp)
             if problems:
                 raise VerifyFailed(f"{path}: " + "; ".join(problems[:5]))
         if check_dlopen:
