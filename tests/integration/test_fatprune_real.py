@@ -94,7 +94,7 @@ def libs(tmp_path_factory):
 
 def _fresh(libs, name: str, tmp_path: Path) -> Path:
     dest = tmp_path / "lib"
-    dest.mkdir(exist_ok=True)
+    dest.mkdir(parents=True, exist_ok=True)
     return Path(shutil.copyfile(libs[name], dest / name))
 
 
