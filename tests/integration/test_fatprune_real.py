@@ -143,7 +143,7 @@ def test_large_libraries_to_sm75(tmp_path):
     relocatable device code) and libpaddle. Paddle's come from its wheel in imagegen's cache, which the
     GPU cell's build fills (`imagegen fetch locks/paddle-2.6.2-gpu-cuda11.8-cudnn8.6-slim.txt`)."""
     d = tmp_path / "lib"
-    paths = [nv.library(nv.LIBCUBLASLT, d), nv.library(nv.LIBCUDNN_CNN, d)]
+    paths = [nv.library(lib, d) for lib in (nv.LIBCUBLASLT, nv.LIBCUBLAS, nv.LIBCUDNN_OPS, nv.LIBCUDNN_CNN)]
     whl = wheelhouse.cas_path(PADDLE_WHEEL[1], PADDLE_WHEEL[0])
     assert whl.exists(), f"{whl.name} is not in the wheel cache: run imagegen fetch on the GPU cell's lock"
     with zipfile.ZipFile(whl) as z:
