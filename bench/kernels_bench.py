@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Bench the CUDA fat-binary reader on a real library, against NVIDIA's cuobjdump, in one run.
 
-    python bench/kernels_bench.py --wheel-of paddlepaddle-gpu --member paddle/libs/libphi.so
+    python bench/kernels_bench.py --wheel-of paddlepaddle-gpu --member paddle/libs/libphi.so [--with-wheel]
     python bench/kernels_bench.py --lib /path/to/libcublasLt.so.11
 
 The wheel comes from the GPU flagship's lock through the project's wheel cache. For the library:
@@ -78,6 +78,7 @@ def main() -> int:
     ap.add_argument("--lib", type=Path, help="a library file on disk")
     ap.add_argument("--wheel-of", help="distribution name in the flagship's lock (e.g. paddlepaddle-gpu)")
     ap.add_argument("--member", help="path of the library inside that wheel")
+    ap.add_argument("--with-wheel", action="store_true", help="also time scan_wheel over the whole wheel")
     a = ap.parse_args()
     py = sys.executable
     env_pp = f"import sys; sys.path.insert(0, {str(ROOT)!r});"
@@ -98,7 +99,7 @@ def main() -> int:
         secs, rss, out = measure([py, "-c", code])
         by_arch = json.loads(out.strip().splitlines()[-1])
         rows.append(("stream-file", secs, rss))
-        if whl is not None:
+        if whl is not None and a.with_wheel:
             code = (env_pp + "from imagegen import cuda_kernels as ck;"
                     f"[l for l in ck.scan_wheel({str(whl)!r}) if l.path == {a.member!r}]")
             secs, rss, _ = measure([py, "-c", code])

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import heapq
 import os
+import re
 import struct
 import zipfile
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from .scripts import fatbin as fb
 from .scripts.fatbin import Container, Entry, FatbinError
 
 MAGIC = struct.pack("<I", fb.CONTAINER_MAGIC)
+_MAGIC_RE = re.compile(re.escape(MAGIC))
 ELF_MAGIC = b"\x7fELF"
 TAIL = 1 << 20          # rolling tail kept for the section-name table (bytes)
 CHUNK = 1 << 20
@@ -122,9 +124,11 @@ class KernelScan:
     def feed(self, mv) -> None:
         if self._is_elf is False:
             return
-        data = mv if isinstance(mv, bytes) else bytes(mv)
+        data = mv       # bytes or memoryview: searched and sliced in place, never copied whole
+        if isinstance(data, memoryview) and data.format != "B":
+            data = data.cast("B")
         if self._is_elf is None:
-            self._head += data[:64 - len(self._head)]
+            self._head += bytes(data[:64 - len(self._head)])
             if len(self._head) >= 64 or len(self._head) >= self.size:
                 self._decide()
                 if not self._is_elf:
@@ -132,11 +136,12 @@ class KernelScan:
         self._scan(data, self._pos)
         self._capture_shdrs(data, self._pos)
         self._pos += len(data)
-        self._tail.append((self._pos - len(data), data))
-        self._tail_len += len(data)
-        while self._tail and self._tail_len - len(self._tail[0][1]) >= TAIL:
-            self._tail_len -= len(self._tail.pop(0)[1])
-        self._carry = (self._carry + data)[-256:] if len(data) < 256 else data[-256:]
+        if self._pos > self.size - TAIL:          # only the file's last TAIL bytes are kept
+            self._tail.append((self._pos - len(data), bytes(data)))
+            self._tail_len += len(data)
+            while self._tail and self._tail_len - len(self._tail[0][1]) >= TAIL:
+                self._tail_len -= len(self._tail.pop(0)[1])
+        self._carry = (self._carry + bytes(data))[-256:] if len(data) < 256 else bytes(data[-256:])
 
     def _decide(self) -> None:
         h = self._head
@@ -153,19 +158,15 @@ class KernelScan:
         shoff, entsize, num, _ = self._sh
         lo, hi = max(shoff, pos), min(shoff + entsize * num, pos + len(data))
         if lo < hi:
-            self._shdr_bytes += data[lo - pos:hi - pos]
+            self._shdr_bytes += bytes(data[lo - pos:hi - pos])
 
     def _scan(self, data: bytes, pos: int) -> None:
         carry = self._carry
         end = pos + len(data)
         # new candidate containers (aligned magic), also one straddling the previous chunk
-        hits = []
-        i = data.find(MAGIC)
-        while i != -1:
-            hits.append(pos + i)
-            i = data.find(MAGIC, i + 1)
+        hits = [pos + m.start() for m in _MAGIC_RE.finditer(data)]
         if carry:
-            edge = carry[-3:] + data[:3]
+            edge = carry[-3:] + bytes(data[:3])
             j = edge.find(MAGIC)
             if j != -1 and j < len(edge[:len(carry[-3:])]):
                 hits.append(pos - len(carry[-3:]) + j)
@@ -178,10 +179,10 @@ class KernelScan:
         while self._pending and self._pending[0][0] + self._pending[0][1] <= end:
             off, need, kind, coff = heapq.heappop(self._pending)
             if off >= pos:
-                raw = data[off - pos:off - pos + need]
+                raw = bytes(data[off - pos:off - pos + need])
             else:
                 if window is None:
-                    window = carry + data[:4096]
+                    window = carry + bytes(data[:4096])
                 wbase = pos - len(carry)
                 if off < wbase:     # passed before we could read it (cannot happen: headers < 256 bytes)
                     self._fail(coff, f"header at 0x{off:x} out of view")
@@ -378,21 +379,6 @@ def scan_file(path: str | os.PathLike, name: str | None = None, warn: Warn | Non
 def is_library_name(name: str) -> bool:
     base = name.rsplit("/", 1)[-1]
     return ".so" in base
-
-
-def scan_tree(root: str | os.PathLike, warn: Warn | None = _warn_default) -> list[LibraryKernels]:
-    """Inventories of every shared library under `root` that holds CUDA kernels (paths relative)."""
-    out = []
-    root = Path(root)
-    for dirpath, _dirs, files in os.walk(root):
-        for f in sorted(files):
-            p = Path(dirpath) / f
-            if p.is_symlink() or not is_library_name(f):
-                continue
-            lib = scan_file(p, str(p.relative_to(root)), warn)
-            if lib is not None:
-                out.append(lib)
-    return sorted(out, key=lambda l: l.path)
 
 
 def scan_wheel(wheel: str | os.PathLike, warn: Warn | None = _warn_default) -> list[LibraryKernels]:

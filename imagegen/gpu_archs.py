@@ -21,16 +21,18 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+import re
+from typing import Any, Iterable
 
+from .labels import CUDA_ARCHS
 from .scripts import fatbin as fb
 
-if TYPE_CHECKING:
-    from .lock import Lock
-    from .matrix import Cell
+# Type names used in annotations only (imported nowhere here, so this module sits below lock,
+# wheelhouse-free callers and matrix in the import graph): Lock = imagegen.lock.Lock,
+# Cell = imagegen.matrix.Cell.
 
 FORMAT = 1
-LABEL = "io.imagegen.cuda.archs"
+LABEL = CUDA_ARCHS
 
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -81,7 +83,7 @@ def library_facts(lib, wheel: str = "") -> dict[str, Any]:
 
 
 def _cache_dir() -> Path:
-    from .wheelhouse import cache_root
+    from .paths import cache_root
     return cache_root() / "cuda-kernels"
 
 
@@ -132,12 +134,19 @@ def lock_facts(lock: "Lock", wheel_paths: dict[str, Path]) -> dict | None:
             "wheels": {k: wheels[k] for k in sorted(wheels)}}
 
 
-def facts_current(lock: "Lock", facts: dict | None) -> bool:
-    """Do `facts` describe exactly the binary wheels of `lock` (by sha256)?"""
+def facts_current(lock: "Lock | set[str]", facts: dict | None) -> bool:
+    """Do `facts` describe wheels of `lock` (a Lock, or the set of its wheels' sha256), by sha256?"""
     if not facts or facts.get("format") != FORMAT:
         return False
+    shas = lock if isinstance(lock, set) else {w.sha256 for w in lock.wheels}
     have = {v["sha256"] for v in facts["wheels"].values()}
-    return have <= {w.sha256 for w in lock.wheels}
+    return have <= shas
+
+
+def lock_hashes(lock_path: Path) -> set[str]:
+    """The sha256 of every wheel a lock file pins (its `--hash=sha256:` lines), without parsing it
+    as a lock (keeps this module independent of imagegen.lock)."""
+    return set(re.findall(r"--hash=sha256:([0-9a-f]{64})", Path(lock_path).read_text()))
 
 
 def write_facts(lock: "Lock", lock_path: Path, wheel_paths: dict[str, Path]) -> Path | None:
@@ -338,10 +347,16 @@ def check_targets(cell: "Cell", facts: dict | None) -> str | None:
         if lib.get("warning") or _matches(lib["path"], feature_globs):
             continue
         by_wheel.setdefault(lib["wheel"], []).append(lib)
-    fw_req = cell.requirements[0].split("==")[0].lower() if cell.requirements else ""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    fw_req = canonicalize_name(Requirement(cell.requirements[0]).name) if cell.requirements else ""
+
+    def dist(pin: str) -> str:
+        return canonicalize_name(pin.partition("==")[0])
 
     def order(w: str) -> tuple:
-        return (w.split("==")[0].lower() != fw_req, w)
+        return (dist(w) != fw_req, w)
 
     for target in cell.gpu_archs:
         cc = fb.parse_arch(target)
@@ -349,7 +364,7 @@ def check_targets(cell: "Cell", facts: dict | None) -> str | None:
             missing = [lib for lib in by_wheel[wheel] if not serves(lib, cc)]
             if missing:
                 name, _, ver = wheel.partition("==")
-                who = f"{cell.framework} {cell.version}" if name.lower() == fw_req else f"{name} {ver}"
+                who = f"{cell.framework} {cell.version}" if dist(wheel) == fw_req else f"{name} {ver}"
                 where = "" if len(missing) == len(by_wheel[wheel]) else \
                     " in " + ", ".join(lib["path"].rsplit("/", 1)[-1] for lib in missing)
                 return f"{who} ships no kernels for {sm(cc)}{where} ({describe(missing)})"
@@ -364,19 +379,13 @@ def _lock_file(m, cell: "Cell") -> Path:
 
 def committed_facts(m, cell: "Cell") -> dict | None:
     """The committed facts for a cell's lock, if they describe that lock (no scanning, no network)."""
-    from .lock import read_lock
-
     lp = _lock_file(m, cell)
     if cell.device != "gpu" or not lp.exists():
         return None
     facts = read_facts(lp)
     if facts is None:
         return None
-    try:
-        lk = read_lock(lp)
-    except Exception:  # noqa: BLE001 - a broken lock is reported by `lock --check`, not here
-        return None
-    return facts if facts_current(lk, facts) else None
+    return facts if facts_current(lock_hashes(lp), facts) else None
 
 
 def check_matrix(m) -> list[str]:
@@ -428,8 +437,13 @@ def image_report(libs) -> dict | None:
         for k, v in f["bytes"].items():
             by_arch[k] = by_arch.get(k, 0) + v
     readable = [f for f in facts if not f["warning"]]
+    # one row per architecture some library was built for, plus the first one served only by PTX
+    sass = {parse_name(n)[1] for f in readable for n in shipped(f) if parse_name(n)[0] == "sass"}
+    rows_for = [cc for cc in cov.archs if cc in sass]
+    ptx_only = [cc for cc in cov.archs if cc > max(sass, default=0)]
+    rows_for += ptx_only[:1]
     narrower = []
-    for cc in cov.archs:
+    for cc in rows_for:
         kept = sum(f["kept_bytes"][sm(cc)] for f in readable)
         narrower.append({"target": sm(cc), "kept": kept,
                          "saves": sum(f["fatbin_bytes"] for f in readable) - kept})

@@ -266,7 +266,7 @@ def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id
           "(symlink or hard link)")
     kernels = _kernels_report(kernel_libs)
     best = max((kernels or {}).get("narrower_targets") or [], key=lambda t: t.get("saves", 0), default=None)
-    if best:
+    if best and best["saves"] >= 1_000_000:  # an image already cut to one GPU keeps only stray bytes
         s("gpu_archs", best["saves"], f"gpu_archs: [{best['target']}] in the matrix keeps only the CUDA kernels that GPU "
           "loads (imagegen/scripts/fatprune.py, experimental)")
     sugg.sort(key=lambda x: -x["bytes"])
@@ -367,7 +367,7 @@ def _pkg_table(pa: list[dict], pb: list[dict]) -> list[dict]:
 def check_gates(report: dict, *, max_size: int | None = None, max_wasted: int | None = None,
                 max_cats: dict[str, int] | None = None) -> list[str]:
     """Reasons the report breaches its limits (empty = pass)."""
-    from .units import human
+    from ..units import format_size as human
 
     reasons = []
     t = report["totals"]

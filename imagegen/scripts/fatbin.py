@@ -361,6 +361,8 @@ def main(argv: "list[str] | None" = None) -> int:
                 continue
             off, size, _addr = loc
             with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                if hasattr(m, "madvise"):       # headers only: no read-ahead of the payloads
+                    m.madvise(mmap.MADV_RANDOM)
                 with memoryview(m) as whole, whole[off:off + size] as sec:
                     cs = parse_fatbin(sec)
                 totals: dict[str, int] = {}

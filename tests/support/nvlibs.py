@@ -20,7 +20,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagegen import wheelhouse
+from imagegen import paths, wheelhouse
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ LIBCUDNN_CNN = Lib(*CUDNN, "nvidia/cudnn/lib/libcudnn_cnn_infer.so.8",
 
 
 def _cache_dir() -> Path:
-    return wheelhouse.cache_root() / "testlibs"
+    return paths.cache_root() / "testlibs"
 
 
 def _sha256(path: Path) -> str:

@@ -145,10 +145,10 @@ def test_audit_reports_kernels_per_arch_per_library(tmp_path):
     assert list(k["runs_on"]["unreadable"]) == [f"{site}/pkg/libodd.so"]
     t75 = next(t for t in k["narrower_targets"] if t["target"] == "sm_75")
     assert t75 == {"target": "sm_75", "kept": 16 + 2064 + 16 + 368, "saves": len(sec) - (16 + 2064 + 16 + 368)}
-    from imagegen.audit.render import render
+    from imagegen.audit.text import print_report
     from rich.console import Console
     con = Console(record=True, width=200)
-    render(rep, con)
+    print_report(rep, con)
     text = con.export_text()
     assert "CUDA kernels by GPU architecture" in text and "unreadable" in text and "sm_75" in text
     from imagegen.audit.html import _tables
@@ -175,3 +175,12 @@ def test_device_script_reads_gpu_data_without_yaml():
     assert list(plain["compute_capabilities"]) == list(real["compute_capabilities"])
     assert plain["min_container_share"] == real["min_container_share"]
     assert list(plain["feature_libraries"]) == list(real["feature_libraries"])
+
+
+def test_every_locked_gpu_cell_has_current_kernel_facts():
+    """A fresh clone answers validate/list: each GPU cell's lock has its facts committed next to it."""
+    m = matrix.load(ROOT / "matrix.yaml")
+    locked = [c for c in m.active if c.device == "gpu" and (ROOT / "locks" / f"{c.id}.txt").exists()]
+    assert locked, "the default matrix has a locked GPU cell"
+    missing = [c.ref for c in locked if ga.committed_facts(m, c) is None]
+    assert not missing, f"run `imagegen lock` and commit locks/*.cuda.json for {missing}"

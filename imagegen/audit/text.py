@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .units import human
+from ..units import format_size as human
 
 
 def _pct(part: int, whole: int) -> str:
@@ -21,7 +21,7 @@ def _t(title: str) -> Table:
     return Table(title=title, title_justify="left", title_style="bold", show_edge=False, pad_edge=False)
 
 
-def render(report: dict, console: Console, *, top: int = 20) -> None:
+def print_report(report: dict, console: Console, *, top: int = 20) -> None:
     r = report
     t = r["totals"]
     whole = t["layers"]
@@ -102,7 +102,7 @@ def render(report: dict, console: Console, *, top: int = 20) -> None:
     console.print()
 
     if r.get("cuda_kernels"):
-        render_kernels(r["cuda_kernels"], console, top=top)
+        print_kernels(r["cuda_kernels"], console, top=top)
 
     if r["suggestions"]:
         st = _t("Suggestions")
@@ -116,7 +116,7 @@ def render(report: dict, console: Console, *, top: int = 20) -> None:
         console.print(Text(f"note: {p}", style="yellow"))
 
 
-def render_compare(cmp: dict, console: Console, *, top: int = 20) -> None:
+def print_compare(cmp: dict, console: Console, *, top: int = 20) -> None:
     console.print(Text(f"compare A = {cmp['a']}  with  B = {cmp['b']}", style="bold"))
     for title, rows, n in (("Totals", cmp["totals"], None), ("Categories", cmp["categories"], None),
                            (f"Packages (top {top} by difference)", cmp["packages"], top)):
@@ -134,7 +134,12 @@ def render_compare(cmp: dict, console: Console, *, top: int = 20) -> None:
         console.print()
 
 
-def render_kernels(k: dict, console: Console, *, top: int = 20) -> None:
+def _site_rel(path: str) -> str:
+    """A library's path below site-packages (the part that names it), else the path."""
+    return path.split("site-packages/", 1)[1] if "site-packages/" in path else path
+
+
+def print_kernels(k: dict, console: Console, *, top: int = 20) -> None:
     """CUDA kernel bytes per architecture per library, what the image runs on, and what one
     narrower target would keep."""
     names = list(k["by_arch"])
@@ -145,7 +150,7 @@ def render_kernels(k: dict, console: Console, *, top: int = 20) -> None:
         kt.add_column(n, justify="right")
     for lib in k["libraries"][:top]:
         cells = [human(lib["bytes"][n]) if lib["bytes"].get(n) else "" for n in names]
-        kt.add_row(Text(_short(lib["path"], 60)), human(lib["fatbin_bytes"]), *cells)
+        kt.add_row(Text(_short(_site_rel(lib["path"]), 60)), human(lib["fatbin_bytes"]), *cells)
     kt.add_row(Text("all libraries", style="bold"), Text(human(k["total"]), style="bold"),
                *[human(k["by_arch"][n]) for n in names])
     console.print(kt)
