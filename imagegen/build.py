@@ -249,14 +249,23 @@ def remove_images(ids: list[str], keep: set[str]) -> None:
 
 
 def prune_report_from_log(log_path: Path) -> dict | None:
-    """The prune step's report (bytes saved per slimming rule) from a build log, or None."""
+    """The prune step's report (bytes saved per slimming rule) from a build log, or None. With
+    gpu_archs, fatprune.py's per-library report joins it as the `cuda_archs` rule (bytes saved,
+    per library before/after, refused libraries)."""
+    report = fat = None
     try:
         for line in log_path.read_text(errors="replace").splitlines():
-            if line.startswith("IMAGEGEN-PRUNE-REPORT "):
-                return json.loads(line.split(" ", 1)[1])
+            if line.startswith("IMAGEGEN-PRUNE-REPORT ") and report is None:
+                report = json.loads(line.split(" ", 1)[1])
+            elif line.startswith("IMAGEGEN-FATPRUNE-REPORT "):
+                fat = json.loads(line.split(" ", 1)[1])
     except (OSError, ValueError):
         return None
-    return None
+    if report is not None and fat is not None:
+        report.setdefault("rules", {})["cuda_archs"] = fat
+        if "venv_bytes_after" in report:
+            report["venv_bytes_after"] -= fat.get("bytes", 0)
+    return report
 
 
 

@@ -55,6 +55,9 @@ class Slimming(_Model):
     headers: bool | None = None
     caches: bool | None = None
     bytecode: Literal["drop", "keep"] | None = None
+    ptx: Literal["drop", "keep"] | None = Field(None, description=(
+        "with gpu_archs (EXPERIMENTAL): also keep each container's PTX up to the newest target, so GPUs newer "
+        "than the list can JIT-compile (keep), or only what the targets load (drop, the default)"))
     static_libs: bool | None = None
     strip: bool | None = None
     pip: bool | None = None
@@ -240,6 +243,7 @@ class SlimRules:
     openvino: bool
     cuda_unused: bool
     cuda_extras: bool
+    ptx: str = "drop"
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -579,6 +583,12 @@ def _expand(m: Matrix) -> list[Cell]:
         if multi_py:
             tag_parts.append(f"py{py}")
             sel_parts.append(f"py{py}")
+        if gpu_archs and device == "gpu" and path and path[0] == "include":
+            # an arch-targeted twin of a cell (issue 12): its kernels are cut to these GPUs, so its tag says
+            # so (gpu_archs on a version entry or an override retargets that cell under its own tag)
+            arch_part = "-".join(a.replace("_", "") for a in _check_gpu_archs(list(gpu_archs)))
+            tag_parts.append(arch_part)
+            sel_parts.append(arch_part)
         tag_parts.append(flavor)
         sel_parts.append(flavor)
         tag = "-".join(tag_parts)

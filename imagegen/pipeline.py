@@ -88,7 +88,7 @@ def build_inputs(rendered: render.Rendered, base_ids: dict[str, str], **extra: b
     (render.build_context_files), the base images' IDs (``base:<role>``), plus ``extra`` (what a
     caller adds: the staged lock files and closure, or the lock file for the quick key)."""
     parts: dict[str, bytes | str] = dict(rendered.files)
-    for rel, src in render.build_context_files().items():
+    for rel, src in render.build_context_files(rendered.cell).items():
         parts[rel] = src.read_bytes()
     for role, image_id in base_ids.items():
         parts[f"base:{role}"] = image_id
@@ -222,7 +222,7 @@ def prepare(m: Matrix, cell: Cell, workdir: Path, rendered: render.Rendered | No
     for rel, content in rendered.files.items():
         (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
         (ctx / rel).write_text(content)
-    for rel, src in render.build_context_files().items():
+    for rel, src in render.build_context_files(cell).items():
         (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, ctx / rel)
     extra = cell.fw.versions[cell.version].runtime_packages

@@ -264,6 +264,11 @@ def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id
     if dup_bytes:
         s(None, dup_bytes, f"{len(dup_groups)} set(s) of identical files at different paths: keep one copy "
           "(symlink or hard link)")
+    kernels = _kernels_report(kernel_libs)
+    best = max((kernels or {}).get("narrower_targets") or [], key=lambda t: t.get("saves", 0), default=None)
+    if best and best["saves"] >= 1_000_000:  # an image already cut to one GPU keeps only stray bytes
+        s("gpu_archs", best["saves"], f"gpu_archs: [{best['target']}] in the matrix keeps only the CUDA kernels that GPU "
+          "loads (imagegen/scripts/fatprune.py, experimental)")
     sugg.sort(key=lambda x: -x["bytes"])
 
     top_dirs = heapq.nlargest(top, ((b, d) for d, b in dir_bytes.items() if d != "/"))
@@ -299,7 +304,7 @@ def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id
         },
         "elf": {"files": elf_files, "unreadable": elf_bad, "debug": cat_bytes.get("debug", 0),
                 "cuda_kernels": cat_bytes.get("cuda_kernels", 0), "strippable": strip_bytes},
-        "cuda_kernels": _kernels_report(kernel_libs),
+        "cuda_kernels": kernels,
         "top_files": [{"path": display_path(p), "bytes": b, "category": category_of(p),
                        "package": owner.get(p, UNOWNED)} for b, p in sorted(top_files, reverse=True)],
         "top_dirs": [{"path": display_path(d), "bytes": b} for b, d in top_dirs],
