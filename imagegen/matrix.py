@@ -11,7 +11,7 @@ import fnmatch
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -19,6 +19,7 @@ from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import compat
+from .scripts import fatbin
 from .errors import UserInputError
 from .units import parse_size
 from .yamlsrc import Located
@@ -54,6 +55,9 @@ class Slimming(_Model):
     headers: bool | None = None
     caches: bool | None = None
     bytecode: Literal["drop", "keep"] | None = None
+    ptx: Literal["drop", "keep"] | None = Field(None, description=(
+        "with gpu_archs (EXPERIMENTAL): also keep each container's PTX up to the newest target, so GPUs newer "
+        "than the list can JIT-compile (keep), or only what the targets load (drop, the default)"))
     static_libs: bool | None = None
     strip: bool | None = None
     pip: bool | None = None
@@ -97,6 +101,20 @@ def _check_url(v: str) -> str:
     return v
 
 
+def _check_gpu_archs(v: list[Any] | None) -> list[str] | None:
+    """[sm_75, "8.6", 90] -> ["sm_75", "sm_86", "sm_90"] (sorted, unique); ValueError on anything else."""
+    if v is None:
+        return None
+    if not v:
+        raise ValueError("gpu_archs needs at least one architecture, e.g. [sm_75]")
+    return sorted({f"sm_{fatbin.parse_arch(x)}" for x in v}, key=fatbin.parse_arch)
+
+
+GpuArchs = Annotated[list[str | int] | None, Field(
+    description="GPUs the image must run on, as compute capabilities (sm_75, sm_86, ...). `imagegen validate` "
+                "rejects one the framework's CUDA kernels cannot serve.")]
+
+
 class IndexDef(_Model):
     kind: Literal["index", "find-links"] = "index"
     url: str
@@ -121,11 +139,14 @@ class VersionEntry(_Model):
     flavors: list[Flavor] | None = None
     base: BaseSetting | None = None
     extra_requirements: list[str] = Field(default_factory=list)
+    gpu_archs: GpuArchs = None
 
     @field_validator("extra_requirements")
     @classmethod
     def _reqs(cls, v: list[str]) -> list[str]:
         return [_check_requirement(x) for x in v]
+
+    _archs = field_validator("gpu_archs")(classmethod(lambda cls, v: _check_gpu_archs(v)))
 
 
 class Defaults(_Model):
@@ -163,6 +184,9 @@ class IncludeRule(_Model):
     python: str | None = None
     flavor: Flavor
     base: str | None = None
+    gpu_archs: GpuArchs = None
+
+    _archs = field_validator("gpu_archs")(classmethod(lambda cls, v: _check_gpu_archs(v)))
 
 
 class OverrideRule(Rule):
@@ -170,6 +194,9 @@ class OverrideRule(Rule):
     base: str | None = None  # type: ignore[assignment]
     extra_requirements: list[str] | None = None
     budget: Budget | None = None
+    gpu_archs: GpuArchs = None
+
+    _archs = field_validator("gpu_archs")(classmethod(lambda cls, v: _check_gpu_archs(v)))
 
     @field_validator("extra_requirements")
     @classmethod
@@ -224,6 +251,7 @@ class SlimRules:
     cuda_unused: bool
     cuda_extras: bool
     tensorrt_unused: bool
+    ptx: str = "drop"
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -260,6 +288,7 @@ class Cell:
     namespace: str | None = None
     base_spec: compat.BaseSpec | None = field(default=None, compare=False, repr=False)
     tensorrt: str | None = None  # full TensorRT version of the cell's TensorRT runtime wheels
+    gpu_archs: tuple[str, ...] = ()   # target GPUs, canonical 'sm_75' names sorted; () = not restricted
 
     @property
     def ref(self) -> str:
@@ -296,6 +325,7 @@ class Cell:
             "indexes": [i.__dict__ for i in self.indexes], "slimming": self.slimming.as_dict(),
             "budget": {"size": self.budget_size, "compressed": self.budget_compressed},
             "excluded": self.excluded, "origin": self.origin, "remote_ref": self.remote_ref,
+            "gpu_archs": list(self.gpu_archs),
         }
 
 
@@ -481,12 +511,8 @@ def _rule_matches(rule: Rule, cell: Cell) -> bool:
 
 def _pick_base(setting: BaseSetting, py: str, *, explicit: bool, all_bases: dict[str, compat.BaseSpec],
                where: str) -> str:
-    """The base a cell with Python `py` goes on.
-
-    `setting` is a base name or a mapping Python -> base name. A mapping must name the Python. A
-    name set on the framework version (or an include) is taken as given (the Python check follows);
-    the matrix default goes on the one base that provides `py` when the default base does not (so
-    `python: ["3.11", "3.13"]` puts each Python on its own base: bookworm, trixie)."""
+    """The base for Python `py`: `setting` is a name or a Python -> name mapping. An explicit name is
+    kept (the Python check follows); a default one gives way to the one base that provides `py`."""
     if isinstance(setting, dict):
         mapping = {str(k): v for k, v in setting.items()}
         if py not in mapping:
@@ -506,8 +532,7 @@ def _pick_base(setting: BaseSetting, py: str, *, explicit: bool, all_bases: dict
 
 
 def _python_lists(mf: MatrixFile) -> dict[tuple[str, str], list[str]]:
-    """Every Python each framework version gets, across its entry and the includes; the first is
-    its primary Python, whose cells keep the plain tag."""
+    """Every Python of each framework version (entry, then includes); the first, its primary, keeps plain tags."""
     out: dict[tuple[str, str], list[str]] = {}
     for fw_name, versions in mf.frameworks.items():
         for ver, entry in versions.items():
@@ -530,13 +555,12 @@ def _expand(m: Matrix) -> list[Cell]:
     pythons = _python_lists(mf)
 
     def emit(fw_name: str, ver: str, device: str, cuda_e: CudaEntry | None, py: str, flavor: str,
-             base_setting: BaseSetting, extra: list[str], path: tuple, explicit_base: bool) -> None:
+             base_setting: BaseSetting, extra: list[str], path: tuple, explicit_base: bool,
+             gpu_archs: list[str] | None = None) -> None:
         fw = compat.frameworks()[fw_name]
         where = src.where(path)
         base_name = _pick_base(base_setting, py, explicit=explicit_base, all_bases=all_bases, where=where)
-        # -py3.X: only when the version has cells for several Pythons, and not for its primary Python
-        # (the first listed), so adding a Python never renames a tag that is already published.
-        py_list = pythons.get((fw_name, ver), [py])
+        py_list = pythons.get((fw_name, ver), [py])  # -py3.X for all but the primary: no published tag moves
         multi_py = len(py_list) > 1 and py != py_list[0]
         if ver not in fw.versions:
             raise UserInputError(f"{where}: {fw_name} {ver} is not in imagegen's compatibility data "
@@ -556,9 +580,8 @@ def _expand(m: Matrix) -> list[Cell]:
             raise UserInputError(f"{where}: {fw_name} {ver} supports Python {', '.join(fv.python)}, not {py}")
         if py != base.python:
             others = sorted(n for n, b in all_bases.items() if b.python == py)
-            hint = (f"; base {others[0]} provides it" if len(others) == 1 else
-                    f"; bases {', '.join(others)} provide it" if others else
-                    f", and no base in imagegen's data or the matrix provides {py}")
+            hint = (f"; base {others[0]} provides it" if len(others) == 1 else f"; bases {', '.join(others)} provide it"
+                    if others else f", and no base in imagegen's data or the matrix provides {py}")
             raise UserInputError(f"{where}: base '{base_name}' provides Python {base.python}, not {py}{hint}")
         indexes: list[Index] = []
         reqs: list[str]
@@ -567,6 +590,8 @@ def _expand(m: Matrix) -> list[Cell]:
         if device == "cpu":
             if cuda_e is not None:
                 raise UserInputError(f"{where}: a cpu cell takes no CUDA version")
+            if gpu_archs and path and path[0] == "include":
+                raise UserInputError(f"{where}: a cpu cell takes no gpu_archs")
             if fv.cpu is None:
                 raise UserInputError(f"{where}: {fw_name} {ver} has no CPU build in imagegen's data")
             reqs = list(fv.cpu.requirements)
@@ -611,10 +636,8 @@ def _expand(m: Matrix) -> list[Cell]:
                     comp = cuda_data.components[comp_name]
                     pin = cuda_data.cudnn_wheels[cudnn_v] if comp_name == "cudnn" else rel.wheels[comp_name]
                     reqs.append(f"{comp.package_for(cuda_v)}=={pin}")
-        trt_v = None
-        index_names = [index_name] if index_name else []
+        trt_v, index_names = (trt.version if trt else None), ([index_name] if index_name else [])
         if trt is not None:
-            trt_v = trt.version
             reqs.extend(trt.requirements)
             if trt.index and trt.index not in index_names:
                 index_names.append(trt.index)
@@ -636,6 +659,12 @@ def _expand(m: Matrix) -> list[Cell]:
         if multi_py:
             tag_parts.append(f"py{py}")
             sel_parts.append(f"py{py}")
+        if gpu_archs and device == "gpu" and path and path[0] == "include":
+            # an arch-targeted twin of a cell (issue 12): its kernels are cut to these GPUs, so its tag says
+            # so (gpu_archs on a version entry or an override retargets that cell under its own tag)
+            arch_part = "-".join(a.replace("_", "") for a in _check_gpu_archs(list(gpu_archs)))
+            tag_parts.append(arch_part)
+            sel_parts.append(arch_part)
         tag_parts.append(flavor)
         sel_parts.append(flavor)
         tag = "-".join(tag_parts)
@@ -648,6 +677,7 @@ def _expand(m: Matrix) -> list[Cell]:
             flavor=flavor, base=base_name, image=fw.image, tag=tag, selector="-".join(sel_parts),
             requirements=tuple(reqs), indexes=tuple(indexes), slimming=_slim_rules(m, None, flavor),
             origin=where, registry=mf.registry, namespace=mf.namespace, base_spec=base, tensorrt=trt_v,
+            gpu_archs=tuple(gpu_archs or ()) if device == "gpu" else (),
         )
         if proto.ref in where_of:
             raise UserInputError(f"{where}: duplicate cells: {proto.ref} is already defined at {where_of[proto.ref]}")
@@ -677,7 +707,7 @@ def _expand(m: Matrix) -> list[Cell]:
                         for flavor in flavs:
                             path = vpath + (("cuda", ci) if cuda_e else ("devices",))
                             emit(fw_name, ver, device, cuda_e, py, flavor, base_setting, entry.extra_requirements,
-                                 path, entry.base is not None)
+                                 path, entry.base is not None, entry.gpu_archs)
     for i, inc in enumerate(mf.include):
         path = ("include", i)
         if inc.framework not in compat.frameworks():
@@ -689,7 +719,7 @@ def _expand(m: Matrix) -> list[Cell]:
         cuda_e = CudaEntry(version=inc.cuda, cudnn=inc.cudnn, tensorrt=inc.tensorrt) if inc.cuda else None
         py = inc.python or pythons[(inc.framework, inc.version)][0]
         emit(inc.framework, inc.version, inc.device, cuda_e, py, inc.flavor,
-             inc.base if inc.base is not None else mf.defaults.base, [], path, inc.base is not None)
+             inc.base if inc.base is not None else mf.defaults.base, [], path, inc.base is not None, inc.gpu_archs)
 
     # overrides, budgets, excludes: applied in file order; later rules win.
     out: list[Cell] = []
@@ -699,8 +729,11 @@ def _expand(m: Matrix) -> list[Cell]:
         extra: list[str] = []
         base_name = cell.base
         size = comp = None
+        archs = cell.gpu_archs
         for rule in mf.overrides:
             if _rule_matches(rule, cell):
+                if rule.gpu_archs and cell.device == "gpu":
+                    archs = tuple(rule.gpu_archs)
                 if rule.slimming:
                     slim_override.update(rule.slimming.model_dump(exclude_none=True))
                 if rule.extra_requirements:
@@ -727,7 +760,7 @@ def _expand(m: Matrix) -> list[Cell]:
         out.append(_replace(cell, slimming=_slim_rules(m, slim_override, cell.flavor),
                             requirements=cell.requirements + tuple(extra), base=base_name,
                             budget_size=size, budget_compressed=comp, excluded=excluded,
-                            base_spec=all_bases[base_name]))
+                            base_spec=all_bases[base_name], gpu_archs=archs))
     for i, rule in enumerate(mf.exclude):
         if i not in used_excludes:
             raise _fail(src, ("exclude", i), "this exclude rule matches no cell (check the pattern)")
