@@ -97,18 +97,16 @@ def unstripped(files: Files, allow: list[str] = []) -> list[str]:
 
 
 def _vendoring_package(files: Files, path: str) -> bool:
-    """True when `path` lies in a site-packages package X that has an auditwheel `X.libs/` beside it:
-    its extension modules are the ones auditwheel patched with a RUNPATH into X.libs, which the
-    prune rule spares from strip (elfmini.strip_hazard). The image inventory is read forward only and
-    carries no RUNPATH, so this stands in for that test (numpy 2.4 cp313: _multiarray_umath ...)."""
+    """True for an extension module in a site-packages that holds auditwheel `*.libs/` directories:
+    auditwheel patched such modules with a RUNPATH into `<dist>.libs` (numpy -> numpy.libs, PIL ->
+    pillow.libs), and the prune rule spares them from strip (elfmini.strip_hazard). The image inventory
+    is read forward only and carries no RUNPATH, so this stands in for that exact test."""
     parts = path.split("/")
-    if "site-packages" not in parts:
+    if "site-packages" not in parts or not parts[-1].endswith(".so") or ".cpython-" not in parts[-1] \
+            and ".abi3." not in parts[-1]:
         return False
-    i = parts.index("site-packages")
-    if i + 2 >= len(parts):
-        return False
-    libs = "/".join(parts[:i + 1] + [parts[i + 1] + ".libs"])
-    return (libs in files and files[libs][T] == "d") or any(k.startswith(libs + "/") for k in files)
+    sp = "/".join(parts[:parts.index("site-packages") + 1]) + "/"
+    return any(k.startswith(sp) and k[len(sp):].split("/", 1)[0].endswith(".libs") for k in files)
 
 
 def shells(files: Files, allow: list[str] = []) -> list[str]:
