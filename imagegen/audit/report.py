@@ -10,9 +10,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from .categories import CATEGORIES, category_of, group_of, rule_for_file
-from .fsview import SymlinkLoop, View
+from ..savestream.fsview import SymlinkLoop, View
 from .packages import UNOWNED, Ownership
-from .scan import ImageScan, Rec
+from ..savestream.layers import ImageScan, Rec
 
 SCHEMA = "imagegen.audit/1"
 

@@ -10,7 +10,7 @@ markers), under 0.01 %. Go's encoder is a different implementation of the same f
 level; its output differs from zlib's by a fraction of a percent either way.
 
 Results are cached by layer diff_id (content address of the uncompressed tar) under
-$IMAGEGEN_CACHE/audit/gzip/, so base layers shared by a family of images are compressed once.
+$IMAGEGEN_CACHE/savestream/gzip/, so base layers shared by a family of images are compressed once.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ class GzipCounter:
 
 def cache_dir() -> Path:
     base = os.environ.get("IMAGEGEN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "imagegen")
-    return Path(base) / "audit" / "gzip"
+    return Path(base) / "savestream" / "gzip"
 
 
 def cache_get(diff_id: str) -> tuple[int, int] | None:

@@ -41,6 +41,11 @@ class CorruptStream(StreamError):
     pass
 
 
+class UnsupportedStream(StreamError):
+    """A valid input in a format this reader does not read (e.g. an unknown layer media type).
+    Never reported as corruption: the message names the layer, the type and a remedy."""
+
+
 class ChunkSource:
     """Bytes from an iterator of chunks, read forward only. `pos` counts bytes consumed."""
 
@@ -130,6 +135,8 @@ class Member:
     linkname: str
     mode: int
     offset: int          # byte offset of the header in its archive
+    uid: int = 0
+    gid: int = 0
 
     @property
     def isreg(self) -> bool:
@@ -152,6 +159,13 @@ def normalize(name: str) -> str:
     while name.startswith("./"):
         name = name[2:]
     return name.strip("/") if name not in ("", ".", "/") else ""
+
+
+def _num(pax: dict[str, str], key: str, default: int) -> int:
+    try:
+        return int(pax[key]) if key in pax else default
+    except ValueError:
+        return default
 
 
 def _parse_pax(data: bytes) -> dict[str, str]:
@@ -221,7 +235,7 @@ def iter_tar(src: ChunkSource) -> Iterator[tuple[Member, ChunkSource]]:
         has_data = ti.type in _DATA_TYPES or ti.type not in tarfile.SUPPORTED_TYPES
         data_len = size if has_data else 0
         member = Member(normalize(name), ti.type, data_len if ti.type in _DATA_TYPES else 0,
-                        linkname, ti.mode, start)
+                        linkname, ti.mode, start, _num(pax, "uid", ti.uid), _num(pax, "gid", ti.gid))
         before = src.pos
         yield member, src
         used = src.pos - before
