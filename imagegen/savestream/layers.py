@@ -228,8 +228,12 @@ def _unzstd(pieces: Iterable) -> Iterable[bytes]:
 
 
 def read_save_stream(src: ChunkSource, *, want_gzip: Callable[[int], bool] = lambda n: True,
-                     log: Callable[[str], None] | None = None) -> ImageScan:
+                     log: Callable[[str], None] | None = None, verify: bool = True) -> ImageScan:
     """Parse a whole save stream (docker-archive or OCI layout) from `src`.
+
+    verify: hash every uncompressed layer and check it against the config's diff_id (one more
+    sha256 pass over the image). Without it (the engine's own stream, whose config the engine
+    wrote), each layer's digest is taken from the config's diff_ids.
 
     Raises TruncatedStream, CorruptStream or UnsupportedStream (all StreamError) on bad input."""
     layers: dict[str, LayerScan] = {}
@@ -261,7 +265,8 @@ def read_save_stream(src: ChunkSource, *, want_gzip: Callable[[int], bool] = lam
                 jsons[name] = data.read_exact(m.size)
             continue
         ls = LayerScan(key=name, tar_size=m.size, blob_size=m.size, compression=kind)
-        sha = hashlib.sha256()
+        sha = hashlib.sha256() if verify else None
+        sinks = [sha.update] if sha is not None else []
         pieces = chain([memoryview(head)] if head else [], data.pieces(m.size - len(head)))
         gz = None
         if kind in ("gzip", "zstd"):
@@ -269,11 +274,12 @@ def read_save_stream(src: ChunkSource, *, want_gzip: Callable[[int], bool] = lam
             ls.blob_compressed = True
             ls.gzip_size = m.size
             plain = _gunzip(pieces) if kind == "gzip" else _unzstd(pieces)
-            inner = ChunkSource(tee(plain, [sha.update]))
+            inner = ChunkSource(tee(plain, sinks) if sinks else plain)
         else:
             if want_gzip(m.size):
                 gz = GzipCounter()
-            inner = ChunkSource(tee(pieces, [sha.update] + ([gz.feed] if gz else [])))
+            sinks += [gz.feed] if gz else []
+            inner = ChunkSource(tee(pieces, sinks) if sinks else pieces)
         if log:
             log(f"reading {name} ({m.size} bytes, {kind})")
         try:
@@ -285,7 +291,7 @@ def read_save_stream(src: ChunkSource, *, want_gzip: Callable[[int], bool] = lam
         inner.drain()
         if kind != "tar":
             ls.tar_size = inner.pos
-        ls.digest = "sha256:" + sha.hexdigest()
+        ls.digest = "sha256:" + sha.hexdigest() if sha is not None else ""
         if gz is not None:
             ls.gzip_size = gz.finish()
         layers[name] = ls
@@ -335,6 +341,8 @@ def read_save_stream(src: ChunkSource, *, want_gzip: Callable[[int], bool] = lam
                                 + (" or is not a tar, gzip or zstd blob" if k in skipped or k in jsons else ""))
         ls = layers[k]
         ls.media_type = mt
+        if not verify and i < len(diff_ids):
+            ls.digest = diff_ids[i]
         if mt and mt not in LAYER_MEDIA_TYPES:
             raise UnsupportedStream(f"layer {i} ({k}) has media type {mt}, which imagegen does not read "
                                     f"(it reads tar, tar+gzip and tar+zstd layers); {REMEDY}")

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from ..errors import EngineError, ImagegenError, UserInputError
 from . import gzsize
 from .layers import ImageScan, read_save_stream
+from .prefetch import prefetch
 from .tar import ChunkSource, CorruptStream, TruncatedStream, UnsupportedStream
 
 CHUNK = 1 << 20
@@ -84,9 +85,10 @@ def read_image(ref: str, *, compressed: bool = True, log: Callable[[str], None] 
     def on_error(exc: BaseException) -> Exception:
         return EngineError(f"the save stream of {ref} broke off: {_short(exc)}")
 
-    src = ChunkSource(chunks, on_error=on_error)
+    src = ChunkSource(prefetch(chunks), on_error=on_error)
     try:
-        scan = read_save_stream(src, want_gzip=want, log=log)
+        # the engine wrote the config from these very layers: their diff_ids are not hashed again
+        scan = read_save_stream(src, want_gzip=want, log=log, verify=False)
     except TruncatedStream as exc:
         raise ImagegenError(f"the save stream of {ref} is truncated: {exc}") from None
     except CorruptStream as exc:
@@ -130,7 +132,7 @@ def read_tarball(path: str, *, compressed: bool = True,
     """(ImageScan, {}, gzip mode) for a `docker save` tarball or an OCI-layout tarball."""
     if not os.path.isfile(path):
         raise UserInputError(f"no such file: {path}")
-    src = ChunkSource(file_chunks(path))
+    src = ChunkSource(prefetch(file_chunks(path)))
     try:
         scan = read_save_stream(src, want_gzip=lambda n: compressed, log=log)
     except TruncatedStream as exc:
