@@ -112,9 +112,62 @@ def _sections(f) -> ElfInfo:
     return _summarise(section_table(f))
 
 
+_SHT = {2: "SHT_SYMTAB", 8: "SHT_NOBITS", 6: "SHT_DYNAMIC", 11: "SHT_DYNSYM", 3: "SHT_STRTAB", 1: "SHT_PROGBITS"}
+
+
 def section_table(f) -> list[tuple[str, str, int, int]]:
     """(name, sh_type, file offset, size) of every section, from the section header table and
-    the section-name string table only."""
+    the section-name string table only (sh_type as pyelftools names it for the types used here,
+    else "SHT_<number>").
+
+    The table is a flat array of fixed records, so it is read with `struct` (a pyelftools
+    ELFFile costs ~10 ms per file to set up, which dominated the audit of images with thousands
+    of libraries); pyelftools reads it when that fast path meets something unusual."""
+    try:
+        return _section_table_fast(f)
+    except (_OutOfView, OSError):
+        raise
+    except Exception:  # noqa: BLE001 - unusual layouts: let pyelftools decide
+        return _section_table_pyelftools(f)
+
+
+def _section_table_fast(f) -> list[tuple[str, str, int, int]]:
+    f.seek(0)
+    ident = f.read(64)
+    if len(ident) < 52 or ident[:4] != MAGIC or ident[4] not in (1, 2) or ident[5] not in (1, 2):
+        raise ValueError("not a plain ELF header")
+    end = "<" if ident[5] == 1 else ">"
+    if ident[4] == 2:
+        shoff, = struct.unpack_from(end + "Q", ident, 0x28)
+        shentsize, shnum, shstrndx = struct.unpack_from(end + "HHH", ident, 0x3A)
+        fmt, want = end + "IIQQQQIIQQ", 64
+    else:
+        shoff, = struct.unpack_from(end + "I", ident, 0x20)
+        shentsize, shnum, shstrndx = struct.unpack_from(end + "HHH", ident, 0x2E)
+        fmt, want = end + "IIIIIIIIII", 40
+    if shoff == 0:
+        return []
+    if shentsize != want or shnum == 0 or shstrndx >= 0xFF00:
+        raise ValueError("extended section numbering")
+    f.seek(shoff)
+    raw = f.read(shnum * shentsize)
+    if len(raw) != shnum * shentsize:
+        raise ValueError("section header table past the end")
+    rows = [struct.unpack_from(fmt, raw, i * shentsize) for i in range(shnum)]
+    # (sh_name, sh_type, sh_flags, sh_addr, sh_offset, sh_size, sh_link, sh_info, ...)
+    str_off, str_size = rows[shstrndx][4], rows[shstrndx][5]
+    f.seek(str_off)
+    names = f.read(str_size)
+    out = []
+    for r in rows:
+        i = r[0]
+        j = names.find(b"\0", i)
+        name = names[i:j if j >= 0 else len(names)].decode("latin-1")
+        out.append((name, _SHT.get(r[1], f"SHT_{r[1]}"), r[4], r[5]))
+    return out
+
+
+def _section_table_pyelftools(f) -> list[tuple[str, str, int, int]]:
     elf = ELFFile(f)
     shoff, entsize = elf["e_shoff"], elf["e_shentsize"]
     shdr = elf.structs.Elf_Shdr
