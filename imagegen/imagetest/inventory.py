@@ -227,7 +227,8 @@ def load_inventory(image: str, *, use_cache: bool = True) -> Inventory:
     """The inventory of a local image, from cache or one streamed `docker save`."""
     from ..engine import api
 
-    image_id = api().inspect_image(image)["Id"]
+    info = api().inspect_image(image)
+    image_id = info["Id"]
     path = cache_dir() / f"inventory-v{INVENTORY_VERSION}-{image_id.split(':')[-1]}.json.gz"
     if use_cache and path.exists():
         try:
@@ -238,7 +239,7 @@ def load_inventory(image: str, *, use_cache: bool = True) -> Inventory:
         except (OSError, ValueError, KeyError):
             pass
     t0 = time.monotonic()
-    scan, _info, _mode = read_image(image_id, compressed=True)
+    scan, _info, _mode = read_image(image_id, compressed=True, info=info)
     inv = Inventory(image_id, layers_of(scan), files_of(apply_layers(scan)), scan.config, time.monotonic() - t0)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
