@@ -131,14 +131,17 @@ def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id
             rule_files[rule] += 1
         layer_visible[r.layer] += size
         layer_files[r.layer] += 1
-        d = posixpath.dirname(path)
-        while True:
+        cut = path.rfind("/")
+        parent = path[:cut] if cut > 0 else "/"
+        d = parent
+        while True:  # every ancestor directory (str.rfind: posixpath.dirname was the hot spot)
             dir_bytes[d] += size
             if d == "/":
                 break
-            d = posixpath.dirname(d)
+            cut = d.rfind("/")
+            d = d[:cut] if cut > 0 else "/"
         if path not in owner:
-            unowned_dirs[posixpath.dirname(path)] += size
+            unowned_dirs[parent] += size
             if len(top_unowned) < top:
                 heapq.heappush(top_unowned, (size, path))
             elif size > top_unowned[0][0]:
