@@ -31,8 +31,8 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 
-def run(argv: list[str], env: dict | None = None, stdout=subprocess.DEVNULL, ok=(0,)) -> tuple[float, int, int]:
-    """(seconds, peak RSS in bytes, exit code) of a child process."""
+def run(argv: list[str], env: dict | None = None, stdout=subprocess.DEVNULL, ok=(0,)) -> tuple[float, int, int, float]:
+    """(seconds, peak RSS in bytes, exit code, CPU seconds user+system) of a child process."""
     t0 = time.monotonic()
     p = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
     _, status, ru = os.wait4(p.pid, 0)
@@ -41,7 +41,7 @@ def run(argv: list[str], env: dict | None = None, stdout=subprocess.DEVNULL, ok=
     err = p.stderr.read().decode(errors="replace") if p.stderr else ""
     if p.returncode not in ok:
         print(f"  ! {' '.join(argv[:6])} exited {p.returncode}: {err[-300:]}", file=sys.stderr)
-    return dt, ru.ru_maxrss * 1024, p.returncode
+    return dt, ru.ru_maxrss * 1024, p.returncode, ru.ru_utime + ru.ru_stime
 
 
 def synthetic(gb: float, tmp: str) -> str:
@@ -128,12 +128,13 @@ def table(rows: list[dict]) -> str:
             if k not in r:
                 return "—"
             t, rss = r[k][0], r[k][1]
+            cpu = r[k][3] if len(r[k]) > 3 else float("nan")
             rel = []
             if k != "save" and s == s:
                 rel.append(f"{t / s:.2f}× save")
             if k.startswith("audit") and d == d:
                 rel.append(f"{t / d:.2f}× dive")
-            return f"{t:.1f} s, {rss / 1e6:.0f} MB" + (f" ({', '.join(rel)})" if rel else "")
+            return f"{t:.1f} s, {rss / 1e6:.0f} MB, CPU {cpu:.1f} s" + (f" ({', '.join(rel)})" if rel else "")
         out.append(f"| {r['image']} | {r['size'] / 1e9:.2f} GB | {cell('save')} | {cell('dive')} | {cell('audit')} | "
                    f"{cell('audit+gz')} | {cell('audit+gz warm')} |")
     return "\n".join(out)

@@ -108,7 +108,7 @@ class GzipCounter:
         self._n = 0
         self._dict = b""
         self._futs: deque[Future] = deque()
-        self._max_inflight = 2 * workers()
+        self._max_inflight = workers() + 1
         self._size = 0
         self._out: list[bytes] = []
         self.raw = 0

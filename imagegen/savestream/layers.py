@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import chain
 
-from ..elf import ElfInfo, ElfProbe
+from ..elf import MAGIC, ElfInfo, ElfProbe
 from .gzsize import GzipCounter
 from .tar import (BLOCK, ChunkSource, CorruptStream, Member, TruncatedStream, UnsupportedStream, iter_tar,
                   normalize, tee)
@@ -152,10 +152,16 @@ def scan_layer(src: ChunkSource, ls: LayerScan, *, on_file: Callable[[Rec], None
 def _file(path: str, m: Member, src: ChunkSource) -> Rec:
     size = m.size
     h = hashlib.sha256()
-    probe = ElfProbe(size) if size >= ELF_MIN else None
+    probe = None
     capture = [] if size <= CAPTURE_MAX and _CAPTURE.search(path) else None
+    first = True
     for mv in src.pieces(size):
         h.update(mv)
+        if first:
+            first = False
+            # an ELF probe only for files that start like one (most files do not)
+            if size >= ELF_MIN and (len(mv) < 4 or mv[:4] == MAGIC):
+                probe = ElfProbe(size)
         if probe is not None:
             probe.feed(mv)
         if capture is not None:

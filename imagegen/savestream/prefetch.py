@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 
 BLOCK = 1 << 20
-MAX_BYTES = 16 << 20
+MAX_BYTES = 8 << 20
 _END = object()
 
 

@@ -73,6 +73,12 @@ class ChunkSource:
 
     def pieces(self, n: int) -> Iterator[memoryview]:
         """Yield zero-copy slices totalling exactly n bytes; TruncatedStream if the source ends first."""
+        if 0 < n <= len(self._cur) - self._off:  # fast path: inside the current chunk
+            mv = memoryview(self._cur)[self._off:self._off + n]
+            self._off += n
+            self.pos += n
+            yield mv
+            return
         while n > 0:
             avail = len(self._cur) - self._off
             if avail <= 0:
