@@ -36,6 +36,8 @@ from elftools.elf.elffile import ELFFile
 
 HEAD = 64 << 10
 TAIL = 1 << 20
+SPOOL_MAX = 64 << 20   # larger files with the section headers mid-file keep a window instead
+WINDOW = 1 << 20       # bytes kept before such a section header table (.shstrtab sits there)
 MAGIC = b"\x7fELF"
 
 
@@ -60,13 +62,12 @@ class _OutOfView(Exception):
 
 
 class _SparseView(io.RawIOBase):
-    """A read-only, seekable file of `size` bytes of which only head and tail are known."""
+    """A read-only, seekable file of `size` bytes of which only some ranges are known:
+    `ranges` is a list of (offset, bytes). Reading elsewhere raises _OutOfView."""
 
-    def __init__(self, size: int, head: bytes, tail: bytes):
+    def __init__(self, size: int, ranges: list[tuple[int, bytes]]):
         self._size = size
-        self._head = head
-        self._tail = tail
-        self._tail_at = size - len(tail)
+        self._ranges = [(at, data) for at, data in ranges if data]
         self._pos = 0
 
     def seekable(self) -> bool:
@@ -91,14 +92,11 @@ class _SparseView(io.RawIOBase):
         end = self._size if n is None or n < 0 else min(self._size, start + n)
         if start >= end:
             return b""
-        if end <= len(self._head):
-            out = self._head[start:end]
-        elif start >= self._tail_at:
-            out = self._tail[start - self._tail_at:end - self._tail_at]
-        else:
-            raise _OutOfView(start)
-        self._pos = end
-        return out
+        for at, data in self._ranges:
+            if at <= start and end <= at + len(data):
+                self._pos = end
+                return data[start - at:end - at]
+        raise _OutOfView(start)
 
     def readinto(self, b) -> int:  # pragma: no cover - pyelftools uses read()
         data = self.read(len(b))
@@ -234,6 +232,9 @@ class ElfProbe:
         self._spool = None
         self._decided = False
         self._is_elf = False
+        self._win: bytearray | None = None
+        self._win_range = (0, 0)
+        self._win_at = -1
 
     def _decide(self) -> None:
         self._decided = True
@@ -244,11 +245,16 @@ class ElfProbe:
         sh = _shoff(head)
         if sh is None:
             return
-        shoff, _ = sh
-        # section header table outside the kept head/tail: spool the whole file to disk
+        shoff, shend = sh
+        # section header table outside the kept head/tail (patchelf's layout, e.g. auditwheel):
+        # a small file is spooled to disk whole; a large one keeps a window ending at the table
         if shoff < self.size - TAIL and shoff + 1 > HEAD:
-            self._spool = tempfile.TemporaryFile(prefix="imagegen-audit-elf-")
-            self._spool.write(self._head)
+            if self.size <= SPOOL_MAX:
+                self._spool = tempfile.TemporaryFile(prefix="imagegen-audit-elf-")
+                self._spool.write(self._head)
+            else:
+                self._win = bytearray()
+                self._win_range = (max(0, shoff - WINDOW), min(self.size, shend))
 
     def feed(self, mv) -> None:
         if self._decided and not self._is_elf:
@@ -270,7 +276,14 @@ class ElfProbe:
                         self._spool.write(mv[take:])
                     self._pos += n
                     return
+        start = self._pos
         self._pos += n
+        if self._win is not None:
+            a, b = max(start, self._win_range[0]), min(self._pos, self._win_range[1])
+            if a < b:
+                if self._win_at < 0:
+                    self._win_at = a
+                self._win += mv[a - start:b - start]
         if self._pos > self.size - TAIL:
             self._tail.append(bytes(mv))
             self._tail_len += n
@@ -291,7 +304,10 @@ class ElfProbe:
                     self._spool.close()
             tail = b"".join(self._tail)
             tail = tail[len(tail) - min(len(tail), TAIL, self.size):]
-            return _sections(_SparseView(self.size, bytes(self._head), tail))
+            ranges = [(0, bytes(self._head)), (self.size - len(tail), tail)]
+            if self._win is not None and self._win_at >= 0:
+                ranges.append((self._win_at, bytes(self._win)))
+            return _sections(_SparseView(self.size, ranges))
         except (ELFError, _OutOfView, struct.error, ValueError, KeyError, AttributeError, IndexError, OSError,
                 Exception):  # noqa: BLE001 - a broken ELF must never stop an audit
             return ElfInfo(ok=False)

@@ -206,3 +206,28 @@ def test_elf_reader_facts(tmp_path):
     probe.feed(memoryview(so.read_bytes()))
     assert probe.result().stripped
     assert elf.read(io.BytesIO(b"\x7fELF" + b"\0" * 60)).dynamic is None
+
+
+def test_elf_probe_keeps_a_window_for_large_files_with_mid_file_section_headers(tmp_path, monkeypatch):
+    """Section headers mid-file (patchelf's layout) in a file too large to spool: the probe keeps
+    a window before the table instead of writing the file to disk, and reads the same sections."""
+    import shutil
+
+    if not shutil.which("gcc"):
+        pytest.skip("gcc not installed")
+    (tmp_path / "t.c").write_text('#include <stdio.h>\nint f(int x){printf("%d", x); return x+1;}\n')
+    so = tmp_path / "libw.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-g", "-o", str(so), str(tmp_path / "t.c")], check=True)
+    data = so.read_bytes()
+    ref = elf.ElfProbe(len(data))
+    ref.feed(memoryview(data))
+    want = ref.result()
+    monkeypatch.setattr(elf, "HEAD", 64)
+    monkeypatch.setattr(elf, "TAIL", 64)
+    monkeypatch.setattr(elf, "SPOOL_MAX", 128)
+    for step in (7, 500, 4096):
+        p = elf.ElfProbe(len(data))
+        for i in range(0, len(data), step):
+            p.feed(memoryview(data)[i:i + step])
+        assert p._spool is None and p._win is not None
+        assert p.result() == want and want.debug > 0 and want.symtab
