@@ -94,7 +94,7 @@ def bench(ref: str, repeat: int = 1) -> dict:
     from imagegen import engine
 
     size = engine.api().inspect_image(ref)["Size"]
-    cli = [sys.executable, "-m", "imagegen.audit.testing", "audit", ref, "--json"]
+    cli = [sys.executable, "-m", "imagegen", "audit", ref, "--json"]
     res: dict = {"image": ref, "size": size}
     runs: dict[str, list] = {}
     dive = shutil.which("dive")

@@ -144,7 +144,7 @@ def test_unsupported_media_type_is_unsupported_not_corrupt(tmp_path):
     msg = str(ei.value)
     assert "unsupported" in msg and "corrupt" not in msg
     assert "layer 1 (blobs/sha256/" in msg and "tar+bzip2" in msg and "skopeo copy" in msg
-    r = subprocess.run([sys.executable, "-m", "imagegen.audit.testing", "audit", "--from-tar", str(p)],
+    r = subprocess.run([sys.executable, "-m", "imagegen", "audit", "--from-tar", str(p)],
                        capture_output=True, text=True, timeout=120, env={**os.environ})
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "unsupported" in r.stderr
 
