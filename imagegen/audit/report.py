@@ -4,7 +4,6 @@ the terminal view, the HTML page, the comparison and the gates all read."""
 from __future__ import annotations
 
 import heapq
-import posixpath
 import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass
@@ -353,7 +352,7 @@ def _pkg_table(pa: list[dict], pb: list[dict]) -> list[dict]:
 def check_gates(report: dict, *, max_size: int | None = None, max_wasted: int | None = None,
                 max_cats: dict[str, int] | None = None) -> list[str]:
     """Reasons the report breaches its limits (empty = pass)."""
-    from .units import human
+    from ..units import format_size as human
 
     reasons = []
     t = report["totals"]

@@ -6,7 +6,7 @@ diff_id), the same overlay semantics (whiteouts, opaque directories, hard links 
 inode) and the same ELF reader. Per layer: its uncompressed size and its compressed size as a
 registry stores it; per path of the merged filesystem: type, mode, size, owner, link target and,
 for ELF objects, whether a symbol table is left. Nothing is extracted to disk. The listing is
-cached per image ID (content addressed) in $IMAGEGEN_CACHE/savestream/, because a multi-GB
+cached per image ID (content addressed) in $IMAGEGEN_CACHE/imagetest/, because a multi-GB
 image takes a while to stream.
 
 This is how contents policy works on shell-less images: no tool has to run inside them.
@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from ..savestream import DIR, ChunkSource, ImageScan, LayerScan, Rec, View, apply_layers, read_save_stream
-from ..savestream.gzsize import cache_dir as _gzip_cache_dir
-from ..savestream.source import read_image, settle_gzip
+from .. import paths
 from ..elf import ElfProbe
+from ..savestream import DIR, ChunkSource, ImageScan, LayerScan, Rec, View, apply_layers, read_save_stream
+from ..savestream.source import read_image, settle_gzip
 
 INVENTORY_VERSION = 2
 GZIP_LEVEL = 6
@@ -40,8 +40,9 @@ ELF_STRIPPED = "stripped"
 
 
 def cache_dir() -> Path:
-    """The save-stream reader's cache directory (its gzip sizes live in `gzip/` below it)."""
-    return _gzip_cache_dir().parent
+    """Image listings, by image ID (the gzip sizes they hold come from the reader's one gzip cache,
+    :func:`imagegen.savestream.gzsize.cache_dir`)."""
+    return paths.imagetest_dir()
 
 
 @dataclass

@@ -13,7 +13,7 @@ compress/gzip (level 6 by default, a third implementation of the same format), s
 README gives the measured difference against blobs pushed to a local registry.
 
 Results are cached by layer diff_id (content address of the uncompressed tar) under
-$IMAGEGEN_CACHE/savestream/gzip/, keyed also by METHOD, so base layers shared by a family of
+$IMAGEGEN_CACHE/audit/gzip/ (`paths.audit_gzip_dir`), keyed also by METHOD, so base layers shared by a family of
 images are compressed once, and a change of method recomputes.
 """
 
@@ -22,6 +22,11 @@ from __future__ import annotations
 import os
 import threading
 import zlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from .. import paths
 
 try:  # zlib-ng: the same deflate format and levels, 2-3x faster than zlib at level 6
     from zlib_ng import zlib_ng as _deflate
@@ -29,9 +34,6 @@ try:  # zlib-ng: the same deflate format and levels, 2-3x faster than zlib at le
 except ImportError:  # pragma: no cover - a declared dependency; zlib keeps the audit working
     _deflate = zlib
     ENGINE = "zlib"
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
 LEVEL = 6
 BLOCK = 4 << 20
@@ -150,8 +152,7 @@ class GzipCounter:
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("IMAGEGEN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "imagegen")
-    return Path(base) / "savestream" / "gzip"
+    return paths.audit_gzip_dir()
 
 
 def cache_get(diff_id: str) -> tuple[int, int] | None:
