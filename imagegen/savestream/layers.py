@@ -149,14 +149,34 @@ def scan_layer(src: ChunkSource, ls: LayerScan, *, on_file: Callable[[Rec], None
             on_file(rec)
 
 
+try:  # zlib-ng's CRC-32 and Adler-32 run at several GB/s (SIMD); sha256 at about 1 GB/s
+    from zlib_ng import zlib_ng as _ng
+except ImportError:  # pragma: no cover - a declared dependency
+    _ng = None
+
+#: files of at least this size get a 64-bit checksum fingerprint instead of sha256 (see _file)
+FINGERPRINT_MIN = 1 << 20
+
+
 def _file(path: str, m: Member, src: ChunkSource) -> Rec:
+    """A regular file's record. Its `digest` (16 bytes) identifies its content for the duplicate
+    report, together with its size: sha256 (first 16 bytes) for files under 1 MiB, and for larger
+    ones, which hold nearly all the bytes, CRC-32 + Adler-32 from zlib-ng (a 64-bit fingerprint,
+    6x cheaper than sha256: a false duplicate needs two same-size files of over 1 MiB that
+    collide in both checksums)."""
     size = m.size
-    h = hashlib.sha256()
+    fast = _ng is not None and size >= FINGERPRINT_MIN
+    h = None if fast else hashlib.sha256()
+    crc, adler = 0, 1
     probe = None
     capture = [] if size <= CAPTURE_MAX and _CAPTURE.search(path) else None
     first = True
     for mv in src.pieces(size):
-        h.update(mv)
+        if fast:
+            crc = _ng.crc32(mv, crc)
+            adler = _ng.adler32(mv, adler)
+        else:
+            h.update(mv)
         if first:
             first = False
             # an ELF probe only for files that start like one (most files do not)
@@ -167,7 +187,9 @@ def _file(path: str, m: Member, src: ChunkSource) -> Rec:
         if capture is not None:
             capture.append(bytes(mv))
     elf = probe.result() if probe is not None else None
-    return Rec(path, "f", size, h.digest()[:16], elf=elf,
+    digest = b"ck64" + crc.to_bytes(4, "little") + adler.to_bytes(4, "little") + bytes(4) if fast \
+        else h.digest()[:16]
+    return Rec(path, "f", size, digest, elf=elf,
                data=b"".join(capture) if capture is not None else None, mode=m.mode, uid=m.uid, gid=m.gid)
 
 

@@ -231,3 +231,14 @@ def test_elf_probe_keeps_a_window_for_large_files_with_mid_file_section_headers(
             p.feed(memoryview(data)[i:i + step])
         assert p._spool is None and p._win is not None
         assert p.result() == want and want.debug > 0 and want.symtab
+
+
+def test_large_file_duplicates_by_fingerprint(tmp_path):
+    """Files of 1 MiB and more are matched by size + CRC-32 + Adler-32: copies are duplicates,
+    same-size files with other content are not."""
+    n = 2 << 20
+    path = _save(tmp_path, [[("file", "/a/x.bin", pattern(1, n, random=True), n),
+                             ("file", "/b/x.bin", pattern(1, n, random=True), n),
+                             ("file", "/c/y.bin", pattern(2, n, random=True), n)]])
+    t = audit(tarball=path).report["totals"]
+    assert t["duplicates"] == n and t["visible"] == 3 * n
