@@ -90,7 +90,7 @@ def _median(runs: list[tuple[float, int, int]]) -> tuple[float, int, int]:
     return sorted(runs)[len(runs) // 2]
 
 
-def bench(ref: str, repeat: int = 1) -> dict:
+def bench(ref: str, repeat: int = 1, gzip_runs: bool = True) -> dict:
     from imagegen import engine
 
     size = engine.api().inspect_image(ref)["Size"]
@@ -104,6 +104,8 @@ def bench(ref: str, repeat: int = 1) -> dict:
             runs.setdefault("dive", []).append(run([dive, "--ci", "--source", "docker", ref], env={"CI": "true"},
                                                    ok=(0, 1)))
         runs.setdefault("audit", []).append(run(cli + ["--no-compressed"]))
+        if not gzip_runs:
+            continue
         cache = tempfile.mkdtemp(prefix="imagegen-bench-cache-")
         try:
             runs.setdefault("audit+gz", []).append(run(cli, env={"IMAGEGEN_CACHE": cache}))
@@ -212,6 +214,7 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--repeat", type=int, default=1, help="interleaved runs per image; the median is reported")
     ap.add_argument("--push", action="store_true", help="also compare the gzip estimate with a real push")
+    ap.add_argument("--no-gzip-runs", action="store_true", help="only save, dive and audit --no-compressed")
     ap.add_argument("--_make-synthetic", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._make_synthetic:
@@ -219,7 +222,7 @@ def main() -> int:
         return 0
     rows = []
     for ref in args.image:
-        rows.append(bench(ref, args.repeat))
+        rows.append(bench(ref, args.repeat, not args.no_gzip_runs))
     if args.synthetic_gb:
         from imagegen import engine
 
