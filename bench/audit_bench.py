@@ -195,10 +195,10 @@ def push_compare(ref: str) -> dict:
 
 def push_table(res: list[dict]) -> str:
     out = ["| image | layers | uncompressed | estimate | pushed (registry manifest) | estimate − pushed | "
-           "largest layer difference |", "|---|---|---|---|---|---|---|"]
+           "on the largest layer |", "|---|---|---|---|---|---|---|"]
     for r in res:
         tar = sum(x["tar"] for x in r["layers"])
-        worst = max(r["layers"], key=lambda x: abs(x["estimate"] - x["pushed"]) / max(1, x["pushed"]))
+        worst = max(r["layers"], key=lambda x: x["pushed"])
         d = r["estimate"] - r["pushed"]
         out.append(f"| {r['image']} | {len(r['layers'])} | {tar / 1e6:,.1f} MB | {r['estimate'] / 1e6:,.2f} MB | "
                    f"{r['pushed'] / 1e6:,.2f} MB | {d / 1e6:+,.2f} MB ({100 * d / r['pushed']:+.2f} %) | "
@@ -245,7 +245,7 @@ def main() -> int:
     if pushes and not args.json:
         print()
         print(push_table(pushes))
-    print(f"\n(cores: {os.cpu_count()}; gzip threads: {os.environ.get('IMAGEGEN_AUDIT_GZIP_THREADS', os.cpu_count())}; load average at the end: {os.getloadavg()[0]:.1f})")
+    print(f"\n(cores: {os.cpu_count()}; gzip threads: {os.environ.get('IMAGEGEN_AUDIT_GZIP_THREADS', os.cpu_count())}; load average at the end: {os.getloadavg()[0]:.1f})", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
