@@ -26,6 +26,7 @@ import hashlib
 import json
 import posixpath
 import re
+import tarfile
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -209,8 +210,6 @@ def sniff(head: bytes) -> str:
 def _v7_tar(head: bytes) -> bool:
     """A pre-POSIX tar header (no ustar magic) with a valid checksum."""
     try:
-        import tarfile
-
         tarfile.TarInfo.frombuf(head[:512], "utf-8", "surrogateescape")
         return head[0] != 0x7B  # "{": never a JSON document
     except Exception:  # noqa: BLE001 - anything that is not a header
