@@ -5,10 +5,9 @@
     apply_layers(ImageScan) -> View        the final filesystem, hidden bytes counted by inode
     GzipCounter, cache_get/cache_put       the one gzip -6 counter and its cache (by diff_id)
 
-Modules: `tar` (forward-only tar reader), `prefetch` (read-ahead thread), `layers` (docker-archive and
-OCI layouts, tar/gzip/zstd
-layers, per-file records), `gzsize` (parallel gzip size), `fsview` (overlay semantics), `source`
-(engine or file). ELF facts come from :mod:`imagegen.elf`.
+Modules: `tar` (forward-only tar reader), `prefetch` (read-ahead thread), `layers` (docker-archive
+and OCI layouts, tar/gzip/zstd layers, per-file records), `gzsize` (parallel gzip size), `fsview`
+(overlay semantics), `source` (engine or file). ELF facts come from :mod:`imagegen.elf`.
 """
 
 from .fsview import DIR, Hidden, SymlinkLoop, View, apply_layers
