@@ -462,3 +462,21 @@ def read_dynamic(stream) -> Dynamic | str:
                        rpath=paths("DT_RPATH"), runpath=paths("DT_RUNPATH"))
     except (ELFError, ConstructError, EOFError, KeyError, ValueError, struct.error) as exc:
         return f"malformed ELF: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+
+
+def is_static_executable(path) -> bool:
+    """True for a 64-bit ELF file without a PT_INTERP program header (a static executable, also
+    static-pie): it runs with no loader in the image. False for anything else or unreadable."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+            if head[:4] != MAGIC or head[4] != 2 or head[5] not in (1, 2):
+                return False
+            end = "<" if head[5] == 1 else ">"
+            phoff, = struct.unpack_from(end + "Q", head, 0x20)
+            phentsize, phnum = struct.unpack_from(end + "HH", head, 0x36)
+            fh.seek(phoff)
+            table = fh.read(phentsize * phnum)
+        return all(struct.unpack_from(end + "I", table, i * phentsize)[0] != 3 for i in range(phnum))  # PT_INTERP
+    except (OSError, struct.error):
+        return False
