@@ -9,6 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from .categories import CATEGORIES, category_of, group_of, rule_for_file
+from ..scripts.elfmini import strip_hazard
 from ..savestream.fsview import SymlinkLoop, View
 from .packages import UNOWNED, Ownership
 from ..savestream.layers import ImageScan, Rec
@@ -117,7 +118,7 @@ def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id
             if fat:
                 cat_bytes["cuda_kernels"] += fat
             if (e.debug or e.symbols) and cat != "static_libs":
-                if ".libs/" in path:  # auditwheel-repaired: stripping corrupts them (FACTS trap 1)
+                if strip_hazard(path, (), patchelf_layout=e.patchelf_layout):  # FACTS trap 1
                     strip_skipped += 1
                 else:
                     strip_bytes += min(size, e.debug + e.symbols)

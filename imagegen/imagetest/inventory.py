@@ -28,7 +28,7 @@ from ..elf import ElfProbe
 from ..savestream import DIR, ChunkSource, ImageScan, LayerScan, Rec, View, apply_layers, read_save_stream
 from ..savestream.source import read_image, settle_gzip
 
-INVENTORY_VERSION = 2
+INVENTORY_VERSION = 3
 GZIP_LEVEL = 6
 _CHUNK = 1 << 20
 
@@ -36,6 +36,7 @@ _CHUNK = 1 << 20
 T, MODE, SIZE, UID, GID, LINK, ELF = range(7)
 # types: f regular, d dir, l symlink, h hardlink, o other
 ELF_SYMTAB = "symtab"  # has a .symtab section (not stripped)
+ELF_PATCHED = "symtab-patchelf"  # has a .symtab, and patchelf's layout: `strip` must not touch it
 ELF_STRIPPED = "stripped"
 
 
@@ -123,7 +124,9 @@ def _elf_verdict(rec: Rec | None) -> str | None:
     info = rec.elf if rec is not None else None
     if info is None:
         return None
-    return ELF_SYMTAB if info.symtab else ELF_STRIPPED
+    if not info.symtab:
+        return ELF_STRIPPED
+    return ELF_PATCHED if info.patchelf_layout else ELF_SYMTAB
 
 
 def elf_kind(f: IO[bytes], size: int) -> str | None:

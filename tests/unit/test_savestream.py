@@ -242,3 +242,15 @@ def test_large_file_duplicates_by_fingerprint(tmp_path):
                              ("file", "/c/y.bin", pattern(2, n, random=True), n)]])
     t = audit(tarball=path).report["totals"]
     assert t["duplicates"] == n and t["visible"] == 3 * n
+
+
+def test_policy_stripped_uses_the_one_strip_predicate():
+    """Files in patchelf's layout keep their symbols by design (the prune rule spares them), so
+    the policy rule `stripped` does not flag them; plain unstripped files it still does."""
+    from imagegen.imagetest import policy
+    from imagegen.imagetest.inventory import ELF_PATCHED, ELF_SYMTAB
+
+    files = {"opt/venv/lib/python3.11/site-packages/PIL/_imaging.so": ["f", 0o755, 1, 0, 0, "", ELF_PATCHED],
+             "opt/venv/lib/python3.11/site-packages/numpy.libs/libopenblas.so": ["f", 0o755, 1, 0, 0, "", ELF_SYMTAB],
+             "opt/venv/lib/python3.11/site-packages/paddle/libs/libphi.so": ["f", 0o755, 1, 0, 0, "", ELF_SYMTAB]}
+    assert policy.unstripped(files) == ["opt/venv/lib/python3.11/site-packages/paddle/libs/libphi.so"]
