@@ -45,7 +45,7 @@ def cache_dir() -> Path:
 @dataclass
 class BuildResult:
     cell: Cell
-    status: str  # built | skipped | failed
+    status: str  # built | skipped | tested (unchanged, tests ran) | failed
     image_id: str | None = None
     seconds: float = 0.0
     size: int | None = None
@@ -415,6 +415,31 @@ def prune_report_from_log(log_path: Path) -> dict | None:
     return None
 
 
+def _unchanged(cell: Cell, *, run_tests: bool, progress: _Progress, junit_dir: Path | None,
+               t0: float) -> BuildResult:
+    """The tag already holds an image built from these inputs. Skip it only if that exact image ID has a
+    passing test record (testrecord); otherwise run the suite on it now (unless --no-test)."""
+    from . import testrecord
+
+    info = engine.api().inspect_image(cell.ref)
+    if not run_tests or testrecord.find(info["Id"]):
+        progress.finish(cell, "up to date (skipped)")
+        note = "inputs unchanged" if testrecord.find(info["Id"]) else "inputs unchanged; untested (--no-test)"
+        return BuildResult(cell, "skipped", image_id=info["Id"], size=info["Size"],
+                           seconds=time.monotonic() - t0, message=note)
+    progress.update(cell, "inputs unchanged; no passing test record for this image: testing")
+    from . import testrun
+
+    summary = testrun.test_image(cell, info["Id"], junit_dir=junit_dir)
+    if not summary.ok:
+        raise GateFailed(f"{cell.ref}: image {info['Id'][:19]} (inputs unchanged) failed its tests "
+                         f"({'; '.join(summary.reasons())[:400] or 'no checks ran'}); it has no test record, so "
+                         f"`imagegen publish` refuses it; JUnit XML: {summary.junit_path}")
+    progress.finish(cell, "tested")
+    return BuildResult(cell, "tested", image_id=info["Id"], size=info["Size"], seconds=time.monotonic() - t0,
+                       message="inputs unchanged; tests ran (no passing record for this image)")
+
+
 def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: _Progress,
               keep_cache: bool = False, junit_dir: Path | None = None, no_cache: bool = False) -> BuildResult:
     t0 = time.monotonic()
@@ -422,10 +447,7 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
     if not force:
         digest = fast_skip_digest(m, cell)
         if digest and current_digest(cell.ref) == digest:
-            progress.finish(cell, "up to date (skipped)")
-            info = engine.api().inspect_image(cell.ref)
-            return BuildResult(cell, "skipped", image_id=info["Id"], size=info["Size"],
-                               seconds=time.monotonic() - t0, message="inputs unchanged")
+            return _unchanged(cell, run_tests=run_tests, progress=progress, junit_dir=junit_dir, t0=t0)
     workdir = Path(tempfile.mkdtemp(prefix="imagegen-ctx-", dir=cache_dir()))
     _track("workdirs", str(workdir))
     log_path = cache_dir() / "logs" / f"{cell.id}.log"
@@ -436,8 +458,7 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
         prep = prepare(m, cell, workdir)
         if not force and current_digest(cell.ref) == prep.digest:
             _write_stamp(m, cell, prep.digest)
-            progress.finish(cell, "up to date (skipped)")
-            return BuildResult(cell, "skipped", seconds=time.monotonic() - t0, message="inputs unchanged")
+            return _unchanged(cell, run_tests=run_tests, progress=progress, junit_dir=junit_dir, t0=t0)
         image_id, step_images = docker_build(prep, log_path, progress, no_cache=no_cache)
         _track("images", image_id)
         report = prune_report_from_log(log_path)

@@ -204,6 +204,47 @@ class BudgetRule(Rule):
         return None if v is None else parse_size(v)
 
 
+class AliasRule(Rule):
+    """Declared aliases: every cell this rule selects also gets `tags` (in its own image repository)."""
+
+    tags: list[str]
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: list[str]) -> list[str]:
+        for t in v:
+            if not _TAG.match(t):
+                raise ValueError(f"'{t}' is not a valid Docker tag ([A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})")
+        return v
+
+
+class Aliases(_Model):
+    """Alias tags pushed next to each cell's immutable tag (see imagegen/aliases.py)."""
+
+    minor: bool = True  # newest patch of each major.minor gets <major.minor>-<selector>
+    latest: Literal["device", "single", "none"] = "device"  # latest-<device> | latest | no latest alias
+    latest_flavor: Flavor = "slim"  # the flavor that carries the latest alias(es)
+    latest_device: Device = "cpu"  # with latest: single, the device that carries `latest`
+    rules: list[AliasRule] = Field(default_factory=list)
+
+
+class CiConfig(_Model):
+    """`imagegen ci matrix`: where each cell's job runs (GitHub Actions `runs-on`)."""
+
+    cpu_runs_on: list[str] = Field(default_factory=lambda: ["ubuntu-22.04"])  # hosted runners
+    gpu_runs_on: list[str] = Field(default_factory=lambda: ["self-hosted", "linux", "x64", "gpu"])
+
+    @field_validator("cpu_runs_on", "gpu_runs_on")
+    @classmethod
+    def _labels(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("needs at least one runner label")
+        for label in v:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", label):
+                raise ValueError(f"'{label}' is not a runner label")
+        return v
+
+
 class MatrixFile(_Model):
     schema_: str | None = Field(default=None, alias="$schema")
     registry: str | None = None
@@ -217,6 +258,8 @@ class MatrixFile(_Model):
     exclude: list[ExcludeRule] = Field(default_factory=list)
     overrides: list[OverrideRule] = Field(default_factory=list)
     budgets: list[BudgetRule] = Field(default_factory=list)
+    aliases: Aliases = Field(default_factory=Aliases)
+    ci: CiConfig = Field(default_factory=CiConfig)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -275,6 +318,7 @@ class Cell:
     registry: str | None = None
     namespace: str | None = None
     base_spec: compat.BaseSpec | None = field(default=None, compare=False, repr=False)
+    aliases: tuple[str, ...] = ()  # alias tags in the same repository (imagegen/aliases.py)
 
     @property
     def ref(self) -> str:
@@ -310,6 +354,7 @@ class Cell:
             "indexes": [i.__dict__ for i in self.indexes], "slimming": self.slimming.as_dict(),
             "budget": {"size": self.budget_size, "compressed": self.budget_compressed},
             "excluded": self.excluded, "origin": self.origin, "remote_ref": self.remote_ref,
+            "aliases": list(self.aliases),
         }
 
 
@@ -674,11 +719,33 @@ def _expand(m: Matrix) -> list[Cell]:
     for i, rule in enumerate(mf.exclude):
         if i not in used_excludes:
             raise _fail(src, ("exclude", i), "this exclude rule matches no cell (check the pattern)")
+    out = _with_aliases(m, out)
     if mf.default:
         _check_default(m, out)
     if not [c for c in out if not c.excluded]:
         raise _fail(src, ("frameworks",), "the matrix defines no cells")
     return out
+
+
+def _with_aliases(m: Matrix, cells: list[Cell]) -> list[Cell]:
+    """Computed and declared aliases of the active cells; two cells claiming one alias is an error."""
+    from . import aliases
+
+    cfg = m.file.aliases
+    rules = [(functools.partial(_rule_matches, r), r.tags, m.src.where(("aliases", "rules", i)))
+             for i, r in enumerate(cfg.rules)]
+    active = [c for c in cells if not c.excluded]
+    claims = aliases.compute(active, minor=cfg.minor, latest=cfg.latest, latest_flavor=cfg.latest_flavor,
+                             latest_device=cfg.latest_device, rules=rules,
+                             where=m.src.where(("aliases",)) if "aliases" in (m.src.data or {}) else "computed")
+    problems = aliases.conflicts(claims, {c.ref: c.origin for c in cells})
+    if problems:
+        raise UserInputError(f"{m.path}: {problems[0]}")
+    for i, r in enumerate(cfg.rules):
+        if not any(_rule_matches(r, c) for c in active):
+            raise _fail(m.src, ("aliases", "rules", i), "this alias rule matches no cell (check the pattern)")
+    mine = aliases.by_cell(claims)
+    return [_replace(c, aliases=mine.get(c.ref, ())) for c in cells]
 
 
 def _check_default(m: Matrix, cells: list[Cell]) -> None:
