@@ -156,7 +156,8 @@ def parse_sbom(data: dict, path: Path) -> Sbom:
     pkgs: dict[str, set[str]] = {}
     for comp in data.get("components") or []:
         if comp.get("type") == "operating-system":
-            os_name = f"{comp.get('name', '')} {comp.get('version', '')}".strip()
+            if str(comp.get("name", "")).lower() not in ("", "none", "unknown"):
+                os_name = f"{comp.get('name', '')} {comp.get('version', '')}".strip()
             continue
         purl = comp.get("purl") or ""
         m = re.match(r"pkg:([a-z0-9]+)/", purl)
@@ -423,14 +424,15 @@ class CellScan:
 
 
 def scan_cell(cell, reports: Path, opts: Options = Options(), *, vuln: bool = True, ignores: list[Ignore] = (),
-              ignore_unfixed: bool = False) -> CellScan:
+              ignore_unfixed: bool = False, archive: Path | None = None) -> CellScan:
     """SBOM + secrets (+ vulnerabilities) of a built cell. Files: `<reports>/sbom-<cell id>.cdx.json`.
 
+    `archive`: an existing `docker save` tarball of the image (default: saved from the engine).
     Problems (no OS detected on a Debian-based image, a secret not allowed, a missing vulnerability DB)
     are collected in `CellScan.problems`; the SBOM and secret scan run even when the DB is missing."""
     res = CellScan(cell.ref)
     with tempfile.TemporaryDirectory(prefix="imagegen-scan-") as tmp:
-        archive = save_image(cell.ref, Path(tmp) / "image.tar")
+        archive = archive or save_image(cell.ref, Path(tmp) / "image.tar")
         res.sbom = sbom(archive, reports / f"sbom-{cell.id}.cdx.json", opts)
         want = expects_os(cell)
         if want and not (res.sbom.os or "").lower().startswith(want):
