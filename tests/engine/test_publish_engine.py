@@ -46,6 +46,16 @@ def cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def errlog(monkeypatch):
+    """What imagegen writes on stderr (its rich console holds the stream it was imported with)."""
+    from imagegen import console
+
+    buf = io.StringIO()
+    monkeypatch.setattr(console.err, "file", buf)
+    return buf
+
+
+@pytest.fixture
 def images():
     made: list[str] = []
 
@@ -92,7 +102,7 @@ def _record(ref: str, image_id: str) -> None:
     testrecord.write(image_id, ref, "sha256:test", passed=3, skipped=0, seconds=1.0)
 
 
-def test_publish_verifies_digest_moves_aliases_and_reruns_without_pushing(images, tmp_path, capfd):
+def test_publish_verifies_digest_moves_aliases_and_reruns_without_pushing(images, tmp_path):
     ref, image_id = images()
     _record(ref, image_id)
     with LocalRegistry() as reg:
@@ -123,7 +133,7 @@ def test_publish_verifies_digest_moves_aliases_and_reruns_without_pushing(images
         assert all("/manifests/1.0.0-cpu-slim" not in p and "/blobs/" not in p for _, p in puts), puts
 
 
-def test_untested_image_is_refused_unless_forced(images, tmp_path, capfd):
+def test_untested_image_is_refused_unless_forced(images, tmp_path, errlog):
     ref, image_id = images()
     with LocalRegistry() as reg:
         (target,) = publish.plan([_cell(ref, reg.host)])
@@ -132,7 +142,7 @@ def test_untested_image_is_refused_unless_forced(images, tmp_path, capfd):
         assert not (tmp_path / "p.json").exists()
         assert _remote(reg.host, target.repo, target.tag).status_code == 404
         (done,) = publish.publish([target], force=True, retry=FAST, report=tmp_path / "p.json")
-        assert "--force" in capfd.readouterr().err and not done.tested
+        assert "--force: publishing" in errlog.getvalue() and not done.tested
         assert json.loads((tmp_path / "p.json").read_text())["images"][0]["tested"] is False
 
 
@@ -156,7 +166,7 @@ def test_immutable_tag_holding_another_image_is_refused(images, tmp_path):
         assert _remote(reg.host, ta.repo, "other").headers["Docker-Content-Digest"] == forced.digest
 
 
-def test_basic_auth_and_the_token_never_written(images, tmp_path, monkeypatch, capfd, cache):
+def test_basic_auth_and_the_token_never_written(images, tmp_path, monkeypatch, capfd, cache, errlog):
     ref, image_id = images()
     _record(ref, image_id)
     token = f"tok-{uuid.uuid4().hex}"
@@ -172,14 +182,15 @@ def test_basic_auth_and_the_token_never_written(images, tmp_path, monkeypatch, c
         r = _remote(reg.host, target.repo, "latest-cpu", auth=("ci", token))
         assert r.headers["Docker-Content-Digest"] == done.digest
         captured = capfd.readouterr()
-    assert token not in captured.out + captured.err
+    assert token not in captured.out + captured.err + errlog.getvalue()
+    assert "pushing" in errlog.getvalue()
     for root in (tmp_path / "reports", cache):
         for f in root.rglob("*"):
             if f.is_file():
                 assert token.encode() not in f.read_bytes(), f
 
 
-def test_500s_through_a_proxy_are_retried_then_succeed(images, tmp_path, capfd):
+def test_500s_through_a_proxy_are_retried_then_succeed(images, tmp_path, errlog):
     ref, image_id = images()
     _record(ref, image_id)
     with LocalRegistry() as reg:
@@ -195,7 +206,7 @@ def test_500s_through_a_proxy_are_retried_then_succeed(images, tmp_path, capfd):
         assert all(r["seen"] == r["times"] for r in proxy.rules), proxy.rules
         for tag in ("1.0.0-cpu-slim", "1.0-cpu-slim", "latest-cpu"):
             assert _remote(reg.host, target.repo, tag).headers["Docker-Content-Digest"] == done.digest
-        assert "retrying" in capfd.readouterr().err
+        assert "retrying" in errlog.getvalue()
 
 
 def test_500s_beyond_the_retry_budget_fail_cleanly(images, tmp_path):
