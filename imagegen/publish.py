@@ -39,7 +39,7 @@ from . import engine, testrecord
 from .build import LABEL_DIGEST
 from .console import err, log, warn
 from .errors import ImagegenError, UserInputError
-from .matrix import _REGISTRY, _REPO_COMPONENT, _TAG, Cell
+from .matrix import REGISTRY_RE, REPO_COMPONENT_RE, TAG_RE, Cell
 from .registry import Registry, RetryPolicy
 
 SCHEMA = "imagegen.publish/1"
@@ -86,18 +86,18 @@ def plan(cells: list[Cell], *, registry: str | None = None, namespace: str | Non
         ns = namespace if namespace is not None else cell.namespace
         if not reg:
             raise UserInputError("no registry: set `registry:` in matrix.yaml or pass --registry")
-        if not _REGISTRY.match(reg):
+        if not REGISTRY_RE.match(reg):
             raise UserInputError(f"--registry '{reg}' is not a valid registry host[:port]")
         for part in (ns.split("/") if ns else []):
-            if not _REPO_COMPONENT.match(part):
+            if not REPO_COMPONENT_RE.match(part):
                 why = " (Docker references must be lowercase)" if part.lower() != part else ""
                 raise UserInputError(f"--namespace '{ns}' is not a valid image namespace{why}: lowercase letters, "
                                      "digits and . _ - separators")
-        if not _REPO_COMPONENT.match(cell.image):
+        if not REPO_COMPONENT_RE.match(cell.image):
             raise UserInputError(f"'{cell.image}' is not a valid image name")
         aliases = tuple(dict.fromkeys([*cell.aliases, *(extra_aliases or [])]))
         for t in (cell.tag, *aliases):
-            if not _TAG.match(t):
+            if not TAG_RE.match(t):
                 raise UserInputError(f"'{t}' is not a valid Docker tag ([A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})")
         if cell.tag in aliases:
             raise UserInputError(f"alias '{cell.tag}' is {cell.ref}'s own immutable tag")
