@@ -213,8 +213,7 @@ def scan(
         fail_on = fail_on.upper()
         if fail_on not in trivy.SEVERITIES:
             raise UserInputError(f"--fail-on takes one of {', '.join(trivy.SEVERITIES[1:])}")
-    if db_repository is not None and not __import__("re").fullmatch(r"[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._/-]+)+"
-                                                                    r"(:[A-Za-z0-9_.-]+)?", db_repository):
+    if db_repository is not None and not trivy.valid_repository(db_repository):
         raise UserInputError(f"--db-repository '{db_repository}' is not an OCI repository reference (lowercase)")
     ignores = trivy.load_ignores(ignore_file)
     m, cells = _cells(matrix, variant, all_)

@@ -47,6 +47,11 @@ DB_HELP = ("trivy's vulnerability DB is missing from {cache}: on a connected mac
            "at an OCI mirror of ghcr.io/aquasecurity/trivy-db (without --skip-db-update / --offline-scan)")
 
 
+def valid_repository(ref: str) -> bool:
+    """An OCI repository reference for --db-repository: host[:port]/path[:tag], lowercase."""
+    return bool(re.fullmatch(r"[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)+(:[A-Za-z0-9_.-]+)?", ref))
+
+
 # --- the binary ---------------------------------------------------------------------------------
 
 
