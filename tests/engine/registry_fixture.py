@@ -121,7 +121,7 @@ class FaultProxy:
     """Loopback HTTP/1.1 proxy in front of `upstream` (host:port) that injects faults.
 
     `rules`: list of dicts `{method, path (regex), times, action}`; `action` is an HTTP status to
-    answer (e.g. 500) or `"kill"` (call `on_kill`, then drop the connection). Each rule fires for its
+    answer (e.g. 500) or `"kill"` (call `on_kill`, drop the connection, stop listening). Each rule fires for its
     first `times` matching requests. `log` lists `(method, path, status or action)` of every request."""
 
     def __init__(self, upstream: str, rules: list[dict] | None = None, on_kill=None):
@@ -168,6 +168,9 @@ class FaultProxy:
                         if r["action"] == "kill":
                             if proxy.on_kill:
                                 proxy.on_kill()
+                            import threading as _t
+
+                            _t.Thread(target=proxy.close, daemon=True).start()  # the host is gone
                             self.close_connection = True
                             self.connection.shutdown(2)
                             return
@@ -215,6 +218,12 @@ class FaultProxy:
         self.thread.start()
         return self
 
+    def close(self) -> None:
+        """Stop listening (callable from a request handler): later connections are refused."""
+        if not getattr(self, "_closed", False):
+            self._closed = True
+            self.server.shutdown()
+            self.server.server_close()
+
     def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.close()
