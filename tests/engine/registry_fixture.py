@@ -9,7 +9,8 @@ push and pull over plain HTTP work without daemon configuration.
 - `kill()` stops the process but keeps its storage (a registry gone in mid-push); `start()` again
   serves the same storage.
 - `FaultProxy(upstream)`: a loopback HTTP proxy in front of a registry that answers some requests
-  with an injected fault (`500`, or `kill`: stop the registry and drop the connection) and forwards
+  with an injected fault (`500`, or `kill`: stop the registry, drop the connection and stop
+  listening, as a registry host gone down in mid-push) and forwards
   the rest unchanged (Host header kept, so the registry's Location URLs point at the proxy).
 """
 
