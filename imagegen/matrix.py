@@ -734,7 +734,7 @@ def _with_aliases(m: Matrix, cells: list[Cell]) -> list[Cell]:
     from . import aliases
 
     cfg = m.file.aliases
-    rules = [(functools.partial(_rule_matches, r), r.tags, m.src.where(("aliases", "rules", i)))
+    rules = [((lambda c, r=r: _rule_matches(r, c)), r.tags, m.src.where(("aliases", "rules", i)))
              for i, r in enumerate(cfg.rules)]
     active = [c for c in cells if not c.excluded]
     claims = aliases.compute(active, minor=cfg.minor, latest=cfg.latest, latest_flavor=cfg.latest_flavor,
