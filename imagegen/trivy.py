@@ -9,7 +9,8 @@ to the Docker socket, and the scan is the same for shell-less images. Per image:
 - **SBOM**: CycloneDX JSON (`--format cyclonedx`), written beside the build's reports;
 - **secrets**: `--scanners secret` with trivy's built-in rules plus imagegen's own (`secret_config`):
   any CA certificate the build host trusts beyond Mozilla's bundle (an inspecting proxy's CA), and URLs
-  carrying credentials (a mirror's user:password). Must be clean; third-party test keys shipped inside
+  carrying credentials (a mirror's user:password) in configuration files (pip/uv/apt/netrc, /etc, home
+  directories, the venv's own config and scripts). Must be clean; third-party test keys shipped inside
   installed packages are allowed only by an entry of `imagegen/data/secrets-allow.yaml` (rule, path
   glob, reason);
 - **vulnerabilities**: `--scanners vuln` gated by `--fail-on SEVERITY`, with an ignore file whose
@@ -216,12 +217,22 @@ def host_extra_cas() -> list[str]:
     return sorted(extra)
 
 
+# Files outside installed packages where configuration (and so a leaked credential) lives.
+CONFIG_PATHS = r"^/?(etc|root|home|usr/local/etc|opt/venv/(pip\.conf|pyvenv\.cfg|uv\.toml|bin/[^/]+))(/|$)"
+
+
 def secret_config(path: Path) -> Path:
     """trivy secret config: imagegen's rules on top of trivy's built-in ones."""
     rules = [{
+        # Where a mirror credential of the build would land: pip/uv/apt/netrc configuration, not the
+        # documentation inside installed packages (httpx's docstrings show `https://user:secret@host`).
         "id": "imagegen-url-credentials", "category": "imagegen", "title": "URL with a user:password (mirror credential)",
         "severity": "CRITICAL", "regex": r"(?i)\b(?:https?|ftp)://[A-Za-z0-9._~%!$&'()*+,;=-]+:[^@\s/'\"]{3,}@[A-Za-z0-9.-]+",
-        "keywords": ["://"],
+        "keywords": ["://"], "path": CONFIG_PATHS,
+    }, {
+        "id": "imagegen-apt-netrc-password", "category": "imagegen", "title": "apt auth.conf / .netrc password",
+        "severity": "CRITICAL", "regex": r"(?i)\bpassword\s+\S+", "keywords": ["password"],
+        "path": r"^/?(etc/apt/auth\.conf(\.d/.*)?|(root|home/[^/]+)/\.netrc)$",
     }]
     for i, body in enumerate(host_extra_cas()):
         # one 64-character line of the certificate's PEM body identifies it wherever it was copied

@@ -91,11 +91,17 @@ def test_secret_scan_finds_host_ca_and_mirror_credential(image, tmp_path, monkey
     bundle.write_text(pem)
     monkeypatch.setenv("PIP_CERT", str(bundle))  # the build host trusts this CA; the image must not carry it
     cell, archive = image({**DEBIAN, "usr/local/share/ca-certificates/proxy.crt": pem.encode(),
-                  "etc/pip.conf": b"[global]\nindex-url = https://ci:hunter2hunter2@mirror.corp/simple\n"})
+                  "etc/pip.conf": b"[global]\nindex-url = https://ci:hunter2hunter2@mirror.corp/simple\n",
+                  "root/.netrc": b"machine mirror.corp login ci password hunter2hunter2\n",
+                  # a third-party docstring (httpx/_urls.py has such examples) is documentation, not a credential
+                  "opt/venv/lib/python3.11/site-packages/httpx/_urls.py":
+                      b'"""url = httpx.URL("https://jo%40email.com:a%20secret@example.com:1234/path")"""\n'})
     r = trivy.scan_cell(cell, tmp_path, trivy.Options(cache_dir=tmp_path / "cache"), vuln=False, archive=archive)
     rules = {(s.rule.split("-")[0] + "-" + s.rule.split("-")[1], s.path) for s in r.secrets}
     assert ("imagegen-host", "/usr/local/share/ca-certificates/proxy.crt") in rules, r.secrets
     assert ("imagegen-url", "/etc/pip.conf") in rules, r.secrets
+    assert ("imagegen-apt", "/root/.netrc") in rules, r.secrets
+    assert not [s for s in r.secrets if "site-packages" in s.path], r.secrets
     assert len(r.problems) >= 2 and all("secret" in p for p in r.problems)
 
 
