@@ -36,7 +36,7 @@ from typing import Callable
 import docker.errors
 
 from . import engine, testrecord
-from .build import LABEL_DIGEST
+from .labels import LABEL_DIGEST
 from .console import err, log, warn
 from .errors import ImagegenError, UserInputError
 from .matrix import REGISTRY_RE, REPO_COMPONENT_RE, TAG_RE, Cell

@@ -21,17 +21,14 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from . import paths
+
 SCHEMA = "imagegen.test-record/1"
 _ID = re.compile(r"^sha256:([0-9a-f]{64})$")
 
 
 def _root() -> Path:
-    try:  # the one cache root, once the refactor lands
-        from .paths import cache_root  # type: ignore[attr-defined]
-
-        return Path(cache_root()) / "test-records"
-    except ImportError:
-        return Path(os.environ.get("IMAGEGEN_CACHE", Path.home() / ".cache" / "imagegen")) / "test-records"
+    return paths.cache_root() / "test-records"
 
 
 @dataclass(frozen=True)
