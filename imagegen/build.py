@@ -18,16 +18,23 @@ from pathlib import Path
 
 import docker.errors
 import requests.exceptions
+import urllib3.exceptions
 
 from . import engine
 from .console import err, log
-from .errors import ImagegenError
+from .errors import EngineError, ImagegenError
 from .labels import LABEL_CELL, LABEL_CLOSURE, LABEL_DIGEST, OCI_CREATED, OCI_REVISION, OCI_SOURCE, SOURCE_URL
 from .matrix import Cell
 
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 _IMAGE = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
 _RUNNING = re.compile(r"^ ---> Running in ([0-9a-f]{12,64})$")
+# One-line errors our in-build scripts print ("install: error: ...", "sysroot: error: ..."): the cause
+# to report instead of the classic builder's "The command ... returned a non-zero code".
+_SCRIPT_ERROR = re.compile(r"^(\w+): error: (.+)$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# What a connection that dies mid-stream raises through docker-py (requests/urllib3)
+CONNECTION_LOST = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, ConnectionError)
 
 
 
@@ -133,6 +140,9 @@ def docker_build(cell: Cell, context: Path, digest: str, closure: list[str], log
     image_id = None
     error = None
     step_started: tuple[str, float] | None = None
+    script_error: str | None = None
+    mine: set[str] = set()  # this build's step containers still alive
+    lost: str | None = None
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w", encoding="utf-8", errors="replace") as logf:
         logf.write(f"# imagegen build {cell.ref} inputs {digest}\n")
@@ -157,8 +167,13 @@ def docker_build(cell: Cell, context: Path, digest: str, closure: list[str], log
                         r = _RUNNING.match(line)
                         if r:
                             tracker.add("containers", r.group(1))
+                            mine.add(r.group(1))
                         elif line.startswith("Removing intermediate container "):
                             tracker.discard("containers", line.split()[-1])
+                            mine = {c for c in mine if not line.split()[-1].startswith(c[:12])}
+                        e = _SCRIPT_ERROR.match(_ANSI.sub("", line).strip())
+                        if e:
+                            script_error = f"{e.group(1)}: {e.group(2).strip()}"
                         i = _IMAGE.match(line)
                         if i:
                             step_images.append(i.group(1))
@@ -170,17 +185,31 @@ def docker_build(cell: Cell, context: Path, digest: str, closure: list[str], log
                     error = chunk.get("error", "").strip()
                     logf.write(f"ERROR: {error}\n")
                     tail.append(error)
-        except (requests.exceptions.ConnectionError, docker.errors.APIError) as exc:
+        except docker.errors.APIError as exc:
             error = str(exc).splitlines()[0]
             logf.write(f"ERROR: {error}\n")
+        except CONNECTION_LOST as exc:
+            error = lost = engine.short_error(exc)
+            logf.write(f"ERROR: connection to the engine lost: {error}\n")
+    if lost is not None and not engine.answers():
+        # The daemon died or was stopped: what it was running cannot be removed now. Recorded, the
+        # next imagegen that reaches this engine removes it (engine.reap_leftovers).
+        engine.remember_leftovers(mine)
+        for cid in mine:
+            tracker.discard("containers", cid)
+        raise EngineError(f"{cell.ref}: the Docker engine at {engine.engine_key()} stopped answering mid-build "
+                          f"({lost}); nothing was tagged; log: {log_path}")
     if error or not image_id:
         reason = error or "the build produced no image"
         if "no space left on device" in reason:
             raise ImagegenError(f"{cell.ref}: disk full while building (free space with `docker system prune`); "
                                 f"log: {log_path}")
-        err.print(f"--- last lines of {log_path} ---", markup=False)
-        for line in tail:
-            err.print(line, markup=False)
+        if script_error:  # our own script named the cause: report that, not the builder's exit code
+            reason = script_error
+        else:
+            err.print(f"--- last lines of {log_path} ---", markup=False)
+            for line in tail:
+                err.print(line, markup=False)
         raise ImagegenError(f"{cell.ref}: build failed: {reason[:300]}; full log: {log_path}")
     return image_id, step_images
 

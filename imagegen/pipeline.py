@@ -28,6 +28,7 @@ import docker.errors
 from . import bases, closure, compat, engine, hostpip, lockfile, paths, render, wheelhouse
 from . import lock as lock_stage
 from .build import (
+    CONNECTION_LOST,
     ACTIVE,
     Progress,
     Tracker,
@@ -278,6 +279,19 @@ def _unchanged(cell: Cell, *, run_tests: bool, progress: Progress, junit_dir: Pa
                        message="inputs unchanged; tests ran (no passing record for this image)")
 
 
+def _evict_and_raise(m: Matrix, cell: Cell, exc: ImagegenError) -> None:
+    """Installing the locked wheels failed in the builder: hash the host cache's copies of the
+    cell's wheels again, remove the corrupt ones, and name them in the one error line."""
+    try:
+        bad = wheelhouse.evict_corrupt(lockfile.read_lock(lock_path(m, cell)))
+    except (OSError, ImagegenError):
+        raise exc from None
+    if bad:
+        raise ImagegenError(f"{cell.ref}: build failed: {', '.join(bad)} in the wheel cache did not match its "
+                            f"sha256 (corrupt); removed it: run the build again to fetch it afresh") from None
+    raise exc from None
+
+
 def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: Progress,
               keep_cache: bool = False, junit_dir: Path | None = None, no_cache: bool = False) -> BuildResult:
     t0 = time.monotonic()
@@ -302,8 +316,13 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
         if up_to_date(prep.digest, current_digest(cell.ref), force=force):
             write_stamp(cell, quick, prep.digest)
             return _unchanged(cell, run_tests=run_tests, progress=progress, junit_dir=junit_dir, t0=t0)
-        image_id, step_images = docker_build(cell, prep.context, prep.digest, prep.closure, log_path, progress,
-                                             no_cache=no_cache)
+        try:
+            image_id, step_images = docker_build(cell, prep.context, prep.digest, prep.closure, log_path, progress,
+                                                 no_cache=no_cache)
+        except ImagegenError as exc:
+            if "install: " in str(exc):  # a wheel that fails to install may be a corrupt cache copy
+                _evict_and_raise(m, cell, exc)
+            raise
         ACTIVE.add("images", image_id)
         report = prune_report_from_log(log_path)
         if run_tests:
@@ -327,7 +346,7 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
         if image_id:
             try:
                 engine.api().remove_image(image_id)
-            except docker.errors.APIError:
+            except (docker.errors.APIError, *CONNECTION_LOST):
                 pass
         raise
     finally:

@@ -71,7 +71,7 @@ def prune_config(cell: Cell) -> dict:
         cuda = compat.cuda()
         links = {}
         gpu = fw.versions[cell.version].gpu
-        for name in gpu.dlopen if gpu else []:
+        for name in dlopen_names(cell):
             hit = cuda.component_for_soname(name)
             if hit is None:
                 raise UserInputError(f"{fw.name} {cell.version} dlopens {name}, which no CUDA component in "
@@ -92,7 +92,7 @@ def runtime_env(cell: Cell) -> list[tuple[str, str]]:
     env = [
         ("PATH", f"{VENV}/bin:/usr/local/bin:/usr/bin:/bin"),
         ("VIRTUAL_ENV", VENV),
-        ("HOME", f"/home/{USER['name']}"),
+        ("HOME", compat.flavors()[cell.flavor].get("home") or f"/home/{USER['name']}"),
         ("LANG", "C.UTF-8"),
         ("PYTHONUNBUFFERED", "1"),
     ]
@@ -107,6 +107,18 @@ def runtime_env(cell: Cell) -> list[tuple[str, str]]:
     return env
 
 
+def dlopen_names(cell: Cell) -> list[str]:
+    """Unversioned CUDA library names a GPU cell's runtime dlopens: the framework's own
+    (frameworks/*.yaml gpu.dlopen) plus those its cuDNN version loads by itself (cuda.yaml
+    cudnn_dlopen). Each gets a link in the image and is probed by the readiness check."""
+    gpu = cell.fw.versions[cell.version].gpu
+    if cell.device != "gpu" or gpu is None:
+        return []
+    names = list(gpu.dlopen)
+    names += [n for n in compat.cuda().cudnn_dlopen_names(cell.cudnn) if n not in names]
+    return names
+
+
 def pruned_dlopen_names(cell: Cell) -> list[str]:
     """Unversioned names the framework dlopens whose library an enabled opt-in rule removes."""
     import fnmatch
@@ -118,7 +130,7 @@ def pruned_dlopen_names(cell: Cell) -> list[str]:
     removed = [g for name, globs in cell.fw.inference_prune.items() if rules.get(name) for g in globs]
     removed += [g for g in compat.prune_rules().get("cudnn_train", []) if rules.get("cudnn_train")]
     out = []
-    for name in gpu.dlopen:
+    for name in dlopen_names(cell):
         hit = compat.cuda().component_for_soname(name)
         if hit is None:
             continue
@@ -228,6 +240,7 @@ def build_context_files() -> dict[str, Path]:
     """Static helper scripts every build context carries (not committed per cell)."""
     return {
         "imagegen/prune.py": SCRIPTS / "prune.py",
+        "imagegen/elfmini.py": SCRIPTS / "elfmini.py",
         "imagegen/install.py": SCRIPTS / "install.py",
         "imagegen/sysroot.py": SCRIPTS / "sysroot.py",
     }
