@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import chain
 
+from ..cuda_kernels import KernelScan, is_library_name, kernel_result
 from ..elf import MAGIC, ElfInfo, ElfProbe
 from .gzsize import GzipCounter
 from .tar import (BLOCK, ChunkSource, CorruptStream, Member, TruncatedStream, UnsupportedStream, iter_tar,
@@ -67,7 +68,7 @@ class Rec:
     """One tar entry of one layer. kind: f file, d dir, l symlink, h hardlink, o other.
     For a hard link, `link` is the absolute path of the name it links to (same layer)."""
 
-    __slots__ = ("path", "kind", "size", "digest", "link", "elf", "data", "layer", "mode", "uid", "gid")
+    __slots__ = ("path", "kind", "size", "digest", "link", "elf", "data", "layer", "mode", "uid", "gid", "kernels")
 
     def __init__(self, path: str, kind: str, size: int = 0, digest: bytes | None = None, link: str | None = None,
                  elf: ElfInfo | None = None, data: bytes | None = None, layer: int = -1, mode: int = 0,
@@ -83,10 +84,12 @@ class Rec:
         self.mode = mode
         self.uid = uid
         self.gid = gid
+        self.kernels = None  # cuda_kernels.LibraryKernels of a shared library with CUDA kernels
 
     def copy(self, **changes) -> "Rec":
         r = Rec(self.path, self.kind, self.size, self.digest, self.link, self.elf, self.data, self.layer,
                 self.mode, self.uid, self.gid)
+        r.kernels = self.kernels
         for k, v in changes.items():
             setattr(r, k, v)
         return r
@@ -170,6 +173,7 @@ def _file(path: str, m: Member, src: ChunkSource) -> Rec:
     h = None if fast else hashlib.sha256()
     crc, adler = 0, 1
     probe = None
+    kscan = None
     capture = [] if size <= CAPTURE_MAX and _CAPTURE.search(path) else None
     first = True
     for mv in src.pieces(size):
@@ -183,15 +187,22 @@ def _file(path: str, m: Member, src: ChunkSource) -> Rec:
             # an ELF probe only for files that start like one (most files do not)
             if size >= ELF_MIN and (len(mv) < 4 or mv[:4] == MAGIC):
                 probe = ElfProbe(size)
+                # CUDA kernels per architecture, for shared libraries (cuda_kernels, streamed)
+                kscan = KernelScan(path, size) if is_library_name(path) else None
         if probe is not None:
             probe.feed(mv)
+        if kscan is not None:
+            kscan.feed(mv)
         if capture is not None:
             capture.append(bytes(mv))
     elf = probe.result() if probe is not None else None
     digest = b"ck64" + crc.to_bytes(4, "little") + adler.to_bytes(4, "little") + bytes(4) if fast \
         else h.digest()[:16]
-    return Rec(path, "f", size, digest, elf=elf,
-               data=b"".join(capture) if capture is not None else None, mode=m.mode, uid=m.uid, gid=m.gid)
+    rec = Rec(path, "f", size, digest, elf=elf,
+              data=b"".join(capture) if capture is not None else None, mode=m.mode, uid=m.uid, gid=m.gid)
+    if kscan is not None and elf is not None and elf.fatbin:
+        rec.kernels = kernel_result(kscan)
+    return rec
 
 
 def sniff(head: bytes) -> str:
