@@ -23,7 +23,6 @@ to the Docker socket, and the scan is the same for shell-less images. Per image:
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import fnmatch
 import importlib.util
