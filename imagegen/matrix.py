@@ -22,6 +22,10 @@ from . import compat
 from .scripts import fatbin
 from .errors import UserInputError
 from .units import parse_size
+from .pythonbases import pick_base as _pick_base
+from .pythonbases import python_lists as _python_lists
+from .pythonbases import runtime_wheels as _runtime_wheels
+from .selectors import resolve_selector
 from .yamlsrc import Located
 from .yamlsrc import load as load_yaml
 
@@ -40,6 +44,8 @@ def is_registry(value: str) -> bool:
 
 
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# The reference rules, public for the stages that check references outside a matrix (publish).
+REGISTRY_RE, REPO_COMPONENT_RE, TAG_RE = _REGISTRY, _REPO_COMPONENT, _TAG
 # Requirements reach the lock file, never a RUN line; still, only PEP 508 name/extras/version characters
 # pass (no markers, quotes, `;`, `$`, backticks, pipes).
 _REQUIREMENT_CHARS = re.compile(r"[A-Za-z0-9._\[\],<>=!~+* -]+")
@@ -214,6 +220,47 @@ class BudgetRule(Rule):
         return None if v is None else parse_size(v)
 
 
+class AliasRule(Rule):
+    """Declared aliases: every cell this rule selects also gets `tags` (in its own image repository)."""
+
+    tags: list[str]
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: list[str]) -> list[str]:
+        for t in v:
+            if not _TAG.match(t):
+                raise ValueError(f"'{t}' is not a valid Docker tag ([A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})")
+        return v
+
+
+class Aliases(_Model):
+    """Alias tags pushed next to each cell's immutable tag (see imagegen/aliases.py)."""
+
+    minor: bool = True  # newest patch of each major.minor gets <major.minor>-<selector>
+    latest: Literal["device", "single", "none"] = "device"  # latest-<device> | latest | no latest alias
+    latest_flavor: Flavor = "slim"  # the flavor that carries the latest alias(es)
+    latest_device: Device = "cpu"  # with latest: single, the device that carries `latest`
+    rules: list[AliasRule] = Field(default_factory=list)
+
+
+class CiConfig(_Model):
+    """`imagegen ci matrix`: where each cell's job runs (GitHub Actions `runs-on`)."""
+
+    cpu_runs_on: list[str] = Field(default_factory=lambda: ["ubuntu-22.04"])  # hosted runners
+    gpu_runs_on: list[str] = Field(default_factory=lambda: ["self-hosted", "linux", "x64", "gpu"])
+
+    @field_validator("cpu_runs_on", "gpu_runs_on")
+    @classmethod
+    def _labels(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("needs at least one runner label")
+        for label in v:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", label):
+                raise ValueError(f"'{label}' is not a runner label")
+        return v
+
+
 class MatrixFile(_Model):
     schema_: str | None = Field(default=None, alias="$schema")
     registry: str | None = None
@@ -227,6 +274,8 @@ class MatrixFile(_Model):
     exclude: list[ExcludeRule] = Field(default_factory=list)
     overrides: list[OverrideRule] = Field(default_factory=list)
     budgets: list[BudgetRule] = Field(default_factory=list)
+    aliases: Aliases = Field(default_factory=Aliases)
+    ci: CiConfig = Field(default_factory=CiConfig)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -288,6 +337,7 @@ class Cell:
     namespace: str | None = None
     base_spec: compat.BaseSpec | None = field(default=None, compare=False, repr=False)
     tensorrt: str | None = None  # full TensorRT version of the cell's TensorRT runtime wheels
+    aliases: tuple[str, ...] = ()  # alias tags in the same repository (imagegen/aliases.py)
     gpu_archs: tuple[str, ...] = ()   # target GPUs, canonical 'sm_75' names sorted; () = not restricted
 
     @property
@@ -325,6 +375,7 @@ class Cell:
             "indexes": [i.__dict__ for i in self.indexes], "slimming": self.slimming.as_dict(),
             "budget": {"size": self.budget_size, "compressed": self.budget_compressed},
             "excluded": self.excluded, "origin": self.origin, "remote_ref": self.remote_ref,
+            "aliases": list(self.aliases),
             "gpu_archs": list(self.gpu_archs),
         }
 
@@ -509,43 +560,6 @@ def _rule_matches(rule: Rule, cell: Cell) -> bool:
     return True
 
 
-def _pick_base(setting: BaseSetting, py: str, *, explicit: bool, all_bases: dict[str, compat.BaseSpec],
-               where: str) -> str:
-    """The base for Python `py`: `setting` is a name or a Python -> name mapping. An explicit name is
-    kept (the Python check follows); a default one gives way to the one base that provides `py`."""
-    if isinstance(setting, dict):
-        mapping = {str(k): v for k, v in setting.items()}
-        if py not in mapping:
-            raise UserInputError(f"{where}: base: names no base for Python {py} "
-                                 f"(it maps {', '.join(sorted(mapping))})")
-        return mapping[py]
-    if explicit or setting not in all_bases or all_bases[setting].python == py:
-        return setting
-    default = all_bases[setting]
-    candidates = sorted(n for n, b in all_bases.items() if b.python == py and b.libc == default.libc)
-    if len(candidates) == 1:
-        return candidates[0]
-    if len(candidates) > 1:
-        raise UserInputError(f"{where}: several bases provide Python {py} ({', '.join(candidates)}); choose one "
-                             f"with base: {{\"{py}\": {candidates[0]}}}")
-    return setting  # the Python check reports it
-
-
-def _python_lists(mf: MatrixFile) -> dict[tuple[str, str], list[str]]:
-    """Every Python of each framework version (entry, then includes); the first, its primary, keeps plain tags."""
-    out: dict[tuple[str, str], list[str]] = {}
-    for fw_name, versions in mf.frameworks.items():
-        for ver, entry in versions.items():
-            out.setdefault((fw_name, ver), []).extend(
-                str(p) for p in (entry.python or mf.defaults.python) if str(p) not in out.get((fw_name, ver), []))
-    for inc in mf.include:
-        lst = out.setdefault((inc.framework, inc.version), [])
-        py = inc.python or (lst[0] if lst else str(mf.defaults.python[0]))
-        if py not in lst:
-            lst.append(py)
-    return out
-
-
 def _expand(m: Matrix) -> list[Cell]:
     src, mf = m.src, m.file
     cuda_data = compat.cuda()
@@ -622,20 +636,7 @@ def _expand(m: Matrix) -> list[Cell]:
             reqs = list(build.requirements)
             index_name = build.index
             if fv.gpu.runtime_wheels == "imagegen":
-                rel = cuda_data.releases[cuda_v]
-                wanted = fv.gpu.components or [c for c in cuda_data.components if c != "tensorrt"]
-                unknown = [c for c in wanted if c not in cuda_data.components]
-                if unknown:
-                    raise UserInputError(f"{where}: {fw_name} {ver} names CUDA components {', '.join(unknown)}, "
-                                         "which imagegen/data/cuda.yaml does not define")
-                missing = [c for c in wanted if c not in rel.wheels and c != "cudnn"]
-                if missing or ("cudnn" in wanted and cudnn_v not in cuda_data.cudnn_wheels):
-                    raise UserInputError(f"{where}: imagegen has no NVIDIA runtime wheel pins for CUDA {cuda_v} / "
-                                         f"cuDNN {cudnn_v} (add them to imagegen/data/cuda.yaml)")
-                for comp_name in wanted:
-                    comp = cuda_data.components[comp_name]
-                    pin = cuda_data.cudnn_wheels[cudnn_v] if comp_name == "cudnn" else rel.wheels[comp_name]
-                    reqs.append(f"{comp.package_for(cuda_v)}=={pin}")
+                reqs += _runtime_wheels(fv.gpu, cuda_v, cudnn_v, f"{where}: {fw_name} {ver}")
         trt_v, index_names = (trt.version if trt else None), ([index_name] if index_name else [])
         if trt is not None:
             reqs.extend(trt.requirements)
@@ -764,11 +765,33 @@ def _expand(m: Matrix) -> list[Cell]:
     for i, rule in enumerate(mf.exclude):
         if i not in used_excludes:
             raise _fail(src, ("exclude", i), "this exclude rule matches no cell (check the pattern)")
+    out = _with_aliases(m, out)
     if mf.default:
         _check_default(m, out)
     if not [c for c in out if not c.excluded]:
         raise _fail(src, ("frameworks",), "the matrix defines no cells")
     return out
+
+
+def _with_aliases(m: Matrix, cells: list[Cell]) -> list[Cell]:
+    """Computed and declared aliases of the active cells; two cells claiming one alias is an error."""
+    from . import aliases
+
+    cfg = m.file.aliases
+    rules = [((lambda c, r=r: _rule_matches(r, c)), r.tags, m.src.where(("aliases", "rules", i)))
+             for i, r in enumerate(cfg.rules)]
+    active = [c for c in cells if not c.excluded]
+    claims = aliases.compute(active, minor=cfg.minor, latest=cfg.latest, latest_flavor=cfg.latest_flavor,
+                             latest_device=cfg.latest_device, rules=rules,
+                             where=m.src.where(("aliases",)) if "aliases" in (m.src.data or {}) else "computed")
+    problems = aliases.conflicts(claims, {c.ref: c.origin for c in cells})
+    if problems:
+        raise UserInputError(f"{m.path}: {problems[0]}")
+    for i, r in enumerate(cfg.rules):
+        if not any(_rule_matches(r, c) for c in active):
+            raise _fail(m.src, ("aliases", "rules", i), "this alias rule matches no cell (check the pattern)")
+    mine = aliases.by_cell(claims)
+    return [_replace(c, aliases=mine.get(c.ref, ())) for c in cells]
 
 
 def _check_default(m: Matrix, cells: list[Cell]) -> None:
@@ -788,53 +811,6 @@ def _slim_rules(m: Matrix, override: dict[str, Any] | None, flavor: str) -> Slim
     values.update(m.file.defaults.slimming.model_dump(exclude_none=True) if flavor == "slim" else {})
     values.update(override or {})
     return SlimRules(**values)
-
-
-# --- selectors --------------------------------------------------------------------------------
-
-
-def resolve_selector(m: Matrix, pattern: str) -> list[Cell]:
-    """A short selector (gpu-cuda11.8-slim), a full tag (paddle:2.6.2-gpu-cuda11.8-cudnn8.6-slim),
-    a framework-scoped one (paddle:3.3.1-cpu-slim, torch:cpu-slim) or a glob (paddle:*-cpu-*)."""
-    pattern = pattern.strip()
-    if not pattern or len(pattern) > 200 or re.search(r"\s", pattern):
-        raise UserInputError(f"'{pattern}' is not a variant selector")
-    active = m.active
-
-    def names(c: Cell) -> list[str]:
-        return [c.ref, f"{c.framework}:{c.tag}", c.id, c.tag, c.selector, f"{c.framework}:{c.selector}",
-                f"{c.image}:{c.selector}", f"{c.framework}:{c.version}-{c.selector}",
-                f"{c.image}:{c.version}-{c.selector}", f"{c.version}-{c.selector}"]
-
-    if any(ch in pattern for ch in "*?["):
-        hits = [c for c in active if any(fnmatch.fnmatchcase(n, pattern) for n in names(c))]
-        if not hits:
-            raise UserInputError(f"variant pattern '{pattern}' matches no cell; try `imagegen list`")
-        return hits
-    for group in (lambda c: [c.ref, f"{c.framework}:{c.tag}", c.id],  # exact full names first
-                  lambda c: [c.tag, f"{c.framework}:{c.version}-{c.selector}", f"{c.image}:{c.version}-{c.selector}",
-                             f"{c.version}-{c.selector}"],
-                  None):
-        if group is None:
-            hits = [c for c in active if pattern in (c.selector, f"{c.framework}:{c.selector}",
-                                                      f"{c.image}:{c.selector}")]
-        else:
-            hits = [c for c in active if pattern in group(c)]
-        if len(hits) > 1 and group is None and m.file.default and ":" not in pattern:
-            fw, _, ver = m.file.default.partition(":")
-            scoped = [c for c in hits if c.framework == fw and (not ver or c.version == ver)]
-            if len(scoped) == 1:
-                return scoped
-        if len(hits) == 1:
-            return hits
-        if len(hits) > 1:
-            raise UserInputError(f"variant '{pattern}' is ambiguous; candidates: {', '.join(c.ref for c in hits)}")
-    excluded = [c for c in m.excluded if pattern in names(c)]
-    if excluded:
-        raise UserInputError(f"variant '{pattern}' is excluded from the matrix: {excluded[0].excluded}")
-    close = difflib.get_close_matches(pattern, sorted({n for c in active for n in (c.selector, c.ref)}), n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; try `imagegen list`"
-    raise UserInputError(f"no cell matches variant '{pattern}'{hint}")
 
 
 # --- JSON Schema ------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ BUILDER_ROLE = "builder"  # every cell's builder stage; its final stage uses cel
 @dataclass
 class BuildResult:
     cell: Cell
-    status: str  # built | skipped | failed
+    status: str  # built | skipped | tested (unchanged, tests ran) | failed
     image_id: str | None = None
     seconds: float = 0.0
     size: int | None = None
@@ -278,6 +278,29 @@ def abort_cleanup(tracker: Tracker = ACTIVE) -> None:
 # --- build ---------------------------------------------------------------------------------------
 
 
+def _unchanged(cell: Cell, *, run_tests: bool, progress: Progress, junit_dir: Path | None,
+               t0: float) -> BuildResult:
+    """The tag already holds an image built from these inputs. Skip it only if that exact image ID has a
+    passing test record (testrecord); otherwise run the suite on it now (unless --no-test)."""
+    from . import testrecord, testrun
+
+    info = engine.api().inspect_image(cell.ref)
+    if not run_tests or testrecord.find(info["Id"]):
+        progress.finish(cell, "up to date (skipped)")
+        note = "inputs unchanged" if testrecord.find(info["Id"]) else "inputs unchanged; untested (--no-test)"
+        return BuildResult(cell, "skipped", image_id=info["Id"], size=info["Size"],
+                           seconds=time.monotonic() - t0, message=note)
+    progress.update(cell, "inputs unchanged; no passing test record for this image: testing")
+    summary = testrun.test_image(cell, info["Id"], junit_dir=junit_dir)
+    if not summary.ok:
+        raise GateFailed(f"{cell.ref}: image {info['Id'][:19]} (inputs unchanged) failed its tests "
+                         f"({'; '.join(summary.reasons())[:400] or 'no checks ran'}); it has no test record, so "
+                         f"`imagegen publish` refuses it; JUnit XML: {summary.junit_path}")
+    progress.finish(cell, "tested")
+    return BuildResult(cell, "tested", image_id=info["Id"], size=info["Size"], seconds=time.monotonic() - t0,
+                       message="inputs unchanged; tests ran (no passing record for this image)")
+
+
 def _evict_and_raise(m: Matrix, cell: Cell, exc: ImagegenError) -> None:
     """Installing the locked wheels failed in the builder: hash the host cache's copies of the
     cell's wheels again, remove the corrupt ones, and name them in the one error line."""
@@ -300,10 +323,7 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
     if not force:
         quick = quick_key(rendered, base_ids(cell), lpath.read_bytes() if lpath.exists() else b"")
         if up_to_date(stamped_digest(cell, quick), current_digest(cell.ref)):
-            progress.finish(cell, "up to date (skipped)")
-            info = engine.api().inspect_image(cell.ref)
-            return BuildResult(cell, "skipped", image_id=info["Id"], size=info["Size"],
-                               seconds=time.monotonic() - t0, message="inputs unchanged")
+            return _unchanged(cell, run_tests=run_tests, progress=progress, junit_dir=junit_dir, t0=t0)
     root = paths.cache_root()
     root.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="imagegen-ctx-", dir=root))
@@ -317,8 +337,7 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
         quick = quick_key(rendered, prep.base_ids, prep.lock_path.read_bytes())
         if up_to_date(prep.digest, current_digest(cell.ref), force=force):
             write_stamp(cell, quick, prep.digest)
-            progress.finish(cell, "up to date (skipped)")
-            return BuildResult(cell, "skipped", seconds=time.monotonic() - t0, message="inputs unchanged")
+            return _unchanged(cell, run_tests=run_tests, progress=progress, junit_dir=junit_dir, t0=t0)
         try:
             image_id, step_images = docker_build(cell, prep.context, prep.digest, prep.closure, log_path, progress,
                                                  extra_labels=prep.labels,

@@ -74,7 +74,6 @@ def prune_config(cell: Cell) -> dict:
     if cell.device == "gpu":
         cuda = compat.cuda()
         links = {}
-        gpu = fw.versions[cell.version].gpu
         for name in dlopen_names(cell):
             hit = cuda.component_for_soname(name)
             if hit is None:

@@ -4,15 +4,15 @@ the terminal view, the HTML page, the comparison and the gates all read."""
 from __future__ import annotations
 
 import heapq
-import posixpath
 import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass
 
 from .categories import CATEGORIES, category_of, group_of, rule_for_file
-from .fsview import SymlinkLoop, View
+from ..scripts.elfmini import strip_hazard
+from ..savestream.fsview import SymlinkLoop, View
 from .packages import UNOWNED, Ownership
-from .scan import ImageScan, Rec
+from ..savestream.layers import ImageScan, Rec
 
 SCHEMA = "imagegen.audit/1"
 
@@ -121,7 +121,7 @@ def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id
             if fat:
                 cat_bytes["cuda_kernels"] += fat
             if (e.debug or e.symbols) and cat != "static_libs":
-                if ".libs/" in path:  # auditwheel-repaired: stripping corrupts them (FACTS trap 1)
+                if strip_hazard(path, (), patchelf_layout=e.patchelf_layout):  # FACTS trap 1
                     strip_skipped += 1
                 else:
                     strip_bytes += min(size, e.debug + e.symbols)
@@ -134,14 +134,17 @@ def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id
             rule_files[rule] += 1
         layer_visible[r.layer] += size
         layer_files[r.layer] += 1
-        d = posixpath.dirname(path)
-        while True:
+        cut = path.rfind("/")
+        parent = path[:cut] if cut > 0 else "/"
+        d = parent
+        while True:  # every ancestor directory (str.rfind: posixpath.dirname was the hot spot)
             dir_bytes[d] += size
             if d == "/":
                 break
-            d = posixpath.dirname(d)
+            cut = d.rfind("/")
+            d = d[:cut] if cut > 0 else "/"
         if path not in owner:
-            unowned_dirs[posixpath.dirname(path)] += size
+            unowned_dirs[parent] += size
             if len(top_unowned) < top:
                 heapq.heappush(top_unowned, (size, path))
             elif size > top_unowned[0][0]:

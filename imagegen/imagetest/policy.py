@@ -12,7 +12,8 @@ import posixpath
 import re
 from typing import Callable
 
-from .inventory import ELF, ELF_SYMTAB, T, resolve
+from ..scripts.elfmini import strip_hazard
+from .inventory import ELF, ELF_PATCHED, ELF_SYMTAB, T, resolve
 
 Files = dict[str, list]
 
@@ -83,30 +84,17 @@ def apt_lists(files: Files, allow: list[str] = []) -> list[str]:
 
 
 def unstripped(files: Files, allow: list[str] = []) -> list[str]:
-    """ELF objects that still carry a symbol table, except auditwheel's `<pkg>.libs/` copies
-    (stripping those corrupts them) and Python's own debug helpers."""
+    """ELF objects that still carry a symbol table, except those `strip` must not touch
+    (`imagegen.scripts.elfmini.strip_hazard`: auditwheel's `<pkg>.libs/` copies and files in
+    patchelf's layout; stripping those corrupts them)."""
     out = []
     for p, e in files.items():
-        if e[T] == "f" and e[ELF] == ELF_SYMTAB:
-            if any(part.endswith(".libs") for part in p.split("/")[:-1]):
-                continue
-            if _vendoring_package(files, p):
+        if e[T] == "f" and e[ELF] in (ELF_SYMTAB, ELF_PATCHED):
+            # the one strip predicate (shared with the prune rule and the audit's suggestion)
+            if strip_hazard(p, (), patchelf_layout=e[ELF] == ELF_PATCHED):
                 continue
             out.append(p)
     return sorted(x for x in out if not _allowed(x, allow))
-
-
-def _vendoring_package(files: Files, path: str) -> bool:
-    """True for an extension module in a site-packages that holds auditwheel `*.libs/` directories:
-    auditwheel patched such modules with a RUNPATH into `<dist>.libs` (numpy -> numpy.libs, PIL ->
-    pillow.libs), and the prune rule spares them from strip (elfmini.strip_hazard). The image inventory
-    is read forward only and carries no RUNPATH, so this stands in for that exact test."""
-    parts = path.split("/")
-    if "site-packages" not in parts or not parts[-1].endswith(".so") or ".cpython-" not in parts[-1] \
-            and ".abi3." not in parts[-1]:
-        return False
-    sp = "/".join(parts[:parts.index("site-packages") + 1]) + "/"
-    return any(k.startswith(sp) and k[len(sp):].split("/", 1)[0].endswith(".libs") for k in files)
 
 
 def shells(files: Files, allow: list[str] = []) -> list[str]:
