@@ -103,7 +103,9 @@ def runtime_env(cell: Cell) -> list[tuple[str, str]]:
         ("LANG", "C.UTF-8"),
         ("PYTHONUNBUFFERED", "1"),
     ]
-    if cell.slimming.bytecode == "drop":
+    if cell.slimming.bytecode in ("compile", "drop"):
+        # compile: the shipped .pyc files are unchecked-hash and are read, never rewritten; this
+        # only keeps Python from writing .pyc files for anything else (e.g. a mounted script)
         env.append(("PYTHONDONTWRITEBYTECODE", "1"))
     if cell.device == "gpu":
         env += [
@@ -112,6 +114,16 @@ def runtime_env(cell: Cell) -> list[tuple[str, str]]:
             ("NVIDIA_REQUIRE_CUDA", f"cuda>={cell.cuda}"),
         ]
     return env
+
+
+def stdlib_bytecode_dir(cell: Cell, roles: dict) -> str | None:
+    """The runtime's standard library, when the cell ships bytecode and its runtime role was
+    unpacked without maintainer scripts (mmdebstrap `extract`: Debian's py3compile never ran,
+    so the standard library has no .pyc); else None."""
+    role = roles.get(cell.runtime_role)
+    if cell.slimming.bytecode == "drop" or role is None or role.variant != "extract":
+        return None
+    return f"/usr/lib/python{cell.python}"
 
 
 def pruned_dlopen_names(cell: Cell) -> list[str]:
@@ -163,6 +175,7 @@ def render_cell(m: Matrix, cell: Cell, tdir: Path | None = None) -> Rendered:
         "gpu_libdirs": (cfg["cuda"] or {}).get("libdirs", []),
         "driver_min": compat.cuda().releases[cell.cuda].driver_min if cell.cuda else None,
         "env": [f"{k}={shlex.quote(v)}" for k, v in runtime_env(cell)],
+        "stdlib_bytecode": stdlib_bytecode_dir(cell, roles),
     }
     try:
         dockerfile = env.get_template("Dockerfile.j2").render(**ctx)
@@ -236,5 +249,6 @@ def build_context_files() -> dict[str, Path]:
     return {
         "imagegen/prune.py": SCRIPTS / "prune.py",
         "imagegen/install.py": SCRIPTS / "install.py",
+        "imagegen/compile_bytecode.py": SCRIPTS / "compile_bytecode.py",
         "imagegen/sysroot.py": SCRIPTS / "sysroot.py",
     }

@@ -3,6 +3,8 @@
 
 Each rule removes one kind of thing and reports the bytes it saved. Rules that are off in
 prune.json are measured anyway ("would save"), so the build log shows what they'd give.
+Last, the bytecode step compiles what is left (compile_bytecode.py), in the same RUN as the
+install, so no layer holds the environment both with and without .pyc files.
 Also prepares GPU library links and the loader configuration (ld.so.conf.d) for the runtime.
 
 Writes <stage>/etc/imagegen/prune-report.json and prints it on one line prefixed with
@@ -83,8 +85,6 @@ class Pruner:
 
     def apply(self, rule: str, paths: list[Path]) -> None:
         on = bool(self.rules.get(rule))
-        if rule == "bytecode":
-            on = self.rules.get("bytecode") == "drop"
         saved = 0
         count = 0
         for p in paths:
@@ -108,7 +108,7 @@ class Pruner:
         for rule in sorted(self.globs):  # path rules, from imagegen/data/prune.yaml + the framework's data
             paths = [p for g in self.globs[rule] for p in self.expand(g)]
             self.apply(rule, paths)
-        tests, headers, static, caches, bytecode = [], [], [], [], []
+        tests, headers, static, caches = [], [], [], []
         for root, dirs, files in self.walk():
             for d in list(dirs):
                 p = root / d
@@ -121,8 +121,7 @@ class Pruner:
                     headers.append(p)
                     dirs.remove(d)
                 elif d == "__pycache__":
-                    bytecode.append(p)
-                    dirs.remove(d)
+                    dirs.remove(d)  # the bytecode step replaces it
                 elif d in (".cache", "pip-cache"):
                     caches.append(p)
                     dirs.remove(d)
@@ -132,15 +131,29 @@ class Pruner:
                     headers.append(p)
                 elif f.endswith(".a") and not p.is_symlink():
                     static.append(p)
-                elif f.endswith(".pyc"):
-                    bytecode.append(p)
         self.apply("tests", tests)
         self.apply("headers", headers)
         self.apply("static_libs", static)
         self.apply("caches", caches)
-        self.apply("bytecode", bytecode)
         self.strip()
+        self.bytecode()
         return self.report
+
+    def bytecode(self) -> None:
+        """Last, on what the other rules left: `compile` (slim default) writes unchecked-hash .pyc
+        files (compile_bytecode.py says why), `keep` (full) timestamp-checked ones, so an edited
+        source is picked up in a development image; `drop` ships none and reports what that saves
+        (compiled, measured, removed: the cost side is the cold-start benchmark's)."""
+        import compile_bytecode as bc
+
+        mode = self.rules.get("bytecode") or "compile"
+        bc.remove_bytecode(self.venv)  # whatever the installer wrote, before pruning
+        stats = bc.compile_tree(self.site, mode="timestamp" if mode == "keep" else "unchecked-hash")
+        if mode == "drop":
+            bc.remove_bytecode(self.venv)
+        self.report["bytecode"] = {"enabled": mode == "drop", "mode": mode, "bytes": stats["bytes"],
+                                   "paths": stats["files"], "invalidation_mode": stats["invalidation_mode"],
+                                   "compile_errors": stats["errors"], "compile_seconds": stats["seconds"]}
 
     def strip(self) -> None:
         """strip --strip-unneeded every ELF file that still has symbols or debug info, in parallel
