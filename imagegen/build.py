@@ -26,7 +26,7 @@ from pathlib import Path
 import docker.errors
 import requests.exceptions
 
-from . import compat, engine, render
+from . import coldstart, compat, engine, render
 from .console import err, log
 from .errors import EngineError, GateFailed, ImagegenError, UserInputError
 from .matrix import Cell, Matrix
@@ -440,7 +440,7 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
             return BuildResult(cell, "skipped", seconds=time.monotonic() - t0, message="inputs unchanged")
         image_id, step_images = docker_build(prep, log_path, progress, no_cache=no_cache)
         _track("images", image_id)
-        report = prune_report_from_log(log_path)
+        report = coldstart.annotate_prune_report(cell.ref, prune_report_from_log(log_path))
         if run_tests:
             progress.update(cell, "testing")
             from . import testrun

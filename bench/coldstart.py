@@ -1,0 +1,227 @@
+#!/usr/bin/env python3
+"""Cold-start benchmark: `docker run` to the end of `import <framework>`, and `docker run` to the
+first smoke-inference output, for imagegen's cells against the most favourable naive single-stage
+build of the same locked wheels, measured side by side (interleaved) in one run.
+
+For each cell, three images (built first, not timed):
+  naive    FROM the cell's Debian builder base (Python and its stdlib bytecode already there);
+           COPY the same locked wheelhouse; `pip install` into a venv (pip writes .pyc files).
+           The "pip only" variant of bench/build_bench.py: nothing else in the image.
+  imagegen the cell as `imagegen build` makes it (slim cells: bytecode compiled at build time).
+  drop     slim cells only: the same cell with `slimming: {bytecode: drop}` (the rule's old
+           default), built untagged and tagged imagegen-bench/coldstart-drop:<cell>.
+Each figure is the median of --runs runs (after one discarded warm-up run per image), with
+`docker run --rm --network none`; the host times from starting `docker run` to reading the
+marker line the container prints. Images run with their own user, HOME and environment.
+
+Writes bench/results-coldstart.json (read by `imagegen audit` and the build's slimming report for
+the bytecode rule's trade-off; a copy goes to $IMAGEGEN_CACHE/bench/coldstart.json) and prints a
+Markdown table on stdout.
+
+    python bench/coldstart.py                              # the CPU cells, 5 runs each
+    python bench/coldstart.py --cell torch:cpu-slim --runs 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import importlib.util
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from imagegen import build, coldstart, compat, engine, matrix  # noqa: E402
+
+NAIVE = """FROM {builder}
+COPY wheels/ /tmp/wheels/
+RUN python{py} -m venv /opt/venv \\
+ && /opt/venv/bin/python -m pip install --no-index --find-links /tmp/wheels -r /tmp/wheels/requirements.lock \\
+ && rm -rf /tmp/wheels
+ENV PATH=/opt/venv/bin:$PATH
+"""
+
+DEFAULT_CELLS = ["paddle:3.3.1-cpu-slim", "onnxruntime:cpu-slim", "torch:cpu-slim", "paddle:3.3.1-cpu-full"]
+MOUNT = "/.imagegen-bench"
+IMPORTED = "IMAGEGEN-IMPORTED"
+RESULT = "IMAGEGEN-RESULT "
+TIMEOUT = 300
+
+
+def docker_build(path: Path, tag: str) -> None:
+    for chunk in engine.api().build(path=str(path), tag=tag, rm=True, forcerm=True, decode=True, pull=False):
+        if "error" in chunk:
+            raise SystemExit(f"naive build failed: {chunk['error']}")
+
+
+def _link(src: str, dst: str) -> None:
+    try:
+        Path(dst).hardlink_to(src)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def smoke_dir(cell: matrix.Cell, work: Path) -> tuple[Path, list[str]]:
+    """The cell's smoke script (and the data its host half prepares) in a directory any UID can read."""
+    src = compat.smoke_script(cell.fw)
+    d = work / "smoke"
+    d.mkdir()
+    shutil.copyfile(src, d / "smoke.py")
+    args: list[str] = []
+    tree = ast.parse(src.read_text())
+    if any(isinstance(n, ast.FunctionDef) and n.name == "host_prepare" for n in tree.body):
+        spec = importlib.util.spec_from_file_location(f"imagegen_bench_smoke_{cell.framework}", src)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        args = list(mod.host_prepare(str(d / "data")) or []) + [f"{MOUNT}/data"]
+    for p in [d, *d.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return d, args
+
+
+def timed_run(image: str, mount: Path, argv: list[str], marker: str) -> float:
+    """Seconds from starting `docker run` to the marker line on the container's stdout."""
+    cmd = ["docker", "run", "--rm", "--network", "none", "-v", f"{mount}:{MOUNT}:ro", "--entrypoint", argv[0],
+           image, *argv[1:]]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = None
+    out = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        out.append(line)
+        if seen is None and line.startswith(marker):
+            seen = time.monotonic() - t0
+    try:
+        _, err = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise SystemExit(f"{image}: {' '.join(argv)} timed out") from None
+    if seen is None or proc.returncode != 0:
+        raise SystemExit(f"{image}: {' '.join(argv)} failed (exit {proc.returncode}): {(err or ''.join(out))[-800:]}")
+    if marker == RESULT:
+        result = json.loads(next(x for x in out if x.startswith(RESULT))[len(RESULT):])
+        if not result.get("ok"):
+            raise SystemExit(f"{image}: smoke inference did not pass: {result}")
+    return seen
+
+
+def build_images(m: matrix.Matrix, cell: matrix.Cell, work: Path) -> dict[str, str]:
+    """naive, imagegen (and drop for slim cells): image references."""
+    images = {}
+    prep = build.prepare(m, cell, work / "prep")
+    naive_ctx = work / "naive"
+    naive_ctx.mkdir()
+    shutil.copytree(prep.context / "wheels", naive_ctx / "wheels", copy_function=_link)
+    (naive_ctx / "Dockerfile").write_text(NAIVE.format(builder=prep.refs["builder"], py=cell.python))
+    images["naive"] = f"imagegen-bench/coldstart-naive:{cell.id}"
+    docker_build(naive_ctx, images["naive"])
+    r = subprocess.run([sys.executable, "-m", "imagegen", "build", "--variant", cell.ref, "--no-test", "--json"],
+                       cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"imagegen build {cell.ref} failed: {r.stderr[-1500:]}")
+    images["imagegen"] = cell.ref
+    if cell.flavor == "slim" and cell.slimming.bytecode != "drop":
+        drop = dataclasses.replace(cell, slimming=dataclasses.replace(cell.slimming, bytecode="drop"))
+        dprep = build.prepare(m, drop, work / "drop")
+        image_id, steps = build.docker_build(dprep, work / "drop.log", build._Progress())
+        build.remove_images(steps, keep={image_id})
+        images["drop"] = f"imagegen-bench/coldstart-drop:{cell.id}"
+        engine.api().tag(image_id, *images["drop"].rsplit(":", 1), force=True)
+    return images
+
+
+def bench_cell(m: matrix.Matrix, cell: matrix.Cell, runs: int) -> dict:
+    api = engine.api()
+    work = Path(tempfile.mkdtemp(prefix="imagegen-coldstart-"))
+    work.chmod(0o755)
+    images: dict[str, str] = {}
+    try:
+        images = build_images(m, cell, work)
+        mount, args = smoke_dir(cell, work)
+        py = f"python{cell.python}"
+        probes = {
+            "import": ([py, "-c", f"import {cell.fw.import_name}; print({IMPORTED!r}, flush=True)"], IMPORTED),
+            "first_inference": ([py, f"{MOUNT}/smoke.py", "cpu", *args], RESULT),
+        }
+        times: dict[str, dict[str, list[float]]] = {k: {p: [] for p in probes} for k in images}
+        for i in range(runs + 1):  # run 0 is the warm-up (page cache), not counted
+            for probe, (argv, marker) in probes.items():
+                for kind, ref in images.items():  # interleaved: machine noise hits every image alike
+                    s = timed_run(ref, mount, argv, marker)
+                    if i:
+                        times[kind][probe].append(round(s, 3))
+            print(f"{cell.ref}: run {i}/{runs} done", file=sys.stderr)
+        row: dict = {"cell": cell.ref, "flavor": cell.flavor, "runs": runs, "budget": cell.budget_size,
+                     "bytecode": cell.slimming.bytecode,
+                     "measured_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        for kind, ref in images.items():
+            info = api.inspect_image(ref)
+            row[kind] = {"image": ref, "id": info["Id"], "bytes": info["Size"],
+                         **{p: statistics.median(v) for p, v in times[kind].items()},
+                         "samples": times[kind]}
+        if "drop" in row:
+            row["bytecode_rule"] = {
+                "bytes": row["imagegen"]["bytes"] - row["drop"]["bytes"],
+                "import_s": round(row["drop"]["import"] - row["imagegen"]["import"], 3),
+                "first_inference_s": round(row["drop"]["first_inference"] - row["imagegen"]["first_inference"], 3),
+            }
+        return row
+    finally:
+        for kind in ("naive", "drop"):
+            if kind in images:
+                try:
+                    api.remove_image(images[kind], force=True)
+                except Exception:  # noqa: BLE001
+                    pass
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def mb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e6:,.0f} MB"
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| cell | size (naive / imagegen / budget) | import: naive | import: imagegen | ratio | "
+           "first inference: naive | first inference: imagegen | ratio | `bytecode: drop` instead |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        n, g = r["naive"], r["imagegen"]
+        d = r.get("drop")
+        drop = (f"{d['import']:.2f} s / {d['first_inference']:.2f} s, saves {mb(r['bytecode_rule']['bytes'])}"
+                if d else "-")
+        out.append(f"| `{r['cell']}` | {mb(n['bytes'])} / **{mb(g['bytes'])}** / {mb(r['budget'])} | "
+                   f"{n['import']:.2f} s | **{g['import']:.2f} s** | {g['import'] / n['import']:.2f}× | "
+                   f"{n['first_inference']:.2f} s | **{g['first_inference']:.2f} s** | "
+                   f"{g['first_inference'] / n['first_inference']:.2f}× | {drop} |")
+    return "\n".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cell", action="append", help="selector (repeatable); default: the CPU cells")
+    ap.add_argument("--runs", type=int, default=5, help="measured runs per image and figure (median; default 5)")
+    ap.add_argument("--matrix", default=str(ROOT / "matrix.yaml"))
+    args = ap.parse_args()
+    if args.runs < 1:
+        raise SystemExit("--runs must be at least 1")
+    m = matrix.load(args.matrix)
+    cells = m.select(args.cell or DEFAULT_CELLS)
+    rows = [bench_cell(m, c, args.runs) for c in cells]
+    doc = coldstart.save(rows, ROOT / "bench" / "results-coldstart.json")
+    print(table(doc["cells"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
