@@ -113,7 +113,7 @@ def test_cmd(
     all_: AllOpt = False,
     junit: Annotated[Optional[Path], typer.Option("--junit", help="JUnit XML file (or directory) to write.")]
     = Path("reports/junit-images.xml"),
-    check: Annotated[Optional[list[str]], typer.Option("--check", help="Only these check modules (smoke, "
+    check: Annotated[Optional[list[str]], typer.Option("--check", help="Only these check modules (smoke, bytecode, "
                                                        "gpu_ready, tag, policy, budget, hardening).")] = None,
     keyword: Annotated[Optional[str], typer.Option("-k", help="pytest -k expression over check names.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show every check as it runs.")] = False,

@@ -29,9 +29,12 @@ POLICY_RULES: dict[str, str] = {
     "single_python": "exactly one Python installation",
     "deps_consistent": "every installed distribution's requirements are satisfied (pip check)",
     "labels": "OCI and imagegen labels present and matching the cell",
+    "bytecode_compiled": "every Python source has unchecked-hash bytecode, and a start rewrites none",
 }
 
-SLIM_POLICY: dict[str, bool] = {name: True for name in POLICY_RULES}
+# bytecode_compiled is a promise of imagegen's build (`slimming: {bytecode: compile}`), so only
+# policy_for() turns it on, for cells built that way; a hand-made target is not held to it.
+SLIM_POLICY: dict[str, bool] = {name: name != "bytecode_compiled" for name in POLICY_RULES}
 # full = the dev role (pip, headers, toolchain, a shell): only what still makes sense there.
 FULL_POLICY: dict[str, bool] = {
     **{name: False for name in POLICY_RULES},
@@ -167,6 +170,7 @@ def policy_for(flavor: str, slimming: dict[str, Any] | None = None) -> dict[str,
         if s.get(key) is not None:
             for r in rules:
                 base[r] = bool(s[key])
+    base["bytecode_compiled"] = flavor == "slim" and s.get("bytecode") == "compile"
     return base
 
 
