@@ -406,13 +406,20 @@ def remove_images(ids: list[str], keep: set[str]) -> None:
 
 
 def prune_report_from_log(log_path: Path) -> dict | None:
+    """The builder's prune report, with the runtime standard library's bytecode (sysroot stage)
+    as "stdlib_bytecode" when the cell compiles it."""
+    report = stdlib = None
     try:
         for line in log_path.read_text(errors="replace").splitlines():
             if line.startswith("IMAGEGEN-PRUNE-REPORT "):
-                return json.loads(line.split(" ", 1)[1])
+                report = json.loads(line.split(" ", 1)[1])
+            elif line.startswith("IMAGEGEN-STDLIB-BYTECODE "):
+                stdlib = json.loads(line.split(" ", 1)[1])
     except (OSError, ValueError):
         return None
-    return None
+    if report is not None and stdlib is not None:
+        report["stdlib_bytecode"] = stdlib
+    return report
 
 
 def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: _Progress,

@@ -81,11 +81,14 @@ def bytecode_tradeoff(cell_ref: str | None, nbytes: int, *, shipped: bool = True
 
 
 def annotate_prune_report(cell_ref: str, report: dict | None) -> dict | None:
-    """Add the benchmark's cold-start cost to the bytecode entry of a build's prune report."""
+    """Add the benchmark's cold-start cost to the bytecode entry of a build's prune report (bytes:
+    the environment's .pyc plus the runtime standard library's, when the cell ships both)."""
     if not report or "bytecode" not in (report.get("rules") or {}):
         return report
     entry = report["rules"]["bytecode"]
-    t = bytecode_tradeoff(cell_ref, int(entry.get("bytes") or 0), shipped=entry.get("mode") != "drop")
+    shipped = entry.get("mode") != "drop"
+    nbytes = int(entry.get("bytes") or 0) + (int((report.get("stdlib_bytecode") or {}).get("bytes") or 0) if shipped else 0)
+    t = bytecode_tradeoff(cell_ref, nbytes, shipped=shipped)
     entry["cold_start_s"] = t["cold_start_s"]
     entry["cold_start_measured"] = t["measured"]
     entry["tradeoff"] = t["text"]

@@ -66,3 +66,17 @@ def test_prune_report_gets_the_tradeoff(tmp_path, monkeypatch):
     assert out["cold_start_measured"] == "not measured"
     assert out["tradeoff"].startswith("bytecode: drop saves 30.0 MB of .pyc; its cold-start cost is not measured")
     assert coldstart.annotate_prune_report("p", None) is None
+
+
+def test_prune_report_counts_the_stdlib_bytecode(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMAGEGEN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(coldstart, "repo_path", lambda: tmp_path / "none.json")
+    from imagegen.build import prune_report_from_log
+
+    log = tmp_path / "build.log"
+    log.write_text('Step 9/20 : RUN ...\nIMAGEGEN-STDLIB-BYTECODE {"bytes": 12000000, "files": 600}\n'
+                   'IMAGEGEN-PRUNE-REPORT {"rules": {"bytecode": {"enabled": false, "mode": "compile", '
+                   '"bytes": 30000000}}}\n')
+    rep = coldstart.annotate_prune_report("p:1-cpu-slim", prune_report_from_log(log))
+    assert rep["stdlib_bytecode"]["files"] == 600
+    assert rep["rules"]["bytecode"]["tradeoff"].startswith("bytecode: drop would save 42.0 MB of .pyc")
