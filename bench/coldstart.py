@@ -117,9 +117,31 @@ def timed_run(image: str, mount: Path, argv: list[str], marker: str) -> float:
     return seen
 
 
-def build_images(m: matrix.Matrix, cell: matrix.Cell, work: Path) -> dict[str, str]:
-    """naive, imagegen (and drop for slim cells): image references."""
-    images = {}
+TRANSIENT = ("failed to create endpoint", "could not find bridge")  # another daemon on the host touched docker0
+
+
+def retried(what: str, fn, tries: int = 4):
+    """fn() again after a transient engine networking error (the build's RUN steps that fetch
+    Debian packages need the default bridge)."""
+    for i in range(tries):
+        try:
+            return fn()
+        except (SystemExit, Exception) as exc:  # noqa: BLE001
+            if i == tries - 1 or not any(t in str(exc) for t in TRANSIENT):
+                raise
+            print(f"{what}: transient engine error, retrying in 15 s: {str(exc)[:200]}", file=sys.stderr)
+            time.sleep(15)
+
+
+def imagegen_build(cell: matrix.Cell) -> None:
+    r = subprocess.run([sys.executable, "-m", "imagegen", "build", "--variant", cell.ref, "--no-test", "--json"],
+                       cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"imagegen build {cell.ref} failed: {r.stderr[-1500:]}")
+
+
+def build_images(m: matrix.Matrix, cell: matrix.Cell, work: Path, images: dict[str, str]) -> None:
+    """Fill images with naive, imagegen (and drop for slim cells) image references."""
     prep = build.prepare(m, cell, work / "prep")
     naive_ctx = work / "naive"
     naive_ctx.mkdir()
@@ -127,19 +149,19 @@ def build_images(m: matrix.Matrix, cell: matrix.Cell, work: Path) -> dict[str, s
     (naive_ctx / "Dockerfile").write_text(NAIVE.format(builder=prep.refs["builder"], py=cell.python))
     images["naive"] = f"imagegen-bench/coldstart-naive:{cell.id}"
     docker_build(naive_ctx, images["naive"])
-    r = subprocess.run([sys.executable, "-m", "imagegen", "build", "--variant", cell.ref, "--no-test", "--json"],
-                       cwd=ROOT, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"imagegen build {cell.ref} failed: {r.stderr[-1500:]}")
+    retried(cell.ref, lambda: imagegen_build(cell))
     images["imagegen"] = cell.ref
     if cell.flavor == "slim" and cell.slimming.bytecode != "drop":
         drop = dataclasses.replace(cell, slimming=dataclasses.replace(cell.slimming, bytecode="drop"))
-        dprep = build.prepare(m, drop, work / "drop")
-        image_id, steps = build.docker_build(dprep, work / "drop.log", build._Progress())
-        build.remove_images(steps, keep={image_id})
+
+        def build_drop() -> tuple[str, list[str]]:
+            dprep = build.prepare(m, drop, work / "drop")
+            return build.docker_build(dprep, work / "drop.log", build._Progress())
+
+        image_id, steps = retried(f"{cell.ref} (bytecode: drop)", build_drop)
         images["drop"] = f"imagegen-bench/coldstart-drop:{cell.id}"
         engine.api().tag(image_id, *images["drop"].rsplit(":", 1), force=True)
-    return images
+        build.remove_images(steps, keep={image_id})
 
 
 def bench_cell(m: matrix.Matrix, cell: matrix.Cell, runs: int) -> dict:
@@ -148,7 +170,7 @@ def bench_cell(m: matrix.Matrix, cell: matrix.Cell, runs: int) -> dict:
     work.chmod(0o755)
     images: dict[str, str] = {}
     try:
-        images = build_images(m, cell, work)
+        build_images(m, cell, work, images)
         mount, args = smoke_dir(cell, work)
         py = f"python{cell.python}"
         probes = {
