@@ -77,7 +77,7 @@ class Slimming(_Model):
     tests: bool | None = None
     headers: bool | None = None
     caches: bool | None = None
-    bytecode: Literal["compile", "keep", "drop"] | None = None
+    bytecode: Literal["compile", "all", "keep", "drop"] | None = None
     static_libs: bool | None = None
     strip: bool | None = None
     pip: bool | None = None

@@ -72,6 +72,7 @@ def prune_config(cell: Cell) -> dict:
         "rules": rules,
         "globs": globs,
         "protect": data.get("protect", []),
+        "bytecode": bytecode_config(cell),
         "cuda": None,
     }
     if cell.device == "gpu":
@@ -116,14 +117,27 @@ def runtime_env(cell: Cell) -> list[tuple[str, str]]:
     return env
 
 
-def stdlib_bytecode_dir(cell: Cell, roles: dict) -> str | None:
-    """The runtime's standard library, when the cell ships bytecode and its runtime role was
-    unpacked without maintainer scripts (mmdebstrap `extract`: Debian's py3compile never ran,
-    so the standard library has no .pyc); else None."""
-    role = roles.get(cell.runtime_role)
-    if cell.slimming.bytecode == "drop" or role is None or role.variant != "extract":
-        return None
-    return f"/usr/lib/python{cell.python}"
+def bytecode_config(cell: Cell) -> dict:
+    """What the builder's bytecode step needs (imagegen/scripts/compile_bytecode.py):
+    trace: `compile` and `drop` trace what `import <framework>` loads, with the closure's
+    libraries (the sysroot stage's output, copied to /tmp/sysroot) on the loader path;
+    stdlib: the runtime's standard library, when the cell ships bytecode and its runtime role was
+    unpacked without maintainer scripts (mmdebstrap `extract`: Debian's py3compile never ran, so
+    it has no .pyc); its sources are copied to `src` in the builder."""
+    mode = cell.slimming.bytecode
+    base = cell.base_spec
+    role = base.role(cell.runtime_role) if base is not None and cell.runtime_role in base.roles else None
+    trace = mode in ("compile", "drop")
+    stdlib = None
+    if mode in ("compile", "all") and role is not None and role.variant == "extract":
+        stdlib = {"src": "/tmp/stdlib", "ddir": f"/usr/lib/python{cell.python}"}
+    return {
+        "trace": trace,
+        "import": cell.fw.import_name if trace else None,
+        "python": f"{VENV}/bin/python",
+        "libdirs": ["/tmp/sysroot/usr/lib/x86_64-linux-gnu", "/tmp/sysroot/lib/x86_64-linux-gnu"] if trace else [],
+        "stdlib": stdlib,
+    }
 
 
 def pruned_dlopen_names(cell: Cell) -> list[str]:
@@ -175,7 +189,7 @@ def render_cell(m: Matrix, cell: Cell, tdir: Path | None = None) -> Rendered:
         "gpu_libdirs": (cfg["cuda"] or {}).get("libdirs", []),
         "driver_min": compat.cuda().releases[cell.cuda].driver_min if cell.cuda else None,
         "env": [f"{k}={shlex.quote(v)}" for k, v in runtime_env(cell)],
-        "stdlib_bytecode": stdlib_bytecode_dir(cell, roles),
+        "bytecode": cfg["bytecode"],
     }
     try:
         dockerfile = env.get_template("Dockerfile.j2").render(**ctx)

@@ -29,7 +29,7 @@ POLICY_RULES: dict[str, str] = {
     "single_python": "exactly one Python installation",
     "deps_consistent": "every installed distribution's requirements are satisfied (pip check)",
     "labels": "OCI and imagegen labels present and matching the cell",
-    "bytecode_compiled": "every Python source has unchecked-hash bytecode, and a start rewrites none",
+    "bytecode_compiled": "what `import <framework>` loads has unchecked-hash bytecode, and a start rewrites none",
 }
 
 # bytecode_compiled is a promise of imagegen's build (`slimming: {bytecode: compile}`), so only

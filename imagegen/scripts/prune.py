@@ -58,6 +58,7 @@ class Pruner:
         self.rules = cfg["rules"]
         self.globs = cfg["globs"]
         self.protect = cfg.get("protect", [])
+        self.stage = Path("/opt/imagegen-stage")  # main() sets the --stage directory
         self.report: dict[str, dict] = {}
 
     # -- helpers ------------------------------------------------------------------------------
@@ -140,20 +141,39 @@ class Pruner:
         return self.report
 
     def bytecode(self) -> None:
-        """Last, on what the other rules left: `compile` (slim default) writes unchecked-hash .pyc
-        files (compile_bytecode.py says why), `keep` (full) timestamp-checked ones, so an edited
-        source is picked up in a development image; `drop` ships none and reports what that saves
-        (compiled, measured, removed: the cost side is the cold-start benchmark's)."""
+        """Last, on what the other rules left (compile_bytecode.py says why, and how):
+        `compile` (slim default): unchecked-hash .pyc for what `import <framework>` loads, traced
+        here with the environment's own Python, in the venv and (from a copy of the runtime's
+        sources, into the stage) in the runtime's standard library; `all`: every source;
+        `keep` (full): timestamp-checked .pyc for every source, so an edited source is picked up;
+        `drop`: none, and the report says what `compile` would have shipped in the venv."""
         import compile_bytecode as bc
 
         mode = self.rules.get("bytecode") or "compile"
+        spec = self.cfg.get("bytecode") or {}
         bc.remove_bytecode(self.venv)  # whatever the installer wrote, before pruning
-        stats = bc.compile_tree(self.site, mode="timestamp" if mode == "keep" else "unchecked-hash")
+        std = spec.get("stdlib")
+        stdlib = (Path(std["src"]), std["ddir"], self.stage) if std and mode in ("compile", "all") else None
+        if mode == "keep":
+            res = {"scope": "all", "venv": bc.compile_tree(self.site, mode="timestamp"), "stdlib": None,
+                   "trace_error": ""}
+        elif mode == "all" or not spec.get("import"):
+            res = {"scope": "all", "venv": bc.compile_tree(self.site), "stdlib": None, "trace_error": ""}
+            if stdlib:
+                res["stdlib"] = bc.compile_tree(stdlib[0], ddir=stdlib[1])
+                bc.move_pycache(stdlib[0], stdlib[2] / stdlib[1].lstrip("/"))
+        else:
+            res = bc.compile_imported(self.site, spec.get("python") or str(self.venv / "bin" / "python"),
+                                      spec["import"], libdirs=spec.get("libdirs") or [], stdlib=stdlib)
         if mode == "drop":
             bc.remove_bytecode(self.venv)
-        self.report["bytecode"] = {"enabled": mode == "drop", "mode": mode, "bytes": stats["bytes"],
-                                   "paths": stats["files"], "invalidation_mode": stats["invalidation_mode"],
-                                   "compile_errors": stats["errors"], "compile_seconds": stats["seconds"]}
+        venv = res["venv"]
+        self.report["bytecode"] = {
+            "enabled": mode == "drop", "mode": mode, "scope": res["scope"], "bytes": venv["bytes"],
+            "paths": venv["files"], "invalidation_mode": venv["invalidation_mode"],
+            "compile_errors": venv["errors"], "compile_seconds": venv["seconds"],
+            "stdlib": res["stdlib"], "trace_error": res["trace_error"],
+        }
 
     def strip(self) -> None:
         """strip --strip-unneeded every ELF file that still has symbols or debug info, in parallel
@@ -278,9 +298,10 @@ def main() -> int:
     args = ap.parse_args()
     cfg = json.loads(args.config.read_text())
     before = tree_size(args.venv)
-    pruner = Pruner(cfg, args.venv)
-    report = pruner.run()
     args.stage.mkdir(parents=True, exist_ok=True)
+    pruner = Pruner(cfg, args.venv)
+    pruner.stage = args.stage
+    report = pruner.run()
     gpu = cuda_setup(cfg, pruner.site, args.stage)
     after = tree_size(args.venv)
     result = {"cell": cfg["cell"], "venv_bytes_before": before, "venv_bytes_after": after, "rules": report,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -28,8 +29,9 @@ def venv(tmp_path) -> Path:
     site = v / "lib" / PY / "site-packages"
     pkg = site / "tinypkg"
     (pkg / "tests").mkdir(parents=True)
-    (pkg / "__init__.py").write_text("VALUE = 42\n")
+    (pkg / "__init__.py").write_text("import json\nfrom . import mod\nVALUE = 42\n")
     (pkg / "mod.py").write_text("def f():\n    return 'compiled'\n")
+    (pkg / "unused.py").write_text("X = 1\n")  # never imported by `import tinypkg`
     (pkg / "py2_template.py").write_text("print 'python 2'\n")  # does not compile: counted, not fatal
     (pkg / "tests" / "test_x.py").write_text("X = 1\n")
     stale = pkg / "__pycache__"
@@ -38,9 +40,19 @@ def venv(tmp_path) -> Path:
     return v
 
 
-def run_prune(tmp_path: Path, venv: Path, bytecode: str) -> dict:
+STDLIB = Path(json.__file__).parent.parent  # this interpreter's standard library
+
+
+def run_prune(tmp_path: Path, venv: Path, bytecode: str, stdlib: bool = False, module: str = "tinypkg") -> dict:
+    spec = {"trace": True, "import": module, "python": str(venv / "bin" / "python"), "libdirs": [], "stdlib": None}
+    if stdlib:  # a copy of part of the "runtime's" standard library: json only
+        src = tmp_path / "stdlib"
+        if not src.exists():
+            shutil.copytree(STDLIB / "json", src / "json", ignore=shutil.ignore_patterns("__pycache__"))
+        spec["stdlib"] = {"src": str(src), "ddir": str(STDLIB)}
     cfg = {"cell": "x:1-cpu-slim", "site_packages": str(venv / "lib" / PY / "site-packages"),
-           "rules": {"tests": True, "bytecode": bytecode, "strip": False}, "globs": {}, "protect": [], "cuda": None}
+           "rules": {"tests": True, "bytecode": bytecode, "strip": False}, "globs": {}, "protect": [], "cuda": None,
+           "bytecode": spec}
     (tmp_path / "prune.json").write_text(json.dumps(cfg))
     stage = tmp_path / "stage"
     subprocess.check_call([sys.executable, str(SCRIPTS / "prune.py"), "--config", str(tmp_path / "prune.json"),
@@ -52,15 +64,23 @@ def pycs(venv: Path) -> list[Path]:
     return sorted(venv.rglob("*.pyc"))
 
 
-def test_compile_writes_unchecked_hash_pyc_after_pruning(tmp_path, venv):
-    rep = run_prune(tmp_path, venv, "compile")
+def test_compile_writes_unchecked_hash_pyc_for_what_the_import_loads(tmp_path, venv):
+    rep = run_prune(tmp_path, venv, "compile", stdlib=True)
     site = venv / "lib" / PY / "site-packages"
     found = pycs(venv)
-    assert {p.name.split(".")[0] for p in found} == {"__init__", "mod"}  # not the pruned tests, not the stale one
+    # what `import tinypkg` loads; not unused.py, the pruned tests, the stale .pyc or the py2 file
+    assert {p.name.split(".")[0] for p in found} == {"__init__", "mod"}
     assert all(pyc_flags(p) == 1 for p in found)
-    assert rep == {"enabled": False, "mode": "compile", "bytes": sum(p.stat().st_size for p in found),
-                   "paths": 2, "invalidation_mode": "unchecked-hash", "compile_errors": 1,
-                   "compile_seconds": rep["compile_seconds"]}
+    assert rep["scope"] == "import" and rep["trace_error"] == "" and rep["paths"] == 2
+    assert rep["bytes"] == sum(p.stat().st_size for p in found) and rep["invalidation_mode"] == "unchecked-hash"
+    # the runtime stdlib's part of the import, compiled from the copy into the stage, named by its runtime path
+    staged = sorted(p.relative_to(tmp_path / "stage") for p in (tmp_path / "stage").rglob("*.pyc"))
+    assert staged and all(str(p).startswith(str(STDLIB).lstrip("/") + "/json/__pycache__/") for p in staged)
+    assert rep["stdlib"]["files"] == len(staged) and rep["stdlib"]["errors"] == 0
+    import marshal
+
+    code = marshal.loads((tmp_path / "stage" / staged[0]).read_bytes()[16:])
+    assert code.co_filename.startswith(str(STDLIB / "json") + "/")
     # Python loads the .pyc without looking at the source: an edited source is not noticed, and
     # with a read-only tree and PYTHONDONTWRITEBYTECODE nothing is rewritten
     (site / "tinypkg" / "mod.py").write_text("def f():\n    return 'edited'\n")
@@ -85,26 +105,18 @@ def test_drop_ships_none_and_reports_what_it_saves(tmp_path, venv):
     assert rep["enabled"] is True and rep["mode"] == "drop" and rep["bytes"] > 0 and rep["paths"] == 2
 
 
+def test_failed_trace_compiles_everything(tmp_path, venv):
+    rep = run_prune(tmp_path, venv, "compile", module="no_such_framework")
+    assert rep["scope"] == "all" and "No module named" in rep["trace_error"]
+    assert {p.name.split(".")[0] for p in pycs(venv)} == {"__init__", "mod", "unused"}
+    assert rep["compile_errors"] == 1  # the py2 file: counted, not fatal
+
+
+def test_all_compiles_every_source(tmp_path, venv):
+    rep = run_prune(tmp_path, venv, "all")
+    assert rep["scope"] == "all" and {p.name.split(".")[0] for p in pycs(venv)} == {"__init__", "mod", "unused"}
+
+
 def test_keep_writes_timestamp_pyc(tmp_path, venv):
     run_prune(tmp_path, venv, "keep")
     assert pycs(venv) and all(pyc_flags(p) == 0 for p in pycs(venv))
-
-
-def test_stdlib_mode_moves_only_pycache(tmp_path):
-    src = tmp_path / "stdlib"
-    (src / "json").mkdir(parents=True)
-    (src / "json" / "__init__.py").write_text("A = 1\n")
-    (src / "abc2.py").write_text("B = 2\n")
-    out = tmp_path / "sysroot"
-    res = subprocess.run([sys.executable, str(SCRIPTS / "compile_bytecode.py"), "--stdlib", str(src),
-                          "--ddir", "/usr/lib/python3.11", "--out", str(out)], capture_output=True, text=True, check=True)
-    stats = json.loads(res.stdout.split("IMAGEGEN-STDLIB-BYTECODE ", 1)[1])
-    assert stats["files"] == 2 and stats["errors"] == 0
-    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    tag = sys.implementation.cache_tag
-    assert files == [f"usr/lib/python3.11/__pycache__/abc2.{tag}.pyc", f"usr/lib/python3.11/json/__pycache__/__init__.{tag}.pyc"]
-    # tracebacks name the runtime's path, not the builder's copy
-    import marshal
-
-    code = marshal.loads((out / files[0]).read_bytes()[16:])
-    assert code.co_filename == "/usr/lib/python3.11/abc2.py"
