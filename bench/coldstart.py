@@ -20,6 +20,7 @@ Markdown table on stdout.
 
     python bench/coldstart.py                              # the CPU cells, 5 runs each
     python bench/coldstart.py --cell torch:cpu-slim --runs 7
+    DOCKER_HOST=unix:///tmp/d.sock python bench/coldstart.py --build-network host   # a private daemon
 """
 
 from __future__ import annotations
@@ -133,11 +134,24 @@ def retried(what: str, fn, tries: int = 4):
             time.sleep(15)
 
 
-def imagegen_build(cell: matrix.Cell) -> None:
-    r = subprocess.run([sys.executable, "-m", "imagegen", "build", "--variant", cell.ref, "--no-test", "--json"],
-                       cwd=ROOT, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"imagegen build {cell.ref} failed: {r.stderr[-1500:]}")
+def imagegen_build(m: matrix.Matrix, cell: matrix.Cell) -> None:
+    """`imagegen build --variant CELL --no-test` (in this process, so --build-network applies)."""
+    build.build_one(m, cell, force=False, run_tests=False, progress=build._Progress())
+
+
+def build_network(mode: str) -> None:
+    """Builds whose RUN steps need the network (the sysroot stage fetches Debian packages) use
+    this network mode: `host` on a private daemon started with --bridge=none (bench on a daemon
+    of its own, without touching the host's bridges)."""
+    import docker
+
+    orig = docker.APIClient.build
+
+    def build_with_network(self, *args, **kwargs):
+        kwargs.setdefault("network_mode", mode)
+        return orig(self, *args, **kwargs)
+
+    docker.APIClient.build = build_with_network
 
 
 def build_images(m: matrix.Matrix, cell: matrix.Cell, work: Path, images: dict[str, str]) -> None:
@@ -149,7 +163,7 @@ def build_images(m: matrix.Matrix, cell: matrix.Cell, work: Path, images: dict[s
     (naive_ctx / "Dockerfile").write_text(NAIVE.format(builder=prep.refs["builder"], py=cell.python))
     images["naive"] = f"imagegen-bench/coldstart-naive:{cell.id}"
     docker_build(naive_ctx, images["naive"])
-    retried(cell.ref, lambda: imagegen_build(cell))
+    retried(cell.ref, lambda: imagegen_build(m, cell))
     images["imagegen"] = cell.ref
     if cell.flavor == "slim" and cell.slimming.bytecode != "drop":
         drop = dataclasses.replace(cell, slimming=dataclasses.replace(cell.slimming, bytecode="drop"))
@@ -235,7 +249,11 @@ def main() -> int:
     ap.add_argument("--cell", action="append", help="selector (repeatable); default: the CPU cells")
     ap.add_argument("--runs", type=int, default=5, help="measured runs per image and figure (median; default 5)")
     ap.add_argument("--matrix", default=str(ROOT / "matrix.yaml"))
+    ap.add_argument("--build-network", help="network mode for image builds (e.g. host, on a daemon started "
+                                            "with --bridge=none); default: the engine's")
     args = ap.parse_args()
+    if args.build_network:
+        build_network(args.build_network)
     if args.runs < 1:
         raise SystemExit("--runs must be at least 1")
     m = matrix.load(args.matrix)
