@@ -5,7 +5,8 @@ build of the same locked wheels, measured side by side (interleaved) in one run.
 
 For each cell, three images (built first, not timed):
   naive    FROM the cell's Debian builder base (Python and its stdlib bytecode already there);
-           COPY the same locked wheelhouse; `pip install` into a venv (pip writes .pyc files).
+           apt-get the Debian packages the cell's closure names (Paddle: libgomp1); COPY the same
+           locked wheelhouse; `pip install` into a venv (pip writes .pyc files).
            The "pip only" variant of bench/build_bench.py: nothing else in the image.
   imagegen the cell as `imagegen build` makes it (slim cells: bytecode compiled at build time).
   drop     slim cells only: the same cell with `slimming: {bytecode: drop}` (the rule's old
@@ -45,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 from imagegen import build, coldstart, compat, engine, matrix  # noqa: E402
 
 NAIVE = """FROM {builder}
+RUN apt-get update && apt-get install -y --no-install-recommends {packages} && rm -rf /var/lib/apt/lists/*
 COPY wheels/ /tmp/wheels/
 RUN python{py} -m venv /opt/venv \\
  && /opt/venv/bin/python -m pip install --no-index --find-links /tmp/wheels -r /tmp/wheels/requirements.lock \\
@@ -60,8 +62,7 @@ TIMEOUT = 300
 
 
 def docker_build(path: Path, tag: str) -> None:
-    for chunk in engine.api().build(path=str(path), tag=tag, rm=True, forcerm=True, decode=True, pull=False,
-                                    network_mode="none"):  # offline: --no-index from the COPYd wheels
+    for chunk in engine.api().build(path=str(path), tag=tag, rm=True, forcerm=True, decode=True, pull=False):
         if "error" in chunk:
             raise SystemExit(f"naive build failed: {chunk['error']}")
 
@@ -160,9 +161,12 @@ def build_images(m: matrix.Matrix, cell: matrix.Cell, work: Path, images: dict[s
     naive_ctx = work / "naive"
     naive_ctx.mkdir()
     shutil.copytree(prep.context / "wheels", naive_ctx / "wheels", copy_function=_link)
-    (naive_ctx / "Dockerfile").write_text(NAIVE.format(builder=prep.refs["builder"], py=cell.python))
+    # the Debian packages the framework needs beyond the builder base (Paddle: libgomp1), as a naive
+    # Dockerfile would apt-get them; without them `import paddle` fails (shared/FACTS.md, trap 2)
+    packages = " ".join(sorted(prep.closure)) or "ca-certificates"
+    (naive_ctx / "Dockerfile").write_text(NAIVE.format(builder=prep.refs["builder"], py=cell.python, packages=packages))
     images["naive"] = f"imagegen-bench/coldstart-naive:{cell.id}"
-    docker_build(naive_ctx, images["naive"])
+    retried(f"{cell.ref} (naive)", lambda: docker_build(naive_ctx, images["naive"]))
     retried(cell.ref, lambda: imagegen_build(m, cell))
     images["imagegen"] = cell.ref
     if cell.flavor == "slim" and cell.slimming.bytecode != "drop":
