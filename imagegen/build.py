@@ -165,6 +165,11 @@ def prepare(m: Matrix, cell: Cell, workdir: Path) -> Prepared:
     closure_txt = "".join(f"{p}\n" for p in packages)
     (ctx / "imagegen" / "closure.txt").write_text(closure_txt)
     parts["imagegen/closure.txt"] = closure_txt
+    if rendered.files.get("imagegen/prune.json") and json.loads(rendered.files["imagegen/prune.json"]).get(
+            "bytecode", {}).get("smoke"):  # traced at build time for the bytecode of the first inference
+        smoke = compat.smoke_script(cell.fw).read_bytes()
+        (ctx / "imagegen" / "smoke.py").write_bytes(smoke)
+        parts["imagegen/smoke.py"] = smoke
     wheelhouse.stage(lk, ctx)
     parts["wheels/requirements.lock"] = (ctx / "wheels" / "requirements.lock").read_bytes()
     if (ctx / "wheels" / "tools.lock").exists():

@@ -121,6 +121,8 @@ def bytecode_config(cell: Cell) -> dict:
     """What the builder's bytecode step needs (imagegen/scripts/compile_bytecode.py):
     trace: `compile` and `drop` trace what `import <framework>` loads, with the closure's
     libraries (the sysroot stage's output, copied to /tmp/sysroot) on the loader path;
+    smoke: and what the framework's CPU smoke inference loads (CPU cells whose smoke script needs
+    no host-made data; the build stages the script as imagegen/smoke.py);
     stdlib: the runtime's standard library, when the cell ships bytecode and its runtime role was
     unpacked without maintainer scripts (mmdebstrap `extract`: Debian's py3compile never ran, so
     it has no .pyc); its sources are copied to `src` in the builder."""
@@ -131,9 +133,13 @@ def bytecode_config(cell: Cell) -> dict:
     stdlib = None
     if mode in ("compile", "all") and role is not None and role.variant == "extract":
         stdlib = {"src": "/tmp/stdlib", "ddir": f"/usr/lib/python{cell.python}"}
+    smoke = None
+    if trace and cell.device == "cpu" and "def host_prepare(" not in compat.smoke_script(cell.fw).read_text():
+        smoke = "/opt/imagegen-build/smoke.py"  # staged by the build (imagegen/smoke.py in the context)
     return {
         "trace": trace,
         "import": cell.fw.import_name if trace else None,
+        "smoke": smoke,
         "python": f"{VENV}/bin/python",
         "libdirs": ["/tmp/sysroot/usr/lib/x86_64-linux-gnu", "/tmp/sysroot/lib/x86_64-linux-gnu"] if trace else [],
         "stdlib": stdlib,

@@ -13,7 +13,8 @@ and after `COPY --from` (which may change mtimes), and nothing ever rewrites it 
 
 Imported by prune.py, last in the builder's install-and-prune RUN (so no layer holds the
 environment both with and without .pyc files). What it compiles (compile_imported): the .py files
-`import <framework>` loads, traced with the environment's own Python, in the venv and, from a copy
+`import <framework>` and the framework's CPU smoke inference load, traced with the environment's
+own Python, in the venv and, from a copy
 of the runtime base's sources, in the runtime's standard library (a base unpacked without
 maintainer scripts ships none). Sources nothing imports at start stay source-only: their .pyc
 would be bytes in every pull for no start-up time (Paddle 3.3.1: 16 of its 41 MB of bytecode).
@@ -84,35 +85,57 @@ def compile_tree(root: Path, *, mode: str = "unchecked-hash", ddir: str | None =
 
 TRACE_MARK = "IMAGEGEN-TRACE "
 TRACE_CODE = """
-import json, sys
+import json, os, sys
+def report():
+    files = sorted({{getattr(m, "__file__", None) or "" for m in list(sys.modules.values())}})
+    sys.stdout.flush()
+    print({mark!r} + json.dumps([f for f in files if f.endswith(".py") and f != {smoke!r}]), flush=True)
 import {module}
-files = sorted({{getattr(m, "__file__", None) or "" for m in list(sys.modules.values())}})
-print({mark!r} + json.dumps([f for f in files if f.endswith(".py")]), flush=True)
+report()
+if {smoke!r}:
+    import runpy
+    sys.argv = [{smoke!r}, "cpu"]
+    try:
+        runpy.run_path({smoke!r}, run_name="__main__")
+    except BaseException as exc:
+        print("smoke failed: %r" % (exc,), file=sys.stderr)
+        os._exit(0)
+    report()
 """
 
 
-def trace_import(python: str, module: str, *, libdirs: list[str], timeout: float = 600) -> tuple[list[str] | None, str]:
-    """The .py files that `import module` loads, run with the environment's own Python (in a
-    scratch HOME and cwd, without writing bytecode, with the closure's libraries on the loader
-    path). Returns (files, "") or (None, why) when the import fails: the caller then compiles
+def trace_import(python: str, module: str, *, libdirs: list[str], smoke: str | None = None,
+                 timeout: float = 600) -> tuple[list[str] | None, str]:
+    """The .py files that starting the framework loads: `import module`, then, with `smoke`, the
+    framework's smoke script's CPU inference (its first inference's modules). Run with the
+    environment's own Python, in a scratch HOME and cwd, without writing bytecode, with the
+    closure's libraries on the loader path; a smoke script that fails or hangs leaves the import's
+    list. Returns (files, "") or (None, why) when even the import fails: the caller then compiles
     everything, which is never wrong, only bigger."""
+    import signal
     import subprocess
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="imagegen-trace-") as tmp:
-        env = dict(os.environ, HOME=tmp, PYTHONDONTWRITEBYTECODE="1", PYTHONNOUSERSITE="1")
+        env = dict(os.environ, HOME=tmp, TMPDIR=tmp, PYTHONDONTWRITEBYTECODE="1", PYTHONNOUSERSITE="1")
         env.pop("PYTHONPATH", None)
         if libdirs:
             env["LD_LIBRARY_PATH"] = ":".join(libdirs + [env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
+        code = TRACE_CODE.format(module=module, mark=TRACE_MARK, smoke=smoke or "")
         try:
-            r = subprocess.run([python, "-c", TRACE_CODE.format(module=module, mark=TRACE_MARK)], cwd=tmp, env=env,
-                               capture_output=True, text=True, timeout=timeout)
-        except (OSError, subprocess.TimeoutExpired) as exc:
+            proc = subprocess.Popen([python, "-c", code], cwd=tmp, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, start_new_session=True)
+        except OSError as exc:
             return None, f"{type(exc).__name__}: {exc}"
-    for line in r.stdout.splitlines():
-        if line.startswith(TRACE_MARK):
-            return json.loads(line[len(TRACE_MARK):]), ""
-    tail = [x for x in (r.stderr or r.stdout).strip().splitlines() if x.strip()][-1:] or [f"exit {r.returncode}"]
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # a framework's abort handler may sleep forever
+            out, err = proc.communicate()
+    lists = [line[len(TRACE_MARK):] for line in out.splitlines() if line.startswith(TRACE_MARK)]
+    if lists:
+        return json.loads(lists[-1]), ""
+    tail = [x for x in (err or out).strip().splitlines() if x.strip()][-1:] or [f"exit {proc.returncode}"]
     return None, tail[0][:300]
 
 
@@ -143,14 +166,14 @@ def compile_files(jobs: list[tuple[str, str, str]], *, mode: str = "unchecked-ha
 
 
 def compile_imported(site: Path, python: str, module: str, *, libdirs: list[str] | None = None,
-                     stdlib: tuple[Path, str, Path] | None = None) -> dict:
+                     stdlib: tuple[Path, str, Path] | None = None, smoke: str | None = None) -> dict:
     """Compile what starting the framework loads: the .py files `import module` imports, in site
     (in place) and, with stdlib = (copy of the runtime's stdlib, its path in the runtime, stage
     root), the runtime standard library's (pyc files under stage root, for COPY into the runtime).
     Falls back to everything under site when the import cannot run here.
 
     Returns {"scope": "import"|"all", "venv": stats, "stdlib": stats|None, "trace_error": str}."""
-    files, why = trace_import(python, module, libdirs=libdirs or [])
+    files, why = trace_import(python, module, libdirs=libdirs or [], smoke=smoke)
     if files is None:
         out = {"scope": "all", "venv": compile_tree(site), "stdlib": None, "trace_error": why}
         if stdlib:

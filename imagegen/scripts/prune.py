@@ -164,7 +164,8 @@ class Pruner:
                 bc.move_pycache(stdlib[0], stdlib[2] / stdlib[1].lstrip("/"))
         else:
             res = bc.compile_imported(self.site, spec.get("python") or str(self.venv / "bin" / "python"),
-                                      spec["import"], libdirs=spec.get("libdirs") or [], stdlib=stdlib)
+                                      spec["import"], libdirs=spec.get("libdirs") or [], stdlib=stdlib,
+                                      smoke=spec.get("smoke"))
         if mode == "drop":
             bc.remove_bytecode(self.venv)
         venv = res["venv"]

@@ -43,8 +43,13 @@ def venv(tmp_path) -> Path:
 STDLIB = Path(json.__file__).parent.parent  # this interpreter's standard library
 
 
-def run_prune(tmp_path: Path, venv: Path, bytecode: str, stdlib: bool = False, module: str = "tinypkg") -> dict:
-    spec = {"trace": True, "import": module, "python": str(venv / "bin" / "python"), "libdirs": [], "stdlib": None}
+def run_prune(tmp_path: Path, venv: Path, bytecode: str, stdlib: bool = False, module: str = "tinypkg",
+              smoke: str | None = None) -> dict:
+    spec = {"trace": True, "import": module, "python": str(venv / "bin" / "python"), "libdirs": [], "stdlib": None,
+            "smoke": None}
+    if smoke is not None:
+        (tmp_path / "smoke.py").write_text(smoke)
+        spec["smoke"] = str(tmp_path / "smoke.py")
     if stdlib:  # a copy of part of the "runtime's" standard library: json only
         src = tmp_path / "stdlib"
         if not src.exists():
@@ -120,3 +125,12 @@ def test_all_compiles_every_source(tmp_path, venv):
 def test_keep_writes_timestamp_pyc(tmp_path, venv):
     run_prune(tmp_path, venv, "keep")
     assert pycs(venv) and all(pyc_flags(p) == 0 for p in pycs(venv))
+
+
+def test_compile_covers_the_smoke_inference(tmp_path, venv):
+    """What the first inference loads (here tinypkg.unused) is compiled too; a failing smoke
+    script still leaves what the import loaded."""
+    rep = run_prune(tmp_path, venv, "compile", smoke="import sys\nimport tinypkg.unused\nassert sys.argv[1] == 'cpu'\n")
+    assert rep["scope"] == "import" and {p.name.split(".")[0] for p in pycs(venv)} == {"__init__", "mod", "unused"}
+    rep = run_prune(tmp_path, venv, "compile", smoke="raise RuntimeError('no device')\n")
+    assert rep["scope"] == "import" and {p.name.split(".")[0] for p in pycs(venv)} == {"__init__", "mod"}
