@@ -262,8 +262,10 @@ def main() -> int:
         raise SystemExit("--runs must be at least 1")
     m = matrix.load(args.matrix)
     cells = m.select(args.cell or DEFAULT_CELLS)
-    rows = [bench_cell(m, c, args.runs) for c in cells]
-    doc = coldstart.save(rows, ROOT / "bench" / "results-coldstart.json")
+    rows = []
+    for c in cells:  # saved after every cell: a later failure keeps what was measured
+        rows.append(bench_cell(m, c, args.runs))
+        doc = coldstart.save(rows, ROOT / "bench" / "results-coldstart.json")
     print(table(doc["cells"]))
     return 0
 
