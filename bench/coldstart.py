@@ -165,7 +165,7 @@ def build_images(m: matrix.Matrix, cell: matrix.Cell, work: Path, images: dict[s
     # Dockerfile would apt-get them; without them `import paddle` fails (shared/FACTS.md, trap 2)
     closure_of = prep.closure
     if cell.flavor != "slim":  # a dev base holds what a full cell needs: take its slim sibling's closure
-        slim = [c for c in m.cells if (c.framework, c.version, c.device, c.python, c.flavor) ==
+        slim = [c for c in m.cells if not c.excluded and (c.framework, c.version, c.device, c.python, c.flavor) ==
                 (cell.framework, cell.version, cell.device, cell.python, "slim")]
         if slim:
             closure_of = pipeline.prepare(m, slim[0], work / "prep-slim").closure
