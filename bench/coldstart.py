@@ -43,7 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from imagegen import build, coldstart, compat, engine, matrix  # noqa: E402
+from imagegen import build, coldstart, compat, engine, matrix, pipeline  # noqa: E402
 
 NAIVE = """FROM {builder}
 RUN apt-get update && apt-get install -y --no-install-recommends {packages} && rm -rf /var/lib/apt/lists/*
@@ -137,7 +137,7 @@ def retried(what: str, fn, tries: int = 4):
 
 def imagegen_build(m: matrix.Matrix, cell: matrix.Cell) -> None:
     """`imagegen build --variant CELL --no-test` (in this process, so --build-network applies)."""
-    build.build_one(m, cell, force=False, run_tests=False, progress=build._Progress())
+    pipeline.build_one(m, cell, force=False, run_tests=False, progress=build.Progress())
 
 
 def build_network(mode: str) -> None:
@@ -157,13 +157,19 @@ def build_network(mode: str) -> None:
 
 def build_images(m: matrix.Matrix, cell: matrix.Cell, work: Path, images: dict[str, str]) -> None:
     """Fill images with naive, imagegen (and drop for slim cells) image references."""
-    prep = build.prepare(m, cell, work / "prep")
+    prep = pipeline.prepare(m, cell, work / "prep")
     naive_ctx = work / "naive"
     naive_ctx.mkdir()
     shutil.copytree(prep.context / "wheels", naive_ctx / "wheels", copy_function=_link)
     # the Debian packages the framework needs beyond the builder base (Paddle: libgomp1), as a naive
     # Dockerfile would apt-get them; without them `import paddle` fails (shared/FACTS.md, trap 2)
-    packages = " ".join(sorted(prep.closure)) or "ca-certificates"
+    closure_of = prep.closure
+    if cell.flavor != "slim":  # a dev base holds what a full cell needs: take its slim sibling's closure
+        slim = [c for c in m.cells if not c.excluded and (c.framework, c.version, c.device, c.python, c.flavor) ==
+                (cell.framework, cell.version, cell.device, cell.python, "slim")]
+        if slim:
+            closure_of = pipeline.prepare(m, slim[0], work / "prep-slim").closure
+    packages = " ".join(sorted(closure_of)) or "ca-certificates"
     (naive_ctx / "Dockerfile").write_text(NAIVE.format(builder=prep.refs["builder"], py=cell.python, packages=packages))
     images["naive"] = f"imagegen-bench/coldstart-naive:{cell.id}"
     retried(f"{cell.ref} (naive)", lambda: docker_build(naive_ctx, images["naive"]))
@@ -173,8 +179,9 @@ def build_images(m: matrix.Matrix, cell: matrix.Cell, work: Path, images: dict[s
         drop = dataclasses.replace(cell, slimming=dataclasses.replace(cell.slimming, bytecode="drop"))
 
         def build_drop() -> tuple[str, list[str]]:
-            dprep = build.prepare(m, drop, work / "drop")
-            return build.docker_build(dprep, work / "drop.log", build._Progress())
+            dprep = pipeline.prepare(m, drop, work / "drop")
+            return build.docker_build(drop, dprep.context, dprep.digest, dprep.closure, work / "drop.log",
+                                      build.Progress())
 
         image_id, steps = retried(f"{cell.ref} (bytecode: drop)", build_drop)
         images["drop"] = f"imagegen-bench/coldstart-drop:{cell.id}"

@@ -3,14 +3,13 @@ start it costs on every container start.
 
 Bytes come from the image (its .pyc files) or the build's prune report; seconds come from the last
 run of `bench/coldstart.py`, which writes `bench/results-coldstart.json` (committed) and a copy in
-`$IMAGEGEN_CACHE/bench/coldstart.json`; the newer one is read. A cell the benchmark has not
+`<cache root>/bench/coldstart.json`; the newer one is read. A cell the benchmark has not
 measured is reported as "not measured", never guessed.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 SCHEMA = "imagegen.coldstart/1"
@@ -22,7 +21,9 @@ def repo_path() -> Path:
 
 
 def cache_path() -> Path:
-    return Path(os.environ.get("IMAGEGEN_CACHE", Path.home() / ".cache" / "imagegen")) / "bench" / "coldstart.json"
+    from . import paths
+
+    return paths.cache_root() / "bench" / "coldstart.json"
 
 
 def _read(path: Path) -> dict | None:
@@ -87,7 +88,7 @@ def annotate_prune_report(cell_ref: str, report: dict | None) -> dict | None:
         return report
     entry = report["rules"]["bytecode"]
     shipped = entry.get("mode") != "drop"
-    nbytes = int(entry.get("bytes") or 0) + (int((report.get("stdlib_bytecode") or {}).get("bytes") or 0) if shipped else 0)
+    nbytes = int(entry.get("bytes") or 0) + (int((entry.get("stdlib") or {}).get("bytes") or 0) if shipped else 0)
     t = bytecode_tradeoff(cell_ref, nbytes, shipped=shipped)
     entry["cold_start_s"] = t["cold_start_s"]
     entry["cold_start_measured"] = t["measured"]

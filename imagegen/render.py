@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import functools
 import json
 import shlex
 from dataclasses import dataclass
@@ -11,11 +10,10 @@ from importlib import resources
 from pathlib import Path
 
 import jinja2
-import yaml
 
 from . import compat
 from .errors import UserInputError
-from .matrix import Cell, Matrix, flavors
+from .matrix import Cell, Matrix
 
 VENV = "/opt/venv"
 USER = {"name": "app", "uid": 1000, "gid": 1000}
@@ -52,14 +50,9 @@ def site_packages(cell: Cell) -> str:
     return f"{VENV}/lib/python{cell.python}/site-packages"
 
 
-@functools.lru_cache(maxsize=1)
-def prune_data() -> dict:
-    return yaml.safe_load((compat.DATA / "prune.yaml").read_text())
-
-
 def prune_config(cell: Cell) -> dict:
     """The rules in force and the paths they act on, as the builder's prune.py reads them."""
-    data = prune_data()
+    data = compat.prune_rules()
     rules = cell.slimming.as_dict()
     fw = cell.fw
     globs = {k: list(v) for k, v in data.items() if k != "protect"}
@@ -79,7 +72,7 @@ def prune_config(cell: Cell) -> dict:
         cuda = compat.cuda()
         links = {}
         gpu = fw.versions[cell.version].gpu
-        for name in gpu.dlopen if gpu else []:
+        for name in dlopen_names(cell):
             hit = cuda.component_for_soname(name)
             if hit is None:
                 raise UserInputError(f"{fw.name} {cell.version} dlopens {name}, which no CUDA component in "
@@ -100,7 +93,7 @@ def runtime_env(cell: Cell) -> list[tuple[str, str]]:
     env = [
         ("PATH", f"{VENV}/bin:/usr/local/bin:/usr/bin:/bin"),
         ("VIRTUAL_ENV", VENV),
-        ("HOME", f"/home/{USER['name']}"),
+        ("HOME", compat.flavors()[cell.flavor].get("home") or f"/home/{USER['name']}"),
         ("LANG", "C.UTF-8"),
         ("PYTHONUNBUFFERED", "1"),
     ]
@@ -146,6 +139,18 @@ def bytecode_config(cell: Cell) -> dict:
     }
 
 
+def dlopen_names(cell: Cell) -> list[str]:
+    """Unversioned CUDA library names a GPU cell's runtime dlopens: the framework's own
+    (frameworks/*.yaml gpu.dlopen) plus those its cuDNN version loads by itself (cuda.yaml
+    cudnn_dlopen). Each gets a link in the image and is probed by the readiness check."""
+    gpu = cell.fw.versions[cell.version].gpu
+    if cell.device != "gpu" or gpu is None:
+        return []
+    names = list(gpu.dlopen)
+    names += [n for n in compat.cuda().cudnn_dlopen_names(cell.cudnn) if n not in names]
+    return names
+
+
 def pruned_dlopen_names(cell: Cell) -> list[str]:
     """Unversioned names the framework dlopens whose library an enabled opt-in rule removes."""
     import fnmatch
@@ -155,9 +160,9 @@ def pruned_dlopen_names(cell: Cell) -> list[str]:
         return []
     rules = cell.slimming.as_dict()
     removed = [g for name, globs in cell.fw.inference_prune.items() if rules.get(name) for g in globs]
-    removed += [g for g in prune_data().get("cudnn_train", []) if rules.get("cudnn_train")]
+    removed += [g for g in compat.prune_rules().get("cudnn_train", []) if rules.get("cudnn_train")]
     out = []
-    for name in gpu.dlopen:
+    for name in dlopen_names(cell):
         hit = compat.cuda().component_for_soname(name)
         if hit is None:
             continue
@@ -186,7 +191,7 @@ def render_cell(m: Matrix, cell: Cell, tdir: Path | None = None) -> Rendered:
         "cell": cell,
         "origin": _portable_origin(cell.origin),
         "framework": cell.fw,
-        "flavor": flavors()[cell.flavor],
+        "flavor": compat.flavors()[cell.flavor],
         "base": base,
         "roles": roles,
         "refs": refs,
@@ -268,6 +273,7 @@ def build_context_files() -> dict[str, Path]:
     """Static helper scripts every build context carries (not committed per cell)."""
     return {
         "imagegen/prune.py": SCRIPTS / "prune.py",
+        "imagegen/elfmini.py": SCRIPTS / "elfmini.py",
         "imagegen/install.py": SCRIPTS / "install.py",
         "imagegen/compile_bytecode.py": SCRIPTS / "compile_bytecode.py",
         "imagegen/sysroot.py": SCRIPTS / "sysroot.py",

@@ -11,8 +11,6 @@ import yaml
 
 from .errors import UserInputError
 
-Path_ = tuple  # a path into the document: ("frameworks", "paddle", "2.6.2", "cuda", 0)
-
 
 @dataclass
 class Located:

@@ -49,7 +49,7 @@ has_candidate() { apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [^(]';
 
 if [[ "${IMAGEGEN_SKIP_APT:-0}" != "1" ]]; then
   command -v apt-get >/dev/null || die "apt-get not found: this script supports Debian and Ubuntu"
-  wanted=(mmdebstrap binutils strace docker-registry busybox-static ca-certificates uidmap curl)
+  wanted=(mmdebstrap binutils strace docker-registry busybox-static ca-certificates uidmap curl gcc libc6-dev)
   # An engine from elsewhere (docker-ce, a systemd unit) is kept: docker.io would conflict with it.
   if ! command -v dockerd >/dev/null; then wanted+=(docker.io); fi
   missing=()

@@ -86,8 +86,15 @@ def compile_tree(root: Path, *, mode: str = "unchecked-hash", ddir: str | None =
 TRACE_MARK = "IMAGEGEN-TRACE "
 TRACE_CODE = """
 import json, os, sys
+import importlib.machinery
+seen = set()
+get_code = importlib.machinery.SourceFileLoader.get_code
+def traced_get_code(self, fullname):  # every source compiled, even a module removed again
+    seen.add(self.path)                # (an import that failed and was caught: httpx._main)
+    return get_code(self, fullname)
+importlib.machinery.SourceFileLoader.get_code = traced_get_code
 def report():
-    files = sorted({{getattr(m, "__file__", None) or "" for m in list(sys.modules.values())}})
+    files = sorted(seen | {{getattr(m, "__file__", None) or "" for m in list(sys.modules.values())}})
     sys.stdout.flush()
     print({mark!r} + json.dumps([f for f in files if f.endswith(".py") and f != {smoke!r}]), flush=True)
 import {module}

@@ -32,6 +32,10 @@ def venv(tmp_path) -> Path:
     (pkg / "__init__.py").write_text("import json\nfrom . import mod\nVALUE = 42\n")
     (pkg / "mod.py").write_text("def f():\n    return 'compiled'\n")
     (pkg / "unused.py").write_text("X = 1\n")  # never imported by `import tinypkg`
+    # imported, fails, caught, so gone from sys.modules again: compiled on every start all the same
+    (pkg / "optional.py").write_text("import no_such_dependency\n")
+    (pkg / "__init__.py").write_text("import json\nfrom . import mod\nVALUE = 42\n"
+                                     "try:\n    from . import optional\nexcept ImportError:\n    pass\n")
     (pkg / "py2_template.py").write_text("print 'python 2'\n")  # does not compile: counted, not fatal
     (pkg / "tests" / "test_x.py").write_text("X = 1\n")
     stale = pkg / "__pycache__"
@@ -74,9 +78,9 @@ def test_compile_writes_unchecked_hash_pyc_for_what_the_import_loads(tmp_path, v
     site = venv / "lib" / PY / "site-packages"
     found = pycs(venv)
     # what `import tinypkg` loads; not unused.py, the pruned tests, the stale .pyc or the py2 file
-    assert {p.name.split(".")[0] for p in found} == {"__init__", "mod"}
+    assert {p.name.split(".")[0] for p in found} == {"__init__", "mod", "optional"}
     assert all(pyc_flags(p) == 1 for p in found)
-    assert rep["scope"] == "import" and rep["trace_error"] == "" and rep["paths"] == 2
+    assert rep["scope"] == "import" and rep["trace_error"] == "" and rep["paths"] == 3
     assert rep["bytes"] == sum(p.stat().st_size for p in found) and rep["invalidation_mode"] == "unchecked-hash"
     # the runtime stdlib's part of the import, compiled from the copy into the stage, named by its runtime path
     staged = sorted(p.relative_to(tmp_path / "stage") for p in (tmp_path / "stage").rglob("*.pyc"))
@@ -107,19 +111,19 @@ def test_compile_is_reproducible(tmp_path, venv):
 def test_drop_ships_none_and_reports_what_it_saves(tmp_path, venv):
     rep = run_prune(tmp_path, venv, "drop")
     assert pycs(venv) == []
-    assert rep["enabled"] is True and rep["mode"] == "drop" and rep["bytes"] > 0 and rep["paths"] == 2
+    assert rep["enabled"] is True and rep["mode"] == "drop" and rep["bytes"] > 0 and rep["paths"] == 3
 
 
 def test_failed_trace_compiles_everything(tmp_path, venv):
     rep = run_prune(tmp_path, venv, "compile", module="no_such_framework")
     assert rep["scope"] == "all" and "No module named" in rep["trace_error"]
-    assert {p.name.split(".")[0] for p in pycs(venv)} == {"__init__", "mod", "unused"}
+    assert {p.name.split(".")[0] for p in pycs(venv)} == {"__init__", "mod", "optional", "unused"}
     assert rep["compile_errors"] == 1  # the py2 file: counted, not fatal
 
 
 def test_all_compiles_every_source(tmp_path, venv):
     rep = run_prune(tmp_path, venv, "all")
-    assert rep["scope"] == "all" and {p.name.split(".")[0] for p in pycs(venv)} == {"__init__", "mod", "unused"}
+    assert rep["scope"] == "all" and {p.name.split(".")[0] for p in pycs(venv)} == {"__init__", "mod", "optional", "unused"}
 
 
 def test_keep_writes_timestamp_pyc(tmp_path, venv):
@@ -131,6 +135,6 @@ def test_compile_covers_the_smoke_inference(tmp_path, venv):
     """What the first inference loads (here tinypkg.unused) is compiled too; a failing smoke
     script still leaves what the import loaded."""
     rep = run_prune(tmp_path, venv, "compile", smoke="import sys\nimport tinypkg.unused\nassert sys.argv[1] == 'cpu'\n")
-    assert rep["scope"] == "import" and {p.name.split(".")[0] for p in pycs(venv)} == {"__init__", "mod", "unused"}
+    assert rep["scope"] == "import" and {p.name.split(".")[0] for p in pycs(venv)} == {"__init__", "mod", "optional", "unused"}
     rep = run_prune(tmp_path, venv, "compile", smoke="raise RuntimeError('no device')\n")
-    assert rep["scope"] == "import" and {p.name.split(".")[0] for p in pycs(venv)} == {"__init__", "mod"}
+    assert rep["scope"] == "import" and {p.name.split(".")[0] for p in pycs(venv)} == {"__init__", "mod", "optional"}

@@ -5,6 +5,7 @@ modules `import <framework>` loads (environment and standard library) with unche
 files (PEP 552), which Python loads without looking at the source, so nothing can make it
 rewrite them."""
 
+from imagegen.imagetest.container import MOUNT
 from imagegen.imagetest.helpers import PROBE_TIMEOUT, ProbeError, container, fail, parse
 from imagegen.imagetest.target import POLICY_RULES
 
@@ -44,7 +45,9 @@ def test_start_rewrites_no_bytecode(target, workdir, smoke):
     c = container(target, workdir, user="0:0", read_only=False, env={"PYTHONDONTWRITEBYTECODE": ""}).start()
     try:
         script, args = smoke
-        r = c.python(script, "cpu", *args, timeout=PROBE_TIMEOUT)
+        # the smoke script straight from the image's Python, without probes/run.py: the test
+        # harness's own modules (subprocess, signal, ...) are not the framework's start-up
+        r = c.exec([target.python_exe, f"{MOUNT}/{script}", "cpu", *args], timeout=PROBE_TIMEOUT)
         try:
             parse(r, "CPU smoke inference as root on a writable root")
         except ProbeError as exc:

@@ -1,30 +1,31 @@
-"""Which modules `import MODULE` loads without bytecode Python would use as is (runs INSIDE the
-image, stdlib only).
+"""Which modules starting the framework loads without bytecode Python would use as is (runs
+INSIDE the image, stdlib only).
 
 usage: python bytecode.py MODULE
-Imports MODULE, then, for every module loaded from a .py file: is there a __pycache__ .pyc for
-this interpreter, and of which kind (PEP 552 flags: 0 timestamp, 1 unchecked hash, 3 checked
-hash)? Prints one line `IMAGEGEN-RESULT <json>`.
+Imports nothing but `sys` (built in), then MODULE; then, for every module loaded from a .py file
+(the interpreter's start-up and the framework's import): is there a __pycache__ .pyc for this
+interpreter, and of which kind (PEP 552 flags: 0 timestamp, 1 unchecked hash, 3 checked hash)?
+Prints one line `IMAGEGEN-RESULT <json>`.
 """
-import importlib.util
-import json
-import os
-import struct
 import sys
 
 
 def main():
-    if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
+    here = __file__
+    if sys.path and sys.path[0] and here.startswith(sys.path[0] + "/"):
         sys.path.pop(0)
     __import__(sys.argv[1])
+    loaded = [getattr(m, "__file__", None) or "" for m in list(sys.modules.values())]
+    import importlib.util  # only now: the probe's own imports are not the framework's
+    import json
+    import struct
+
     kinds, missing = {}, []
-    for m in list(sys.modules.values()):
-        src = getattr(m, "__file__", None) or ""
-        if not src.endswith(".py") or getattr(m, "__name__", "") == "__main__":  # this probe
+    for src in loaded:
+        if not src.endswith(".py") or src == here:
             continue
-        pyc = importlib.util.cache_from_source(src)
         try:
-            with open(pyc, "rb") as fh:
+            with open(importlib.util.cache_from_source(src), "rb") as fh:
                 head = fh.read(16)
         except OSError:
             missing.append(src)
