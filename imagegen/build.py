@@ -117,7 +117,8 @@ class Progress:
 
 
 def docker_build(cell: Cell, context: Path, digest: str, closure: list[str], log_path: Path, progress: Progress,
-                 *, no_cache: bool = False, tracker: Tracker = ACTIVE) -> tuple[str, list[str]]:
+                 *, no_cache: bool = False, tracker: Tracker = ACTIVE,
+                 extra_labels: dict[str, str] | None = None) -> tuple[str, list[str]]:
     """Build ``context`` (its Dockerfile gets one LABEL instruction with the inputs ``digest``, the cell,
     the closure packages, the git revision, creation time and source); return (image ID, step image IDs).
     The full log goes to ``log_path``. Raises ImagegenError with the log's last lines on stderr."""
@@ -129,6 +130,7 @@ def docker_build(cell: Cell, context: Path, digest: str, closure: list[str], log
         OCI_REVISION: git_revision(),
         OCI_SOURCE: SOURCE_URL,
         LABEL_CLOSURE: ",".join(closure),
+        **(extra_labels or {}),
     }
     # One LABEL instruction appended to the context's Dockerfile (the API's `labels` would add one
     # build step per label); the inputs digest was computed before, over the rendered file.
@@ -248,14 +250,23 @@ def remove_images(ids: list[str], keep: set[str]) -> None:
 
 def prune_report_from_log(log_path: Path) -> dict | None:
     """The prune step's report (bytes saved per slimming rule; the bytecode entry also names what
-    was compiled, venv and runtime standard library) from a build log, or None."""
+    was compiled, venv and runtime standard library) from a build log, or None. With
+    gpu_archs, fatprune.py's per-library report joins it as the `cuda_archs` rule (bytes saved,
+    per library before/after, refused libraries)."""
+    report = fat = None
     try:
         for line in log_path.read_text(errors="replace").splitlines():
-            if line.startswith("IMAGEGEN-PRUNE-REPORT "):
-                return json.loads(line.split(" ", 1)[1])
+            if line.startswith("IMAGEGEN-PRUNE-REPORT ") and report is None:
+                report = json.loads(line.split(" ", 1)[1])
+            elif line.startswith("IMAGEGEN-FATPRUNE-REPORT "):
+                fat = json.loads(line.split(" ", 1)[1])
     except (OSError, ValueError):
         return None
-    return None
+    if report is not None and fat is not None:
+        report.setdefault("rules", {})["cuda_archs"] = fat
+        if "venv_bytes_after" in report:
+            report["venv_bytes_after"] -= fat.get("bytes", 0)
+    return report
 
 
 

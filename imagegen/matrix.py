@@ -11,7 +11,7 @@ import fnmatch
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -19,6 +19,7 @@ from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import compat
+from .scripts import fatbin
 from .errors import UserInputError
 from .units import parse_size
 from .yamlsrc import Located
@@ -39,6 +40,8 @@ def is_registry(value: str) -> bool:
 
 
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# The reference rules, public for the stages that check references outside a matrix (publish).
+REGISTRY_RE, REPO_COMPONENT_RE, TAG_RE = _REGISTRY, _REPO_COMPONENT, _TAG
 # Requirements reach the lock file, never a RUN line; still, only PEP 508 name/extras/version characters
 # pass (no markers, quotes, `;`, `$`, backticks, pipes).
 _REQUIREMENT_CHARS = re.compile(r"[A-Za-z0-9._\[\],<>=!~+* -]+")
@@ -54,6 +57,9 @@ class Slimming(_Model):
     headers: bool | None = None
     caches: bool | None = None
     bytecode: Literal["compile", "all", "keep", "drop"] | None = None
+    ptx: Literal["drop", "keep"] | None = Field(None, description=(
+        "with gpu_archs (EXPERIMENTAL): also keep each container's PTX up to the newest target, so GPUs newer "
+        "than the list can JIT-compile (keep), or only what the targets load (drop, the default)"))
     static_libs: bool | None = None
     strip: bool | None = None
     pip: bool | None = None
@@ -96,6 +102,20 @@ def _check_url(v: str) -> str:
     return v
 
 
+def _check_gpu_archs(v: list[Any] | None) -> list[str] | None:
+    """[sm_75, "8.6", 90] -> ["sm_75", "sm_86", "sm_90"] (sorted, unique); ValueError on anything else."""
+    if v is None:
+        return None
+    if not v:
+        raise ValueError("gpu_archs needs at least one architecture, e.g. [sm_75]")
+    return sorted({f"sm_{fatbin.parse_arch(x)}" for x in v}, key=fatbin.parse_arch)
+
+
+GpuArchs = Annotated[list[str | int] | None, Field(
+    description="GPUs the image must run on, as compute capabilities (sm_75, sm_86, ...). `imagegen validate` "
+                "rejects one the framework's CUDA kernels cannot serve.")]
+
+
 class IndexDef(_Model):
     kind: Literal["index", "find-links"] = "index"
     url: str
@@ -115,11 +135,14 @@ class VersionEntry(_Model):
     flavors: list[Flavor] | None = None
     base: str | None = None
     extra_requirements: list[str] = Field(default_factory=list)
+    gpu_archs: GpuArchs = None
 
     @field_validator("extra_requirements")
     @classmethod
     def _reqs(cls, v: list[str]) -> list[str]:
         return [_check_requirement(x) for x in v]
+
+    _archs = field_validator("gpu_archs")(classmethod(lambda cls, v: _check_gpu_archs(v)))
 
 
 class Defaults(_Model):
@@ -156,6 +179,9 @@ class IncludeRule(_Model):
     python: str | None = None
     flavor: Flavor
     base: str | None = None
+    gpu_archs: GpuArchs = None
+
+    _archs = field_validator("gpu_archs")(classmethod(lambda cls, v: _check_gpu_archs(v)))
 
 
 class OverrideRule(Rule):
@@ -163,6 +189,9 @@ class OverrideRule(Rule):
     base: str | None = None  # type: ignore[assignment]
     extra_requirements: list[str] | None = None
     budget: Budget | None = None
+    gpu_archs: GpuArchs = None
+
+    _archs = field_validator("gpu_archs")(classmethod(lambda cls, v: _check_gpu_archs(v)))
 
     @field_validator("extra_requirements")
     @classmethod
@@ -180,6 +209,47 @@ class BudgetRule(Rule):
         return None if v is None else parse_size(v)
 
 
+class AliasRule(Rule):
+    """Declared aliases: every cell this rule selects also gets `tags` (in its own image repository)."""
+
+    tags: list[str]
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: list[str]) -> list[str]:
+        for t in v:
+            if not _TAG.match(t):
+                raise ValueError(f"'{t}' is not a valid Docker tag ([A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})")
+        return v
+
+
+class Aliases(_Model):
+    """Alias tags pushed next to each cell's immutable tag (see imagegen/aliases.py)."""
+
+    minor: bool = True  # newest patch of each major.minor gets <major.minor>-<selector>
+    latest: Literal["device", "single", "none"] = "device"  # latest-<device> | latest | no latest alias
+    latest_flavor: Flavor = "slim"  # the flavor that carries the latest alias(es)
+    latest_device: Device = "cpu"  # with latest: single, the device that carries `latest`
+    rules: list[AliasRule] = Field(default_factory=list)
+
+
+class CiConfig(_Model):
+    """`imagegen ci matrix`: where each cell's job runs (GitHub Actions `runs-on`)."""
+
+    cpu_runs_on: list[str] = Field(default_factory=lambda: ["ubuntu-22.04"])  # hosted runners
+    gpu_runs_on: list[str] = Field(default_factory=lambda: ["self-hosted", "linux", "x64", "gpu"])
+
+    @field_validator("cpu_runs_on", "gpu_runs_on")
+    @classmethod
+    def _labels(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("needs at least one runner label")
+        for label in v:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", label):
+                raise ValueError(f"'{label}' is not a runner label")
+        return v
+
+
 class MatrixFile(_Model):
     schema_: str | None = Field(default=None, alias="$schema")
     registry: str | None = None
@@ -193,6 +263,8 @@ class MatrixFile(_Model):
     exclude: list[ExcludeRule] = Field(default_factory=list)
     overrides: list[OverrideRule] = Field(default_factory=list)
     budgets: list[BudgetRule] = Field(default_factory=list)
+    aliases: Aliases = Field(default_factory=Aliases)
+    ci: CiConfig = Field(default_factory=CiConfig)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -216,6 +288,7 @@ class SlimRules:
     openvino: bool
     cuda_unused: bool
     cuda_extras: bool
+    ptx: str = "drop"
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -251,6 +324,8 @@ class Cell:
     registry: str | None = None
     namespace: str | None = None
     base_spec: compat.BaseSpec | None = field(default=None, compare=False, repr=False)
+    aliases: tuple[str, ...] = ()  # alias tags in the same repository (imagegen/aliases.py)
+    gpu_archs: tuple[str, ...] = ()   # target GPUs, canonical 'sm_75' names sorted; () = not restricted
 
     @property
     def ref(self) -> str:
@@ -286,6 +361,8 @@ class Cell:
             "indexes": [i.__dict__ for i in self.indexes], "slimming": self.slimming.as_dict(),
             "budget": {"size": self.budget_size, "compressed": self.budget_compressed},
             "excluded": self.excluded, "origin": self.origin, "remote_ref": self.remote_ref,
+            "aliases": list(self.aliases),
+            "gpu_archs": list(self.gpu_archs),
         }
 
 
@@ -477,7 +554,8 @@ def _expand(m: Matrix) -> list[Cell]:
     where_of: dict[str, str] = {}
 
     def emit(fw_name: str, ver: str, device: str, cuda_e: CudaEntry | None, py: str, flavor: str,
-             base_name: str, extra: list[str], path: tuple, multi_py: bool) -> None:
+             base_name: str, extra: list[str], path: tuple, multi_py: bool,
+             gpu_archs: list[str] | None = None) -> None:
         fw = compat.frameworks()[fw_name]
         where = src.where(path)
         if ver not in fw.versions:
@@ -504,6 +582,8 @@ def _expand(m: Matrix) -> list[Cell]:
         if device == "cpu":
             if cuda_e is not None:
                 raise UserInputError(f"{where}: a cpu cell takes no CUDA version")
+            if gpu_archs and path and path[0] == "include":
+                raise UserInputError(f"{where}: a cpu cell takes no gpu_archs")
             if fv.cpu is None:
                 raise UserInputError(f"{where}: {fw_name} {ver} has no CPU build in imagegen's data")
             reqs = list(fv.cpu.requirements)
@@ -550,6 +630,12 @@ def _expand(m: Matrix) -> list[Cell]:
         if multi_py:
             tag_parts.append(f"py{py}")
             sel_parts.append(f"py{py}")
+        if gpu_archs and device == "gpu" and path and path[0] == "include":
+            # an arch-targeted twin of a cell (issue 12): its kernels are cut to these GPUs, so its tag says
+            # so (gpu_archs on a version entry or an override retargets that cell under its own tag)
+            arch_part = "-".join(a.replace("_", "") for a in _check_gpu_archs(list(gpu_archs)))
+            tag_parts.append(arch_part)
+            sel_parts.append(arch_part)
         tag_parts.append(flavor)
         sel_parts.append(flavor)
         tag = "-".join(tag_parts)
@@ -562,6 +648,7 @@ def _expand(m: Matrix) -> list[Cell]:
             flavor=flavor, base=base_name, image=fw.image, tag=tag, selector="-".join(sel_parts),
             requirements=tuple(reqs), indexes=tuple(indexes), slimming=_slim_rules(m, None, flavor),
             origin=where, registry=mf.registry, namespace=mf.namespace, base_spec=base,
+            gpu_archs=tuple(gpu_archs or ()) if device == "gpu" else (),
         )
         if proto.ref in where_of:
             raise UserInputError(f"{where}: duplicate cells: {proto.ref} is already defined at {where_of[proto.ref]}")
@@ -591,7 +678,7 @@ def _expand(m: Matrix) -> list[Cell]:
                         for flavor in flavs:
                             path = vpath + (("cuda", ci) if cuda_e else ("devices",))
                             emit(fw_name, ver, device, cuda_e, py, flavor, base_name, entry.extra_requirements,
-                                 path, len(pys) > 1)
+                                 path, len(pys) > 1, entry.gpu_archs)
     for i, inc in enumerate(mf.include):
         path = ("include", i)
         if inc.framework not in compat.frameworks():
@@ -603,7 +690,7 @@ def _expand(m: Matrix) -> list[Cell]:
         cuda_e = CudaEntry(version=inc.cuda, cudnn=inc.cudnn) if inc.cuda else None
         py = inc.python or mf.defaults.python[0]
         emit(inc.framework, inc.version, inc.device, cuda_e, py, inc.flavor, inc.base or mf.defaults.base, [],
-             path, False)
+             path, False, inc.gpu_archs)
 
     # overrides, budgets, excludes: applied in file order; later rules win.
     out: list[Cell] = []
@@ -613,8 +700,11 @@ def _expand(m: Matrix) -> list[Cell]:
         extra: list[str] = []
         base_name = cell.base
         size = comp = None
+        archs = cell.gpu_archs
         for rule in mf.overrides:
             if _rule_matches(rule, cell):
+                if rule.gpu_archs and cell.device == "gpu":
+                    archs = tuple(rule.gpu_archs)
                 if rule.slimming:
                     slim_override.update(rule.slimming.model_dump(exclude_none=True))
                 if rule.extra_requirements:
@@ -641,15 +731,37 @@ def _expand(m: Matrix) -> list[Cell]:
         out.append(_replace(cell, slimming=_slim_rules(m, slim_override, cell.flavor),
                             requirements=cell.requirements + tuple(extra), base=base_name,
                             budget_size=size, budget_compressed=comp, excluded=excluded,
-                            base_spec=all_bases[base_name]))
+                            base_spec=all_bases[base_name], gpu_archs=archs))
     for i, rule in enumerate(mf.exclude):
         if i not in used_excludes:
             raise _fail(src, ("exclude", i), "this exclude rule matches no cell (check the pattern)")
+    out = _with_aliases(m, out)
     if mf.default:
         _check_default(m, out)
     if not [c for c in out if not c.excluded]:
         raise _fail(src, ("frameworks",), "the matrix defines no cells")
     return out
+
+
+def _with_aliases(m: Matrix, cells: list[Cell]) -> list[Cell]:
+    """Computed and declared aliases of the active cells; two cells claiming one alias is an error."""
+    from . import aliases
+
+    cfg = m.file.aliases
+    rules = [((lambda c, r=r: _rule_matches(r, c)), r.tags, m.src.where(("aliases", "rules", i)))
+             for i, r in enumerate(cfg.rules)]
+    active = [c for c in cells if not c.excluded]
+    claims = aliases.compute(active, minor=cfg.minor, latest=cfg.latest, latest_flavor=cfg.latest_flavor,
+                             latest_device=cfg.latest_device, rules=rules,
+                             where=m.src.where(("aliases",)) if "aliases" in (m.src.data or {}) else "computed")
+    problems = aliases.conflicts(claims, {c.ref: c.origin for c in cells})
+    if problems:
+        raise UserInputError(f"{m.path}: {problems[0]}")
+    for i, r in enumerate(cfg.rules):
+        if not any(_rule_matches(r, c) for c in active):
+            raise _fail(m.src, ("aliases", "rules", i), "this alias rule matches no cell (check the pattern)")
+    mine = aliases.by_cell(claims)
+    return [_replace(c, aliases=mine.get(c.ref, ())) for c in cells]
 
 
 def _check_default(m: Matrix, cells: list[Cell]) -> None:

@@ -39,7 +39,7 @@ from .build import (
     remove_images,
 )
 from .console import err, log
-from .errors import GateFailed, ImagegenError
+from .errors import GateFailed, ImagegenError, UserInputError
 from .matrix import Cell, Matrix
 
 BUILDER_ROLE = "builder"  # every cell's builder stage; its final stage uses cell.runtime_role
@@ -48,7 +48,7 @@ BUILDER_ROLE = "builder"  # every cell's builder stage; its final stage uses cel
 @dataclass
 class BuildResult:
     cell: Cell
-    status: str  # built | skipped | failed
+    status: str  # built | skipped | tested (unchanged, tests ran) | failed
     image_id: str | None = None
     seconds: float = 0.0
     size: int | None = None
@@ -67,6 +67,7 @@ class Prepared:
     closure: list[str]
     lock_path: Path
     base_ids: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)  # known only at build time: io.imagegen.cuda.archs
 
 
 # --- the inputs digest: one recipe --------------------------------------------------------------
@@ -87,7 +88,7 @@ def build_inputs(rendered: render.Rendered, base_ids: dict[str, str], **extra: b
     (render.build_context_files), the base images' IDs (``base:<role>``), plus ``extra`` (what a
     caller adds: the staged lock files and closure, or the lock file for the quick key)."""
     parts: dict[str, bytes | str] = dict(rendered.files)
-    for rel, src in render.build_context_files().items():
+    for rel, src in render.build_context_files(rendered.cell).items():
         parts[rel] = src.read_bytes()
     for role, image_id in base_ids.items():
         parts[f"base:{role}"] = image_id
@@ -211,6 +212,7 @@ def prepare(m: Matrix, cell: Cell, workdir: Path, rendered: render.Rendered | No
     base = cell.base_spec
     refs = {role: bases.ensure_role(cell.base, role, spec=base) for role in (BUILDER_ROLE, cell.runtime_role)}
     wheels = wheelhouse.fetch(lk)
+    labels = _kernel_labels(cell, lk, lpath, wheels)
     ids = base_ids(cell, refs)
     clos_packages = _closure_packages(cell, lpath, refs[cell.runtime_role], ids[cell.runtime_role], wheels)
     ctx = workdir / cell.id
@@ -220,7 +222,7 @@ def prepare(m: Matrix, cell: Cell, workdir: Path, rendered: render.Rendered | No
     for rel, content in rendered.files.items():
         (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
         (ctx / rel).write_text(content)
-    for rel, src in render.build_context_files().items():
+    for rel, src in render.build_context_files(cell).items():
         (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, ctx / rel)
     extra = cell.fw.versions[cell.version].runtime_packages
@@ -237,9 +239,26 @@ def prepare(m: Matrix, cell: Cell, workdir: Path, rendered: render.Rendered | No
         staged["imagegen/smoke.py"] = smoke
     if (ctx / "wheels" / "tools.lock").exists():
         staged["wheels/tools.lock"] = (ctx / "wheels" / "tools.lock").read_bytes()
+    for k, v in labels.items():
+        staged[f"label:{k}"] = v
     digest = inputs_digest(build_inputs(rendered, ids, **staged))
     return Prepared(cell=cell, context=ctx, digest=digest, refs=refs, closure=packages, lock_path=lpath,
-                    base_ids=ids)
+                    base_ids=ids, labels=labels)
+
+
+def _kernel_labels(cell: Cell, lk, lpath: Path, wheels: list[Path]) -> dict[str, str]:
+    """io.imagegen.cuda.archs for a GPU cell, from the CUDA kernels of its locked wheels (facts
+    committed next to the lock, else computed from the fetched wheels and written there). "" when no
+    wheel ships kernels. Raises UserInputError when the cell's gpu_archs cannot be served."""
+    if cell.device != "gpu":
+        return {}
+    from . import gpu_archs
+
+    facts = gpu_archs.ensure_facts(lk, lpath, {w.sha256: p for w, p in zip(lk.wheels, wheels)})
+    why = gpu_archs.check_targets(cell, facts)
+    if why:
+        raise UserInputError(f"{cell.ref}: {why}")
+    return {gpu_archs.LABEL: gpu_archs.label_value(cell, gpu_archs.cell_coverage(cell, facts)) or ""}
 
 
 # --- interrupts ------------------------------------------------------------------------------------
@@ -259,6 +278,29 @@ def abort_cleanup(tracker: Tracker = ACTIVE) -> None:
 
 
 # --- build ---------------------------------------------------------------------------------------
+
+
+def _unchanged(cell: Cell, *, run_tests: bool, progress: Progress, junit_dir: Path | None,
+               t0: float) -> BuildResult:
+    """The tag already holds an image built from these inputs. Skip it only if that exact image ID has a
+    passing test record (testrecord); otherwise run the suite on it now (unless --no-test)."""
+    from . import testrecord, testrun
+
+    info = engine.api().inspect_image(cell.ref)
+    if not run_tests or testrecord.find(info["Id"]):
+        progress.finish(cell, "up to date (skipped)")
+        note = "inputs unchanged" if testrecord.find(info["Id"]) else "inputs unchanged; untested (--no-test)"
+        return BuildResult(cell, "skipped", image_id=info["Id"], size=info["Size"],
+                           seconds=time.monotonic() - t0, message=note)
+    progress.update(cell, "inputs unchanged; no passing test record for this image: testing")
+    summary = testrun.test_image(cell, info["Id"], junit_dir=junit_dir)
+    if not summary.ok:
+        raise GateFailed(f"{cell.ref}: image {info['Id'][:19]} (inputs unchanged) failed its tests "
+                         f"({'; '.join(summary.reasons())[:400] or 'no checks ran'}); it has no test record, so "
+                         f"`imagegen publish` refuses it; JUnit XML: {summary.junit_path}")
+    progress.finish(cell, "tested")
+    return BuildResult(cell, "tested", image_id=info["Id"], size=info["Size"], seconds=time.monotonic() - t0,
+                       message="inputs unchanged; tests ran (no passing record for this image)")
 
 
 def _evict_and_raise(m: Matrix, cell: Cell, exc: ImagegenError) -> None:
@@ -283,10 +325,7 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
     if not force:
         quick = quick_key(rendered, base_ids(cell), lpath.read_bytes() if lpath.exists() else b"")
         if up_to_date(stamped_digest(cell, quick), current_digest(cell.ref)):
-            progress.finish(cell, "up to date (skipped)")
-            info = engine.api().inspect_image(cell.ref)
-            return BuildResult(cell, "skipped", image_id=info["Id"], size=info["Size"],
-                               seconds=time.monotonic() - t0, message="inputs unchanged")
+            return _unchanged(cell, run_tests=run_tests, progress=progress, junit_dir=junit_dir, t0=t0)
     root = paths.cache_root()
     root.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="imagegen-ctx-", dir=root))
@@ -300,10 +339,10 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
         quick = quick_key(rendered, prep.base_ids, prep.lock_path.read_bytes())
         if up_to_date(prep.digest, current_digest(cell.ref), force=force):
             write_stamp(cell, quick, prep.digest)
-            progress.finish(cell, "up to date (skipped)")
-            return BuildResult(cell, "skipped", seconds=time.monotonic() - t0, message="inputs unchanged")
+            return _unchanged(cell, run_tests=run_tests, progress=progress, junit_dir=junit_dir, t0=t0)
         try:
             image_id, step_images = docker_build(cell, prep.context, prep.digest, prep.closure, log_path, progress,
+                                                 extra_labels=prep.labels,
                                                  no_cache=no_cache)
         except ImagegenError as exc:
             if "install: " in str(exc):  # a wheel that fails to install may be a corrupt cache copy

@@ -54,6 +54,7 @@ def prune_config(cell: Cell) -> dict:
     """The rules in force and the paths they act on, as the builder's prune.py reads them."""
     data = compat.prune_rules()
     rules = cell.slimming.as_dict()
+    rules.pop("ptx", None)  # read by fatprune.py from cuda_archs, not a path rule
     fw = cell.fw
     globs = {k: list(v) for k, v in data.items() if k != "protect"}
     for name, paths in fw.inference_prune.items():
@@ -68,10 +69,12 @@ def prune_config(cell: Cell) -> dict:
         "bytecode": bytecode_config(cell),
         "cuda": None,
     }
+    archs = cuda_archs(cell)
+    if archs:
+        cfg["cuda_archs"] = archs
     if cell.device == "gpu":
         cuda = compat.cuda()
         links = {}
-        gpu = fw.versions[cell.version].gpu
         for name in dlopen_names(cell):
             hit = cuda.component_for_soname(name)
             if hit is None:
@@ -87,6 +90,15 @@ def prune_config(cell: Cell) -> dict:
             "ldconf": "/etc/ld.so.conf.d/imagegen-cuda.conf",
         }
     return cfg
+
+
+def cuda_archs(cell: Cell) -> dict | None:
+    """What the builder's fatprune.py keeps (EXPERIMENTAL): the cell's `gpu_archs` and its `ptx` slimming
+    option, or None when the cell declares no target GPUs (nothing is rewritten)."""
+    targets = list(getattr(cell, "gpu_archs", ()) or ())
+    if cell.device != "gpu" or not targets:
+        return None
+    return {"targets": targets, "ptx": cell.slimming.ptx}
 
 
 def runtime_env(cell: Cell) -> list[tuple[str, str]]:
@@ -198,6 +210,7 @@ def render_cell(m: Matrix, cell: Cell, tdir: Path | None = None) -> Rendered:
         "venv": VENV,
         "user": USER,
         "gpu_libdirs": (cfg["cuda"] or {}).get("libdirs", []),
+        "cuda_archs": cfg.get("cuda_archs"),
         "driver_min": compat.cuda().releases[cell.cuda].driver_min if cell.cuda else None,
         "env": [f"{k}={shlex.quote(v)}" for k, v in runtime_env(cell)],
         "bytecode": cfg["bytecode"],
@@ -269,12 +282,17 @@ def check(rendered: list[Rendered], out_dir: Path, all_cells: bool) -> list[str]
     return problems
 
 
-def build_context_files() -> dict[str, Path]:
-    """Static helper scripts every build context carries (not committed per cell)."""
-    return {
+def build_context_files(cell: Cell | None = None) -> dict[str, Path]:
+    """Static helper scripts every build context carries (not committed per cell); cells with
+    `gpu_archs` also carry the fat-binary rewriter and its parser."""
+    files = {
         "imagegen/prune.py": SCRIPTS / "prune.py",
         "imagegen/elfmini.py": SCRIPTS / "elfmini.py",
         "imagegen/install.py": SCRIPTS / "install.py",
         "imagegen/compile_bytecode.py": SCRIPTS / "compile_bytecode.py",
         "imagegen/sysroot.py": SCRIPTS / "sysroot.py",
     }
+    if cell is not None and cuda_archs(cell):
+        files["imagegen/fatbin.py"] = SCRIPTS / "fatbin.py"
+        files["imagegen/fatprune.py"] = SCRIPTS / "fatprune.py"
+    return files

@@ -8,7 +8,7 @@ import docker.errors
 
 from . import engine, paths
 from . import labels as labels_mod
-from .labels import LABEL_DIGEST, SOURCE_URL
+from .labels import CUDA_ARCHS, LABEL_DIGEST, SOURCE_URL
 from .errors import UserInputError
 from .imagetest import TestTarget, run_targets
 from .imagetest.runner import Summary
@@ -26,6 +26,8 @@ def target_for(cell: Cell, image: str | None = None) -> TestTarget:
     expected = {labels_mod.OCI_SOURCE: SOURCE_URL}
     if LABEL_DIGEST in labels:
         expected[LABEL_DIGEST] = labels[LABEL_DIGEST]
+    if cell.device == "gpu" and cell.gpu_archs:  # kernels pruned to the targets: labelled with exactly them
+        expected[CUDA_ARCHS] = ",".join(cell.gpu_archs)
     from .render import dlopen_names, pruned_dlopen_names
 
     # The flavor's policy (flavors.yaml) narrowed by the cell's slimming switches (policy_for).
@@ -58,21 +60,38 @@ def junit_path(junit_dir: Path | None, name: str) -> Path:
     return base / f"junit-{name.replace(':', '-').replace('/', '_')}.xml"
 
 
+def _image_facts(ref: str) -> tuple[str, str | None]:
+    info = engine.api().inspect_image(ref)
+    return info["Id"], ((info.get("Config") or {}).get("Labels") or {}).get(LABEL_DIGEST)
+
+
 def test_image(cell: Cell, image: str, *, junit_dir: Path | None = None) -> Summary:
-    """Run the whole suite on one freshly built image (by ID) before it gets its tag."""
+    """Run the whole suite on one image (by ID or tag); a pass writes its test record (testrecord)."""
+    from . import testrecord
     from .console import err
     from .imagetest.runner import print_summary_table
 
-    summary = run_targets([target_for(cell, image)], junit_path(junit_dir, cell.id), print_summary=False)
+    target = target_for(cell, image)
+    image_id, digest = _image_facts(image)
+    summary = run_targets([target], junit_path(junit_dir, cell.id), print_summary=False)
     print_summary_table(summary, console=err)
+    if summary.ok:
+        testrecord.record_summary(summary, {target.id: (image_id, cell.ref, digest)})
     return summary
 
 
 def test_cells(cells: list[Cell], *, junit: Path | None = None, checks: list[str] | None = None,
                keyword: str | None = None, verbose: bool = False) -> Summary:
+    """The suite on built cells. Only a full run (no --check / -k) writes test records."""
+    from . import testrecord
+
     targets = [target_for(c) for c in cells]
+    facts = {t.id: (*_image_facts(t.image), c.ref) for t, c in zip(targets, cells)}
     path = junit if junit and junit.suffix == ".xml" else junit_path(junit, "imagegen")
-    return run_targets(targets, path, checks=checks, keyword=keyword, verbose=verbose)
+    summary = run_targets(targets, path, checks=checks, keyword=keyword, verbose=verbose)
+    if not checks and not keyword:
+        testrecord.record_summary(summary, {k: (iid, ref, dig) for k, (iid, dig, ref) in facts.items()})
+    return summary
 
 
 # Writes the smoke script to a real file first: frameworks read their models' source (Paddle's

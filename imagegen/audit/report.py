@@ -4,16 +4,16 @@ the terminal view, the HTML page, the comparison and the gates all read."""
 from __future__ import annotations
 
 import heapq
-import posixpath
 import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass
 
 from .. import coldstart
 from .categories import CATEGORIES, category_of, group_of, rule_for_file
-from .fsview import SymlinkLoop, View
+from ..scripts.elfmini import strip_hazard
+from ..savestream.fsview import SymlinkLoop, View
 from .packages import UNOWNED, Ownership
-from .scan import ImageScan, Rec
+from ..savestream.layers import ImageScan, Rec
 
 SCHEMA = "imagegen.audit/1"
 
@@ -92,6 +92,7 @@ def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id
     top_files: list[tuple[int, str]] = []
     top_unowned: list[tuple[int, str]] = []
     elf_files = elf_bad = 0
+    kernel_libs: list = []
     strip_bytes = strip_files = strip_skipped = 0
     total = nfiles = 0
     odd = 0
@@ -106,6 +107,8 @@ def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id
         cat = category_of(path)
         rest = size
         e = r.elf
+        if getattr(r, "kernels", None) is not None:
+            kernel_libs.append(r.kernels)
         if e is not None:
             elf_files += 1
             if not e.ok:
@@ -119,7 +122,7 @@ def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id
             if fat:
                 cat_bytes["cuda_kernels"] += fat
             if (e.debug or e.symbols) and cat != "static_libs":
-                if ".libs/" in path:  # auditwheel-repaired: stripping corrupts them (FACTS trap 1)
+                if strip_hazard(path, (), patchelf_layout=e.patchelf_layout):  # FACTS trap 1
                     strip_skipped += 1
                 else:
                     strip_bytes += min(size, e.debug + e.symbols)
@@ -132,14 +135,17 @@ def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id
             rule_files[rule] += 1
         layer_visible[r.layer] += size
         layer_files[r.layer] += 1
-        d = posixpath.dirname(path)
-        while True:
+        cut = path.rfind("/")
+        parent = path[:cut] if cut > 0 else "/"
+        d = parent
+        while True:  # every ancestor directory (str.rfind: posixpath.dirname was the hot spot)
             dir_bytes[d] += size
             if d == "/":
                 break
-            d = posixpath.dirname(d)
+            cut = d.rfind("/")
+            d = d[:cut] if cut > 0 else "/"
         if path not in owner:
-            unowned_dirs[posixpath.dirname(path)] += size
+            unowned_dirs[parent] += size
             if len(top_unowned) < top:
                 heapq.heappush(top_unowned, (size, path))
             elif size > top_unowned[0][0]:
@@ -265,6 +271,11 @@ def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id
     if dup_bytes:
         s(None, dup_bytes, f"{len(dup_groups)} set(s) of identical files at different paths: keep one copy "
           "(symlink or hard link)")
+    kernels = _kernels_report(kernel_libs)
+    best = max((kernels or {}).get("narrower_targets") or [], key=lambda t: t.get("saves", 0), default=None)
+    if best and best["saves"] >= 1_000_000:  # an image already cut to one GPU keeps only stray bytes
+        s("gpu_archs", best["saves"], f"gpu_archs: [{best['target']}] in the matrix keeps only the CUDA kernels that GPU "
+          "loads (imagegen/scripts/fatprune.py, experimental)")
     sugg.sort(key=lambda x: -x["bytes"])
 
     top_dirs = heapq.nlargest(top, ((b, d) for d, b in dir_bytes.items() if d != "/"))
@@ -301,6 +312,7 @@ def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id
         },
         "elf": {"files": elf_files, "unreadable": elf_bad, "debug": cat_bytes.get("debug", 0),
                 "cuda_kernels": cat_bytes.get("cuda_kernels", 0), "strippable": strip_bytes},
+        "cuda_kernels": kernels,
         "top_files": [{"path": display_path(p), "bytes": b, "category": category_of(p),
                        "package": owner.get(p, UNOWNED)} for b, p in sorted(top_files, reverse=True)],
         "top_dirs": [{"path": display_path(d), "bytes": b} for b, d in top_dirs],
@@ -309,6 +321,14 @@ def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id
         "symlink_loops": loops,
     }
     return Analysis(scan, view, own, report)
+
+
+def _kernels_report(libs: list) -> dict | None:
+    from ..gpu_archs import image_report
+
+    for lib in libs:
+        lib.path = display_path(lib.path)
+    return image_report(libs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -169,3 +169,87 @@ def load(path_or_bytes, api=None) -> list[str]:
 
 def tmp_root() -> str:
     return os.environ.get("TMPDIR", "/tmp")
+
+
+OCI_LAYER_TYPES = {
+    "tar": "application/vnd.oci.image.layer.v1.tar",
+    "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+    "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+}
+
+
+def write_oci_tar(out: BinaryIO, layers: list[list[tuple]], *, compressions: list[str] | None = None,
+                  media_types: list[str] | None = None, tag: str = "imagegen-test/oci:latest",
+                  with_manifest_json: bool = False, nested_index: bool = False) -> dict:
+    """Write an OCI image layout tarball (`oci-layout`, `index.json`, `blobs/sha256/…`), as Docker
+    25+ with the containerd store, skopeo or buildah export it. Each layer is stored as `tar`,
+    `gzip` or `zstd` (per `compressions`); `media_types` overrides the manifest's media types (to
+    test unsupported ones, whose blob is then stored as given by `compressions`). Returns the config."""
+    import gzip as _gzip
+
+    compressions = compressions or ["gzip"] * len(layers)
+    blobs: dict[str, bytes] = {}
+
+    def put(data: bytes) -> str:
+        d = "sha256:" + hashlib.sha256(data).hexdigest()
+        blobs[d] = data
+        return d
+
+    diff_ids, descs = [], []
+    for i, (entries, comp) in enumerate(zip(layers, compressions)):
+        buf = io.BytesIO()
+        write_layer(buf, entries)
+        raw = buf.getvalue()
+        diff_ids.append("sha256:" + hashlib.sha256(raw).hexdigest())
+        if comp == "gzip":
+            blob = _gzip.compress(raw, 6, mtime=0)
+        elif comp == "zstd":
+            import zstandard
+
+            blob = zstandard.ZstdCompressor(level=3).compress(raw)
+        elif comp == "bzip2":
+            import bz2
+
+            blob = bz2.compress(raw)
+        else:
+            blob = raw
+        mt = (media_types[i] if media_types else None) or OCI_LAYER_TYPES.get(comp, f"application/x-{comp}")
+        descs.append({"mediaType": mt, "digest": put(blob), "size": len(blob)})
+    config = {
+        "architecture": "amd64", "os": "linux",
+        "config": {"Labels": {"imagegen.test": "1"}, "Cmd": ["/bin/true"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": [{"created": "2024-01-01T00:00:00Z", "created_by": f"layer {i}"} for i in range(len(layers))],
+    }
+    cfg = json.dumps(config).encode()
+    cfg_d = put(cfg)
+    man = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                      "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg_d,
+                                 "size": len(cfg)},
+                      "layers": descs}).encode()
+    man_d = put(man)
+    top = {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": man_d, "size": len(man),
+           "annotations": {"io.containerd.image.name": tag, "org.opencontainers.image.ref.name": tag.rsplit(":", 1)[-1]},
+           "platform": {"architecture": "amd64", "os": "linux"}}
+    if nested_index:
+        inner = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                            "manifests": [{**top, "annotations": {}}]}).encode()
+        top = {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": put(inner), "size": len(inner),
+               "annotations": top["annotations"]}
+    index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                        "manifests": [top]}).encode()
+    members: list[tuple[str, bytes]] = [(f"blobs/sha256/{d.split(':')[1]}", b) for d, b in sorted(blobs.items())]
+    members += [("index.json", index), ("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')]
+    if with_manifest_json:
+        members.append(("manifest.json", json.dumps([{
+            "Config": f"blobs/sha256/{cfg_d.split(':')[1]}", "RepoTags": [tag],
+            "Layers": [f"blobs/sha256/{d['digest'].split(':')[1]}" for d in descs]}]).encode()))
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("blobs")
+        ti.type = tarfile.DIRTYPE
+        tf.addfile(ti)
+        for name, data in members:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    return config

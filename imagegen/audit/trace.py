@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from ..errors import EngineError, ImagegenError, UserInputError
 from .categories import category_of
-from .fsview import SymlinkLoop
+from ..savestream.fsview import SymlinkLoop
 from .packages import UNOWNED
 from .report import Analysis, display_path
 

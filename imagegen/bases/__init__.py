@@ -581,23 +581,11 @@ def _lib_member(path: str) -> bool:
 
 
 def elf_soname(data: bytes) -> str | None:
-    """DT_SONAME of a 64/32-bit little-endian ELF, or None."""
-    from elftools.common.exceptions import ELFError
-    from elftools.elf.dynamic import DynamicSection
-    from elftools.elf.elffile import ELFFile
+    """DT_SONAME of an ELF file's bytes (:func:`imagegen.elf.read`), or None."""
+    from .. import elf
 
-    if not data.startswith(b"\x7fELF"):
-        return None
-    try:
-        elf = ELFFile(io.BytesIO(data))
-        for sec in elf.iter_sections():
-            if isinstance(sec, DynamicSection):
-                for tag in sec.iter_tags():
-                    if tag.entry.d_tag == "DT_SONAME":
-                        return tag.soname
-    except (ELFError, ValueError, KeyError, AssertionError):
-        return None
-    return None
+    facts = elf.read(data) if data.startswith(elf.MAGIC) else None
+    return facts.soname if facts is not None else None
 
 
 SONAME_READ_LIMIT = 64 << 20

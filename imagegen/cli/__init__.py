@@ -5,7 +5,8 @@ the one ``app`` with a decorator; the work is done by the pipeline and the stage
     app.py          the Typer app, shared options, cell selection, main() (errors -> exit codes)
     matrix_cmds.py  validate, list, schema, render
     lock_cmds.py    lock, fetch, cache prune
-    build_cmds.py   build, test, scan, publish
+    build_cmds.py   build, test
+    release_cmds.py scan, publish, ci matrix
     base_cmds.py    base build, base list, doctor
     audit_cmd.py    audit (incl. --trace VARIANT and --trace-image)
 """
@@ -14,6 +15,7 @@ the one ``app`` with a decorator; the work is done by the pipeline and the stage
 from . import matrix_cmds  # noqa: F401,I001
 from . import lock_cmds  # noqa: F401
 from . import build_cmds  # noqa: F401
+from . import release_cmds  # noqa: F401
 from . import base_cmds  # noqa: F401
 from . import audit_cmd  # noqa: F401
 from .app import app, main

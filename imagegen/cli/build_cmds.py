@@ -1,4 +1,4 @@
-"""Pipeline commands: build, test, scan, publish."""
+"""Pipeline commands: build, test (scan, publish, ci matrix: release_cmds.py)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,12 @@ def build(
     = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Build cells: lock, bootstrap bases, stage the wheelhouse, build, test, then tag."""
+    """Build cells: lock, bootstrap bases, stage the wheelhouse, build, test, then tag.
+
+    A GPU cell with `gpu_archs` (EXPERIMENTAL: not yet checked by a kernel launch on a GPU, see
+    bench/fatprune_on_device.py) keeps only the CUDA kernels those GPUs load: every fat binary of
+    the environment is rewritten and verified in the builder (the `cuda_archs` rule of the prune report).
+    """
     from .. import pipeline
     from ..units import format_size
 
@@ -98,63 +103,3 @@ def test_cmd(
         cells = built
     summary = testrun.test_cells(cells, junit=junit, checks=check, keyword=keyword, verbose=verbose)
     summary.raise_for_failures()
-
-
-@app.command()
-def scan(
-    matrix: MatrixOpt = Path("matrix.yaml"),
-    variant: VariantOpt = None,
-    all_: AllOpt = False,
-    fail_on: Annotated[Optional[str], typer.Option("--fail-on", help="Exit 1 if a finding is at this severity or "
-                                                   "above (LOW, MEDIUM, HIGH, CRITICAL).")] = None,
-    ignore_unfixed: Annotated[bool, typer.Option("--ignore-unfixed", help="Only findings with a fix.")] = False,
-    offline: Annotated[bool, typer.Option("--offline", help="Use trivy's cached DB; no download.")] = False,
-    json_out: JsonOpt = False,
-) -> None:
-    """Scan built cells for known vulnerabilities with trivy (OS packages from dpkg status, pip packages)."""
-    from .. import scan as scan_mod
-
-    if fail_on:
-        fail_on = fail_on.upper()
-        if fail_on not in scan_mod.SEVERITIES:
-            raise UserInputError(f"--fail-on takes one of {', '.join(scan_mod.SEVERITIES[1:])}")
-    m, cells = select_cells(matrix, variant, all_)
-    results = [scan_mod.scan_image(c.ref, ignore_unfixed=ignore_unfixed, offline=offline) for c in cells]
-    if json_out:
-        out.print_json(data=[{"image": r.image, "findings": [f.__dict__ for f in r.findings]} for r in results])
-    else:
-        table = Table(box=None, header_style="bold")
-        for col in ("image", *reversed(scan_mod.SEVERITIES)):
-            table.add_column(col)
-        for r in results:
-            table.add_row(r.image, *(str(r.count(s)) for s in reversed(scan_mod.SEVERITIES)))
-        out.print(table)
-    scan_mod.gate(results, fail_on)
-
-
-@app.command()
-def publish(
-    matrix: MatrixOpt = Path("matrix.yaml"),
-    variant: VariantOpt = None,
-    all_: AllOpt = False,
-    registry: Annotated[Optional[str], typer.Option("--registry", help="Override the matrix's registry "
-                                                    "(host[:port]).")] = None,
-    namespace: Annotated[Optional[str], typer.Option("--namespace", help="Override the matrix's namespace.")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be pushed.")] = False,
-    json_out: JsonOpt = False,
-) -> None:
-    """Push built cells' tags to the registry (credentials: REGISTRY_USER/REGISTRY_TOKEN or docker login)."""
-    from .. import publish as publish_mod
-    from ..matrix import is_registry
-
-    if registry is not None and not is_registry(registry):
-        raise UserInputError(f"'{registry}' is not a valid registry host[:port]")
-    m, cells = select_cells(matrix, variant, all_)
-    done = [publish_mod.publish(c, registry=registry, namespace=namespace, dry_run=dry_run) for c in cells]
-    if json_out:
-        out.print_json(data=[{"ref": p.cell.ref, "remote": p.remote, "digest": p.digest, "dry_run": p.dry_run}
-                             for p in done])
-        return
-    for p in done:
-        out.print(f"{p.remote}{'@' + p.digest if p.digest else ''}{'  (dry run)' if p.dry_run else ''}",
-                  markup=False)

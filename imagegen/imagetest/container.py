@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import struct
 import threading
 import time
 import uuid
@@ -31,6 +30,7 @@ import docker.types
 import testinfra.host
 from testinfra.backend import base as tbase
 
+from .. import elf
 from ..errors import EngineError
 
 MOUNT = "/.imagegen-test"
@@ -56,19 +56,8 @@ def static_busybox() -> Path | None:
 
 
 def _is_static_elf(path: Path) -> bool:
-    """True for an ELF executable without a PT_INTERP program header."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(64)
-            if head[:4] != b"\x7fELF" or head[4] != 2:
-                return False
-            phoff, = struct.unpack_from("<Q", head, 0x20)
-            phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
-            fh.seek(phoff)
-            table = fh.read(phentsize * phnum)
-        return all(struct.unpack_from("<I", table, i * phentsize)[0] != 3 for i in range(phnum))
-    except (OSError, struct.error):
-        return False
+    """True for an ELF executable without a PT_INTERP program header (:mod:`imagegen.elf`)."""
+    return elf.is_static_executable(path)
 
 
 def make_workdir(root: Path | None = None) -> Path:

@@ -12,7 +12,8 @@ import posixpath
 import re
 from typing import Callable
 
-from .inventory import ELF, ELF_SYMTAB, T, resolve
+from ..scripts.elfmini import strip_hazard
+from .inventory import ELF, ELF_PATCHED, ELF_SYMTAB, T, resolve
 
 Files = dict[str, list]
 
@@ -83,12 +84,14 @@ def apt_lists(files: Files, allow: list[str] = []) -> list[str]:
 
 
 def unstripped(files: Files, allow: list[str] = []) -> list[str]:
-    """ELF objects that still carry a symbol table, except auditwheel's `<pkg>.libs/` copies
-    (stripping those corrupts them) and Python's own debug helpers."""
+    """ELF objects that still carry a symbol table, except those `strip` must not touch
+    (`imagegen.scripts.elfmini.strip_hazard`: auditwheel's `<pkg>.libs/` copies and files in
+    patchelf's layout; stripping those corrupts them)."""
     out = []
     for p, e in files.items():
-        if e[T] == "f" and e[ELF] == ELF_SYMTAB:
-            if any(part.endswith(".libs") for part in p.split("/")[:-1]):
+        if e[T] == "f" and e[ELF] in (ELF_SYMTAB, ELF_PATCHED):
+            # the one strip predicate (shared with the prune rule and the audit's suggestion)
+            if strip_hazard(p, (), patchelf_layout=e[ELF] == ELF_PATCHED):
                 continue
             out.append(p)
     return sorted(x for x in out if not _allowed(x, allow))

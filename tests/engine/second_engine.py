@@ -1,5 +1,11 @@
-"""A second, private Docker engine for fault tests: its own dockerd, socket, exec root and data
-root (optionally on a small tmpfs, to fill the disk). The user's engine is never stopped or touched.
+"""A second, private Docker engine for fault tests: its own dockerd, socket, exec root, data root
+(optionally on a small tmpfs, to fill the disk) and its own bridge interface. The user's engine is
+never stopped or touched.
+
+The private bridge matters: a dockerd started with `--bridge=none` deletes the default `docker0`
+interface at start-up, which is the user's engine's bridge (every container run there then fails
+with "could not find bridge docker0"). So this engine gets a bridge of its own, created here and
+deleted in `close()`, and no iptables rules (its containers need no network).
 
 Needs root (dockerd) — the test suite's setup runs as root — and Debian's docker.io.
 """
@@ -35,15 +41,23 @@ class SecondEngine:
         self.log = self.root / "dockerd.log"
         self._mounted = False
         self._starts = 0
+        self.bridge = "igt" + os.urandom(5).hex()  # interface names are at most 15 characters
+        self._bridge_made = False
 
     def start(self, timeout: float = 60) -> "SecondEngine":
         if self.data_size_mb and not self._mounted:
             subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.data_size_mb}m", "tmpfs", str(self.data)],
                            check=True, capture_output=True)
             self._mounted = True
+        if not self._bridge_made:
+            subprocess.run(["ip", "link", "add", "name", self.bridge, "type", "bridge"], check=True,
+                           capture_output=True)
+            self._bridge_made = True
+            subprocess.run(["ip", "addr", "add", "10.231.77.1/24", "dev", self.bridge], check=True, capture_output=True)
+            subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True, capture_output=True)
         argv = [shutil.which("dockerd") or "dockerd", "--data-root", str(self.data),
                 "--exec-root", str(self.root / f"x{self._starts}"), "--pidfile", str(self.root / "pid"), "-H", self.host,
-                "--bridge=none", "--iptables=false", "--ip-masq=false", "--ip6tables=false",
+                f"--bridge={self.bridge}", "--iptables=false", "--ip-masq=false", "--ip6tables=false",
                 "--storage-driver=overlay2"]
         self._starts += 1  # a fresh exec root per start: a killed containerd leaves its socket behind
         self.proc = subprocess.Popen(argv, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
@@ -91,3 +105,6 @@ class SecondEngine:
             if not mounts:
                 break
         shutil.rmtree(self.root, ignore_errors=True)
+        if self._bridge_made:
+            subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True)
+            self._bridge_made = False

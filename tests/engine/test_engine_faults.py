@@ -41,6 +41,20 @@ def cell():
     return next(c for c in m.cells if c.ref == CELL)
 
 
+def _links() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line}
+
+
+@pytest.fixture(autouse=True)
+def users_bridges_survive():
+    """A second dockerd must never delete the user's engine's bridge (docker0)."""
+    before = {name for name in _links() if name.startswith(("docker", "br-"))}
+    yield
+    gone = before - _links()
+    assert not gone, f"the test removed the user's network interfaces: {sorted(gone)}"
+
+
 @pytest.fixture(scope="module")
 def base_refs(cell):
     if os.geteuid() != 0:

@@ -14,8 +14,8 @@ import pytest
 
 from imagegen.audit import audit, check_gates, compare
 from imagegen.audit.categories import category_of
-from imagegen.audit.elf import ElfProbe
-from imagegen.audit.gzsize import GzipCounter
+from imagegen.elf import ElfProbe
+from imagegen.savestream.gzsize import GzipCounter
 from imagegen.audit.report import category_bytes, display_path
 from imagegen.audit.synth import pattern, write_save_tar
 from imagegen.audit.trace import parse_trace
@@ -236,7 +236,7 @@ def test_gzip_counter_output_is_one_valid_gzip_stream():
 
 
 def test_elf_probe_spools_when_section_headers_are_not_at_the_end(debug_so, monkeypatch):
-    import imagegen.audit.elf as elf
+    import imagegen.elf as elf
 
     want = ElfProbe(len(debug_so))
     want.feed(memoryview(debug_so))

@@ -41,6 +41,11 @@ class CorruptStream(StreamError):
     pass
 
 
+class UnsupportedStream(StreamError):
+    """A valid input in a format this reader does not read (e.g. an unknown layer media type).
+    Never reported as corruption: the message names the layer, the type and a remedy."""
+
+
 class ChunkSource:
     """Bytes from an iterator of chunks, read forward only. `pos` counts bytes consumed."""
 
@@ -68,6 +73,12 @@ class ChunkSource:
 
     def pieces(self, n: int) -> Iterator[memoryview]:
         """Yield zero-copy slices totalling exactly n bytes; TruncatedStream if the source ends first."""
+        if 0 < n <= len(self._cur) - self._off:  # fast path: inside the current chunk
+            mv = memoryview(self._cur)[self._off:self._off + n]
+            self._off += n
+            self.pos += n
+            yield mv
+            return
         while n > 0:
             avail = len(self._cur) - self._off
             if avail <= 0:
@@ -130,6 +141,8 @@ class Member:
     linkname: str
     mode: int
     offset: int          # byte offset of the header in its archive
+    uid: int = 0
+    gid: int = 0
 
     @property
     def isreg(self) -> bool:
@@ -152,6 +165,58 @@ def normalize(name: str) -> str:
     while name.startswith("./"):
         name = name[2:]
     return name.strip("/") if name not in ("", ".", "/") else ""
+
+
+class _Hdr:
+    """The fields of one tar header this reader uses (tarfile.TarInfo's names)."""
+
+    __slots__ = ("name", "mode", "uid", "gid", "size", "type", "linkname")
+
+
+def _octal(field: bytes) -> int:
+    s = field.split(b"\0", 1)[0].strip()
+    return int(s, 8) if s else 0
+
+
+def _header(hdr: bytes, start: int):
+    """Parse a 512-byte header: a fast path for plain octal ustar/GNU/v7 headers, and
+    `tarfile.TarInfo.frombuf` (checksums, base-256 numbers, sparse) for anything else."""
+    try:
+        if not (hdr[124] & 0x80 or hdr[100] & 0x80 or hdr[108] & 0x80 or hdr[116] & 0x80) and hdr[156:157] != b"S":
+            chksum = _octal(hdr[148:156])
+            u = sum(hdr) - sum(hdr[148:156]) + 256
+            if chksum == u:
+                h = _Hdr()
+                name = hdr[0:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+                t = hdr[156:157]
+                h.mode = _octal(hdr[100:108])
+                h.uid = _octal(hdr[108:116])
+                h.gid = _octal(hdr[116:124])
+                h.size = _octal(hdr[124:136])
+                h.linkname = hdr[157:257].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+                if t == tarfile.AREGTYPE and name.endswith("/"):
+                    t = tarfile.DIRTYPE
+                if t == tarfile.DIRTYPE:
+                    name = name.rstrip("/")
+                if hdr[345] and t not in tarfile.GNU_TYPES:
+                    prefix = hdr[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+                    if prefix:
+                        name = prefix + "/" + name
+                h.name = name
+                h.type = t
+                return h
+        return tarfile.TarInfo.frombuf(hdr, "utf-8", "surrogateescape")
+    except tarfile.HeaderError as exc:
+        raise CorruptStream(f"invalid tar header at byte {start} ({exc})") from None
+    except ValueError as exc:
+        raise CorruptStream(f"invalid tar header at byte {start} ({exc})") from None
+
+
+def _num(pax: dict[str, str], key: str, default: int) -> int:
+    try:
+        return int(pax[key]) if key in pax else default
+    except ValueError:
+        return default
 
 
 def _parse_pax(data: bytes) -> dict[str, str]:
@@ -192,10 +257,7 @@ def iter_tar(src: ChunkSource) -> Iterator[tuple[Member, ChunkSource]]:
             raise TruncatedStream(f"archive ends inside a header at byte {start}") from None
         if hdr == _ZERO:
             return  # end of archive (the second zero block and padding are the caller's to drain)
-        try:
-            ti = tarfile.TarInfo.frombuf(hdr, "utf-8", "surrogateescape")
-        except tarfile.HeaderError as exc:
-            raise CorruptStream(f"invalid tar header at byte {start} ({exc})") from None
+        ti = _header(hdr, start)
         if ti.type in _META_TYPES:
             padded = -(-ti.size // BLOCK) * BLOCK
             data = src.read_exact(padded)[:ti.size]
@@ -221,7 +283,7 @@ def iter_tar(src: ChunkSource) -> Iterator[tuple[Member, ChunkSource]]:
         has_data = ti.type in _DATA_TYPES or ti.type not in tarfile.SUPPORTED_TYPES
         data_len = size if has_data else 0
         member = Member(normalize(name), ti.type, data_len if ti.type in _DATA_TYPES else 0,
-                        linkname, ti.mode, start)
+                        linkname, ti.mode, start, _num(pax, "uid", ti.uid), _num(pax, "gid", ti.gid))
         before = src.pos
         yield member, src
         used = src.pos - before

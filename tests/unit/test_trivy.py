@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from imagegen import scan
+from imagegen import trivy as scan
 from imagegen.errors import GateFailed, ImagegenError
 
 REPORT = {
@@ -44,4 +44,4 @@ def test_gate():
 def test_missing_trivy_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("IMAGEGEN_TRIVY", "trivy-does-not-exist-here")
     with pytest.raises(ImagegenError, match="trivy not found"):
-        scan.trivy()
+        scan.locate()

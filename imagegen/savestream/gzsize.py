@@ -1,16 +1,20 @@
 """Compressed size of a layer as a registry stores it: the gzip of the uncompressed layer tar.
 
-`docker push` gzips each layer tar with Go's compress/gzip at its default level, 6. We compute
-a real gzip -6 stream (zlib level 6, window 32 KiB) and count its bytes; nothing is estimated.
-To use every core we compress in blocks the way pigz does: each block is deflated with the last
-32 KiB of the previous block as preset dictionary and ends with a sync flush, so the blocks
-concatenate into ONE valid gzip member (tested: it decompresses to the layer tar). Against a
-single-threaded `gzip -6` of the same tar the size differs by a few bytes per block (the sync
-markers), under 0.01 %. Go's encoder is a different implementation of the same format and
-level; its output differs from zlib's by a fraction of a percent either way.
+What the number is, exactly: the layer tar is cut into 4 MiB blocks; each block is deflated at
+level 6 (window 32 KiB) with the previous block's last 32 KiB as preset dictionary, ending with a
+sync flush (the last one with a final flush); the block outputs are counted and 18 bytes of gzip
+header and trailer added. Those concatenated blocks ARE one valid gzip member (tested: it
+decompresses to the layer tar), as pigz writes it; blocks compress in parallel on every core.
+The deflate engine is zlib-ng (2-3x faster than zlib at the same level; its level-6 output is
+about 1 % larger than zlib's).
+
+What it is not: byte-identical to what `docker push` uploads. The engine gzips with Go's
+compress/gzip (level 6 by default, a third implementation of the same format), serially; the
+README gives the measured difference against blobs pushed to a local registry.
 
 Results are cached by layer diff_id (content address of the uncompressed tar) under
-$IMAGEGEN_CACHE/audit/gzip/, so base layers shared by a family of images are compressed once.
+$IMAGEGEN_CACHE/audit/gzip/ (`paths.audit_gzip_dir`), keyed also by METHOD, so base layers shared by a family of
+images are compressed once, and a change of method recomputes.
 """
 
 from __future__ import annotations
@@ -24,18 +28,25 @@ from pathlib import Path
 
 from .. import paths
 
+try:  # zlib-ng: the same deflate format and levels, 2-3x faster than zlib at level 6
+    from zlib_ng import zlib_ng as _deflate
+    ENGINE = "zlib-ng"
+except ImportError:  # pragma: no cover - a declared dependency; zlib keeps the audit working
+    _deflate = zlib
+    ENGINE = "zlib"
+
 LEVEL = 6
 BLOCK = 4 << 20
 WINDOW = 32 << 10
 GZIP_OVERHEAD = 10 + 8  # header + CRC32/ISIZE trailer
-METHOD = f"gzip-{LEVEL} zlib blocks {BLOCK >> 20}MiB+dict"
+METHOD = f"gzip-{LEVEL} {ENGINE} blocks {BLOCK >> 20}MiB+dict"
 
 
 def _deflate_block(pieces: list, zdict: bytes, final: bool, level: int, keep: bool) -> tuple[int, bytes | None]:
     if zdict:
-        c = zlib.compressobj(level, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, zdict)
+        c = _deflate.compressobj(level, _deflate.DEFLATED, -15, 8, _deflate.Z_DEFAULT_STRATEGY, zdict)
     else:
-        c = zlib.compressobj(level, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY)
+        c = _deflate.compressobj(level, _deflate.DEFLATED, -15, 8, _deflate.Z_DEFAULT_STRATEGY)
     n = 0
     kept = [] if keep else None
     for p in pieces:
@@ -43,7 +54,7 @@ def _deflate_block(pieces: list, zdict: bytes, final: bool, level: int, keep: bo
         n += len(out)
         if kept is not None:
             kept.append(out)
-    out = c.flush(zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH)
+    out = c.flush(_deflate.Z_FINISH if final else _deflate.Z_SYNC_FLUSH)
     n += len(out)
     if kept is not None:
         kept.append(out)
@@ -99,7 +110,7 @@ class GzipCounter:
         self._n = 0
         self._dict = b""
         self._futs: deque[Future] = deque()
-        self._max_inflight = 2 * workers()
+        self._max_inflight = workers() + 1
         self._size = 0
         self._out: list[bytes] = []
         self.raw = 0

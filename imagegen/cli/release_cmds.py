@@ -1,0 +1,156 @@
+"""Release commands: scan (trivy), publish (push, digest check, aliases), ci matrix."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ..console import err, out
+from ..errors import GateFailed, UserInputError
+from .app import AllOpt, JsonOpt, MatrixOpt, VariantOpt, app, select_cells
+
+
+@app.command()
+def scan(
+    matrix: MatrixOpt = Path("matrix.yaml"),
+    variant: VariantOpt = None,
+    all_: AllOpt = False,
+    fail_on: Annotated[Optional[str], typer.Option("--fail-on", help="Exit 1 if a vulnerability not ignored is at "
+                                                   "this severity or above (LOW, MEDIUM, HIGH, CRITICAL).")] = None,
+    ignore_file: Annotated[Optional[Path], typer.Option("--ignore-file", help="YAML `ignore: [{id, reason, expires: "
+                                                        "YYYY-MM-DD, package?}]`; an expired entry fails the scan.")]
+    = None,
+    ignore_unfixed: Annotated[bool, typer.Option("--ignore-unfixed", help="Only vulnerabilities with a fix.")] = False,
+    no_vuln: Annotated[bool, typer.Option("--no-vuln", help="SBOM and secret scan only (no vulnerability DB at "
+                                                           "hand).")] = False,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="trivy's cache (a pre-seeded DB lives in "
+                                                      "DIR/db/trivy.db).")] = None,
+    skip_db_update: Annotated[bool, typer.Option("--skip-db-update", help="Use the DB in --cache-dir; never "
+                                                 "download it.")] = False,
+    offline_scan: Annotated[bool, typer.Option("--offline-scan", help="No network at all during the scan.")] = False,
+    db_repository: Annotated[Optional[str], typer.Option("--db-repository", help="OCI mirror of trivy's DB "
+                                                         "(default ghcr.io/aquasecurity/trivy-db).")] = None,
+    offline: Annotated[bool, typer.Option("--offline", help="Same as --skip-db-update --offline-scan.")] = False,
+    reports: Annotated[Path, typer.Option("--reports", help="Where the SBOMs (sbom-<cell>.cdx.json) and scan "
+                                          "reports (scan-<cell>.json) go.")] = Path("reports"),
+    json_out: JsonOpt = False,
+) -> None:
+    """Per cell: CycloneDX SBOM, secret scan (must be clean), vulnerability scan (trivy, through plumbum)."""
+    from .. import trivy
+
+    if fail_on:
+        fail_on = fail_on.upper()
+        if fail_on not in trivy.SEVERITIES:
+            raise UserInputError(f"--fail-on takes one of {', '.join(trivy.SEVERITIES[1:])}")
+    if db_repository is not None and not trivy.valid_repository(db_repository):
+        raise UserInputError(f"--db-repository '{db_repository}' is not an OCI repository reference (lowercase)")
+    ignores = trivy.load_ignores(ignore_file)
+    m, cells = select_cells(matrix, variant, all_)
+    trivy.locate()  # one clear line when trivy is missing, before anything is saved
+    opts = trivy.Options(cache_dir=cache_dir, skip_db_update=skip_db_update or offline,
+                         offline_scan=offline_scan or offline, db_repository=db_repository)
+    results = []
+    for c in cells:
+        err.print(f"scanning {c.ref}", markup=False)
+        r = trivy.scan_cell(c, reports, opts, vuln=not no_vuln, ignores=ignores, ignore_unfixed=ignore_unfixed)
+        (reports / f"scan-{c.id}.json").write_text(json.dumps(r.as_dict(), indent=2) + "\n")
+        results.append(r)
+    if json_out:
+        out.print_json(data=[r.as_dict() for r in results])
+    else:
+        table = Table(box=None, header_style="bold")
+        for col in ("image", "os", "deb", "pypi", "secrets", *reversed(trivy.SEVERITIES), "sbom"):
+            table.add_column(col)
+        for r in results:
+            sev = [str(r.vulns.count(s)) if r.vulns else "-" for s in reversed(trivy.SEVERITIES)]
+            bad = sum(1 for s in r.secrets if not s.allowed)
+            allowed = len(r.secrets) - bad
+            table.add_row(r.image, r.sbom.os or "none", str(r.sbom.count("deb")), str(r.sbom.count("pypi")),
+                          f"{bad}" + (f" (+{allowed} allowed)" if allowed else ""), *sev, str(r.sbom.path))
+        out.print(table)
+    problems = [p for r in results for p in r.problems]
+    for p in problems[1:]:
+        err.print(f"error: {p}", markup=False, style="red")
+    if problems:
+        raise GateFailed(problems[0])
+    trivy.gate([r.vulns for r in results if r.vulns], fail_on, ignores)
+
+
+@app.command()
+def publish(
+    matrix: MatrixOpt = Path("matrix.yaml"),
+    variant: VariantOpt = None,
+    all_: AllOpt = False,
+    registry: Annotated[Optional[str], typer.Option("--registry", help="Override the matrix's registry "
+                                                    "(host[:port]; loopback registries are spoken to over http).")] = None,
+    namespace: Annotated[Optional[str], typer.Option("--namespace", help="Override the matrix's namespace "
+                                                     "(lowercase).")] = None,
+    alias: Annotated[Optional[list[str]], typer.Option("--alias", help="An extra alias tag for every selected "
+                                                       "cell (repeatable), besides the matrix's.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and show what would be pushed; touch no "
+                                                           "registry.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Publish an image without a passing test record, and "
+                                                       "replace an immutable tag that holds another image "
+                                                       "(each said on stderr).")] = False,
+    retries: Annotated[int, typer.Option("--retries", min=0, max=20, help="Retries after a transient failure "
+                                         "(5xx, 429, reset, timeout) of the push or of a registry request.")] = 3,
+    retry_backoff: Annotated[float, typer.Option("--retry-backoff", min=0.0, max=300.0, help="First retry delay "
+                                                 "in seconds; doubles each retry (at most 30 s).")] = 1.0,
+    report: Annotated[Path, typer.Option("--report", help="Where to write the publish report (JSON).")]
+    = Path("reports/publish.json"),
+    json_out: JsonOpt = False,
+) -> None:
+    """Push tested cells and their aliases; verify the registry's digest (credentials: REGISTRY_USER/
+    REGISTRY_TOKEN or docker login)."""
+    from .. import publish as publish_mod
+    from ..registry import RetryPolicy
+
+    m, cells = select_cells(matrix, variant, all_)
+    targets = publish_mod.plan(cells, registry=registry, namespace=namespace, extra_aliases=alias)
+    done = publish_mod.publish(targets, force=force, dry_run=dry_run,
+                               retry=RetryPolicy(attempts=retries + 1, backoff=retry_backoff), report=report)
+    if json_out:
+        import dataclasses
+
+        out.print_json(data=[dataclasses.asdict(p) for p in done])
+        return
+    for p in done:
+        line = f"{p.ref}@{p.digest}" if p.digest else f"{p.ref}  (dry run)"
+        out.print(line + "".join(f"\n  alias {a}" for a in p.aliases), markup=False)
+    if not dry_run:
+        err.print(f"wrote {report}", markup=False)
+
+
+# --- ci ---
+
+ci_app = typer.Typer(help="Continuous integration helpers.", no_args_is_help=True)
+app.add_typer(ci_app, name="ci")
+
+
+@ci_app.command("matrix")
+def ci_matrix(
+    matrix: MatrixOpt = Path("matrix.yaml"),
+    variant: VariantOpt = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="Only cells of this device (cpu, gpu).")] = None,
+    github_output: Annotated[bool, typer.Option("--github-output", help="Also append matrix=<json> and count=<n> "
+                                                "to the file named by $GITHUB_OUTPUT.")] = False,
+) -> None:
+    """GitHub Actions strategy.matrix JSON (one entry per active cell; runners from the matrix's `ci:` block)."""
+    from .. import ci
+
+    if device is not None and device not in ("cpu", "gpu"):
+        raise UserInputError(f"--device takes cpu or gpu, not '{device}'")
+    m, cells = select_cells(matrix, variant, False, need_one=False)
+    data = ci.matrix(m, cells, device=device)
+    if github_output:
+        target = os.environ.get("GITHUB_OUTPUT")
+        if not target:
+            raise UserInputError("--github-output needs $GITHUB_OUTPUT (set by GitHub Actions)")
+        ci.github_output(Path(target), data)
+    sys.stdout.write(ci.dumps(data) + "\n")
