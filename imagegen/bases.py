@@ -45,7 +45,7 @@ from typing import Annotated, Iterable, Iterator, Optional
 
 import typer
 
-from . import compat
+from . import compat, userpaths
 from .console import log, warn
 from .errors import EngineError, ImagegenError, UserInputError
 
@@ -1038,7 +1038,8 @@ def role_sonames(image_ref: str) -> set[str]:
 
 MatrixArg = Annotated[Optional[Path], typer.Option(
     "--matrix", "-m", envvar="IMAGEGEN_MATRIX",
-    help="Also use the bases a matrix file defines (default: ./matrix.yaml when it exists).")]
+    help="Also use the bases a matrix file defines (default: ./matrix.yaml when it exists).",
+    callback=userpaths.input_file)]
 
 
 def all_bases(matrix: Path | None = None) -> dict[str, compat.BaseSpec]:

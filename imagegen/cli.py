@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from . import __version__
+from . import __version__, userpaths
 from .console import err, out
 from .errors import ImagegenError, UserInputError
 
@@ -27,7 +27,8 @@ app = typer.Typer(
 
 MatrixOpt = Annotated[
     Path,
-    typer.Option("--matrix", "-m", envvar="IMAGEGEN_MATRIX", help="The matrix file.", show_default=True),
+    typer.Option("--matrix", "-m", envvar="IMAGEGEN_MATRIX", help="The matrix file.", show_default=True,
+                 callback=userpaths.input_file),
 ]
 VariantOpt = Annotated[
     Optional[list[str]],
@@ -118,13 +119,15 @@ def list_cells(
 
 @app.command()
 def schema(
-    out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write to this file instead of stdout.")] = None,
+    out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write to this file instead of stdout.",
+                                                     callback=userpaths.output_file)] = None,
 ) -> None:
     """The JSON Schema of matrix.yaml, for editor completion (yaml-language-server)."""
     from .matrix import json_schema
 
     text = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
     if out_file:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
         out_file.write_text(text)
         err.print(f"wrote {out_file}")
     else:
@@ -137,7 +140,8 @@ def render(
     variant: VariantOpt = None,
     all_: AllOpt = False,
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write one folder per cell here "
-                                                    "(default: print the Dockerfile).")] = None,
+                                                    "(default: print the Dockerfile).",
+                                                    callback=userpaths.output_dir)] = None,
     check: Annotated[bool, typer.Option("--check", help="Fail if the files under --out (default dockerfiles/) "
                                                        "drifted from the templates.")] = False,
 ) -> None:
@@ -189,6 +193,10 @@ def main() -> None:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         err.print(f"error: {message}", markup=False, style="red")
         sys.exit(getattr(exc, "exit_code", 2))
+    except OSError as exc:  # a file or device failed mid-run (disk full, permissions): one line, not a traceback
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        err.print(f"error: {where}{exc.strerror or exc}", markup=False, style="red")
+        sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from . import userpaths
 from .cli import AllOpt, JsonOpt, MatrixOpt, VariantOpt, _cells, app
 from .console import err, out
 from .errors import GateFailed, ImagegenError, UserInputError
@@ -30,7 +31,8 @@ def build(
     no_test: Annotated[bool, typer.Option("--no-test", help="Tag without running the image test suite.")] = False,
     keep_cache: Annotated[bool, typer.Option("--keep-cache", help="Keep the builder stages' intermediate images "
                                                                    "(faster rebuilds after a change, GBs of disk).")] = False,
-    junit: Annotated[Optional[Path], typer.Option("--junit", help="Directory for the tests' JUnit XML.")] = None,
+    junit: Annotated[Optional[Path], typer.Option("--junit", help="Directory for the tests' JUnit XML.",
+                                                            callback=userpaths.output_dir)] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not reuse the engine's layer cache (cold build).")]
     = False,
     json_out: JsonOpt = False,
@@ -111,7 +113,8 @@ def test_cmd(
     matrix: MatrixOpt = Path("matrix.yaml"),
     variant: VariantOpt = None,
     all_: AllOpt = False,
-    junit: Annotated[Optional[Path], typer.Option("--junit", help="JUnit XML file (or directory) to write.")]
+    junit: Annotated[Optional[Path], typer.Option("--junit", help="JUnit XML file (or directory) to write.",
+                                                             callback=userpaths.output_file_or_dir)]
     = Path("reports/junit-images.xml"),
     check: Annotated[Optional[list[str]], typer.Option("--check", help="Only these check modules (smoke, "
                                                        "gpu_ready, tag, policy, budget, hardening).")] = None,

@@ -57,6 +57,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from .console import log, out, warn
+from . import userpaths
 from .errors import ImagegenError, UserInputError
 
 LOCK_FORMAT = 1
@@ -1211,7 +1212,8 @@ def _size(n: int) -> str:
 
 
 def lock_command(
-    matrix: Annotated[Path, typer.Option("--matrix", "-m", envvar="IMAGEGEN_MATRIX", help="The matrix file.")]
+    matrix: Annotated[Path, typer.Option("--matrix", "-m", envvar="IMAGEGEN_MATRIX", help="The matrix file.",
+                                         callback=userpaths.input_file)]
     = Path("matrix.yaml"),
     variant: Annotated[Optional[list[str]], typer.Option("--variant", "-v", help="Cell selector; repeatable.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every active cell of the matrix.")] = False,

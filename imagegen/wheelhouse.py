@@ -37,6 +37,7 @@ from typing import Annotated, Iterable, Iterator, Optional
 
 import typer
 
+from . import userpaths
 from .console import log, out
 from .errors import ImagegenError, UserInputError
 from .lock import (
@@ -497,7 +498,8 @@ def _lock_files(paths: list[Path] | None) -> list[Path]:
 
 
 def fetch_command(
-    locks: Annotated[Optional[list[Path]], typer.Argument(help="Lock files or directories (default: locks/).")] = None,
+    locks: Annotated[Optional[list[Path]], typer.Argument(help="Lock files or directories (default: locks/).",
+                                                                  callback=userpaths.input_files_or_dirs)] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, max=16, help="Parallel downloads.")] = 4,
 ) -> None:
     """Fill the wheel cache from lock files (no resolution): each distinct wheel is downloaded once."""
@@ -510,7 +512,8 @@ def fetch_command(
 
 def prune_command(
     locks: Annotated[Optional[list[Path]], typer.Argument(help="Keep the wheels of these lock files or "
-                                                               "directories (default: locks/).")] = None,
+                                                               "directories (default: locks/).",
+                                                               callback=userpaths.input_files_or_dirs)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Only report what would be removed.")] = False,
 ) -> None:
     """Remove cached wheels that none of the given locks reference."""

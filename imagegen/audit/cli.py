@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from ..console import err, out
+from .. import userpaths
 from ..errors import UserInputError
 from .categories import all_names
 from .units import parse_size
@@ -46,11 +48,11 @@ def audit_command(
                                                            show_default=False)] = None,
     compare_with: Annotated[Optional[str], typer.Option("--compare", metavar="IMAGE_B",
                                                         help="Show IMAGE and IMAGE_B side by side, with the difference.")] = None,
-    from_tar: Annotated[Optional[str], typer.Option("--from-tar", metavar="FILE",
-                                                    help="Audit a `docker save` tarball instead of a local image.")] = None,
+    from_tar: Annotated[Optional[Path], typer.Option("--from-tar", metavar="FILE", callback=userpaths.input_file,
+                                                     help="Audit a `docker save` tarball instead of a local image.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
-    html: Annotated[Optional[str], typer.Option("--html", metavar="FILE",
-                                                help="Write a self-contained HTML page (treemap + tables).")] = None,
+    html: Annotated[Optional[Path], typer.Option("--html", metavar="FILE", callback=userpaths.output_file,
+                                                 help="Write a self-contained HTML page (treemap + tables).")] = None,
     top: Annotated[int, typer.Option("--top", min=1, help="Rows in top-N tables.")] = 20,
     compressed: Annotated[bool, typer.Option("--compressed/--no-compressed",
                                              help="Compute each layer's gzip size (cached by diff_id).")] = True,
@@ -101,7 +103,7 @@ def audit_command(
     if command:
         raise UserInputError(f"unexpected arguments: {' '.join(command)}")
 
-    a = audit(image, tarball=from_tar, compressed=compressed, top=top, log=_log)
+    a = audit(image, tarball=str(from_tar) if from_tar else None, compressed=compressed, top=top, log=_log)
     report = a.report
     b = None
     if compare_with:
@@ -110,7 +112,8 @@ def audit_command(
         from .html import write
 
         try:
-            write(a, html, top=top)
+            html.parent.mkdir(parents=True, exist_ok=True)
+            write(a, str(html), top=top)
         except OSError as exc:
             raise UserInputError(f"cannot write {html}: {exc.strerror or exc}") from None
     if json_out:
