@@ -3,6 +3,12 @@
 # included, via scripts/setup.sh), then runs the unit, engine and CPU integration tests.
 # GPU-cell builds (several GB) are opt-in: IMAGEGEN_GPU_CELLS=1 bash scripts/test.sh
 set -euo pipefail
+# Root is needed (apt, dockerd, the engine's socket). As root: go on, no sudo needed (a fresh machine
+# may have none). Otherwise run this script again through sudo.
+if [[ "$(id -u)" -ne 0 ]]; then
+  command -v sudo >/dev/null || { echo "$(basename "$0"): run as root (sudo is not installed)" >&2; exit 1; }
+  exec sudo --preserve-env=IMAGEGEN_CACHE,IMAGEGEN_GPU_CELLS,IMAGEGEN_PYTHON,PIP_CERT,PIP_INDEX_URL bash "$0" "$@"
+fi
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 mkdir -p reports
