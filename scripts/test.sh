@@ -17,4 +17,6 @@ if [[ "${IMAGEGEN_GPU_CELLS:-0}" != "1" ]]; then
   markers="(${markers}) and not gpu_cell"
 fi
 # pytest exits 5 when it collects no test; with `set -e` that fails this script, as it must.
-exec python3 -m pytest -m "${markers}" --junitxml=reports/junit.xml "$@"
+# --strict-skips: any skip whose reason is not in tests/allowed-skips.txt (no NVIDIA GPU,
+# IMAGEGEN_GPU_CELLS not set) fails the run and is named in the summary.
+exec python3 -m pytest -m "${markers}" --strict-skips --junitxml=reports/junit.xml "$@"
