@@ -421,9 +421,9 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
     progress.start(cell)
     if not force:
         digest = fast_skip_digest(m, cell)
-        if digest and current_digest(cell.ref) == digest:
+        if digest and current_digest(cell.local_ref) == digest:
             progress.finish(cell, "up to date (skipped)")
-            info = engine.api().inspect_image(cell.ref)
+            info = engine.api().inspect_image(cell.local_ref)
             return BuildResult(cell, "skipped", image_id=info["Id"], size=info["Size"],
                                seconds=time.monotonic() - t0, message="inputs unchanged")
     workdir = Path(tempfile.mkdtemp(prefix="imagegen-ctx-", dir=cache_dir()))
@@ -434,7 +434,7 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
     try:
         progress.update(cell, "preparing: lock, bases, wheelhouse, closure")
         prep = prepare(m, cell, workdir)
-        if not force and current_digest(cell.ref) == prep.digest:
+        if not force and current_digest(cell.local_ref) == prep.digest:
             _write_stamp(m, cell, prep.digest)
             progress.finish(cell, "up to date (skipped)")
             return BuildResult(cell, "skipped", seconds=time.monotonic() - t0, message="inputs unchanged")
@@ -450,7 +450,7 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
                 raise GateFailed(f"{cell.ref}: built image {image_id[:19]} failed its tests "
                                  f"({'; '.join(summary.reasons())[:400] or 'no checks ran'}); the tag was not "
                                  f"moved; JUnit XML: {summary.junit_path}")
-        engine.api().tag(image_id, cell.ref.rsplit(":", 1)[0], cell.ref.rsplit(":", 1)[1], force=True)
+        engine.api().tag(image_id, cell.local_ref.rsplit(":", 1)[0], cell.local_ref.rsplit(":", 1)[1], force=True)
         _track("images", image_id, add=False)
         _write_stamp(m, cell, prep.digest)
         size = engine.api().inspect_image(image_id)["Size"]

@@ -46,7 +46,8 @@ def build(
     results = build_mod.build_cells(m, cells, jobs=jobs, force=force, run_tests=not no_test,
                                     keep_cache=keep_cache, junit_dir=junit, no_cache=no_cache)
     if json_out:
-        out.print_json(data=[{"ref": r.cell.ref, "status": r.status, "image_id": r.image_id,
+        out.print_json(data=[{"ref": r.cell.ref, "local_ref": r.cell.local_ref, "status": r.status,
+                              "image_id": r.image_id,
                               "seconds": round(r.seconds, 2), "size": r.size, "message": r.message,
                               "closure": r.closure, "prune": r.prune_report,
                               "log": str(r.log_path) if r.log_path else None} for r in results])
@@ -186,7 +187,7 @@ def scan(
         if fail_on not in scan_mod.SEVERITIES:
             raise UserInputError(f"--fail-on takes one of {', '.join(scan_mod.SEVERITIES[1:])}")
     m, cells = _cells(matrix, variant, all_)
-    results = [scan_mod.scan_image(c.ref, ignore_unfixed=ignore_unfixed, offline=offline) for c in cells]
+    results = [scan_mod.scan_image(c.local_ref, ignore_unfixed=ignore_unfixed, offline=offline) for c in cells]
     if json_out:
         out.print_json(data=[{"image": r.image, "findings": [f.__dict__ for f in r.findings]} for r in results])
     else:
@@ -228,7 +229,7 @@ def _trace_variant(selector: str) -> tuple[str, list[str]]:
     if "def host_prepare" in source:
         raise UserInputError(f"{cell.framework}'s smoke test needs a model prepared on the host; trace it with "
                              f"--trace-image {cell.ref} -- python3 YOUR_WORKLOAD.py")
-    return cell.ref, [f"python{cell.python}", "-c", _SMOKE_RUNNER, source, "cpu"]
+    return cell.local_ref, [f"python{cell.python}", "-c", _SMOKE_RUNNER, source, "cpu"]
 
 
 def _register_audit() -> None:

@@ -292,6 +292,12 @@ class Cell:
         return f"{self.image}:{self.tag}"
 
     @property
+    def local_ref(self) -> str:
+        """The reference in the local engine: `ref`, under IMAGEGEN_LOCAL_PREFIX when set (tests build
+        under their own prefix, e.g. `imagegen-test/`, so they never touch a user's images)."""
+        return local_prefix() + self.ref
+
+    @property
     def id(self) -> str:
         return f"{self.image}-{self.tag}"
 
@@ -321,7 +327,20 @@ class Cell:
             "indexes": [i.__dict__ for i in self.indexes], "slimming": self.slimming.as_dict(),
             "budget": {"size": self.budget_size, "compressed": self.budget_compressed},
             "excluded": self.excluded, "origin": self.origin, "remote_ref": self.remote_ref,
+            "local_ref": self.local_ref,
         }
+
+
+def local_prefix() -> str:
+    """IMAGEGEN_LOCAL_PREFIX: a repository path prefix ending in '/' (e.g. `imagegen-test/`) for every
+    local tag imagegen builds, tests, audits or publishes from; empty by default."""
+    import os
+
+    prefix = os.environ.get("IMAGEGEN_LOCAL_PREFIX", "")
+    if prefix and not (prefix.endswith("/") and all(_REPO_COMPONENT.match(p) for p in prefix[:-1].split("/"))):
+        raise UserInputError(f"IMAGEGEN_LOCAL_PREFIX={prefix!r} must be lowercase repository components "
+                             "ending in '/', e.g. imagegen-test/")
+    return prefix
 
 
 @functools.lru_cache(maxsize=1)

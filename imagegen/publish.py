@@ -45,7 +45,7 @@ def publish(cell: Cell, *, registry: str | None = None, namespace: str | None = 
             dry_run: bool = False) -> Pushed:
     api = engine.api()
     try:
-        info = api.inspect_image(cell.ref)
+        info = api.inspect_image(cell.local_ref)
     except docker.errors.ImageNotFound:
         raise UserInputError(f"{cell.ref} is not built here; run `imagegen build --variant {cell.ref}` first") from None
     labels = (info.get("Config") or {}).get("Labels") or {}

@@ -447,6 +447,7 @@ def cli_app(tmp_path, monkeypatch):
     app.command("fetch")(wheelhouse.fetch_command)
     app.command("prune")(wheelhouse.prune_command)
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "matrix.yaml").write_text("# the cell source is replaced; --matrix must still name a file\n")
     yield app
     L._cell_source = None
 
