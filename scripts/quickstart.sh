@@ -16,6 +16,6 @@ bash scripts/setup.sh
 mkdir -p reports
 imagegen validate
 imagegen build --variant "$variant" --junit reports/          # builds, then runs the image test suite
-ref="$(imagegen list --variant "$variant" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["ref"])')"
+ref="$(imagegen list --variant "$variant" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["local_ref"])')"
 imagegen audit "$ref" --html reports/audit.html
 echo "quickstart: $ref built, tested and audited; reports in $(pwd)/reports/" >&2

@@ -281,3 +281,21 @@ def test_unused_index_is_an_error(tmp_path):
     doc["indexes"] = {"paddle-cu999": {"url": "https://mirror.example/x/"}}
     with pytest.raises(UserInputError, match="index 'paddle-cu999' is used by no cell"):
         matrix.load(_write(tmp_path, doc, "idx"))
+
+
+def test_local_prefix_moves_only_engine_refs(tmp_path, monkeypatch):
+    """IMAGEGEN_LOCAL_PREFIX (issue 9 item 3): tests build under their own prefix; the cell's name,
+    selectors, labels and remote ref stay the same."""
+    path = _write(tmp_path, BASE_DOC, "prefix")
+    monkeypatch.setenv("IMAGEGEN_LOCAL_PREFIX", "imagegen-test/")
+    m = matrix.load(path)
+    cell = m.select(["paddle:3.3.1-cpu-slim"])[0]
+    assert cell.ref == "paddle:3.3.1-cpu-slim" and cell.local_ref == "imagegen-test/paddle:3.3.1-cpu-slim"
+    assert cell.remote_ref == "ghcr.io/imagegen/paddle:3.3.1-cpu-slim"
+    assert "LABEL" in render_cell(m, cell).files["Dockerfile"]
+    for bad in ("Imagegen-Test/", "imagegen-test", "a b/", "x;rm/"):
+        monkeypatch.setenv("IMAGEGEN_LOCAL_PREFIX", bad)
+        with pytest.raises(UserInputError, match="IMAGEGEN_LOCAL_PREFIX"):
+            _ = cell.local_ref
+    monkeypatch.delenv("IMAGEGEN_LOCAL_PREFIX")
+    assert cell.local_ref == cell.ref
