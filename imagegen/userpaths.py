@@ -63,7 +63,7 @@ def check_output_file(path: PathArg) -> Optional[Path]:
             st = path.stat()
         except OSError as exc:
             raise UserInputError(f"{path}: cannot write: {exc.strerror or exc}") from None
-        if not stat.S_ISREG(st.st_mode):
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISCHR(st.st_mode)):  # /dev/null, /dev/stdout are fine
             raise UserInputError(f"{path}: not a regular file; give a file name")
         try:
             with open(path, "ab"):  # no truncation, no change to its bytes

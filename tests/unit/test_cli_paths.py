@@ -168,6 +168,7 @@ def test_checks_create_nothing_and_accept_good_paths(tmp_path):
     assert existing.read_text() == "old"  # probing does not truncate
     assert list(tmp_path.iterdir()) == [existing]  # no probe left behind
     assert userpaths.check_output_file_or_dir(tmp_path / "reports") == tmp_path / "reports"
+    assert userpaths.check_output_file("/dev/null") == Path("/dev/null")  # a device is a fine sink
 
 
 def test_outputs_create_missing_parent_directories(monkeypatch, tmp_path):
