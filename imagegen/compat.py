@@ -189,5 +189,24 @@ def bases(data_dir: Path = DATA) -> dict[str, BaseSpec]:
     return {name: BaseSpec.model_validate(spec) for name, spec in raw.items()}
 
 
+@functools.lru_cache(maxsize=None)
+def flavors(data_dir: Path = DATA) -> dict[str, dict]:
+    """What each flavor means (flavors.yaml): {flavor: {description, runtime_role, slimming,
+    policy}}. The contents policy the image tests enforce comes from here only."""
+    return _load_yaml(data_dir / "flavors.yaml")
+
+
+@functools.lru_cache(maxsize=None)
+def prune_rules(data_dir: Path = DATA) -> dict:
+    """The paths each slimming rule removes (prune.yaml): {rule: [glob, ...], "protect": [glob, ...]}."""
+    return _load_yaml(data_dir / "prune.yaml")
+
+
+@functools.lru_cache(maxsize=None)
+def build_tools(data_dir: Path = DATA) -> tuple[str, ...]:
+    """Builder-stage tools (build.yaml), locked with every cell, never in the image's environment."""
+    return tuple(_load_yaml(data_dir / "build.yaml").get("tools", []))
+
+
 def smoke_script(framework: Framework) -> Path:
     return DATA / "smoke" / framework.test.smoke

@@ -8,60 +8,36 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import compat
 from .errors import UserInputError
+from .units import parse_size
 from .yamlsrc import Located
 from .yamlsrc import load as load_yaml
 
 Device = Literal["cpu", "gpu"]
 Flavor = Literal["slim", "full"]
 
-# --- sizes ------------------------------------------------------------------------------------
-
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-
-
-def parse_size(value: str | int) -> int:
-    """'4.5GB' -> 4500000000 (decimal units, like `docker images`); 'GiB' units are binary."""
-    if isinstance(value, bool):
-        raise ValueError("a size, like 800MB or 4.5GB")
-    if isinstance(value, int):
-        return value
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?i?B?)\s*", str(value), re.IGNORECASE)
-    if not m or m.group(2).upper() not in _UNITS:
-        raise ValueError(f"'{value}' is not a size (examples: 800MB, 4.5GB, 2GiB)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
-
-
-def format_size(n: int | float | None) -> str:
-    if n is None:
-        return "-"
-    n = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    return f"{n:.2f} TB"
-
-
 # --- the matrix file's model ------------------------------------------------------------------
 
-_SAFE_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _REPO_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 _REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]+)?$")
+
+
+def is_registry(value: str) -> bool:
+    """``value`` is a registry host[:port] (what `registry:` and `publish --registry` take)."""
+    return bool(_REGISTRY.match(value))
+
+
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 # Requirements reach the lock file, never a RUN line; still, only PEP 508 name/extras/version characters
 # pass (no markers, quotes, `;`, `$`, backticks, pipes).
@@ -316,7 +292,7 @@ class Cell:
 
     @property
     def runtime_role(self) -> str:
-        return flavors()[self.flavor]["runtime_role"]
+        return compat.flavors()[self.flavor]["runtime_role"]
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -341,11 +317,6 @@ def local_prefix() -> str:
         raise UserInputError(f"IMAGEGEN_LOCAL_PREFIX={prefix!r} must be lowercase repository components "
                              "ending in '/', e.g. imagegen-test/")
     return prefix
-
-
-@functools.lru_cache(maxsize=1)
-def flavors() -> dict[str, dict]:
-    return yaml.safe_load((compat.DATA / "flavors.yaml").read_text())
 
 
 def bases_for(matrix: "Matrix") -> dict[str, compat.BaseSpec]:
@@ -754,7 +725,7 @@ def _replace(cell: Cell, **changes: Any) -> Cell:
 
 
 def _slim_rules(m: Matrix, override: dict[str, Any] | None, flavor: str) -> SlimRules:
-    values = dict(flavors()[flavor]["slimming"])
+    values = dict(compat.flavors()[flavor]["slimming"])
     values.update(m.file.defaults.slimming.model_dump(exclude_none=True) if flavor == "slim" else {})
     values.update(override or {})
     return SlimRules(**values)

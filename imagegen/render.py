@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import functools
 import json
 import shlex
 from dataclasses import dataclass
@@ -11,11 +10,10 @@ from importlib import resources
 from pathlib import Path
 
 import jinja2
-import yaml
 
 from . import compat
 from .errors import UserInputError
-from .matrix import Cell, Matrix, flavors
+from .matrix import Cell, Matrix
 
 VENV = "/opt/venv"
 USER = {"name": "app", "uid": 1000, "gid": 1000}
@@ -52,14 +50,9 @@ def site_packages(cell: Cell) -> str:
     return f"{VENV}/lib/python{cell.python}/site-packages"
 
 
-@functools.lru_cache(maxsize=1)
-def prune_data() -> dict:
-    return yaml.safe_load((compat.DATA / "prune.yaml").read_text())
-
-
 def prune_config(cell: Cell) -> dict:
     """The rules in force and the paths they act on, as the builder's prune.py reads them."""
-    data = prune_data()
+    data = compat.prune_rules()
     rules = cell.slimming.as_dict()
     fw = cell.fw
     globs = {k: list(v) for k, v in data.items() if k != "protect"}
@@ -123,7 +116,7 @@ def pruned_dlopen_names(cell: Cell) -> list[str]:
         return []
     rules = cell.slimming.as_dict()
     removed = [g for name, globs in cell.fw.inference_prune.items() if rules.get(name) for g in globs]
-    removed += [g for g in prune_data().get("cudnn_train", []) if rules.get("cudnn_train")]
+    removed += [g for g in compat.prune_rules().get("cudnn_train", []) if rules.get("cudnn_train")]
     out = []
     for name in gpu.dlopen:
         hit = compat.cuda().component_for_soname(name)
@@ -154,7 +147,7 @@ def render_cell(m: Matrix, cell: Cell, tdir: Path | None = None) -> Rendered:
         "cell": cell,
         "origin": _portable_origin(cell.origin),
         "framework": cell.fw,
-        "flavor": flavors()[cell.flavor],
+        "flavor": compat.flavors()[cell.flavor],
         "base": base,
         "roles": roles,
         "refs": refs,

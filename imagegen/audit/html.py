@@ -10,7 +10,7 @@ from importlib import resources
 from .categories import category_of
 from .packages import UNOWNED
 from .report import Analysis, display_path
-from .units import human
+from ..units import format_size as human
 
 HIDDEN = "(hidden by later layers)"
 MAX_NODES = 6000

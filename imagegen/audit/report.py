@@ -350,7 +350,7 @@ def _pkg_table(pa: list[dict], pb: list[dict]) -> list[dict]:
 def check_gates(report: dict, *, max_size: int | None = None, max_wasted: int | None = None,
                 max_cats: dict[str, int] | None = None) -> list[str]:
     """Reasons the report breaches its limits (empty = pass)."""
-    from .units import human
+    from ..units import format_size as human
 
     reasons = []
     t = report["totals"]

@@ -36,7 +36,6 @@ from ..errors import EngineError
 MOUNT = "/.imagegen-test"
 LABELS = {"imagegen.test": "1"}
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox", "/usr/lib/busybox-static/busybox")
-UNBOUNDED_EXEC = 3600.0
 
 
 def _client():
@@ -279,22 +278,3 @@ class SDKBackend(tbase.BaseBackend):
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:300]
-
-
-def cleanup_stale(max_age_s: int = 7200) -> int:
-    """Remove test containers (label imagegen.test=1, name imagegen-test-*) older than max_age_s."""
-    n = 0
-    for c in _client().containers.list(all=True, filters={"label": "imagegen.test=1"}):
-        if not c.name.startswith("imagegen-test-"):
-            continue
-        created = c.attrs.get("Created", "")
-        try:
-            from datetime import datetime, timezone
-
-            age = (datetime.now(timezone.utc) - datetime.fromisoformat(created[:26].rstrip("Z") + "+00:00")).total_seconds()
-        except ValueError:
-            continue
-        if age > max_age_s:
-            c.remove(force=True)
-            n += 1
-    return n

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel
 
 from imagegen import compat, matrix
-from imagegen.build import lock_request
+from imagegen.pipeline import lock_request
 from imagegen.errors import UserInputError
 from imagegen.render import render_cell
 

@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .units import human
+from ..units import format_size as human
 
 
 def _pct(part: int, whole: int) -> str:
@@ -21,7 +21,7 @@ def _t(title: str) -> Table:
     return Table(title=title, title_justify="left", title_style="bold", show_edge=False, pad_edge=False)
 
 
-def render(report: dict, console: Console, *, top: int = 20) -> None:
+def print_report(report: dict, console: Console, *, top: int = 20) -> None:
     r = report
     t = r["totals"]
     whole = t["layers"]
@@ -113,7 +113,7 @@ def render(report: dict, console: Console, *, top: int = 20) -> None:
         console.print(Text(f"note: {p}", style="yellow"))
 
 
-def render_compare(cmp: dict, console: Console, *, top: int = 20) -> None:
+def print_compare(cmp: dict, console: Console, *, top: int = 20) -> None:
     console.print(Text(f"compare A = {cmp['a']}  with  B = {cmp['b']}", style="bold"))
     for title, rows, n in (("Totals", cmp["totals"], None), ("Categories", cmp["categories"], None),
                            (f"Packages (top {top} by difference)", cmp["packages"], top)):
