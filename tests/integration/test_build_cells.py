@@ -4,8 +4,8 @@ let the build run the image test suite, check sizes, the no-op skip, Ctrl-C, pub
 The tests own their tags: every build runs with IMAGEGEN_LOCAL_PREFIX=imagegen-test/, so a user's
 `paddle:3.3.1-cpu-slim` is never rebuilt, retagged or removed, and the clean-up removes only the
 tags and image IDs these tests created (never "dangling images": other builds may be in flight).
-`preexisting` asserts that every image (with its tags) and container that existed before the module
-is exactly as it was afterwards.
+`preexisting` asserts that every image (with its tags), container, volume, network and running
+registry that existed before the module is exactly as it was afterwards.
 
 Each build pulls real wheels into the host wheelhouse and bootstraps the bases when missing.
 The GPU flagship is behind the `gpu_cell` marker (IMAGEGEN_GPU_CELLS=1): several GB.
@@ -58,11 +58,29 @@ def _engine_state(client) -> tuple[dict, dict]:
     return images, containers
 
 
+def _registries() -> set[int]:
+    """Running docker-registry processes (the tests start their own, on their own port and storage)."""
+    pids = set()
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and (d / "comm").read_text().strip() == "docker-registry":
+                pids.add(int(d.name))
+        except OSError:
+            pass
+    return pids
+
+
 @pytest.fixture(scope="module", autouse=True)
 def preexisting(client):
     """Set up before `built`, so torn down after it: what existed before is left exactly as it was."""
     images, containers = _engine_state(client)
+    volumes = {v.name for v in client.volumes.list()}
+    networks = {n.id for n in client.networks.list()}
+    registries = _registries()
     yield images
+    assert registries <= _registries(), "a registry that was running before the tests is gone"
+    assert volumes <= {v.name for v in client.volumes.list()}, "pre-existing volumes removed"
+    assert networks <= {n.id for n in client.networks.list()}, "pre-existing networks removed"
 
     def users(tags):  # tags under the tests' own prefix belong to the tests (e.g. an earlier run's)
         return {t for t in tags if not t.startswith(PREFIX)}
