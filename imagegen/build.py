@@ -18,16 +18,23 @@ from pathlib import Path
 
 import docker.errors
 import requests.exceptions
+import urllib3.exceptions
 
 from . import engine
 from .console import err, log
-from .errors import ImagegenError
+from .errors import EngineError, ImagegenError
 from .labels import LABEL_CELL, LABEL_CLOSURE, LABEL_DIGEST, OCI_CREATED, OCI_REVISION, OCI_SOURCE, SOURCE_URL
 from .matrix import Cell
 
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 _IMAGE = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
 _RUNNING = re.compile(r"^ ---> Running in ([0-9a-f]{12,64})$")
+# One-line errors our in-build scripts print ("install: error: ...", "sysroot: error: ..."): the cause
+# to report instead of the classic builder's "The command ... returned a non-zero code".
+_SCRIPT_ERROR = re.compile(r"^(\w+): error: (.+)$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# What a connection that dies mid-stream raises through docker-py (requests/urllib3)
+CONNECTION_LOST = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, ConnectionError)
 
 
 
@@ -110,7 +117,8 @@ class Progress:
 
 
 def docker_build(cell: Cell, context: Path, digest: str, closure: list[str], log_path: Path, progress: Progress,
-                 *, no_cache: bool = False, tracker: Tracker = ACTIVE) -> tuple[str, list[str]]:
+                 *, no_cache: bool = False, tracker: Tracker = ACTIVE,
+                 extra_labels: dict[str, str] | None = None) -> tuple[str, list[str]]:
     """Build ``context`` (its Dockerfile gets one LABEL instruction with the inputs ``digest``, the cell,
     the closure packages, the git revision, creation time and source); return (image ID, step image IDs).
     The full log goes to ``log_path``. Raises ImagegenError with the log's last lines on stderr."""
@@ -122,6 +130,7 @@ def docker_build(cell: Cell, context: Path, digest: str, closure: list[str], log
         OCI_REVISION: git_revision(),
         OCI_SOURCE: SOURCE_URL,
         LABEL_CLOSURE: ",".join(closure),
+        **(extra_labels or {}),
     }
     # One LABEL instruction appended to the context's Dockerfile (the API's `labels` would add one
     # build step per label); the inputs digest was computed before, over the rendered file.
@@ -133,6 +142,9 @@ def docker_build(cell: Cell, context: Path, digest: str, closure: list[str], log
     image_id = None
     error = None
     step_started: tuple[str, float] | None = None
+    script_error: str | None = None
+    mine: set[str] = set()  # this build's step containers still alive
+    lost: str | None = None
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w", encoding="utf-8", errors="replace") as logf:
         logf.write(f"# imagegen build {cell.ref} inputs {digest}\n")
@@ -157,8 +169,13 @@ def docker_build(cell: Cell, context: Path, digest: str, closure: list[str], log
                         r = _RUNNING.match(line)
                         if r:
                             tracker.add("containers", r.group(1))
+                            mine.add(r.group(1))
                         elif line.startswith("Removing intermediate container "):
                             tracker.discard("containers", line.split()[-1])
+                            mine = {c for c in mine if not line.split()[-1].startswith(c[:12])}
+                        e = _SCRIPT_ERROR.match(_ANSI.sub("", line).strip())
+                        if e:
+                            script_error = f"{e.group(1)}: {e.group(2).strip()}"
                         i = _IMAGE.match(line)
                         if i:
                             step_images.append(i.group(1))
@@ -170,17 +187,31 @@ def docker_build(cell: Cell, context: Path, digest: str, closure: list[str], log
                     error = chunk.get("error", "").strip()
                     logf.write(f"ERROR: {error}\n")
                     tail.append(error)
-        except (requests.exceptions.ConnectionError, docker.errors.APIError) as exc:
+        except docker.errors.APIError as exc:
             error = str(exc).splitlines()[0]
             logf.write(f"ERROR: {error}\n")
+        except CONNECTION_LOST as exc:
+            error = lost = engine.short_error(exc)
+            logf.write(f"ERROR: connection to the engine lost: {error}\n")
+    if lost is not None and not engine.answers():
+        # The daemon died or was stopped: what it was running cannot be removed now. Recorded, the
+        # next imagegen that reaches this engine removes it (engine.reap_leftovers).
+        engine.remember_leftovers(mine)
+        for cid in mine:
+            tracker.discard("containers", cid)
+        raise EngineError(f"{cell.ref}: the Docker engine at {engine.engine_key()} stopped answering mid-build "
+                          f"({lost}); nothing was tagged; log: {log_path}")
     if error or not image_id:
         reason = error or "the build produced no image"
         if "no space left on device" in reason:
             raise ImagegenError(f"{cell.ref}: disk full while building (free space with `docker system prune`); "
                                 f"log: {log_path}")
-        err.print(f"--- last lines of {log_path} ---", markup=False)
-        for line in tail:
-            err.print(line, markup=False)
+        if script_error:  # our own script named the cause: report that, not the builder's exit code
+            reason = script_error
+        else:
+            err.print(f"--- last lines of {log_path} ---", markup=False)
+            for line in tail:
+                err.print(line, markup=False)
         raise ImagegenError(f"{cell.ref}: build failed: {reason[:300]}; full log: {log_path}")
     return image_id, step_images
 
@@ -218,14 +249,23 @@ def remove_images(ids: list[str], keep: set[str]) -> None:
 
 
 def prune_report_from_log(log_path: Path) -> dict | None:
-    """The prune step's report (bytes saved per slimming rule) from a build log, or None."""
+    """The prune step's report (bytes saved per slimming rule) from a build log, or None. With
+    gpu_archs, fatprune.py's per-library report joins it as the `cuda_archs` rule (bytes saved,
+    per library before/after, refused libraries)."""
+    report = fat = None
     try:
         for line in log_path.read_text(errors="replace").splitlines():
-            if line.startswith("IMAGEGEN-PRUNE-REPORT "):
-                return json.loads(line.split(" ", 1)[1])
+            if line.startswith("IMAGEGEN-PRUNE-REPORT ") and report is None:
+                report = json.loads(line.split(" ", 1)[1])
+            elif line.startswith("IMAGEGEN-FATPRUNE-REPORT "):
+                fat = json.loads(line.split(" ", 1)[1])
     except (OSError, ValueError):
         return None
-    return None
+    if report is not None and fat is not None:
+        report.setdefault("rules", {})["cuda_archs"] = fat
+        if "venv_bytes_after" in report:
+            report["venv_bytes_after"] -= fat.get("bytes", 0)
+    return report
 
 
 

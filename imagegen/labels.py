@@ -19,6 +19,7 @@ PYTHON = f"{PREFIX}.python"
 FLAVOR = f"{PREFIX}.flavor"
 CUDA = f"{PREFIX}.cuda"
 CUDNN = f"{PREFIX}.cudnn"
+CUDA_ARCHS = f"{PREFIX}.cuda.archs"  # GPUs the image's CUDA kernels serve, e.g. sm_61,sm_70 (gpu_archs)
 BASE_PREFIX = f"{PREFIX}.base"  # bootstrapped base images: io.imagegen.base=1, .name, .role, ...
 
 OCI = "org.opencontainers.image"
@@ -33,4 +34,4 @@ SOURCE_URL = os.environ.get("IMAGEGEN_SOURCE_URL", "https://github.com/imagegen/
 # Labels every built image must carry (the image tests check them; values per cell in TestTarget).
 REQUIRED = (OCI_TITLE, OCI_VERSION, OCI_REVISION, OCI_SOURCE, OCI_CREATED, FRAMEWORK, FRAMEWORK_VERSION, DEVICE,
             PYTHON, FLAVOR, LABEL_DIGEST)
-REQUIRED_GPU = (CUDA, CUDNN)
+REQUIRED_GPU = (CUDA, CUDNN, CUDA_ARCHS)

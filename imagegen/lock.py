@@ -600,6 +600,12 @@ def lock_cells(requests: dict[str, LockRequest], out_dir: Path, jobs: int = 2, *
         if r.status == "updated" and r.path.read_text() == lock_text(r.lock):
             r.status = "unchanged"
         write_lock(r.lock, r.path)
+    if fetch:  # CUDA kernel facts of the locked wheels, next to each lock (locks/<cell>.cuda.json)
+        from . import gpu_archs
+
+        for r in results.values():
+            if r.lock is not None:
+                gpu_archs.ensure_facts(r.lock, r.path)
     return list(results.values())
 
 

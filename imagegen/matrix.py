@@ -11,7 +11,7 @@ import fnmatch
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -19,6 +19,7 @@ from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import compat
+from .scripts import fatbin
 from .errors import UserInputError
 from .units import parse_size
 from .yamlsrc import Located
@@ -54,6 +55,9 @@ class Slimming(_Model):
     headers: bool | None = None
     caches: bool | None = None
     bytecode: Literal["drop", "keep"] | None = None
+    ptx: Literal["drop", "keep"] | None = Field(None, description=(
+        "with gpu_archs (EXPERIMENTAL): also keep each container's PTX up to the newest target, so GPUs newer "
+        "than the list can JIT-compile (keep), or only what the targets load (drop, the default)"))
     static_libs: bool | None = None
     strip: bool | None = None
     pip: bool | None = None
@@ -96,6 +100,20 @@ def _check_url(v: str) -> str:
     return v
 
 
+def _check_gpu_archs(v: list[Any] | None) -> list[str] | None:
+    """[sm_75, "8.6", 90] -> ["sm_75", "sm_86", "sm_90"] (sorted, unique); ValueError on anything else."""
+    if v is None:
+        return None
+    if not v:
+        raise ValueError("gpu_archs needs at least one architecture, e.g. [sm_75]")
+    return sorted({f"sm_{fatbin.parse_arch(x)}" for x in v}, key=fatbin.parse_arch)
+
+
+GpuArchs = Annotated[list[str | int] | None, Field(
+    description="GPUs the image must run on, as compute capabilities (sm_75, sm_86, ...). `imagegen validate` "
+                "rejects one the framework's CUDA kernels cannot serve.")]
+
+
 class IndexDef(_Model):
     kind: Literal["index", "find-links"] = "index"
     url: str
@@ -115,11 +133,14 @@ class VersionEntry(_Model):
     flavors: list[Flavor] | None = None
     base: str | None = None
     extra_requirements: list[str] = Field(default_factory=list)
+    gpu_archs: GpuArchs = None
 
     @field_validator("extra_requirements")
     @classmethod
     def _reqs(cls, v: list[str]) -> list[str]:
         return [_check_requirement(x) for x in v]
+
+    _archs = field_validator("gpu_archs")(classmethod(lambda cls, v: _check_gpu_archs(v)))
 
 
 class Defaults(_Model):
@@ -165,6 +186,9 @@ class IncludeRule(_Model):
     python: str | None = None
     flavor: Flavor
     base: str | None = None
+    gpu_archs: GpuArchs = None
+
+    _archs = field_validator("gpu_archs")(classmethod(lambda cls, v: _check_gpu_archs(v)))
 
 
 class OverrideRule(Selector):
@@ -174,6 +198,9 @@ class OverrideRule(Selector):
     base: str | None = None
     extra_requirements: list[str] | None = None
     budget: Budget | None = None
+    gpu_archs: GpuArchs = None
+
+    _archs = field_validator("gpu_archs")(classmethod(lambda cls, v: _check_gpu_archs(v)))
 
     @field_validator("extra_requirements")
     @classmethod
@@ -227,6 +254,7 @@ class SlimRules:
     openvino: bool
     cuda_unused: bool
     cuda_extras: bool
+    ptx: str = "drop"
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -262,6 +290,7 @@ class Cell:
     registry: str | None = None
     namespace: str | None = None
     base_spec: compat.BaseSpec | None = field(default=None, compare=False, repr=False)
+    gpu_archs: tuple[str, ...] = ()   # target GPUs, canonical 'sm_75' names sorted; () = not restricted
 
     @property
     def ref(self) -> str:
@@ -303,7 +332,7 @@ class Cell:
             "indexes": [i.__dict__ for i in self.indexes], "slimming": self.slimming.as_dict(),
             "budget": {"size": self.budget_size, "compressed": self.budget_compressed},
             "excluded": self.excluded, "origin": self.origin, "remote_ref": self.remote_ref,
-            "local_ref": self.local_ref,
+            "local_ref": self.local_ref, "gpu_archs": list(self.gpu_archs),
         }
 
 
@@ -513,7 +542,8 @@ def _expand(m: Matrix) -> list[Cell]:
     where_of: dict[str, str] = {}
 
     def emit(fw_name: str, ver: str, device: str, cuda_e: CudaEntry | None, py: str, flavor: str,
-             base_name: str, extra: list[str], path: tuple, multi_py: bool) -> None:
+             base_name: str, extra: list[str], path: tuple, multi_py: bool,
+             gpu_archs: list[str] | None = None) -> None:
         fw = compat.frameworks()[fw_name]
         where = src.where(path)
         if ver not in fw.versions:
@@ -540,6 +570,8 @@ def _expand(m: Matrix) -> list[Cell]:
         if device == "cpu":
             if cuda_e is not None:
                 raise UserInputError(f"{where}: a cpu cell takes no CUDA version")
+            if gpu_archs and path and path[0] == "include":
+                raise UserInputError(f"{where}: a cpu cell takes no gpu_archs")
             if fv.cpu is None:
                 raise UserInputError(f"{where}: {fw_name} {ver} has no CPU build in imagegen's data")
             reqs = list(fv.cpu.requirements)
@@ -586,6 +618,12 @@ def _expand(m: Matrix) -> list[Cell]:
         if multi_py:
             tag_parts.append(f"py{py}")
             sel_parts.append(f"py{py}")
+        if gpu_archs and device == "gpu" and path and path[0] == "include":
+            # an arch-targeted twin of a cell (issue 12): its kernels are cut to these GPUs, so its tag says
+            # so (gpu_archs on a version entry or an override retargets that cell under its own tag)
+            arch_part = "-".join(a.replace("_", "") for a in _check_gpu_archs(list(gpu_archs)))
+            tag_parts.append(arch_part)
+            sel_parts.append(arch_part)
         tag_parts.append(flavor)
         sel_parts.append(flavor)
         tag = "-".join(tag_parts)
@@ -598,6 +636,7 @@ def _expand(m: Matrix) -> list[Cell]:
             flavor=flavor, base=base_name, image=fw.image, tag=tag, selector="-".join(sel_parts),
             requirements=tuple(reqs), indexes=tuple(indexes), slimming=_slim_rules(m, None, flavor),
             origin=where, registry=mf.registry, namespace=mf.namespace, base_spec=base,
+            gpu_archs=tuple(gpu_archs or ()) if device == "gpu" else (),
         )
         if proto.ref in where_of:
             raise UserInputError(f"{where}: duplicate cells: {proto.ref} is already defined at {where_of[proto.ref]}")
@@ -627,7 +666,7 @@ def _expand(m: Matrix) -> list[Cell]:
                         for flavor in flavs:
                             path = vpath + (("cuda", ci) if cuda_e else ("devices",))
                             emit(fw_name, ver, device, cuda_e, py, flavor, base_name, entry.extra_requirements,
-                                 path, len(pys) > 1)
+                                 path, len(pys) > 1, entry.gpu_archs)
     for i, inc in enumerate(mf.include):
         path = ("include", i)
         if inc.framework not in compat.frameworks():
@@ -639,7 +678,7 @@ def _expand(m: Matrix) -> list[Cell]:
         cuda_e = CudaEntry(version=inc.cuda, cudnn=inc.cudnn) if inc.cuda else None
         py = inc.python or mf.defaults.python[0]
         emit(inc.framework, inc.version, inc.device, cuda_e, py, inc.flavor, inc.base or mf.defaults.base, [],
-             path, False)
+             path, False, inc.gpu_archs)
 
     # overrides, budgets, excludes: applied in file order; later rules win.
     out: list[Cell] = []
@@ -652,9 +691,12 @@ def _expand(m: Matrix) -> list[Cell]:
         base_name = cell.base
         size = comp = None
         base_from = None
+        archs = cell.gpu_archs
         for i, rule in enumerate(mf.overrides):
             if _rule_matches(rule, cell):
                 used_overrides.add(i)
+                if rule.gpu_archs and cell.device == "gpu":
+                    archs = tuple(rule.gpu_archs)
                 if rule.slimming:
                     slim_override.update(rule.slimming.model_dump(exclude_none=True))
                 if rule.extra_requirements:
@@ -694,7 +736,7 @@ def _expand(m: Matrix) -> list[Cell]:
         out.append(_replace(cell, slimming=_slim_rules(m, slim_override, cell.flavor),
                             requirements=cell.requirements + tuple(extra), base=base_name,
                             budget_size=size, budget_compressed=comp, excluded=excluded,
-                            base_spec=all_bases[base_name]))
+                            base_spec=all_bases[base_name], gpu_archs=archs))
     for section, used in (("exclude", used_excludes), ("overrides", used_overrides), ("budgets", used_budgets)):
         for i in range(len(getattr(mf, section))):
             if i not in used:

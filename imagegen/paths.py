@@ -68,6 +68,11 @@ def stamps_dir() -> Path:
     return cache_root() / "stamps"
 
 
+def engine_leftovers() -> Path:
+    """Journal of containers left on an engine that stopped answering (engine.reap_leftovers)."""
+    return cache_root() / "engine-leftovers.json"
+
+
 def logs_dir() -> Path:
     return cache_root() / "logs"
 

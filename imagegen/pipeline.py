@@ -28,6 +28,7 @@ import docker.errors
 from . import bases, closure, compat, engine, hostpip, lockfile, paths, render, wheelhouse
 from . import lock as lock_stage
 from .build import (
+    CONNECTION_LOST,
     ACTIVE,
     Progress,
     Tracker,
@@ -38,7 +39,7 @@ from .build import (
     remove_images,
 )
 from .console import err, log
-from .errors import GateFailed, ImagegenError
+from .errors import GateFailed, ImagegenError, UserInputError
 from .matrix import Cell, Matrix
 
 BUILDER_ROLE = "builder"  # every cell's builder stage; its final stage uses cell.runtime_role
@@ -66,6 +67,7 @@ class Prepared:
     closure: list[str]
     lock_path: Path
     base_ids: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)  # known only at build time: io.imagegen.cuda.archs
 
 
 # --- the inputs digest: one recipe --------------------------------------------------------------
@@ -86,7 +88,7 @@ def build_inputs(rendered: render.Rendered, base_ids: dict[str, str], **extra: b
     (render.build_context_files), the base images' IDs (``base:<role>``), plus ``extra`` (what a
     caller adds: the staged lock files and closure, or the lock file for the quick key)."""
     parts: dict[str, bytes | str] = dict(rendered.files)
-    for rel, src in render.build_context_files().items():
+    for rel, src in render.build_context_files(rendered.cell).items():
         parts[rel] = src.read_bytes()
     for role, image_id in base_ids.items():
         parts[f"base:{role}"] = image_id
@@ -210,6 +212,7 @@ def prepare(m: Matrix, cell: Cell, workdir: Path, rendered: render.Rendered | No
     base = cell.base_spec
     refs = {role: bases.ensure_role(cell.base, role, spec=base) for role in (BUILDER_ROLE, cell.runtime_role)}
     wheels = wheelhouse.fetch(lk)
+    labels = _kernel_labels(cell, lk, lpath, wheels)
     ids = base_ids(cell, refs)
     clos_packages = _closure_packages(cell, lpath, refs[cell.runtime_role], ids[cell.runtime_role], wheels)
     ctx = workdir / cell.id
@@ -219,7 +222,7 @@ def prepare(m: Matrix, cell: Cell, workdir: Path, rendered: render.Rendered | No
     for rel, content in rendered.files.items():
         (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
         (ctx / rel).write_text(content)
-    for rel, src in render.build_context_files().items():
+    for rel, src in render.build_context_files(cell).items():
         (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, ctx / rel)
     extra = cell.fw.versions[cell.version].runtime_packages
@@ -231,9 +234,26 @@ def prepare(m: Matrix, cell: Cell, workdir: Path, rendered: render.Rendered | No
                                       "wheels/requirements.lock": (ctx / "wheels" / "requirements.lock").read_bytes()}
     if (ctx / "wheels" / "tools.lock").exists():
         staged["wheels/tools.lock"] = (ctx / "wheels" / "tools.lock").read_bytes()
+    for k, v in labels.items():
+        staged[f"label:{k}"] = v
     digest = inputs_digest(build_inputs(rendered, ids, **staged))
     return Prepared(cell=cell, context=ctx, digest=digest, refs=refs, closure=packages, lock_path=lpath,
-                    base_ids=ids)
+                    base_ids=ids, labels=labels)
+
+
+def _kernel_labels(cell: Cell, lk, lpath: Path, wheels: list[Path]) -> dict[str, str]:
+    """io.imagegen.cuda.archs for a GPU cell, from the CUDA kernels of its locked wheels (facts
+    committed next to the lock, else computed from the fetched wheels and written there). "" when no
+    wheel ships kernels. Raises UserInputError when the cell's gpu_archs cannot be served."""
+    if cell.device != "gpu":
+        return {}
+    from . import gpu_archs
+
+    facts = gpu_archs.ensure_facts(lk, lpath, {w.sha256: p for w, p in zip(lk.wheels, wheels)})
+    why = gpu_archs.check_targets(cell, facts)
+    if why:
+        raise UserInputError(f"{cell.ref}: {why}")
+    return {gpu_archs.LABEL: gpu_archs.label_value(cell, gpu_archs.cell_coverage(cell, facts)) or ""}
 
 
 # --- interrupts ------------------------------------------------------------------------------------
@@ -253,6 +273,19 @@ def abort_cleanup(tracker: Tracker = ACTIVE) -> None:
 
 
 # --- build ---------------------------------------------------------------------------------------
+
+
+def _evict_and_raise(m: Matrix, cell: Cell, exc: ImagegenError) -> None:
+    """Installing the locked wheels failed in the builder: hash the host cache's copies of the
+    cell's wheels again, remove the corrupt ones, and name them in the one error line."""
+    try:
+        bad = wheelhouse.evict_corrupt(lockfile.read_lock(lock_path(m, cell)))
+    except (OSError, ImagegenError):
+        raise exc from None
+    if bad:
+        raise ImagegenError(f"{cell.ref}: build failed: {', '.join(bad)} in the wheel cache did not match its "
+                            f"sha256 (corrupt); removed it: run the build again to fetch it afresh") from None
+    raise exc from None
 
 
 def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: Progress,
@@ -283,8 +316,14 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
             write_stamp(cell, quick, prep.digest)
             progress.finish(cell, "up to date (skipped)")
             return BuildResult(cell, "skipped", seconds=time.monotonic() - t0, message="inputs unchanged")
-        image_id, step_images = docker_build(cell, prep.context, prep.digest, prep.closure, log_path, progress,
-                                             no_cache=no_cache)
+        try:
+            image_id, step_images = docker_build(cell, prep.context, prep.digest, prep.closure, log_path, progress,
+                                                 extra_labels=prep.labels,
+                                                 no_cache=no_cache)
+        except ImagegenError as exc:
+            if "install: " in str(exc):  # a wheel that fails to install may be a corrupt cache copy
+                _evict_and_raise(m, cell, exc)
+            raise
         ACTIVE.add("images", image_id)
         report = prune_report_from_log(log_path)
         if run_tests:
@@ -308,7 +347,7 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
         if image_id:
             try:
                 engine.api().remove_image(image_id)
-            except docker.errors.APIError:
+            except (docker.errors.APIError, *CONNECTION_LOST):
                 pass
         raise
     finally:

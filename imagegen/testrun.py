@@ -8,7 +8,7 @@ import docker.errors
 
 from . import engine, paths
 from . import labels as labels_mod
-from .labels import LABEL_DIGEST, SOURCE_URL
+from .labels import CUDA_ARCHS, LABEL_DIGEST, SOURCE_URL
 from .errors import UserInputError
 from .imagetest import TestTarget, run_targets
 from .imagetest.runner import Summary
@@ -26,10 +26,13 @@ def target_for(cell: Cell, image: str | None = None) -> TestTarget:
     expected = {labels_mod.OCI_SOURCE: SOURCE_URL}
     if LABEL_DIGEST in labels:
         expected[LABEL_DIGEST] = labels[LABEL_DIGEST]
-    from .render import pruned_dlopen_names
+    if cell.device == "gpu" and cell.gpu_archs:  # kernels pruned to the targets: labelled with exactly them
+        expected[CUDA_ARCHS] = ",".join(cell.gpu_archs)
+    from .render import dlopen_names, pruned_dlopen_names
 
     # The flavor's policy (flavors.yaml) narrowed by the cell's slimming switches (policy_for).
-    target = TestTarget.from_cell(cell, image=ref, labels=expected, pruned_libs=pruned_dlopen_names(cell))
+    target = TestTarget.from_cell(cell, image=ref, labels=expected, pruned_libs=pruned_dlopen_names(cell),
+                                 dlopen=dlopen_names(cell) if cell.device == "gpu" else None)
     needs = cell.fw.versions[cell.version].runtime_packages
     shells = sorted(set(needs) & SHELL_PACKAGES)
     if shells and target.policy.get("no_shell"):

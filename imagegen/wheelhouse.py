@@ -108,6 +108,28 @@ def cached(w: LockedWheel, *, verify: bool = True) -> Path | None:
     return path
 
 
+def evict_corrupt(lock: Lock) -> list[str]:
+    """Hash every cached wheel of ``lock`` again, ignoring the verification stamps, and remove
+    those whose bytes no longer match their sha256 (bit rot, a disk fault, a hand edit). Returns
+    their file names. Costs one read of the lock's wheels (seconds per GB)."""
+    bad = []
+    for w in lock.all_wheels():
+        if not w.sha256:
+            continue
+        path = cas_path(w.sha256, w.filename)
+        try:
+            got = sha256_file(path)
+        except FileNotFoundError:
+            continue
+        if got != w.sha256:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            with contextlib.suppress(OSError):
+                _stamp(path).unlink()
+            bad.append(w.filename)
+    return bad
+
+
 def _write_stamp(path: Path) -> None:
     with contextlib.suppress(OSError):
         _stamp(path).write_text(_stat_key(path))

@@ -32,7 +32,12 @@ def build(
     = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Build cells: lock, bootstrap bases, stage the wheelhouse, build, test, then tag."""
+    """Build cells: lock, bootstrap bases, stage the wheelhouse, build, test, then tag.
+
+    A GPU cell with `gpu_archs` (EXPERIMENTAL: not yet checked by a kernel launch on a GPU, see
+    bench/fatprune_on_device.py) keeps only the CUDA kernels those GPUs load: every fat binary of
+    the environment is rewritten and verified in the builder (the `cuda_archs` rule of the prune report).
+    """
     from .. import pipeline
     from ..units import format_size
 

@@ -19,12 +19,17 @@ from .app import AllOpt, JsonOpt, MatrixOpt, VariantOpt, app, load_matrix
 @app.command()
 def validate(matrix: MatrixOpt = Path("matrix.yaml"), json_out: JsonOpt = False) -> None:
     """Check the matrix against imagegen's compatibility data; exit 2 with the reason if it is invalid."""
+    from .. import gpu_archs
+
     try:
         m = load_matrix(matrix)
+        notes = gpu_archs.check_matrix(m)
     except UserInputError as exc:
         if json_out:
             out.print_json(data={"valid": False, "error": str(exc)})
         raise
+    for note in notes:
+        err.print(f"note: {note}", markup=False, highlight=False)
     if json_out:
         out.print_json(data={"valid": True, "matrix": str(matrix), "cells": len(m.active),
                              "excluded": len(m.excluded)})
@@ -46,7 +51,9 @@ def list_cells(
     m = load_matrix(matrix)
     cells = m.select(variant) if variant else (m.cells if explain else m.active)
     if json_out:
-        out.print_json(data=[c.as_dict() for c in cells])
+        from .. import gpu_archs
+
+        out.print_json(data=[{**c.as_dict(), "cuda_kernels": gpu_archs.cell_summary(m, c)} for c in cells])
         return
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     for col in ("selector", "tag", "python", "base", "budget"):

@@ -81,6 +81,8 @@ def make_workdir(root: Path | None = None) -> Path:
     (d / "probes").mkdir()
     for f in probes.glob("*.py"):
         shutil.copyfile(f, d / "probes" / f.name)
+    # the stdlib ELF reader the probes import (the same one the builder's prune step uses)
+    shutil.copyfile(Path(__file__).parents[1] / "scripts" / "elfmini.py", d / "probes" / "elfmini.py")
     bb = static_busybox()
     if bb:
         shutil.copyfile(bb, d / "busybox")
@@ -117,6 +119,7 @@ class TestContainer:
     gpu: bool = False
     lifetime: int = 1800
     env: dict[str, str] = field(default_factory=dict)
+    home: str | None = "/tmp"  # HOME forced on a read-only root; None leaves the image's own value
     mem_limit: str = os.environ.get("IMAGEGEN_TEST_MEMORY", "8g")
     _ctr: Any = None
     starts: int = 0
@@ -145,8 +148,8 @@ class TestContainer:
     def start(self) -> "TestContainer":
         self.starts += 1
         env = dict(self.env)
-        if self.read_only:
-            env.setdefault("HOME", "/tmp")  # the only writable place
+        if self.read_only and self.home:
+            env.setdefault("HOME", self.home)  # the only writable place
         kw = self.hardening
         if self.gpu:
             kw["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]

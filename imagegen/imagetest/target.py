@@ -57,6 +57,7 @@ class TestTarget:
     labels: dict[str, str] = field(default_factory=dict)  # expected label values ("" = present)
     allow: list[str] = field(default_factory=list)  # fnmatch globs exempt from contents rules
     pruned_libs: list[str] = field(default_factory=list)  # dlopen names removed on purpose (opt-in pruning)
+    dlopen: list[str] | None = None  # names the runtime dlopens (framework + cuDNN); None: framework data only
     policy_notes: dict[str, str] = field(default_factory=dict)  # rule -> why it is relaxed for this image
     python_exe: str = "python3"  # resolved through the image's PATH
     smoke_script: str | None = None  # default: imagegen/data/smoke/<framework.test.smoke>
