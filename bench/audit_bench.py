@@ -85,7 +85,7 @@ def bench(ref: str) -> dict:
     from imagegen import engine
 
     size = engine.api().inspect_image(ref)["Size"]
-    cli = [sys.executable, "-m", "imagegen.audit.testing", "audit", ref, "--json"]
+    cli = [sys.executable, "-m", "imagegen", "audit", ref, "--json"]
     res = {"image": ref, "size": size}
     docker = shutil.which("docker")
     if docker:

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from imagegen import build, engine, matrix  # noqa: E402
+from imagegen import engine, matrix, pipeline  # noqa: E402
 
 # The naive Dockerfile of shared/FACTS.md: the distribution's pip, then pip install (here from the
 # same local wheels, since containers cannot reach PyPI through the proxy).
@@ -71,7 +71,7 @@ def bench_cell(m: matrix.Matrix, cell: matrix.Cell) -> dict:
     work = Path(tempfile.mkdtemp(prefix="imagegen-bench-"))
     naive_tag = f"imagegen-bench/naive:{cell.id}"
     try:
-        prep = build.prepare(m, cell, work)  # also bootstraps bases, locks and fetches: not timed
+        prep = pipeline.prepare(m, cell, work)  # also bootstraps bases, locks and fetches: not timed
         naive_ctx = work / "naive"
         naive_ctx.mkdir()
         shutil.copytree(prep.context / "wheels", naive_ctx / "wheels", copy_function=_link)

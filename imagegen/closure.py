@@ -40,6 +40,7 @@ from elftools.common.utils import parse_cstring_from_stream, struct_parse
 from elftools.construct import ConstructError
 from elftools.elf.elffile import ELFFile
 
+from . import paths
 from .console import log, warn
 from .errors import ImagegenError, UserInputError
 
@@ -396,10 +397,6 @@ _DEV_LIKE = re.compile(r"-(dev|dbg|dbgsym|doc)$")
 _LIBNAME = re.compile(r"\.so(\.[0-9]+)*$")  # libfoo.so, libfoo.so.1, libfoo.so.1.2.3
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("IMAGEGEN_CACHE") or Path.home() / ".cache" / "imagegen")
-
-
 def _ca_bundle() -> str | bool:
     for var in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "PIP_CERT"):
         if os.environ.get(var) and Path(os.environ[var]).is_file():
@@ -578,7 +575,7 @@ def contents_index(
     against InRelease. If the archive cannot be reached, a stale cached index is used with a
     warning."""
     deb_arch(arch)
-    root = Path(cache_dir) if cache_dir else cache_root()
+    root = Path(cache_dir) if cache_dir else paths.cache_root()
     d = root / "debian" / _mirror_slug(mirror) / suite / component
     index_path = d / f"index-{arch}.json.gz"
     relpath = f"{component}/Contents-{arch}.gz"

@@ -94,11 +94,31 @@ class CudaRelease(_Model):
     wheels: dict[str, str] = Field(default_factory=dict)
 
 
+class CudnnDlopen(_Model):
+    """Unversioned names cuDNN itself dlopens while it loads, for a range of cuDNN versions."""
+    cudnn: str  # PEP 440 specifier over the full cuDNN version, e.g. ">=8.7,<9"
+    names: list[str]
+    source: str  # where the fact comes from (upstream issue, NVIDIA doc)
+
+
 class CudaData(_Model):
     host_provided: list[str]
     components: dict[str, CudaComponent]
     releases: dict[str, CudaRelease]
     cudnn_wheels: dict[str, str] = Field(default_factory=dict)
+    cudnn_dlopen: list[CudnnDlopen] = Field(default_factory=list)
+
+    def cudnn_dlopen_names(self, cudnn: str | None) -> list[str]:
+        """Names the given cuDNN version dlopens by itself ([] for None or no matching rule)."""
+        if not cudnn:
+            return []
+        from packaging.specifiers import SpecifierSet
+
+        out: list[str] = []
+        for rule in self.cudnn_dlopen:
+            if SpecifierSet(rule.cudnn).contains(cudnn, prereleases=True):
+                out += [n for n in rule.names if n not in out]
+        return out
 
     def component_for_soname(self, name: str) -> tuple[str, CudaComponent] | None:
         for key, comp in self.components.items():
@@ -187,6 +207,25 @@ def cuda(data_dir: Path = DATA) -> CudaData:
 def bases(data_dir: Path = DATA) -> dict[str, BaseSpec]:
     raw = _load_yaml(data_dir / "bases.yaml").get("bases", {})
     return {name: BaseSpec.model_validate(spec) for name, spec in raw.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def flavors(data_dir: Path = DATA) -> dict[str, dict]:
+    """What each flavor means (flavors.yaml): {flavor: {description, runtime_role, slimming,
+    policy}}. The contents policy the image tests enforce comes from here only."""
+    return _load_yaml(data_dir / "flavors.yaml")
+
+
+@functools.lru_cache(maxsize=None)
+def prune_rules(data_dir: Path = DATA) -> dict:
+    """The paths each slimming rule removes (prune.yaml): {rule: [glob, ...], "protect": [glob, ...]}."""
+    return _load_yaml(data_dir / "prune.yaml")
+
+
+@functools.lru_cache(maxsize=None)
+def build_tools(data_dir: Path = DATA) -> tuple[str, ...]:
+    """Builder-stage tools (build.yaml), locked with every cell, never in the image's environment."""
+    return tuple(_load_yaml(data_dir / "build.yaml").get("tools", []))
 
 
 def smoke_script(framework: Framework) -> Path:

@@ -13,12 +13,9 @@ import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Callable
 
-import typer
-
-from . import compat
-from .errors import EngineError, GateFailed, ImagegenError
+from . import compat, paths
+from .errors import EngineError, ImagegenError
 
 GB = 1_000_000_000
 DISK_WARN_BYTES = 20 * GB  # one GPU cell needs ~15 GB (6.5 GB image + wheelhouse + build layers)
@@ -224,7 +221,7 @@ def run_checks(*, network: bool = True) -> list[Check]:
     checks.append(check_storage(info))
     root = Path(info["DockerRootDir"]) if info and info.get("DockerRootDir") else None
     checks.append(check_disk("docker root", root))
-    cache = Path(os.environ.get("IMAGEGEN_CACHE") or Path.home() / ".cache" / "imagegen")
+    cache = paths.cache_root()
     checks.append(check_disk("imagegen cache", cache))
     checks.append(check_gpu(info))
     try:
@@ -248,7 +245,8 @@ def run_checks(*, network: bool = True) -> list[Check]:
 _STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "note": "cyan"}
 
 
-def render(checks: list[Check], json_out: bool, emit: Callable | None = None) -> None:
+def print_checks(checks: list[Check], json_out: bool) -> None:
+    """The checks as a table (or JSON) on stdout."""
     from .console import out
 
     if json_out:
@@ -266,15 +264,3 @@ def render(checks: list[Check], json_out: bool, emit: Callable | None = None) ->
 
 def failed(checks: list[Check]) -> list[Check]:
     return [c for c in checks if c.required and c.status == "fail"]
-
-
-def doctor(
-    json_out: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
-    offline: Annotated[bool, typer.Option("--offline", help="Skip the network checks (mirror).")] = False,
-) -> None:
-    """Check the engine, disk, GPU runtime, tools and pip CA setup; exit 1 if a required item fails."""
-    checks = run_checks(network=not offline)
-    render(checks, json_out)
-    bad = failed(checks)
-    if bad:
-        raise GateFailed(f"doctor: required check(s) failed: {', '.join(c.name for c in bad)}")

@@ -25,8 +25,91 @@ def client() -> docker.DockerClient:
         c = docker.from_env(timeout=int(os.environ.get("IMAGEGEN_DOCKER_TIMEOUT", "600")))
         c.ping()
     except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
-        raise EngineError(f"Docker engine not reachable at {where}: {_short(exc)}", hint=START_HINT) from None
+        raise EngineError(f"Docker engine not reachable at {where}: {short_error(exc)}", hint=START_HINT) from None
+    reap_leftovers(c)
     return c
+
+
+def engine_key() -> str:
+    """Which engine this process talks to (DOCKER_HOST, or the default socket)."""
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def _journal_path():
+    from . import paths
+
+    return paths.engine_leftovers()
+
+
+def remember_leftovers(container_ids) -> None:
+    """Record containers an operation created but could not remove because the engine stopped
+    answering; the next process that reaches that engine removes them (`reap_leftovers`)."""
+    import json
+
+    ids = sorted(set(container_ids))
+    if not ids:
+        return
+    path = _journal_path()
+    try:
+        data = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        data = {}
+    key = engine_key()
+    data[key] = sorted(set(data.get(key, [])) | set(ids))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def reap_leftovers(c: docker.DockerClient) -> list[str]:
+    """Remove the containers `remember_leftovers` recorded for this engine. Returns their IDs."""
+    import json
+
+    path = _journal_path()
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    key = engine_key()
+    ids = data.get(key) or []
+    removed = []
+    for cid in ids:
+        for attempt in range(3):  # a container whose shim died can need a second try ("dead" first)
+            try:
+                c.api.remove_container(cid, force=True)
+                removed.append(cid)
+                break
+            except docker.errors.NotFound:
+                removed.append(cid)
+                break
+            except (docker.errors.APIError, requests.exceptions.RequestException):
+                import time
+
+                time.sleep(1 + attempt)
+    left = [i for i in ids if i not in removed]
+    if left:
+        data[key] = left
+    else:
+        data.pop(key, None)
+    for other in [k for k in data if k.startswith("unix://") and not os.path.exists(k[len("unix://"):])]:
+        data.pop(other)  # an engine whose socket is gone for good (a test's private dockerd)
+    try:
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return removed
+
+
+def answers(timeout: float = 5) -> bool:
+    """Whether the engine answers a ping right now (a fresh connection, not the cached client)."""
+    try:
+        docker.DockerClient(base_url=engine_key(), timeout=timeout).ping()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "no"
+        return False
 
 
 def api() -> docker.APIClient:
@@ -34,6 +117,7 @@ def api() -> docker.APIClient:
     return client().api
 
 
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
+    """The first line of an exception's text, at most 200 characters (for one-line errors)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:200]

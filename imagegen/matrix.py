@@ -8,60 +8,37 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import compat
+from .scripts import fatbin
 from .errors import UserInputError
+from .units import parse_size
 from .yamlsrc import Located
 from .yamlsrc import load as load_yaml
 
 Device = Literal["cpu", "gpu"]
 Flavor = Literal["slim", "full"]
 
-# --- sizes ------------------------------------------------------------------------------------
-
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-
-
-def parse_size(value: str | int) -> int:
-    """'4.5GB' -> 4500000000 (decimal units, like `docker images`); 'GiB' units are binary."""
-    if isinstance(value, bool):
-        raise ValueError("a size, like 800MB or 4.5GB")
-    if isinstance(value, int):
-        return value
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?i?B?)\s*", str(value), re.IGNORECASE)
-    if not m or m.group(2).upper() not in _UNITS:
-        raise ValueError(f"'{value}' is not a size (examples: 800MB, 4.5GB, 2GiB)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
-
-
-def format_size(n: int | float | None) -> str:
-    if n is None:
-        return "-"
-    n = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    return f"{n:.2f} TB"
-
-
 # --- the matrix file's model ------------------------------------------------------------------
 
-_SAFE_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _REPO_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 _REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]+)?$")
+
+
+def is_registry(value: str) -> bool:
+    """``value`` is a registry host[:port] (what `registry:` and `publish --registry` take)."""
+    return bool(_REGISTRY.match(value))
+
+
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 # Requirements reach the lock file, never a RUN line; still, only PEP 508 name/extras/version characters
 # pass (no markers, quotes, `;`, `$`, backticks, pipes).
@@ -78,6 +55,9 @@ class Slimming(_Model):
     headers: bool | None = None
     caches: bool | None = None
     bytecode: Literal["drop", "keep"] | None = None
+    ptx: Literal["drop", "keep"] | None = Field(None, description=(
+        "with gpu_archs (EXPERIMENTAL): also keep each container's PTX up to the newest target, so GPUs newer "
+        "than the list can JIT-compile (keep), or only what the targets load (drop, the default)"))
     static_libs: bool | None = None
     strip: bool | None = None
     pip: bool | None = None
@@ -120,6 +100,20 @@ def _check_url(v: str) -> str:
     return v
 
 
+def _check_gpu_archs(v: list[Any] | None) -> list[str] | None:
+    """[sm_75, "8.6", 90] -> ["sm_75", "sm_86", "sm_90"] (sorted, unique); ValueError on anything else."""
+    if v is None:
+        return None
+    if not v:
+        raise ValueError("gpu_archs needs at least one architecture, e.g. [sm_75]")
+    return sorted({f"sm_{fatbin.parse_arch(x)}" for x in v}, key=fatbin.parse_arch)
+
+
+GpuArchs = Annotated[list[str | int] | None, Field(
+    description="GPUs the image must run on, as compute capabilities (sm_75, sm_86, ...). `imagegen validate` "
+                "rejects one the framework's CUDA kernels cannot serve.")]
+
+
 class IndexDef(_Model):
     kind: Literal["index", "find-links"] = "index"
     url: str
@@ -139,11 +133,14 @@ class VersionEntry(_Model):
     flavors: list[Flavor] | None = None
     base: str | None = None
     extra_requirements: list[str] = Field(default_factory=list)
+    gpu_archs: GpuArchs = None
 
     @field_validator("extra_requirements")
     @classmethod
     def _reqs(cls, v: list[str]) -> list[str]:
         return [_check_requirement(x) for x in v]
+
+    _archs = field_validator("gpu_archs")(classmethod(lambda cls, v: _check_gpu_archs(v)))
 
 
 class Defaults(_Model):
@@ -189,6 +186,9 @@ class IncludeRule(_Model):
     python: str | None = None
     flavor: Flavor
     base: str | None = None
+    gpu_archs: GpuArchs = None
+
+    _archs = field_validator("gpu_archs")(classmethod(lambda cls, v: _check_gpu_archs(v)))
 
 
 class OverrideRule(Selector):
@@ -198,6 +198,9 @@ class OverrideRule(Selector):
     base: str | None = None
     extra_requirements: list[str] | None = None
     budget: Budget | None = None
+    gpu_archs: GpuArchs = None
+
+    _archs = field_validator("gpu_archs")(classmethod(lambda cls, v: _check_gpu_archs(v)))
 
     @field_validator("extra_requirements")
     @classmethod
@@ -251,6 +254,7 @@ class SlimRules:
     openvino: bool
     cuda_unused: bool
     cuda_extras: bool
+    ptx: str = "drop"
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -286,6 +290,7 @@ class Cell:
     registry: str | None = None
     namespace: str | None = None
     base_spec: compat.BaseSpec | None = field(default=None, compare=False, repr=False)
+    gpu_archs: tuple[str, ...] = ()   # target GPUs, canonical 'sm_75' names sorted; () = not restricted
 
     @property
     def ref(self) -> str:
@@ -316,7 +321,7 @@ class Cell:
 
     @property
     def runtime_role(self) -> str:
-        return flavors()[self.flavor]["runtime_role"]
+        return compat.flavors()[self.flavor]["runtime_role"]
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -327,7 +332,7 @@ class Cell:
             "indexes": [i.__dict__ for i in self.indexes], "slimming": self.slimming.as_dict(),
             "budget": {"size": self.budget_size, "compressed": self.budget_compressed},
             "excluded": self.excluded, "origin": self.origin, "remote_ref": self.remote_ref,
-            "local_ref": self.local_ref,
+            "local_ref": self.local_ref, "gpu_archs": list(self.gpu_archs),
         }
 
 
@@ -341,11 +346,6 @@ def local_prefix() -> str:
         raise UserInputError(f"IMAGEGEN_LOCAL_PREFIX={prefix!r} must be lowercase repository components "
                              "ending in '/', e.g. imagegen-test/")
     return prefix
-
-
-@functools.lru_cache(maxsize=1)
-def flavors() -> dict[str, dict]:
-    return yaml.safe_load((compat.DATA / "flavors.yaml").read_text())
 
 
 def bases_for(matrix: "Matrix") -> dict[str, compat.BaseSpec]:
@@ -542,7 +542,8 @@ def _expand(m: Matrix) -> list[Cell]:
     where_of: dict[str, str] = {}
 
     def emit(fw_name: str, ver: str, device: str, cuda_e: CudaEntry | None, py: str, flavor: str,
-             base_name: str, extra: list[str], path: tuple, multi_py: bool) -> None:
+             base_name: str, extra: list[str], path: tuple, multi_py: bool,
+             gpu_archs: list[str] | None = None) -> None:
         fw = compat.frameworks()[fw_name]
         where = src.where(path)
         if ver not in fw.versions:
@@ -569,6 +570,8 @@ def _expand(m: Matrix) -> list[Cell]:
         if device == "cpu":
             if cuda_e is not None:
                 raise UserInputError(f"{where}: a cpu cell takes no CUDA version")
+            if gpu_archs and path and path[0] == "include":
+                raise UserInputError(f"{where}: a cpu cell takes no gpu_archs")
             if fv.cpu is None:
                 raise UserInputError(f"{where}: {fw_name} {ver} has no CPU build in imagegen's data")
             reqs = list(fv.cpu.requirements)
@@ -615,6 +618,12 @@ def _expand(m: Matrix) -> list[Cell]:
         if multi_py:
             tag_parts.append(f"py{py}")
             sel_parts.append(f"py{py}")
+        if gpu_archs and device == "gpu" and path and path[0] == "include":
+            # an arch-targeted twin of a cell (issue 12): its kernels are cut to these GPUs, so its tag says
+            # so (gpu_archs on a version entry or an override retargets that cell under its own tag)
+            arch_part = "-".join(a.replace("_", "") for a in _check_gpu_archs(list(gpu_archs)))
+            tag_parts.append(arch_part)
+            sel_parts.append(arch_part)
         tag_parts.append(flavor)
         sel_parts.append(flavor)
         tag = "-".join(tag_parts)
@@ -627,6 +636,7 @@ def _expand(m: Matrix) -> list[Cell]:
             flavor=flavor, base=base_name, image=fw.image, tag=tag, selector="-".join(sel_parts),
             requirements=tuple(reqs), indexes=tuple(indexes), slimming=_slim_rules(m, None, flavor),
             origin=where, registry=mf.registry, namespace=mf.namespace, base_spec=base,
+            gpu_archs=tuple(gpu_archs or ()) if device == "gpu" else (),
         )
         if proto.ref in where_of:
             raise UserInputError(f"{where}: duplicate cells: {proto.ref} is already defined at {where_of[proto.ref]}")
@@ -656,7 +666,7 @@ def _expand(m: Matrix) -> list[Cell]:
                         for flavor in flavs:
                             path = vpath + (("cuda", ci) if cuda_e else ("devices",))
                             emit(fw_name, ver, device, cuda_e, py, flavor, base_name, entry.extra_requirements,
-                                 path, len(pys) > 1)
+                                 path, len(pys) > 1, entry.gpu_archs)
     for i, inc in enumerate(mf.include):
         path = ("include", i)
         if inc.framework not in compat.frameworks():
@@ -668,7 +678,7 @@ def _expand(m: Matrix) -> list[Cell]:
         cuda_e = CudaEntry(version=inc.cuda, cudnn=inc.cudnn) if inc.cuda else None
         py = inc.python or mf.defaults.python[0]
         emit(inc.framework, inc.version, inc.device, cuda_e, py, inc.flavor, inc.base or mf.defaults.base, [],
-             path, False)
+             path, False, inc.gpu_archs)
 
     # overrides, budgets, excludes: applied in file order; later rules win.
     out: list[Cell] = []
@@ -681,9 +691,12 @@ def _expand(m: Matrix) -> list[Cell]:
         base_name = cell.base
         size = comp = None
         base_from = None
+        archs = cell.gpu_archs
         for i, rule in enumerate(mf.overrides):
             if _rule_matches(rule, cell):
                 used_overrides.add(i)
+                if rule.gpu_archs and cell.device == "gpu":
+                    archs = tuple(rule.gpu_archs)
                 if rule.slimming:
                     slim_override.update(rule.slimming.model_dump(exclude_none=True))
                 if rule.extra_requirements:
@@ -723,7 +736,7 @@ def _expand(m: Matrix) -> list[Cell]:
         out.append(_replace(cell, slimming=_slim_rules(m, slim_override, cell.flavor),
                             requirements=cell.requirements + tuple(extra), base=base_name,
                             budget_size=size, budget_compressed=comp, excluded=excluded,
-                            base_spec=all_bases[base_name]))
+                            base_spec=all_bases[base_name], gpu_archs=archs))
     for section, used in (("exclude", used_excludes), ("overrides", used_overrides), ("budgets", used_budgets)):
         for i in range(len(getattr(mf, section))):
             if i not in used:
@@ -754,7 +767,7 @@ def _replace(cell: Cell, **changes: Any) -> Cell:
 
 
 def _slim_rules(m: Matrix, override: dict[str, Any] | None, flavor: str) -> SlimRules:
-    values = dict(flavors()[flavor]["slimming"])
+    values = dict(compat.flavors()[flavor]["slimming"])
     values.update(m.file.defaults.slimming.model_dump(exclude_none=True) if flavor == "slim" else {})
     values.update(override or {})
     return SlimRules(**values)

@@ -1,9 +1,9 @@
 """Push built cells to the matrix's registry/namespace through the Docker SDK.
 
-Only images that are what the matrix says are pushed: the local tag must exist, carry the
-cell's inputs digest label, and (unless --skip-test-check) have passed `imagegen test`/`build`
-(recorded as a stamp by the test run). Credentials come from the environment or docker's config;
-they are never written anywhere by imagegen.
+Only images imagegen built are pushed: the local tag must exist and carry an inputs digest label
+(``labels.LABEL_DIGEST``). `imagegen build` moves a tag only after the image passed its tests, so a
+tag imagegen built is a tested image. Credentials come from the environment (REGISTRY_USER and
+REGISTRY_TOKEN) or docker's config; they are never written anywhere by imagegen.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import docker.errors
 
 from . import engine
-from .build import LABEL_DIGEST
+from .labels import LABEL_DIGEST
 from .console import log
 from .errors import ImagegenError, UserInputError
 from .matrix import Cell

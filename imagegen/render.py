@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import functools
 import json
 import shlex
 from dataclasses import dataclass
@@ -11,11 +10,10 @@ from importlib import resources
 from pathlib import Path
 
 import jinja2
-import yaml
 
 from . import compat
 from .errors import UserInputError
-from .matrix import Cell, Matrix, flavors
+from .matrix import Cell, Matrix
 
 VENV = "/opt/venv"
 USER = {"name": "app", "uid": 1000, "gid": 1000}
@@ -52,15 +50,11 @@ def site_packages(cell: Cell) -> str:
     return f"{VENV}/lib/python{cell.python}/site-packages"
 
 
-@functools.lru_cache(maxsize=1)
-def prune_data() -> dict:
-    return yaml.safe_load((compat.DATA / "prune.yaml").read_text())
-
-
 def prune_config(cell: Cell) -> dict:
     """The rules in force and the paths they act on, as the builder's prune.py reads them."""
-    data = prune_data()
+    data = compat.prune_rules()
     rules = cell.slimming.as_dict()
+    rules.pop("ptx", None)  # read by fatprune.py from cuda_archs, not a path rule
     fw = cell.fw
     globs = {k: list(v) for k, v in data.items() if k != "protect"}
     for name, paths in fw.inference_prune.items():
@@ -74,11 +68,14 @@ def prune_config(cell: Cell) -> dict:
         "protect": data.get("protect", []),
         "cuda": None,
     }
+    archs = cuda_archs(cell)
+    if archs:
+        cfg["cuda_archs"] = archs
     if cell.device == "gpu":
         cuda = compat.cuda()
         links = {}
         gpu = fw.versions[cell.version].gpu
-        for name in gpu.dlopen if gpu else []:
+        for name in dlopen_names(cell):
             hit = cuda.component_for_soname(name)
             if hit is None:
                 raise UserInputError(f"{fw.name} {cell.version} dlopens {name}, which no CUDA component in "
@@ -95,11 +92,20 @@ def prune_config(cell: Cell) -> dict:
     return cfg
 
 
+def cuda_archs(cell: Cell) -> dict | None:
+    """What the builder's fatprune.py keeps (EXPERIMENTAL): the cell's `gpu_archs` and its `ptx` slimming
+    option, or None when the cell declares no target GPUs (nothing is rewritten)."""
+    targets = list(getattr(cell, "gpu_archs", ()) or ())
+    if cell.device != "gpu" or not targets:
+        return None
+    return {"targets": targets, "ptx": cell.slimming.ptx}
+
+
 def runtime_env(cell: Cell) -> list[tuple[str, str]]:
     env = [
         ("PATH", f"{VENV}/bin:/usr/local/bin:/usr/bin:/bin"),
         ("VIRTUAL_ENV", VENV),
-        ("HOME", f"/home/{USER['name']}"),
+        ("HOME", compat.flavors()[cell.flavor].get("home") or f"/home/{USER['name']}"),
         ("LANG", "C.UTF-8"),
         ("PYTHONUNBUFFERED", "1"),
     ]
@@ -114,6 +120,18 @@ def runtime_env(cell: Cell) -> list[tuple[str, str]]:
     return env
 
 
+def dlopen_names(cell: Cell) -> list[str]:
+    """Unversioned CUDA library names a GPU cell's runtime dlopens: the framework's own
+    (frameworks/*.yaml gpu.dlopen) plus those its cuDNN version loads by itself (cuda.yaml
+    cudnn_dlopen). Each gets a link in the image and is probed by the readiness check."""
+    gpu = cell.fw.versions[cell.version].gpu
+    if cell.device != "gpu" or gpu is None:
+        return []
+    names = list(gpu.dlopen)
+    names += [n for n in compat.cuda().cudnn_dlopen_names(cell.cudnn) if n not in names]
+    return names
+
+
 def pruned_dlopen_names(cell: Cell) -> list[str]:
     """Unversioned names the framework dlopens whose library an enabled opt-in rule removes."""
     import fnmatch
@@ -123,9 +141,9 @@ def pruned_dlopen_names(cell: Cell) -> list[str]:
         return []
     rules = cell.slimming.as_dict()
     removed = [g for name, globs in cell.fw.inference_prune.items() if rules.get(name) for g in globs]
-    removed += [g for g in prune_data().get("cudnn_train", []) if rules.get("cudnn_train")]
+    removed += [g for g in compat.prune_rules().get("cudnn_train", []) if rules.get("cudnn_train")]
     out = []
-    for name in gpu.dlopen:
+    for name in dlopen_names(cell):
         hit = compat.cuda().component_for_soname(name)
         if hit is None:
             continue
@@ -154,13 +172,14 @@ def render_cell(m: Matrix, cell: Cell, tdir: Path | None = None) -> Rendered:
         "cell": cell,
         "origin": _portable_origin(cell.origin),
         "framework": cell.fw,
-        "flavor": flavors()[cell.flavor],
+        "flavor": compat.flavors()[cell.flavor],
         "base": base,
         "roles": roles,
         "refs": refs,
         "venv": VENV,
         "user": USER,
         "gpu_libdirs": (cfg["cuda"] or {}).get("libdirs", []),
+        "cuda_archs": cfg.get("cuda_archs"),
         "driver_min": compat.cuda().releases[cell.cuda].driver_min if cell.cuda else None,
         "env": [f"{k}={shlex.quote(v)}" for k, v in runtime_env(cell)],
     }
@@ -231,10 +250,16 @@ def check(rendered: list[Rendered], out_dir: Path, all_cells: bool) -> list[str]
     return problems
 
 
-def build_context_files() -> dict[str, Path]:
-    """Static helper scripts every build context carries (not committed per cell)."""
-    return {
+def build_context_files(cell: Cell | None = None) -> dict[str, Path]:
+    """Static helper scripts every build context carries (not committed per cell); cells with
+    `gpu_archs` also carry the fat-binary rewriter and its parser."""
+    files = {
         "imagegen/prune.py": SCRIPTS / "prune.py",
+        "imagegen/elfmini.py": SCRIPTS / "elfmini.py",
         "imagegen/install.py": SCRIPTS / "install.py",
         "imagegen/sysroot.py": SCRIPTS / "sysroot.py",
     }
+    if cell is not None and cuda_archs(cell):
+        files["imagegen/fatbin.py"] = SCRIPTS / "fatbin.py"
+        files["imagegen/fatprune.py"] = SCRIPTS / "fatprune.py"
+    return files

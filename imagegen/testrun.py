@@ -6,8 +6,9 @@ from pathlib import Path
 
 import docker.errors
 
-from . import engine
-from .build import LABEL_DIGEST, SOURCE_URL, cache_dir
+from . import engine, paths
+from . import labels as labels_mod
+from .labels import CUDA_ARCHS, LABEL_DIGEST, SOURCE_URL
 from .errors import UserInputError
 from .imagetest import TestTarget, run_targets
 from .imagetest.runner import Summary
@@ -22,18 +23,16 @@ def target_for(cell: Cell, image: str | None = None) -> TestTarget:
         labels = (engine.api().inspect_image(ref).get("Config") or {}).get("Labels") or {}
     except docker.errors.ImageNotFound:
         raise UserInputError(f"{cell.ref} is not built here; run `imagegen build --variant {cell.ref}`") from None
-    expected = {"org.opencontainers.image.source": SOURCE_URL}
+    expected = {labels_mod.OCI_SOURCE: SOURCE_URL}
     if LABEL_DIGEST in labels:
         expected[LABEL_DIGEST] = labels[LABEL_DIGEST]
-    from .render import pruned_dlopen_names
+    if cell.device == "gpu" and cell.gpu_archs:  # kernels pruned to the targets: labelled with exactly them
+        expected[CUDA_ARCHS] = ",".join(cell.gpu_archs)
+    from .render import dlopen_names, pruned_dlopen_names
 
-    from .matrix import flavors
-
-    target = TestTarget.from_cell(cell, image=ref, labels=expected, pruned_libs=pruned_dlopen_names(cell))
-    # The flavor's policy (data) is the source of truth; a slimming rule the matrix turns off relaxes
-    # the matching contents rule (policy_for), it never tightens the flavor's policy.
-    flavor_policy = dict(flavors()[cell.flavor]["policy"])
-    target.policy = {k: bool(v and flavor_policy.get(k, v)) for k, v in target.policy.items()}
+    # The flavor's policy (flavors.yaml) narrowed by the cell's slimming switches (policy_for).
+    target = TestTarget.from_cell(cell, image=ref, labels=expected, pruned_libs=pruned_dlopen_names(cell),
+                                 dlopen=dlopen_names(cell) if cell.device == "gpu" else None)
     needs = cell.fw.versions[cell.version].runtime_packages
     shells = sorted(set(needs) & SHELL_PACKAGES)
     if shells and target.policy.get("no_shell"):
@@ -57,7 +56,7 @@ def split_built(cells: list[Cell]) -> tuple[list[Cell], list[Cell]]:
 
 
 def junit_path(junit_dir: Path | None, name: str) -> Path:
-    base = junit_dir or (cache_dir() / "reports")
+    base = junit_dir or paths.reports_dir()
     return base / f"junit-{name.replace(':', '-').replace('/', '_')}.xml"
 
 
@@ -76,3 +75,25 @@ def test_cells(cells: list[Cell], *, junit: Path | None = None, checks: list[str
     targets = [target_for(c) for c in cells]
     path = junit if junit and junit.suffix == ".xml" else junit_path(junit, "imagegen")
     return run_targets(targets, path, checks=checks, keyword=keyword, verbose=verbose)
+
+
+# Writes the smoke script to a real file first: frameworks read their models' source (Paddle's
+# dy2static calls inspect.getsource), so exec() of a string is not enough.
+_SMOKE_RUNNER = (
+    "import runpy, sys, tempfile; f = tempfile.NamedTemporaryFile('w', suffix='.py', delete=False); "
+    "f.write(sys.argv[1]); f.close(); sys.argv = [f.name] + sys.argv[2:]; "
+    "runpy.run_path(f.name, run_name='__main__')"
+)
+
+
+def smoke_argv(cell: Cell, *, device: str = "cpu") -> list[str]:
+    """The command that runs the cell's smoke inference inside its image with the image's Python
+    (e.g. for `imagegen audit --trace`). UserInputError when the smoke test needs a model prepared
+    on the host first (it cannot run from the image alone)."""
+    from . import compat
+
+    source = compat.smoke_script(cell.fw).read_text()
+    if "def host_prepare" in source:
+        raise UserInputError(f"{cell.framework}'s smoke test needs a model prepared on the host; trace it with "
+                             f"--trace-image {cell.ref} -- python3 YOUR_WORKLOAD.py")
+    return [f"python{cell.python}", "-c", _SMOKE_RUNNER, source, device]

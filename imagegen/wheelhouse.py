@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import os
 import shutil
@@ -33,29 +32,16 @@ import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Annotated, Iterable, Iterator, Optional
+from typing import Iterable, Iterator
 
-import typer
-
-from . import userpaths
-from .console import log, out
+from . import flock, paths
+from .console import log
+from .paths import cache_root, wheels_root
+from .units import format_size
 from .errors import ImagegenError, UserInputError
-from .lock import (
-    Index,
-    Lock,
-    LockedWheel,
-    LockRequest,
-    host_sources,
-    is_redacted,
-    pip_env,
-    read_lock,
-    redact_text,
-    redact_url,
-    requirements_text,
-    run_pip,
-    target_args,
-    terminate_children,
-)
+from .hostpip import host_sources, last_line, pip_env, run_pip, target_args, terminate_children
+from .lockfile import Index, Lock, LockedWheel, LockRequest, requirements_text
+from .redact import is_redacted, redact_text, redact_url
 
 
 class HashMismatch(ImagegenError):
@@ -71,14 +57,6 @@ class DownloadFailed(ImagegenError):
 
 
 # --- cache layout ------------------------------------------------------------------------------
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("IMAGEGEN_CACHE") or Path.home() / ".cache" / "imagegen").expanduser()
-
-
-def wheels_root() -> Path:
-    return cache_root() / "wheels" / "sha256"
 
 
 def cas_path(sha256: str, filename: str) -> Path:
@@ -130,6 +108,28 @@ def cached(w: LockedWheel, *, verify: bool = True) -> Path | None:
     return path
 
 
+def evict_corrupt(lock: Lock) -> list[str]:
+    """Hash every cached wheel of ``lock`` again, ignoring the verification stamps, and remove
+    those whose bytes no longer match their sha256 (bit rot, a disk fault, a hand edit). Returns
+    their file names. Costs one read of the lock's wheels (seconds per GB)."""
+    bad = []
+    for w in lock.all_wheels():
+        if not w.sha256:
+            continue
+        path = cas_path(w.sha256, w.filename)
+        try:
+            got = sha256_file(path)
+        except FileNotFoundError:
+            continue
+        if got != w.sha256:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            with contextlib.suppress(OSError):
+                _stamp(path).unlink()
+            bad.append(w.filename)
+    return bad
+
+
 def _write_stamp(path: Path) -> None:
     with contextlib.suppress(OSError):
         _stamp(path).write_text(_stat_key(path))
@@ -152,34 +152,31 @@ def _clean_stale_runs(tmp_root: Path) -> None:
         return
     _cleaned.set()
     for d in tmp_root.iterdir():
-        lockfile = d / ".lock"
         try:
-            fh = open(lockfile, "a")
+            fh = flock.acquire(d / ".lock", blocking=False)
         except OSError:
             if d.is_dir() and time.time() - d.stat().st_mtime > 86400:
                 shutil.rmtree(d, ignore_errors=True)
             continue
+        if fh is None:
+            continue  # a live run holds it
         with fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # a live run holds it
             shutil.rmtree(d, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def run_dir() -> Iterator[Path]:
     """A private temporary directory on the cache's filesystem, removed on exit (also on Ctrl-C)."""
-    tmp_root = cache_root() / "tmp"
+    tmp_root = paths.tmp_root()
     try:
         tmp_root.mkdir(parents=True, exist_ok=True)
         _clean_stale_runs(tmp_root)
         d = tmp_root / f"run-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         d.mkdir()
-        fh = open(d / ".lock", "w")
+        fh = flock.acquire(d / ".lock", mode="w")  # held while the run lives: see _clean_stale_runs
     except OSError as exc:
         raise _os_error(exc, f"cannot create a temporary directory under {tmp_root}") from None
-    fcntl.flock(fh, fcntl.LOCK_EX)
+    assert fh is not None
     try:
         yield d
     finally:
@@ -188,20 +185,16 @@ def run_dir() -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def _hash_lock(sha256: str) -> Iterator[None]:
-    """Serialises two processes fetching the same file (the second then finds it cached)."""
-    d = cache_root() / "wheels" / "locks"
+def _one_fetch_at_a_time(sha256: str) -> Iterator[None]:
+    """Serialises two processes fetching the same file (the second then finds it cached): an flock."""
+    d = paths.wheel_flocks()
     try:
-        d.mkdir(parents=True, exist_ok=True)
-        fh = open(d / f"{sha256}.lock", "a")
+        fh = flock.acquire(d / f"{sha256}.lock")
     except OSError as exc:
         raise _os_error(exc, f"cannot create a lock file under {d}") from None
+    assert fh is not None
     with fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+        yield
 
 
 def _os_error(exc: OSError, what: str) -> ImagegenError:
@@ -280,10 +273,8 @@ def _pip_download(w: LockedWheel, target: _Target, dest: Path, group: set) -> Pa
         if "No space left on device" in text or "[Errno 28]" in text:
             raise DiskFull(f"disk full while downloading {w.pin} (cache {cache_root()})",
                            hint="free space, or point IMAGEGEN_CACHE at a larger disk")
-        from .lock import _last_line
-
         raise DownloadFailed(f"download of {w.pin} ({w.filename}) failed from {target.source_label(w.url)}: "
-                             f"{_last_line(text)}")
+                             f"{last_line(text)}")
     return files[0]
 
 
@@ -295,7 +286,7 @@ def _fetch_one(w: LockedWheel, target: _Target, work: Path, group: set) -> tuple
             return w.sha256, hit, 0
     with contextlib.ExitStack() as stack:
         if w.sha256:
-            stack.enter_context(_hash_lock(w.sha256))
+            stack.enter_context(_one_fetch_at_a_time(w.sha256))
             hit = cached(w)
             if hit:
                 return w.sha256, hit, 0
@@ -329,14 +320,6 @@ def _fetch_one(w: LockedWheel, target: _Target, work: Path, group: set) -> tuple
                 (tmp.parent / f"{tmp.name}.req").unlink()
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    return str(n)
-
-
 def _fetch_all(items: list[tuple[LockedWheel, _Target]], jobs: int) -> dict[str, tuple[str, Path]]:
     """Fetch in parallel. Returns {key: (sha256, path)} with key = sha256, or URL for hash-less items."""
     results: dict[str, tuple[str, Path]] = {}
@@ -362,7 +345,7 @@ def _fetch_all(items: list[tuple[LockedWheel, _Target]], jobs: int) -> dict[str,
                 if size:
                     fetched += 1
                     downloaded += size
-                    log(f"  fetched {w.filename} ({_size(size)})")
+                    log(f"  fetched {w.filename} ({format_size(size)})")
         except KeyboardInterrupt:
             for f in futures:
                 f.cancel()
@@ -370,8 +353,8 @@ def _fetch_all(items: list[tuple[LockedWheel, _Target]], jobs: int) -> dict[str,
             raise
     if fetched:
         secs = time.monotonic() - started
-        log(f"fetched {fetched} wheel(s), {_size(downloaded)} in {secs:.1f}s"
-            f"{f' ({_size(downloaded / secs)}/s)' if secs > 0 else ''}; {len(items) - fetched} already cached")
+        log(f"fetched {fetched} wheel(s), {format_size(downloaded)} in {secs:.1f}s"
+            f"{f' ({format_size(downloaded / secs)}/s)' if secs > 0 else ''}; {len(items) - fetched} already cached")
     return results
 
 
@@ -478,53 +461,12 @@ def prune(keep: Iterable[Lock], *, dry_run: bool = False) -> tuple[int, int]:
         if not dry_run:
             shutil.rmtree(f.parent, ignore_errors=True)
             with contextlib.suppress(OSError):
-                (cache_root() / "wheels" / "locks" / f"{sha}.lock").unlink()
+                (paths.wheel_flocks() / f"{sha}.lock").unlink()
     return files, size
-
-
-def _lock_files(paths: list[Path] | None) -> list[Path]:
-    found: list[Path] = []
-    for p in paths or [Path("locks")]:
-        if p.is_dir():
-            found += sorted(p.glob("*.txt"))
-        elif p.exists():
-            found.append(p)
-        else:
-            raise UserInputError(f"no such lock file or directory: {p}")
-    if not found:
-        raise UserInputError(f"no lock files in {', '.join(str(p) for p in paths or [Path('locks')])}; "
-                             "run `imagegen lock` first")
-    return found
-
-
-def fetch_command(
-    locks: Annotated[Optional[list[Path]], typer.Argument(help="Lock files or directories (default: locks/).",
-                                                                  callback=userpaths.input_files_or_dirs)] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, max=16, help="Parallel downloads.")] = 4,
-) -> None:
-    """Fill the wheel cache from lock files (no resolution): each distinct wheel is downloaded once."""
-    files = _lock_files(locks)
-    parsed = [read_lock(f) for f in files]
-    paths = fetch_many(parsed, jobs)
-    total = sum(p.stat().st_size for p in paths.values())
-    out.print(f"{len(paths)} wheels for {len(files)} lock(s) in {wheels_root()} ({_size(total)})", markup=False)
-
-
-def prune_command(
-    locks: Annotated[Optional[list[Path]], typer.Argument(help="Keep the wheels of these lock files or "
-                                                               "directories (default: locks/).",
-                                                               callback=userpaths.input_files_or_dirs)] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Only report what would be removed.")] = False,
-) -> None:
-    """Remove cached wheels that none of the given locks reference."""
-    parsed = [read_lock(f) for f in _lock_files(locks)]
-    files, size = prune(parsed, dry_run=dry_run)
-    verb = "would remove" if dry_run else "removed"
-    out.print(f"{verb} {files} wheel(s), {_size(size)} from {wheels_root()}", markup=False)
 
 
 __all__ = [
     "DiskFull", "DownloadFailed", "HashMismatch", "cache_root", "cached", "cached_size", "cas_path", "fetch",
-    "fetch_command", "fetch_many", "hash_unhashed", "prune", "prune_command", "redact_text", "run_dir",
+    "fetch_many", "hash_unhashed", "prune", "redact_text", "run_dir",
     "sha256_file", "stage", "wheels_root",
 ]

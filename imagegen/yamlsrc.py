@@ -22,8 +22,6 @@ import yaml
 
 from .errors import UserInputError
 
-Path_ = tuple  # a path into the document: ("frameworks", "paddle", "2.6.2", "cuda", 0)
-
 #: Limits of one document. imagegen's own matrix is about 3 kB, 200 nodes, depth 6.
 MAX_BYTES = 1_000_000  # decimal MB of UTF-8 text
 MAX_NODES = 20_000  # scalars + collections, aliases counted as the nodes they expand to

@@ -40,7 +40,7 @@ _cat("tests", "tests", "tests", "test suites")
 _cat("headers", "headers", "headers", "C/C++/CUDA headers")
 _cat("static_libs", "static_libs", "static_libs", "static libraries (.a)")
 _cat("debug", "debug", "strip", "ELF debug sections (.debug_*)")
-_cat("cuda_kernels", "cuda", None, "CUDA kernels (.nv_fatbin sections)")
+_cat("cuda_kernels", "cuda", "gpu_archs", "CUDA kernels (.nv_fatbin sections)")
 
 CUDA_COMPONENTS: list[tuple[str, str]] = [
     # (component, regex on the file name)

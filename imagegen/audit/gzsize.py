@@ -22,6 +22,8 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from .. import paths
+
 LEVEL = 6
 BLOCK = 4 << 20
 WINDOW = 32 << 10
@@ -139,8 +141,7 @@ class GzipCounter:
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("IMAGEGEN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "imagegen")
-    return Path(base) / "audit" / "gzip"
+    return paths.audit_gzip_dir()
 
 
 def cache_get(diff_id: str) -> tuple[int, int] | None:

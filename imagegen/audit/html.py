@@ -10,7 +10,7 @@ from importlib import resources
 from .categories import category_of
 from .packages import UNOWNED
 from .report import Analysis, display_path
-from .units import human
+from ..units import format_size as human
 
 HIDDEN = "(hidden by later layers)"
 MAX_NODES = 6000
@@ -126,6 +126,31 @@ def _tables(r: dict, top: int) -> str:
         _table(["saves", "build rule", "what"],
                [[human(s["bytes"]), s["rule"] or "(none)", s["text"]] for s in r["suggestions"]], {0}),
     ]
+    k = r.get("cuda_kernels")
+    if k:
+        names = list(k["by_arch"])
+        ro = k["runs_on"]
+        parts += [
+            "<h2>CUDA kernels by GPU architecture</h2>",
+            f"<p>Runs on: <b>{_html.escape(', '.join(ro['archs']) or 'no GPU')}</b> "
+            f"(label io.imagegen.cuda.archs; {ro['libraries']} libraries with CUDA kernels).</p>",
+            _table(["library", "total"] + names,
+                   [[lib["path"], human(lib["fatbin_bytes"])] + [human(lib["bytes"][n]) if lib["bytes"].get(n) else ""
+                                                                 for n in names] for lib in k["libraries"][:top]]
+                   + [["all libraries", human(k["total"])] + [human(k["by_arch"][n]) for n in names]],
+                   set(range(1, len(names) + 2))),
+        ]
+        notes = ([f"narrowed by {p}: no kernels for {', '.join(v)}" for p, v in ro["narrowing"].items()]
+                 + [f"feature-only {p}: serves {', '.join(v) or 'nothing'} (not counted)"
+                    for p, v in ro["feature_libraries"].items()]
+                 + [f"unreadable {p}: {v}" for p, v in ro["unreadable"].items()])
+        if notes:
+            parts.append("<ul>" + "".join(f"<li>{_html.escape(n)}</li>" for n in notes) + "</ul>")
+        if k["narrower_targets"]:
+            parts += ["<h3>A narrower target (one GPU architecture) would keep</h3>",
+                      _table(["target", "kernels kept", "saves"],
+                             [[t["target"], human(t["kept"]), human(t["saves"])] for t in k["narrower_targets"]],
+                             {1, 2})]
     if r["problems"]:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_html.escape(p)}</li>" for p in r["problems"]) + "</ul>")
     return "\n".join(parts)

@@ -91,6 +91,7 @@ def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id
     top_files: list[tuple[int, str]] = []
     top_unowned: list[tuple[int, str]] = []
     elf_files = elf_bad = 0
+    kernel_libs: list = []
     strip_bytes = strip_files = strip_skipped = 0
     total = nfiles = 0
     odd = 0
@@ -105,6 +106,8 @@ def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id
         cat = category_of(path)
         rest = size
         e = r.elf
+        if getattr(r, "kernels", None) is not None:
+            kernel_libs.append(r.kernels)
         if e is not None:
             elf_files += 1
             if not e.ok:
@@ -261,6 +264,11 @@ def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id
     if dup_bytes:
         s(None, dup_bytes, f"{len(dup_groups)} set(s) of identical files at different paths: keep one copy "
           "(symlink or hard link)")
+    kernels = _kernels_report(kernel_libs)
+    best = max((kernels or {}).get("narrower_targets") or [], key=lambda t: t.get("saves", 0), default=None)
+    if best and best["saves"] >= 1_000_000:  # an image already cut to one GPU keeps only stray bytes
+        s("gpu_archs", best["saves"], f"gpu_archs: [{best['target']}] in the matrix keeps only the CUDA kernels that GPU "
+          "loads (imagegen/scripts/fatprune.py, experimental)")
     sugg.sort(key=lambda x: -x["bytes"])
 
     top_dirs = heapq.nlargest(top, ((b, d) for d, b in dir_bytes.items() if d != "/"))
@@ -296,6 +304,7 @@ def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id
         },
         "elf": {"files": elf_files, "unreadable": elf_bad, "debug": cat_bytes.get("debug", 0),
                 "cuda_kernels": cat_bytes.get("cuda_kernels", 0), "strippable": strip_bytes},
+        "cuda_kernels": kernels,
         "top_files": [{"path": display_path(p), "bytes": b, "category": category_of(p),
                        "package": owner.get(p, UNOWNED)} for b, p in sorted(top_files, reverse=True)],
         "top_dirs": [{"path": display_path(d), "bytes": b} for b, d in top_dirs],
@@ -304,6 +313,14 @@ def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id
         "symlink_loops": loops,
     }
     return Analysis(scan, view, own, report)
+
+
+def _kernels_report(libs: list) -> dict | None:
+    from ..gpu_archs import image_report
+
+    for lib in libs:
+        lib.path = display_path(lib.path)
+    return image_report(libs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,7 +367,7 @@ def _pkg_table(pa: list[dict], pb: list[dict]) -> list[dict]:
 def check_gates(report: dict, *, max_size: int | None = None, max_wasted: int | None = None,
                 max_cats: dict[str, int] | None = None) -> list[str]:
     """Reasons the report breaches its limits (empty = pass)."""
-    from .units import human
+    from ..units import format_size as human
 
     reasons = []
     t = report["totals"]

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import chain
 
+from ..cuda_kernels import KernelScan, is_library_name, kernel_result
 from .elf import ElfInfo, ElfProbe
 from .gzsize import GzipCounter
 from .stream import BLOCK, ChunkSource, CorruptStream, Member, TruncatedStream, iter_tar, normalize, tee
@@ -32,7 +33,7 @@ ELF_MIN = 64
 class Rec:
     """One tar entry of one layer. kind: f file, d dir, l symlink, h hardlink, o other."""
 
-    __slots__ = ("path", "kind", "size", "digest", "link", "elf", "data", "layer")
+    __slots__ = ("path", "kind", "size", "digest", "link", "elf", "data", "layer", "kernels")
 
     def __init__(self, path: str, kind: str, size: int = 0, digest: bytes | None = None, link: str | None = None,
                  elf: ElfInfo | None = None, data: bytes | None = None, layer: int = -1):
@@ -44,6 +45,7 @@ class Rec:
         self.elf = elf
         self.data = data
         self.layer = layer
+        self.kernels = None  # cuda_kernels.LibraryKernels of a shared library with CUDA kernels
 
 
 @dataclass
@@ -104,16 +106,22 @@ def _file(path: str, m: Member, src: ChunkSource) -> Rec:
     size = m.size
     h = hashlib.sha256()
     probe = ElfProbe(size) if size >= ELF_MIN else None
+    kscan = KernelScan(path, size) if probe is not None and is_library_name(path) else None
     capture = [] if size <= CAPTURE_MAX and _CAPTURE.search(path) else None
     for mv in src.pieces(size):
         h.update(mv)
         if probe is not None:
             probe.feed(mv)
+        if kscan is not None:
+            kscan.feed(mv)
         if capture is not None:
             capture.append(bytes(mv))
     elf = probe.result() if probe is not None else None
-    return Rec(path, "f", size, h.digest()[:16], elf=elf,
-               data=b"".join(capture) if capture is not None else None)
+    rec = Rec(path, "f", size, h.digest()[:16], elf=elf,
+              data=b"".join(capture) if capture is not None else None)
+    if kscan is not None and elf is not None and elf.fatbin:
+        rec.kernels = kernel_result(kscan)
+    return rec
 
 
 def _sniff(head: bytes) -> str:

@@ -250,11 +250,11 @@ def trace(image_ref: str, argv: list[str], *, timeout: float = 600, env: dict | 
     return trace_report(a, run, argv=argv, top=top)
 
 
-def render_trace(rep: dict, console, *, top: int = 20) -> None:
+def print_trace(rep: dict, console, *, top: int = 20) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from .units import human
+    from ..units import format_size as human
 
     t = rep["totals"]
     console.print(Text(f"trace of {' '.join(rep['argv'])} in {rep['image']}", style="bold"))

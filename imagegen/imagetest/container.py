@@ -36,7 +36,6 @@ from ..errors import EngineError
 MOUNT = "/.imagegen-test"
 LABELS = {"imagegen.test": "1"}
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox", "/usr/lib/busybox-static/busybox")
-UNBOUNDED_EXEC = 3600.0
 
 
 def _client():
@@ -82,6 +81,8 @@ def make_workdir(root: Path | None = None) -> Path:
     (d / "probes").mkdir()
     for f in probes.glob("*.py"):
         shutil.copyfile(f, d / "probes" / f.name)
+    # the stdlib ELF reader the probes import (the same one the builder's prune step uses)
+    shutil.copyfile(Path(__file__).parents[1] / "scripts" / "elfmini.py", d / "probes" / "elfmini.py")
     bb = static_busybox()
     if bb:
         shutil.copyfile(bb, d / "busybox")
@@ -118,6 +119,7 @@ class TestContainer:
     gpu: bool = False
     lifetime: int = 1800
     env: dict[str, str] = field(default_factory=dict)
+    home: str | None = "/tmp"  # HOME forced on a read-only root; None leaves the image's own value
     mem_limit: str = os.environ.get("IMAGEGEN_TEST_MEMORY", "8g")
     _ctr: Any = None
     starts: int = 0
@@ -146,8 +148,8 @@ class TestContainer:
     def start(self) -> "TestContainer":
         self.starts += 1
         env = dict(self.env)
-        if self.read_only:
-            env.setdefault("HOME", "/tmp")  # the only writable place
+        if self.read_only and self.home:
+            env.setdefault("HOME", self.home)  # the only writable place
         kw = self.hardening
         if self.gpu:
             kw["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
@@ -279,22 +281,3 @@ class SDKBackend(tbase.BaseBackend):
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:300]
-
-
-def cleanup_stale(max_age_s: int = 7200) -> int:
-    """Remove test containers (label imagegen.test=1, name imagegen-test-*) older than max_age_s."""
-    n = 0
-    for c in _client().containers.list(all=True, filters={"label": "imagegen.test=1"}):
-        if not c.name.startswith("imagegen-test-"):
-            continue
-        created = c.attrs.get("Created", "")
-        try:
-            from datetime import datetime, timezone
-
-            age = (datetime.now(timezone.utc) - datetime.fromisoformat(created[:26].rstrip("Z") + "+00:00")).total_seconds()
-        except ValueError:
-            continue
-        if age > max_age_s:
-            c.remove(force=True)
-            n += 1
-    return n

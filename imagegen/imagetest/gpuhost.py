@@ -60,3 +60,29 @@ def version_tuple(v: str) -> tuple[int, ...]:
 
 def driver_ok(driver: str, minimum: str) -> bool:
     return version_tuple(driver) >= version_tuple(minimum)
+
+
+def compute_capabilities() -> list[int]:
+    """Compute capabilities of the host's GPUs, from `nvidia-smi --query-gpu=compute_cap` ("7.5" -> 75);
+    [] without nvidia-smi or GPUs."""
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        res = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    out = []
+    for line in res.stdout.splitlines():
+        m = re.fullmatch(r"\s*(\d+)\.(\d)\s*", line)
+        if m:
+            out.append(int(m.group(1)) * 10 + int(m.group(2)))
+    return out
+
+
+def kernel_path(label: str, cc: int) -> bool:
+    """Does an image whose `io.imagegen.cuda.archs` label is `label` ("sm_61,sm_70,...") have a
+    kernel path on capability `cc`? The label lists the capabilities served; a capability not in
+    imagegen's GPU table is judged by CUDA's SASS rule from the listed ones (same major, not newer)."""
+    archs = [int(a.strip()[3:].rstrip("af")) for a in label.split(",") if a.strip().startswith("sm_")]
+    return cc in archs or any(a // 10 == cc // 10 and a <= cc for a in archs)

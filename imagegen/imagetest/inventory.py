@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
+from .. import paths
+
 INVENTORY_VERSION = 1
 GZIP_LEVEL = 6
 _CHUNK = 1 << 20
@@ -37,8 +39,7 @@ ELF_STRIPPED = "stripped"
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("IMAGEGEN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "imagegen")
-    return Path(root) / "imagetest"
+    return paths.imagetest_dir()
 
 
 @dataclass

@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .. import compat
+from .. import compat, labels
+from ..errors import UserInputError
 
 # Every rule the contents policy knows. A target says which apply (True) to its image.
 POLICY_RULES: dict[str, str] = {
@@ -31,34 +32,9 @@ POLICY_RULES: dict[str, str] = {
     "labels": "OCI and imagegen labels present and matching the cell",
 }
 
-SLIM_POLICY: dict[str, bool] = {name: True for name in POLICY_RULES}
-# full = the dev role (pip, headers, toolchain, a shell): only what still makes sense there.
-FULL_POLICY: dict[str, bool] = {
-    **{name: False for name in POLICY_RULES},
-    "non_root": True,
-    "arbitrary_uid": True,
-    "no_pkg_caches": True,
-    "no_apt_lists": True,
-    "single_python": True,
-    "deps_consistent": True,
-    "labels": True,
-}
-
 # Labels every image must carry; values for the ones a cell determines are in TestTarget.labels.
-REQUIRED_LABELS: tuple[str, ...] = (
-    "org.opencontainers.image.title",
-    "org.opencontainers.image.version",
-    "org.opencontainers.image.revision",
-    "org.opencontainers.image.source",
-    "org.opencontainers.image.created",
-    "io.imagegen.framework",
-    "io.imagegen.framework.version",
-    "io.imagegen.device",
-    "io.imagegen.python",
-    "io.imagegen.flavor",
-    "io.imagegen.inputs-digest",
-)
-GPU_LABELS: tuple[str, ...] = ("io.imagegen.cuda", "io.imagegen.cudnn")
+REQUIRED_LABELS: tuple[str, ...] = labels.REQUIRED
+GPU_LABELS: tuple[str, ...] = labels.REQUIRED_GPU
 
 
 @dataclass
@@ -77,10 +53,11 @@ class TestTarget:
     cudnn: str | None = None  # "8.6.0" (full) or "8.6"
     budget_bytes: int | None = None  # uncompressed (engine) size budget
     budget_compressed_bytes: int | None = None  # sum of gzip(-6) layer sizes budget
-    policy: dict[str, bool] = field(default_factory=lambda: dict(SLIM_POLICY))
+    policy: dict[str, bool] = field(default_factory=lambda: policy_for("slim"))
     labels: dict[str, str] = field(default_factory=dict)  # expected label values ("" = present)
     allow: list[str] = field(default_factory=list)  # fnmatch globs exempt from contents rules
     pruned_libs: list[str] = field(default_factory=list)  # dlopen names removed on purpose (opt-in pruning)
+    dlopen: list[str] | None = None  # names the runtime dlopens (framework + cuDNN); None: framework data only
     policy_notes: dict[str, str] = field(default_factory=dict)  # rule -> why it is relaxed for this image
     python_exe: str = "python3"  # resolved through the image's PATH
     smoke_script: str | None = None  # default: imagegen/data/smoke/<framework.test.smoke>
@@ -103,15 +80,15 @@ class TestTarget:
         if self.device == "gpu":
             out.update({k: "" for k in GPU_LABELS})
         out.update({
-            "io.imagegen.framework": self.framework.name,
-            "io.imagegen.framework.version": self.version,
-            "io.imagegen.device": self.device,
-            "io.imagegen.python": self.python,
-            "io.imagegen.flavor": self.flavor,
+            labels.FRAMEWORK: self.framework.name,
+            labels.FRAMEWORK_VERSION: self.version,
+            labels.DEVICE: self.device,
+            labels.PYTHON: self.python,
+            labels.FLAVOR: self.flavor,
         })
         if self.device == "gpu":
-            out["io.imagegen.cuda"] = self.cuda or ""
-            out["io.imagegen.cudnn"] = self.cudnn or ""
+            out[labels.CUDA] = self.cuda or ""
+            out[labels.CUDNN] = self.cudnn or ""
         out.update(self.labels)
         return out
 
@@ -151,9 +128,16 @@ class TestTarget:
 
 
 def policy_for(flavor: str, slimming: dict[str, Any] | None = None) -> dict[str, bool]:
-    """The rules that apply to a flavor, narrowed by the cell's slimming switches: a contents
-    rule is only enforced when the build was asked to remove that content."""
-    base = dict(SLIM_POLICY if flavor == "slim" else FULL_POLICY)
+    """The rules that apply to a flavor: its policy in imagegen/data/flavors.yaml (the only place it
+    is defined), narrowed by the cell's slimming switches: a contents rule is only enforced when the
+    build was asked to remove that content. A switch relaxes the flavor's policy, never tightens it.
+    Raises UserInputError for a flavor flavors.yaml does not define."""
+    known = compat.flavors()
+    if flavor not in known:
+        raise UserInputError(f"unknown flavor {flavor!r} (imagegen/data/flavors.yaml defines "
+                             f"{', '.join(sorted(known))})")
+    declared = known[flavor].get("policy") or {}
+    base = {name: bool(declared.get(name, False)) for name in POLICY_RULES}
     s = slimming or {}
     switch = {  # slimming key -> policy rules it governs
         "docs": ("no_docs", "no_man"),
@@ -166,7 +150,7 @@ def policy_for(flavor: str, slimming: dict[str, Any] | None = None) -> dict[str,
     for key, rules in switch.items():
         if s.get(key) is not None:
             for r in rules:
-                base[r] = bool(s[key])
+                base[r] = base[r] and bool(s[key])
     return base
 
 

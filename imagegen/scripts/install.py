@@ -68,10 +68,31 @@ def main() -> int:
             cmd.append("--no-compile")
         env = dict(os.environ)
     print("install: " + " ".join(cmd[:3]) + " ...", flush=True)
-    rc = subprocess.call(cmd, env=env)
+    proc = subprocess.run(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
+    sys.stderr.write(proc.stderr)
     if uv_wheel:
         Path("/tmp/imagegen-uv").unlink(missing_ok=True)
-    return rc
+    if proc.returncode != 0:
+        print("install: error: " + failure_reason(proc.stderr, proc.returncode), file=sys.stderr, flush=True)
+    return proc.returncode
+
+
+def failure_reason(stderr: str, rc: int) -> str:
+    """One line naming why uv/pip failed: a hash mismatch names its wheel (the build then checks
+    the host's wheel cache), else the installer's last error line."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    for i, ln in enumerate(lines):
+        if "hash" in ln.lower() and ("mismatch" in ln.lower() or "do not match" in ln.lower()):
+            names = [w for rest in lines[i:i + 6] for w in re.findall(r"[\w.+-]+\.whl|`[^`]+`", rest)]
+            return "hash mismatch" + (f" for {names[0].strip('`')}" if names else "") + \
+                " (the wheel staged from the host's cache is not the locked file)"
+    for i, ln in enumerate(lines):
+        if ln.lower().startswith(("error:", "×")):  # uv: "error: X" then "cause: ..." lines
+            head = re.sub(r"^(error:|×)\s*", "", ln, flags=re.I)
+            causes = [c.split(":", 1)[1].strip() for c in lines[i + 1:i + 6] if c.lower().startswith("cause:")]
+            return (head + (f" ({causes[-1]})" if causes else ""))[:300]
+    errors = [ln for ln in lines if ln.upper().startswith("ERROR")]  # pip: "ERROR: ..."
+    return re.sub(r"^ERROR:\s*", "", errors[-1] if errors else (lines[-1] if lines else f"exit code {rc}"))[:300]
 
 
 if __name__ == "__main__":

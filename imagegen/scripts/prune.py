@@ -17,12 +17,16 @@ import json
 import os
 import shutil
 import stat
-import struct
 import subprocess
 import sys
 from pathlib import Path
 
-ELF_MAGIC = b"\x7fELF"
+try:  # in the builder, elfmini.py sits next to this script; on the host it is a sibling module
+    from . import elfmini
+except ImportError:
+    import elfmini
+
+ELF_MAGIC = elfmini.ELF_MAGIC
 
 
 def tree_size(path: Path) -> int:
@@ -150,6 +154,7 @@ class Pruner:
         on = bool(self.rules.get("strip"))
         todo: list[Path] = []
         skipped = 0
+        spared: list[str] = []
         for root, _dirs, names in self.walk():
             for f in names:
                 p = root / f
@@ -158,7 +163,16 @@ class Pruner:
                 if self.protected(p):
                     skipped += 1
                     continue
-                if has_symbols(p):
+                try:
+                    elf = elfmini.read_file(str(p))
+                except (OSError, ValueError):
+                    continue
+                hazard = elfmini.strip_hazard_of(self.rel(p), elf)
+                if hazard:
+                    skipped += 1
+                    spared.append(f"{self.rel(p)}: {hazard}")
+                    continue
+                if _has_symbols(elf):
                     todo.append(p)
 
         def one(p: Path) -> int:
@@ -179,7 +193,8 @@ class Pruner:
         todo.sort(key=lambda q: -q.stat().st_size)
         with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
             saved = sum(pool.map(one, todo))
-        self.report["strip"] = {"enabled": on, "bytes": saved, "paths": len(todo), "skipped_auditwheel": skipped}
+        self.report["strip"] = {"enabled": on, "bytes": saved, "paths": len(todo), "skipped_auditwheel": skipped,
+                                "spared": spared[:20]}
 
 
 # -- ELF (section headers only) --------------------------------------------------------------
@@ -193,43 +208,17 @@ def is_elf(p: Path) -> bool:
         return False
 
 
-def _sections(p: Path) -> list[tuple[str, int, int]]:
-    """(name, type, size) of each section, read from the section header table."""
-    with open(p, "rb") as fh:
-        ident = fh.read(16)
-        if ident[:4] != ELF_MAGIC or ident[4] != 2:  # 64-bit only
-            return []
-        end = "<" if ident[5] == 1 else ">"
-        hdr = fh.read(48)
-        (_t, _m, _v, _entry, _phoff, shoff, _flags, _ehsize, _phentsize, _phnum, shentsize, shnum,
-         shstrndx) = struct.unpack(end + "HHIQQQIHHHHHH", hdr)
-        if not shoff or not shnum or shstrndx >= shnum:
-            return []
-        fh.seek(shoff)
-        raw = fh.read(shentsize * shnum)
-        heads = [struct.unpack_from(end + "IIQQQQIIQQ", raw, i * shentsize) for i in range(shnum)]
-        strtab = heads[shstrndx]
-        fh.seek(strtab[4])
-        names = fh.read(strtab[5])
-        out = []
-        for h in heads:
-            name_end = names.find(b"\0", h[0])
-            out.append((names[h[0]:name_end].decode("ascii", "replace"), h[1], h[5]))
-        return out
-
-
-def has_symbols(p: Path) -> bool:
-    try:
-        return any(n == ".symtab" or n.startswith(".debug_") for n, _t, _s in _sections(p))
-    except (OSError, struct.error):
-        return False
+def _has_symbols(elf: "elfmini.ElfFile") -> bool:
+    return any(n == ".symtab" or n.startswith(".debug_") for n in elf.sections)
 
 
 def symbol_bytes(p: Path) -> int:
+    """Bytes of .symtab, .strtab and .debug_* sections: what strip --strip-unneeded removes."""
     try:
-        return sum(s for n, _t, s in _sections(p) if n in (".symtab", ".strtab") or n.startswith(".debug_"))
-    except (OSError, struct.error):
+        secs = elfmini.read_file(str(p)).sections
+    except (OSError, ValueError):
         return 0
+    return sum(size for n, (_t, _o, _a, size) in secs.items() if n in (".symtab", ".strtab") or n.startswith(".debug_"))
 
 
 # -- GPU: unversioned links and loader configuration -----------------------------------------

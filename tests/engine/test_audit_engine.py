@@ -121,7 +121,7 @@ def test_classic_builder_image(api, images, tmp_path):
 
 
 def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "imagegen.audit.testing", "audit", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "imagegen", "audit", *args], capture_output=True,
                           text=True, env={**os.environ, **(env or {})}, timeout=600)
 
 

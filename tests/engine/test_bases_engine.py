@@ -25,6 +25,7 @@ import docker.errors
 import pytest
 
 from imagegen import bases, compat
+from imagegen.bases import hook
 from imagegen.errors import EngineError, ImagegenError
 
 pytestmark = pytest.mark.engine
@@ -187,10 +188,10 @@ def test_runtime_dpkg_status_lists_exactly_what_is_present(runtime_files):
              for n in runtime_files if n.startswith("var/lib/dpkg/info/") and n.endswith(".list")}
     assert lists == names
     # consistent for apt: every remaining Depends clause is satisfied inside the set
-    provided = names | {a[0] for p in paras for a in bases.parse_depends(p.get("Provides", ""))}
+    provided = names | {a[0] for p in paras for a in hook.parse_depends(p.get("Provides", ""))}
     for p in paras:
         for field in ("Depends", "Pre-Depends"):
-            for alts in bases.parse_depends(p.get(field, "")):
+            for alts in hook.parse_depends(p.get(field, "")):
                 assert set(alts) & provided, (p["Package"], alts)
     # each kept package's files are present: its .list names existing paths only
     for n, data in contents.items():
@@ -459,7 +460,7 @@ def test_registry_base_unreachable_names_ref_and_offline_path(dc):
 
 
 def test_base_list_json_reports_presence_and_size(dc, runtime_ref):
-    code = "from imagegen import bases; bases.base_list(json_out=True)"
+    code = "from imagegen.cli.base_cmds import base_list; base_list(json_out=True)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env=dict(os.environ, NO_COLOR="1"))
     assert res.returncode == 0, res.stderr

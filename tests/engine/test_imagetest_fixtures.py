@@ -87,7 +87,7 @@ def _labels(fw: str, version: str, device: str, cuda: str | None = None, cudnn: 
         "io.imagegen.flavor": "slim", "io.imagegen.inputs-digest": "sha256:" + "0" * 64, **LABEL,
     }
     if cuda:
-        d.update({"io.imagegen.cuda": cuda, "io.imagegen.cudnn": cudnn})
+        d.update({"io.imagegen.cuda": cuda, "io.imagegen.cudnn": cudnn, "io.imagegen.cuda.archs": "sm_75,sm_86"})
     return d
 
 

@@ -276,3 +276,26 @@ def test_audit_trace_of_the_smoke_test(built):
     assert "advice" in notes and "gpu" in notes
     # the workload really ran paddle: its core library was opened
     assert any(p.endswith("libpaddle.so") for p in rep["touched_paths"])
+
+
+@pytest.mark.gpu_cell
+@pytest.mark.skipif(os.environ.get("IMAGEGEN_GPU_CELLS") != "1", reason="GPU cells are opt-in: IMAGEGEN_GPU_CELLS=1")
+def test_sm75_cell_is_cut_to_its_gpus(client, tmp_path):
+    """issue 12: the flagship's twin with gpu_archs [sm_75] builds at <= 1.8 GB, passes the same image
+    tests (the build runs them before tagging), and says what it runs on."""
+    ref = "paddle:2.6.2-gpu-cuda11.8-cudnn8.6-sm75-slim"
+    proc = imagegen("build", "--variant", "gpu-cuda11.8-sm75-slim", "--json", "--junit", str(tmp_path), timeout=5400)
+    (res,) = json.loads(proc.stdout)
+    assert res["ref"] == ref and res["status"] in ("built", "skipped")
+    image = client.images.get(ref)
+    assert image.attrs["Size"] <= 1_800_000_000
+    assert image.labels["io.imagegen.cuda.archs"] == "sm_75"
+    if res["status"] == "built":
+        rule = res["prune"]["rules"]["cuda_archs"]
+        assert rule["targets"] == ["sm_75"] and rule["refused"] == [] and rule["bytes"] > 2_000_000_000
+        libs = rule["libraries"]
+        phi = next(v for k, v in libs.items() if k.endswith("paddle/libs/libphi.so"))
+        assert phi["status"] == "pruned" and phi["bytes_after"] < 600_000_000
+        # the builder lacks libgomp (the runtime gets it from the ELF closure): the image tests load it
+        assert phi["dlopen"] == "ok" or "libgomp" in phi["dlopen"]
+        assert all(v["dlopen"] == "ok" for k, v in libs.items() if k.startswith("nvidia/") and "dlopen" in v)

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from imagegen import compat
-from imagegen.closure import cache_root, compute_closure, contents_index, needed_from_wheels
+from imagegen.closure import compute_closure, contents_index, needed_from_wheels
+from imagegen.paths import cache_root
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from imagegen.audit.gzsize import GzipCounter
 from imagegen.audit.report import category_bytes, display_path
 from imagegen.audit.synth import pattern, write_save_tar
 from imagegen.audit.trace import parse_trace
-from imagegen.audit.units import parse_size
+from imagegen.units import parse_size
 from imagegen.errors import ImagegenError, UserInputError
 
 pytestmark = pytest.mark.unit
@@ -337,7 +337,7 @@ def test_compare(ground_report, tmp_path):
 
 
 def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "imagegen.audit.testing", "audit", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "imagegen", "audit", *args], capture_output=True,
                           text=True, env={**os.environ, **(env or {})}, timeout=300)
 
 

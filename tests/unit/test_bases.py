@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from imagegen import bases, compat, doctor
+from imagegen.bases import hook
 from imagegen.errors import EngineError, ImagegenError, UserInputError
 
 pytestmark = pytest.mark.unit
@@ -134,13 +135,13 @@ Description: time zone and daylight-saving time data
 def test_deb822_roundtrip_keeps_continuations():
     [para] = bases.parse_deb822(CONTROL)
     assert para["Package"] == "tzdata" and para["Description"].count("\n") == 2
-    assert bases.format_deb822(para) == CONTROL
+    assert hook.format_deb822(para) == CONTROL
 
 
 def test_parse_depends():
-    assert bases.parse_depends("libc6 (>= 2.34), debconf (>= 0.5) | debconf-2.0, python3:any") == [
+    assert hook.parse_depends("libc6 (>= 2.34), debconf (>= 0.5) | debconf-2.0, python3:any") == [
         ["libc6"], ["debconf", "debconf-2.0"], ["python3"]]
-    assert bases.parse_depends("") == []
+    assert hook.parse_depends("") == []
 
 
 # A slice of what apt downloads for the bookworm runtime (real relationships, fewer packages).
@@ -163,7 +164,7 @@ DOWNLOADED = {
 
 
 def test_resolve_keep_cuts_maintainer_script_tools():
-    res = bases.resolve_keep(["libc6", "base-files", "ca-certificates", "readline-common", "python3.11-minimal"],
+    res = hook.resolve_keep(["libc6", "base-files", "ca-certificates", "readline-common", "python3.11-minimal"],
                              {"debconf", "dpkg", "perl-base", "mawk", "openssl", "tar"}, DOWNLOADED)
     assert res.keep == ["base-files", "ca-certificates", "gcc-12-base", "libc6", "libgcc-s1", "libssl3",
                         "python3.11-minimal", "readline-common"]
@@ -175,13 +176,13 @@ def test_resolve_keep_cuts_maintainer_script_tools():
 
 
 def test_resolve_keep_follows_virtual_providers_when_not_cut():
-    res = bases.resolve_keep(["base-files"], set(), DOWNLOADED)
+    res = hook.resolve_keep(["base-files"], set(), DOWNLOADED)
     assert "mawk" in res.keep and res.dropped_clauses == {}
 
 
 def test_resolve_keep_requested_but_missing():
     with pytest.raises(ImagegenError, match="nosuch"):
-        bases.resolve_keep(["nosuch"], set(), DOWNLOADED)
+        hook.resolve_keep(["nosuch"], set(), DOWNLOADED)
 
 
 def test_status_paragraph_is_consistent_for_apt():
@@ -189,25 +190,25 @@ def test_status_paragraph_is_consistent_for_apt():
     fields = {"Package": "ca-certificates", "Version": "20230311", "Architecture": "all",
               "Depends": "openssl (>= 1.1.1), debconf (>= 0.5) | debconf-2.0, libc6",
               "Description": "Common CA certificates\n more"}
-    para = bases.status_paragraph(fields, keep, set())
+    para = hook.status_paragraph(fields, keep, set())
     assert list(para)[:2] == ["Package", "Status"] and para["Status"] == "install ok installed"
     assert para["Depends"] == "libc6"
     assert para["Imagegen-Dropped-Depends"] == "openssl (>= 1.1.1), debconf (>= 0.5) | debconf-2.0"
     # an alternative satisfied through Provides stays
-    para = bases.status_paragraph({"Package": "x", "Depends": "awk"}, {"x"}, {"awk"})
+    para = hook.status_paragraph({"Package": "x", "Depends": "awk"}, {"x"}, {"awk"})
     assert para["Depends"] == "awk" and "Imagegen-Dropped-Depends" not in para
 
 
 def test_doc_excludes_keep_copyright():
-    assert bases._excluded("usr/share/doc/libc6/changelog.Debian.gz")
-    assert not bases._excluded("usr/share/doc/libc6/copyright")
-    assert bases._excluded("usr/share/doc/ca-certificates/examples/local/debian/copyright")
-    assert bases._excluded("usr/share/man/man1/python3.11.1.gz")
-    assert bases._excluded("usr/share/locale/de/LC_MESSAGES/libc.mo")
-    assert not bases._excluded("usr/share/locale/locale.alias")
-    assert not bases._excluded("usr/share/zoneinfo/UTC")
-    assert bases._canonical("lib/x86_64-linux-gnu/libc.so.6") == "usr/lib/x86_64-linux-gnu/libc.so.6"
-    assert bases._canonical("etc/passwd") == "etc/passwd"
+    assert hook.excluded("usr/share/doc/libc6/changelog.Debian.gz")
+    assert not hook.excluded("usr/share/doc/libc6/copyright")
+    assert hook.excluded("usr/share/doc/ca-certificates/examples/local/debian/copyright")
+    assert hook.excluded("usr/share/man/man1/python3.11.1.gz")
+    assert hook.excluded("usr/share/locale/de/LC_MESSAGES/libc.mo")
+    assert not hook.excluded("usr/share/locale/locale.alias")
+    assert not hook.excluded("usr/share/zoneinfo/UTC")
+    assert hook.canonical("lib/x86_64-linux-gnu/libc.so.6") == "usr/lib/x86_64-linux-gnu/libc.so.6"
+    assert hook.canonical("etc/passwd") == "etc/passwd"
 
 
 # --- mmdebstrap command and failures ------------------------------------------------------------
@@ -369,8 +370,8 @@ def test_doctor_pip_ca(monkeypatch, tmp_path):
 
 
 def test_doctor_exits_1_with_json_when_engine_is_down(tmp_path):
-    code = ("import sys\nfrom imagegen import doctor\nfrom imagegen.errors import ImagegenError\n"
-            "try:\n    doctor.doctor(json_out=True, offline=True)\n"
+    code = ("import sys\nfrom imagegen.cli.base_cmds import doctor\nfrom imagegen.errors import ImagegenError\n"
+            "try:\n    doctor(json_out=True, offline=True)\n"
             "except ImagegenError as e:\n    print('error:', e, file=sys.stderr); sys.exit(e.exit_code)\n")
     env = dict(os.environ, DOCKER_HOST=f"unix://{tmp_path}/no.sock", NO_COLOR="1")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from imagegen.scripts import install
+
 SCRIPT = Path(__file__).resolve().parents[2] / "imagegen" / "scripts" / "install.py"
 
 
@@ -64,3 +66,23 @@ def test_tool_wheel_with_a_wrong_hash_is_refused(tmp_path, wheels):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--venv", str(venv), "--wheels", str(wheels)],
                           capture_output=True, text=True)
     assert proc.returncode != 0 and "does not match its hash" in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("stderr, expected", [
+    # uv 0.13 on a corrupt wheel: the first error and its last cause
+    ("Resolved 9 packages in 11ms\nerror: Failed to download `flatbuffers==25.12.19`\n"
+     "  cause: Failed to extract archive: flatbuffers-25.12.19-py2.py3-none-any.whl\n"
+     "  cause: deflate decompression error: repeated call with bad state\n",
+     "Failed to download `flatbuffers==25.12.19` (deflate decompression error: repeated call with bad state)"),
+    # pip's --require-hashes refusal names the wheel
+    ("ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE.\n"
+     "    onnx==1.17.0 from file:///tmp/wheels/onnx-1.17.0-cp311-cp311-manylinux_2_17_x86_64.whl:\n"
+     "        Expected sha256 aaaa\n             Got        bbbb\n",
+     "hash mismatch for onnx-1.17.0-cp311-cp311-manylinux_2_17_x86_64.whl"),
+    ("ERROR: No matching distribution found for numpy==9.9\n", "No matching distribution found for numpy==9.9"),
+    ("", "exit code 1"),
+])
+def test_install_failure_reason_is_one_line_naming_the_cause(stderr, expected):
+    reason = install.failure_reason(stderr, 1)
+    assert "\n" not in reason
+    assert reason.startswith(expected), reason

@@ -17,6 +17,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import typer
+from typing import Annotated
 
 from imagegen import lock as L
 from imagegen.errors import ImagegenError, UserInputError
@@ -358,7 +360,7 @@ def test_unreachable_index_skipped_on_request_or_for_local_label_pins(host, tmp_
     # a local version label names the build: the same file from the host configuration is the same build
     lk = L.resolve(L.LockRequest(["torchlike==2.0+cpu"], indexes=[("pytorch-cpu", "index", url)]))
     assert lk.wheels[0].pin == "torchlike==2.0+cpu" and lk.skipped_indexes == ("pytorch-cpu",)
-    assert "(unreachable at lock time: skipped)" in L.render_lock(lk)
+    assert "(unreachable at lock time: skipped)" in L.lock_text(lk)
     # a plain pin could be another build: only on request
     req = L.LockRequest(["plain==2.0"], indexes=[("vendor", "index", url)])
     with pytest.raises(L.IndexUnreachable):
@@ -433,26 +435,35 @@ def test_lock_status(host, tmp_path):
     assert L.lock_status(L.LockRequest(["a==1.0"], python="3.12"), path) == "stale"
 
 
-# --- CLI functions (registered by the lead on the main app) ---------------------------------------
+# --- the commands (imagegen.cli.lock_cmds) ----------------------------------------------------------
 
 
 @pytest.fixture
-def cli_app(tmp_path, monkeypatch):
-    import typer
+def cells() -> dict:
+    """{cell id: (LockRequest, lock path)}: what `lock` works on, in place of a matrix's cells."""
+    return {}
 
-    from imagegen import wheelhouse
+
+@pytest.fixture
+def cli_app(tmp_path, monkeypatch, cells):
+    from imagegen.cli import lock_cmds
 
     app = typer.Typer()
-    app.command("lock")(L.lock_command)
-    app.command("fetch")(wheelhouse.fetch_command)
-    app.command("prune")(wheelhouse.prune_command)
+
+    @app.command("lock")
+    def lock(all_: Annotated[bool, typer.Option("--all")] = False,
+             check: Annotated[bool, typer.Option("--check")] = False,
+             json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+        # `imagegen lock` selects cells from the matrix, then run_lock does the rest: its seam
+        lock_cmds.run_lock(cells, check=check, json_out=json_out)
+
+    app.command("fetch")(lock_cmds.fetch_command)
+    app.command("prune")(lock_cmds.prune_command)
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "matrix.yaml").write_text("# the cell source is replaced; --matrix must still name a file\n")
-    yield app
-    L._cell_source = None
+    return app
 
 
-def test_lock_command_check_fetch_prune(host, tmp_path, cli_app, monkeypatch):
+def test_lock_command_check_fetch_prune(host, tmp_path, cli_app, cells, monkeypatch):
     import io
 
     from imagegen import console
@@ -464,8 +475,7 @@ def test_lock_command_check_fetch_prune(host, tmp_path, cli_app, monkeypatch):
     w = tmp_path / "w"
     host.publish(make_wheel(w, "a", "1.0", ["b"]), make_wheel(w, "b", "1.0"))
     reqs = {"a-cell": L.LockRequest(["a==1.0"])}
-    L.set_cell_source(lambda matrix, variant, all_: {cid: (r, tmp_path / "locks" / f"{cid}.txt")
-                                                     for cid, r in reqs.items()})
+    cells.update({cid: (r, tmp_path / "locks" / f"{cid}.txt") for cid, r in reqs.items()})
     runner = CliRunner()
 
     def run(*args: str) -> str:

@@ -55,6 +55,7 @@ def test_default_matrix_cells():
         "paddle:3.3.1-cpu-slim", "paddle:3.3.1-cpu-full",
         "paddle:3.3.1-gpu-cuda11.8-cudnn8.9-slim", "paddle:3.3.1-gpu-cuda12.6-cudnn9.5-slim",
         "onnxruntime:1.23.2-cpu-slim", "pytorch:2.13.0-cpu-slim",
+        "paddle:2.6.2-gpu-cuda11.8-cudnn8.6-sm75-slim",
     } == refs
     excluded = {c.ref: c.excluded for c in m.excluded}
     assert set(excluded) == {"paddle:3.3.1-gpu-cuda11.8-cudnn8.9-full", "paddle:3.3.1-gpu-cuda12.6-cudnn9.5-full"}
@@ -361,3 +362,43 @@ def test_committed_schema_is_current():
                                            (1234, 1234), ("10 kb", 10_000)])
 def test_parse_size(text, expected):
     assert matrix.parse_size(text) == expected
+
+
+def test_gpu_archs_cell_gets_an_arch_tag_and_drives_the_kernel_prune():
+    """issue 12: an include with gpu_archs is its own cell (-sm75 in tag and selector), with the
+    fatprune step and its files in the build; the unrestricted flagship renders as before."""
+    from imagegen import render
+
+    m = matrix.load(ROOT / "matrix.yaml")
+    (cell,) = m.select(["gpu-cuda11.8-sm75-slim"])
+    assert cell.ref == "paddle:2.6.2-gpu-cuda11.8-cudnn8.6-sm75-slim" and cell.gpu_archs == ("sm_75",)
+    assert cell.as_dict()["gpu_archs"] == ["sm_75"] and cell.slimming.ptx == "drop"
+    assert cell.budget_size == 1_800_000_000
+    files = render.render_cell(m, cell).files
+    assert "fatprune.py --config /opt/imagegen-build/prune.json" in files["Dockerfile"]
+    assert json.loads(files["imagegen/prune.json"])["cuda_archs"] == {"targets": ["sm_75"], "ptx": "drop"}
+    assert {"imagegen/fatbin.py", "imagegen/fatprune.py"} <= set(render.build_context_files(cell))
+    (flagship,) = m.select(["gpu-cuda11.8-slim"])
+    assert "fatprune" not in render.render_cell(m, flagship).files["Dockerfile"]
+    assert "imagegen/fatprune.py" not in render.build_context_files(flagship)
+
+
+def test_gpu_archs_ptx_keep_and_tag_for_two_targets(tmp_path):
+    p = tmp_path / "matrix.yaml"
+    p.write_text("""
+defaults: {base: bookworm, python: ["3.11"], devices: [cpu], flavors: [slim]}
+frameworks:
+  paddle:
+    "2.6.2": {devices: [gpu], cuda: ["11.8"]}
+include:
+  - {framework: paddle, version: 2.6.2, device: gpu, cuda: "11.8", flavor: slim, gpu_archs: [sm_86, "7.5"]}
+overrides:
+  - match: "paddle:*-sm75-sm86-slim"
+    slimming: {ptx: keep}
+""")
+    plain, cell = matrix.load(p).active
+    assert plain.tag == "2.6.2-gpu-cuda11.8-cudnn8.6-slim" and plain.gpu_archs == ()
+    assert cell.tag == "2.6.2-gpu-cuda11.8-cudnn8.6-sm75-sm86-slim" and cell.gpu_archs == ("sm_75", "sm_86")
+    from imagegen import render
+
+    assert render.prune_config(cell)["cuda_archs"] == {"targets": ["sm_75", "sm_86"], "ptx": "keep"}

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel
 
 from imagegen import compat, matrix
-from imagegen.build import lock_request
+from imagegen.pipeline import lock_request
 from imagegen.errors import UserInputError
 from imagegen.render import render_cell
 
@@ -139,6 +139,9 @@ MUTATIONS = {
     "Budget.compressed": _set("overrides/0/budget", {"compressed": "300MB"}),
     "IndexDef.url": _set("indexes", {"pytorch-cpu": {"url": "https://mirror.example/torch/cpu"}}),
     "IndexDef.kind": _set("indexes", {"pytorch-cpu": {"kind": "find-links", "url": "https://download.pytorch.org/whl/cpu"}}),
+    "VersionEntry.gpu_archs": _set("frameworks/paddle/2.6.2/gpu_archs", ["sm_75"]),
+    "IncludeRule.gpu_archs": _set("include/0/gpu_archs", ["sm_75"]),
+    "OverrideRule.gpu_archs": _set("overrides/0/gpu_archs", ["sm_75"]),
     "BaseSpec.source": _set("bases/mine/source", "registry"),
     "BaseSpec.libc": _set("bases/corp/libc", "musl"),
     "BaseSpec.glibc": _set("bases/corp/glibc", "2.28"),

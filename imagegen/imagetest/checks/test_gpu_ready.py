@@ -18,7 +18,8 @@ def _gpu_spec(target):
 
 def _dlopen(target, ctr):
     spec = _gpu_spec(target)
-    names = [n for n in spec.dlopen if n not in target.pruned_libs] or ["--nvidia-sonames"]
+    wanted = target.dlopen if target.dlopen is not None else spec.dlopen
+    names = [n for n in wanted if n not in target.pruned_libs] or ["--nvidia-sonames"]
     try:
         res = parse(ctr.python("probes/gpu.py", *names, timeout=PROBE_TIMEOUT), "dlopen probe")
     except ProbeError as exc:
@@ -33,8 +34,10 @@ def dlopen_results(target, ctr):
 
 @pytest.mark.device("gpu")
 def test_cuda_libraries_load(target, dlopen_results):
-    """Every CUDA library the framework loads is dlopen-able by the exact name it asks for
-    (data: gpu.dlopen; else the versioned sonames of the nvidia wheels' libraries)."""
+    """Every CUDA library the framework loads is dlopen-able by the exact name it asks for, with no
+    dlopen failure left pending in dlerror() (pytorch#97041). Names: the framework's gpu.dlopen plus
+    what its cuDNN loads itself (cuda.yaml cudnn_dlopen); else the DT_SONAMEs of the nvidia wheels'
+    libraries."""
     if not dlopen_results:
         fail(target, "no CUDA libraries found to load (no nvidia/*/lib in site-packages and no gpu.dlopen in data)")
     bad = [r for r in dlopen_results if not r.get("ok")]

@@ -38,9 +38,16 @@ def test_host_driver(target, gpu_host):
 
 @pytest.mark.gpu
 @pytest.mark.device("gpu")
-def test_gpu_inference(target, gpu_host, workdir, smoke):
+def test_gpu_inference(target, gpu_host, workdir, smoke, image_attrs):
     if not gpu_host.usable:
         pytest.skip(gpu_host.reason)
+    # The image's own kernels decide before the framework does ("no kernel image is available").
+    label = ((image_attrs.get("Config") or {}).get("Labels") or {}).get("io.imagegen.cuda.archs")
+    if label:
+        for cc in gpuhost.compute_capabilities():
+            if not gpuhost.kernel_path(label, cc):
+                fail(target, f"this host's GPU has compute capability {cc // 10}.{cc % 10} (sm_{cc}); the image's "
+                             f"CUDA kernels serve only {label} (label io.imagegen.cuda.archs)")
     c = container(target, workdir, gpu=True).start()
     try:
         _run_smoke(target, c, smoke, "gpu")

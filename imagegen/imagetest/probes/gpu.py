@@ -1,5 +1,11 @@
 """GPU readiness without a GPU (runs INSIDE the image): is every CUDA library the framework
-loads dlopen-able by the exact name the framework asks for?
+loads dlopen-able by the exact name the framework asks for, the way the framework loads it?
+
+A load counts as good only when dlopen succeeds AND no dlerror() is left pending afterwards:
+cuDNN >= 8.7 dlopens the unversioned libnvrtc.so from inside its own loading, ignores the
+failure, and aborts at the first convolution (pytorch#97041); with glibc >= 2.35 that error stays
+pending in dlerror(), which ctypes never reads. The nvidia wheels' libraries are probed by the
+DT_SONAME read from each file (elfmini), never by a name guessed from the file name.
 
 usage: python gpu.py NAME [NAME ...]      names from the framework's data (gpu.dlopen)
        python gpu.py --nvidia-sonames     the versioned sonames of every library in the
@@ -10,10 +16,11 @@ process. Prints one JSON line: {"results": [{name, ok, error, path, version}]}.
 import glob
 import json
 import os
-import re
 import site
 import subprocess
 import sys
+
+import elfmini  # copied next to this probe (stdlib only)
 
 TIMEOUT = float(os.environ.get("IMAGEGEN_DLOPEN_TIMEOUT", "60"))
 
@@ -21,9 +28,26 @@ CHILD = r'''
 import ctypes, json, os, sys
 name = sys.argv[1]
 res = {"name": name, "ok": False, "error": None, "path": None, "version": None}
+libc = ctypes.CDLL(None)
+dlerror = libc.dlerror          # looked up before the load under test, so no dlsym clears it after
+dlerror.restype = ctypes.c_char_p
+dlerror()                       # start with nothing pending
+
+
+def pending(what):
+    msg = dlerror()
+    if msg:
+        res["ok"] = False
+        res["error"] = "%s, but a dlopen inside it failed and is still pending in dlerror(): %s" % (
+            what, msg.decode("utf-8", "replace"))
+        return True
+    return False
+
+
 try:
     lib = ctypes.CDLL(name)
     res["ok"] = True
+    pending("loaded")
 except OSError as exc:
     res["error"] = str(exc)
 if res["ok"]:
@@ -43,20 +67,26 @@ if res["ok"]:
             major = v // 10000 if v >= 90000 else v // 1000
             minor = (v % 10000) // 100 if v >= 90000 else (v % 1000) // 100
             res["version"] = "%d.%d.%d" % (major, minor, v % 100)
+            pending("%s() ran" % sym)
 print(json.dumps(res))
 '''
 
 
 def nvidia_sonames():
+    """The DT_SONAME of every shared library in the nvidia/*/lib directories of the installed
+    wheels (the name the dynamic loader and the frameworks use), in a stable order."""
     names = []
     dirs = site.getsitepackages() + [p for p in sys.path if p.endswith("-packages")]
     for sp in dict.fromkeys(dirs):
         for path in sorted(glob.glob(os.path.join(sp, "nvidia", "*", "lib", "lib*.so*"))):
-            base = os.path.basename(path)
-            if re.search(r"\.so\.\d+", base):
-                soname = re.sub(r"(\.so\.\d+).*$", r"\1", base)
-                if soname not in names:
-                    names.append(soname)
+            if os.path.islink(path):
+                continue
+            try:
+                soname = elfmini.read_file(path).soname
+            except (OSError, ValueError):
+                continue
+            if soname and soname not in names:
+                names.append(soname)
     return names
 
 

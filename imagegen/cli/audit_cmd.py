@@ -1,28 +1,40 @@
-"""`imagegen audit`. The lead registers it with `app.command("audit")(audit_command)`.
+"""`imagegen audit`: where every byte of an image goes (imagegen.audit), gates for CI, and the
+file-access trace (--trace VARIANT runs the cell's smoke test; --trace-image IMAGE -- CMD...).
 
-User errors raise imagegen.errors exceptions (the CLI layer prints them as one line); a gate
-breach prints its reasons on stderr and raises typer.Exit(1)."""
+User errors raise imagegen.errors exceptions; a gate breach prints its reasons on stderr and exits 1."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from ..console import err, out
-from .. import userpaths
 from ..errors import UserInputError
-from .categories import all_names
-from .units import parse_size
+from ..units import parse_size
+from . import userpaths
+from .app import MatrixOpt, app, load_matrix
 
-# The lead wires `--trace VARIANT` by setting this: variant -> (image reference, smoke argv).
-VARIANT_RESOLVER: Callable[[str], tuple[str, list[str]]] | None = None
+
+def _trace_variant(matrix: Path, selector: str) -> tuple[str, list[str]]:
+    """--trace VARIANT: the cell's built image and its CPU smoke inference, run by the image's Python."""
+    from .. import testrun
+
+    cells = load_matrix(matrix).select([selector])  # raises with candidates when nothing matches
+    if len(cells) != 1:
+        raise UserInputError(f"--trace takes one cell; '{selector}' matches {', '.join(c.ref for c in cells)}")
+    (cell,) = cells
+    built, _ = testrun.split_built([cell])
+    if not built:
+        raise UserInputError(f"{cell.ref} is not built here; run `imagegen build --variant {cell.ref}` first")
+    return cell.local_ref, testrun.smoke_argv(cell, device="cpu")
 
 
 def _parse_max(items: list[str]) -> dict[str, int]:
+    from ..audit.categories import all_names
+
     known = set(all_names())
     out_: dict[str, int] = {}
     for item in items:
@@ -41,6 +53,7 @@ def _log(msg: str) -> None:
         err.print(msg, markup=False, style="dim")
 
 
+@app.command("audit")
 def audit_command(
     image: Annotated[Optional[str], typer.Argument(help="Local image (name:tag or id). With --trace-image: the "
                                                    "command to run, after `--`.")] = None,
@@ -52,7 +65,7 @@ def audit_command(
                                                      help="Audit a `docker save` tarball instead of a local image.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
     html: Annotated[Optional[Path], typer.Option("--html", metavar="FILE", callback=userpaths.output_file,
-                                                 help="Write a self-contained HTML page (treemap + tables).")] = None,
+                                                help="Write a self-contained HTML page (treemap + tables).")] = None,
     top: Annotated[int, typer.Option("--top", min=1, help="Rows in top-N tables.")] = 20,
     compressed: Annotated[bool, typer.Option("--compressed/--no-compressed",
                                              help="Compute each layer's gzip size (cached by diff_id).")] = True,
@@ -68,24 +81,22 @@ def audit_command(
     trace_image: Annotated[Optional[str], typer.Option("--trace-image", metavar="IMAGE",
                                                        help="Trace `-- CMD...` run in IMAGE; report bytes never opened.")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Trace: seconds before the workload is killed.")] = 600,
+    matrix: MatrixOpt = Path("matrix.yaml"),
 ) -> None:
     """Where every byte of an image goes: layers, categories, packages, waste, suggestions."""
-    from .core import audit
-    from .report import check_gates, compare
-    from .units import human
+    from ..audit import audit
+    from ..audit.report import check_gates, compare
+    from ..units import format_size as human
 
     gates_size = parse_size(max_size, what="--max-size") if max_size is not None else None
     gates_wasted = parse_size(max_wasted, what="--max-wasted") if max_wasted is not None else None
     gates_cat = _parse_max(max_cat or [])
 
     if trace_variant or trace_image:
-        from .trace import render_trace, trace
+        from ..audit.trace import print_trace, trace
 
         if trace_variant:
-            if VARIANT_RESOLVER is None:
-                raise UserInputError("--trace VARIANT is not wired to the matrix yet; "
-                                     "use --trace-image IMAGE -- CMD ...")
-            ref, argv = VARIANT_RESOLVER(trace_variant)
+            ref, argv = _trace_variant(matrix, trace_variant)
         else:
             ref = trace_image
             argv = ([image] if image else []) + list(command or [])
@@ -93,7 +104,7 @@ def audit_command(
         if json_out:
             out.file.write(json.dumps(rep, indent=2) + "\n")
         else:
-            render_trace(rep, out, top=top)
+            print_trace(rep, out, top=top)
         return
 
     if not image and not from_tar:
@@ -109,7 +120,7 @@ def audit_command(
     if compare_with:
         b = audit(compare_with, compressed=compressed, top=top, log=_log)
     if html:
-        from .html import write
+        from ..audit.html import write
 
         try:
             html.parent.mkdir(parents=True, exist_ok=True)
@@ -122,12 +133,12 @@ def audit_command(
             doc = {**doc, "reports": {"a": report, "b": b.report}}
         out.file.write(json.dumps(doc, indent=2) + "\n")
     else:
-        from .render import render, render_compare
+        from ..audit.text import print_compare, print_report
 
         if b is not None:
-            render_compare(compare(report, b.report), out, top=top)
+            print_compare(compare(report, b.report), out, top=top)
         else:
-            render(report, out, top=top)
+            print_report(report, out, top=top)
         if html:
             err.print(f"wrote {html}", markup=False)
     for p in report["problems"]:

@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .units import human
+from ..units import format_size as human
 
 
 def _pct(part: int, whole: int) -> str:
@@ -21,7 +21,7 @@ def _t(title: str) -> Table:
     return Table(title=title, title_justify="left", title_style="bold", show_edge=False, pad_edge=False)
 
 
-def render(report: dict, console: Console, *, top: int = 20) -> None:
+def print_report(report: dict, console: Console, *, top: int = 20) -> None:
     r = report
     t = r["totals"]
     whole = t["layers"]
@@ -101,6 +101,9 @@ def render(report: dict, console: Console, *, top: int = 20) -> None:
     console.print(dt)
     console.print()
 
+    if r.get("cuda_kernels"):
+        print_kernels(r["cuda_kernels"], console, top=top)
+
     if r["suggestions"]:
         st = _t("Suggestions")
         for col, j in (("saves", "right"), ("build rule", "left"), ("what", "left")):
@@ -113,7 +116,7 @@ def render(report: dict, console: Console, *, top: int = 20) -> None:
         console.print(Text(f"note: {p}", style="yellow"))
 
 
-def render_compare(cmp: dict, console: Console, *, top: int = 20) -> None:
+def print_compare(cmp: dict, console: Console, *, top: int = 20) -> None:
     console.print(Text(f"compare A = {cmp['a']}  with  B = {cmp['b']}", style="bold"))
     for title, rows, n in (("Totals", cmp["totals"], None), ("Categories", cmp["categories"], None),
                            (f"Packages (top {top} by difference)", cmp["packages"], top)):
@@ -129,3 +132,42 @@ def render_compare(cmp: dict, console: Console, *, top: int = 20) -> None:
                        Text(human(row["diff"], signed=True), style=style))
         console.print(tb)
         console.print()
+
+
+def _site_rel(path: str) -> str:
+    """A library's path below site-packages (the part that names it), else the path."""
+    return path.split("site-packages/", 1)[1] if "site-packages/" in path else path
+
+
+def print_kernels(k: dict, console: Console, *, top: int = 20) -> None:
+    """CUDA kernel bytes per architecture per library, what the image runs on, and what one
+    narrower target would keep."""
+    names = list(k["by_arch"])
+    kt = _t(f"CUDA kernels by GPU architecture ({human(k['total'])} of .nv_fatbin; top {top} libraries)")
+    kt.add_column("library")
+    kt.add_column("total", justify="right")
+    for n in names:
+        kt.add_column(n, justify="right")
+    for lib in k["libraries"][:top]:
+        cells = [human(lib["bytes"][n]) if lib["bytes"].get(n) else "" for n in names]
+        kt.add_row(Text(_short(_site_rel(lib["path"]), 60)), human(lib["fatbin_bytes"]), *cells)
+    kt.add_row(Text("all libraries", style="bold"), Text(human(k["total"]), style="bold"),
+               *[human(k["by_arch"][n]) for n in names])
+    console.print(kt)
+    ro = k["runs_on"]
+    console.print(f"runs on: {', '.join(ro['archs']) or 'no GPU (no architecture every library serves)'}"
+                  f"  (label io.imagegen.cuda.archs; {ro['libraries']} libraries with CUDA kernels)", markup=False)
+    for path, lost in ro["narrowing"].items():
+        console.print(f"  narrowed by {path}: no kernels for {', '.join(lost)}", markup=False)
+    for path, served in ro["feature_libraries"].items():
+        console.print(f"  feature-only {path}: serves {', '.join(served) or 'nothing'} (not counted)", markup=False)
+    for path, why in ro["unreadable"].items():
+        console.print(Text(f"  unreadable {path}: {why}", style="yellow"))
+    if k["narrower_targets"]:
+        nt = _t("A narrower target (one GPU architecture) would keep")
+        for col, j in (("target", "left"), ("kernels kept", "right"), ("saves", "right"), ("share", "right")):
+            nt.add_column(col, justify=j)
+        for t in k["narrower_targets"]:
+            nt.add_row(t["target"], human(t["kept"]), human(t["saves"]), _pct(t["saves"], k["total"]))
+        console.print(nt)
+    console.print()

@@ -19,7 +19,7 @@ from typing import Optional, Union
 
 import typer
 
-from .errors import UserInputError
+from ..errors import UserInputError
 
 PathArg = Union[Path, str, None]
 

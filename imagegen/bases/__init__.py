@@ -18,13 +18,15 @@ The rootfs tarball is reproducible: SOURCE_DATE_EPOCH comes from the snapshot da
 sha256 is recorded in the image labels. Import is atomic: the image is imported untagged, checked
 (``python3`` runs, as root, uid 1000 and an arbitrary uid), then tagged; any failure or Ctrl-C
 removes the untagged image and the temporary directory.
+
+The rootfs is finished inside mmdebstrap by ``imagegen/bases/hook.py`` (run as
+``python -m imagegen.bases --hook``); the commands are in ``imagegen/cli/base_cmds.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import fcntl
 import hashlib
 import io
 import json
@@ -41,34 +43,18 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Iterable, Iterator, Optional
+from typing import Iterable, Iterator
 
-import typer
+from .. import compat, flock, labels, paths
+from ..console import log, warn
+from ..errors import EngineError, ImagegenError, UserInputError
+from .hook import DOC_EXCLUDES, DOC_INCLUDES, packages_split, parse_deb822
 
-from . import compat, userpaths
-from .console import log, warn
-from .errors import EngineError, ImagegenError, UserInputError
-
-LABEL_PREFIX = "io.imagegen.base"
-RUNTIME_USER = {"name": "app", "uid": 1000, "gid": 1000, "home": "/home/app"}
+LABEL_PREFIX = labels.BASE_PREFIX
 IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LIB_DIRS = ("lib", "usr/lib", "lib64", "usr/lib64", "lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
 SMOKE = "import ssl, sqlite3, json, ctypes, zlib, lzma, bz2, hashlib, zoneinfo; print('ok')"
 SMOKE_UIDS = ("0", "1000", "12345")
-
-# Applied as dpkg path filters (minbase roles) and by the runtime finalizer (extract variant).
-DOC_EXCLUDES = (
-    "/usr/share/doc/*",
-    "/usr/share/man/*",
-    "/usr/share/info/*",
-    "/usr/share/locale/*",
-    "/usr/share/lintian/*",
-    "/usr/share/linda/*",
-    "/usr/share/doc-base/*",
-    "/usr/share/bug/*",
-    "/usr/share/menu/*",
-)
-DOC_INCLUDES = ("/usr/share/doc/*/copyright", "/usr/share/locale/locale.alias")
 
 _DIGEST_RE = re.compile(r"^(?P<name>[^@\s]+?)(?::(?P<tag>[\w][\w.-]{0,127}))?@(?P<digest>sha256:[0-9a-f]{64})$")
 _SNAPSHOT_RE = re.compile(r"^\d{8}T\d{6}Z$")
@@ -84,7 +70,8 @@ def _spec(base_name: str) -> compat.BaseSpec:
     return known[base_name]
 
 
-def _roles(spec: compat.BaseSpec, role: str | None) -> list[str]:
+def role_names(spec: compat.BaseSpec, role: str | None) -> list[str]:
+    """The roles to act on: ``role`` (UserInputError if the base has no such role), or all of them."""
     if role is None:
         return [r for r in ("builder", "dev", "runtime") if r in spec.roles]
     if role not in spec.roles:
@@ -122,20 +109,6 @@ def parse_pinned(ref: str) -> PinnedRef:
             f"registry base ref {ref!r} is not pinned by digest; write it as name:tag@sha256:<64 hex digits>"
         )
     return PinnedRef(m["name"], m["tag"], m["digest"])
-
-
-def packages_split(packages: Iterable[str]) -> tuple[list[str], set[str]]:
-    """(packages to extract/install, packages cut from a runtime's dependency walk: ``name-``)."""
-    wanted, cut = [], set()
-    for p in packages:
-        if p.endswith("-") and len(p) > 1:
-            cut.add(p[:-1])
-        else:
-            wanted.append(p)
-    both = cut.intersection(wanted)
-    if both:
-        raise UserInputError(f"package(s) both listed and cut: {', '.join(sorted(both))}")
-    return wanted, cut
 
 
 def snapshot_epoch(snapshot: str) -> int:
@@ -197,330 +170,6 @@ def release_date_epoch(text: str, where: str = "InRelease") -> int:
 
             return int(parsedate_to_datetime(line.split(":", 1)[1].strip()).timestamp())
     raise ImagegenError(f"{where} has no Date field")
-
-
-# --- Debian control data ----------------------------------------------------------------------
-
-
-def parse_deb822(text: str) -> list[dict[str, str]]:
-    """Paragraphs of a Debian control file; field order kept, continuation lines joined with \\n."""
-    paras: list[dict[str, str]] = []
-    cur: dict[str, str] = {}
-    last = None
-    for line in text.splitlines():
-        if not line.strip():
-            if cur:
-                paras.append(cur)
-            cur, last = {}, None
-        elif line[0] in " \t" and last:
-            cur[last] += "\n" + line
-        elif ":" in line:
-            key, value = line.split(":", 1)
-            cur[key] = value.strip()
-            last = key
-    if cur:
-        paras.append(cur)
-    return paras
-
-
-def format_deb822(para: dict[str, str]) -> str:
-    return "".join(f"{k}: {v}\n" if v else f"{k}:\n" for k, v in para.items())
-
-
-def parse_depends(value: str) -> list[list[str]]:
-    """``a (>= 1) | b:any, c`` -> [[a, b], [c]] (package names only)."""
-    out = []
-    for clause in value.split(","):
-        alts = []
-        for alt in clause.split("|"):
-            name = alt.strip().split(" ", 1)[0].split("(", 1)[0].split(":", 1)[0].strip()
-            if name:
-                alts.append(name)
-        if alts:
-            out.append(alts)
-    return out
-
-
-@dataclass
-class Resolution:
-    keep: list[str]
-    dropped_clauses: dict[str, list[str]]  # package -> raw clauses whose every alternative was cut/absent
-
-
-def resolve_keep(requested: Iterable[str], cut: set[str], control: dict[str, dict[str, str]]) -> Resolution:
-    """Walk Pre-Depends/Depends from the requested packages over the downloaded set, never entering
-    a cut package. Virtual names go to their providers."""
-    providers: dict[str, list[str]] = {}
-    for name, fields in sorted(control.items()):
-        for prov in parse_depends(fields.get("Provides", "")):
-            providers.setdefault(prov[0], []).append(name)
-    keep: set[str] = set()
-    dropped: dict[str, list[str]] = {}
-    todo = deque(requested)
-    while todo:
-        pkg = todo.popleft()
-        if pkg in keep:
-            continue
-        if pkg not in control:
-            raise ImagegenError(f"package {pkg} was requested but not downloaded")
-        keep.add(pkg)
-        for field in ("Pre-Depends", "Depends"):
-            raw = [c.strip() for c in control[pkg].get(field, "").split(",") if c.strip()]
-            for clause_raw in raw:
-                alts = parse_depends(clause_raw)[0]
-                choice = None
-                for alt in alts:
-                    for cand in ([alt] if alt in control else []) + providers.get(alt, []):
-                        if cand not in cut:
-                            choice = cand
-                            break
-                    if choice:
-                        break
-                if choice is None:
-                    dropped.setdefault(pkg, []).append(clause_raw)
-                else:
-                    todo.append(choice)
-    return Resolution(sorted(keep), dropped)
-
-
-def status_paragraph(fields: dict[str, str], keep: set[str], providers: set[str]) -> dict[str, str]:
-    """A dpkg status entry for a kept package: Status added; Depends clauses none of whose
-    alternatives is present are moved to Imagegen-Dropped-Depends."""
-    out: dict[str, str] = {}
-    dropped: list[str] = []
-    present = keep | providers
-    for key, value in fields.items():
-        if key in ("Depends", "Pre-Depends"):
-            kept_clauses = []
-            for clause in (c.strip() for c in value.split(",") if c.strip()):
-                if any(a in present for a in parse_depends(clause)[0]):
-                    kept_clauses.append(clause)
-                else:
-                    dropped.append(clause)
-            if kept_clauses:
-                out[key] = ", ".join(kept_clauses)
-        else:
-            out[key] = value
-        if key == "Package":
-            out["Status"] = "install ok installed"
-    if dropped:
-        out["Imagegen-Dropped-Depends"] = ", ".join(dropped)
-    return out
-
-
-# --- the runtime finalizer (runs as an mmdebstrap extract hook) -------------------------------
-
-
-def _deb_fields(deb: Path) -> dict[str, str]:
-    text = subprocess.run(["dpkg-deb", "-f", str(deb)], check=True, capture_output=True, text=True).stdout
-    return parse_deb822(text)[0]
-
-
-def _deb_paths(deb: Path) -> list[tuple[str, bool]]:
-    """(path without leading './', is_dir) of every member of a .deb's data tarball."""
-    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
-    out = []
-    assert proc.stdout
-    with tarfile.open(fileobj=proc.stdout, mode="r|") as tf:
-        for m in tf:
-            path = m.name[2:] if m.name.startswith("./") else m.name
-            path = path.rstrip("/")
-            if path and path != ".":
-                out.append((path, m.isdir()))
-    if proc.wait() != 0:
-        raise ImagegenError(f"dpkg-deb --fsys-tarfile {deb.name} failed")
-    return out
-
-
-def _canonical(path: str) -> str:
-    """Merged-/usr: bin, sbin, lib, lib64 are links into usr/."""
-    head, _, rest = path.partition("/")
-    if head in ("bin", "sbin", "lib", "lib64") and rest:
-        return f"usr/{head}/{rest}"
-    return path
-
-
-_KEEP_RE = re.compile(r"^/usr/share/doc/[^/]+/copyright$|^/usr/share/locale/locale\.alias$")
-
-
-def _excluded(path: str) -> bool:
-    """Docs, man pages, locales... except each package's top-level copyright file (stricter than
-    dpkg's fnmatch, whose ``*`` also matches ``/``)."""
-    import fnmatch
-
-    p = "/" + path
-    if _KEEP_RE.match(p):
-        return False
-    return any(fnmatch.fnmatchcase(p, g) or p == g[:-2] for g in DOC_EXCLUDES)
-
-
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file() or (path.exists() and not path.is_dir()):
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path)
-
-
-def finalize_runtime(root: Path, cfg: dict) -> None:
-    """Turn an extracted package set into the runtime rootfs (see module docstring)."""
-    archives = root / "var/cache/apt/archives"
-    debs = sorted(archives.glob("*.deb"))
-    control: dict[str, dict[str, str]] = {}
-    paths: dict[str, list[tuple[str, bool]]] = {}
-    for deb in debs:
-        fields = _deb_fields(deb)
-        control[fields["Package"]] = fields
-        paths[fields["Package"]] = _deb_paths(deb)
-    wanted, cut = packages_split(cfg["packages"])
-    res = resolve_keep(wanted, cut, control)
-    keep = set(res.keep)
-
-    owned_files, owned_dirs = set(), set()
-    for pkg in keep:
-        for p, is_dir in paths[pkg]:
-            (owned_dirs if is_dir else owned_files).add(_canonical(p))
-    for pkg in sorted(set(control) - keep):
-        dirs = []
-        for p, is_dir in paths[pkg]:
-            c = _canonical(p)
-            if is_dir:
-                if c not in owned_dirs:
-                    dirs.append(c)
-            elif c not in owned_files and os.path.lexists(root / c):
-                (root / c).unlink()
-        for d in sorted(dirs, key=lambda s: s.count("/"), reverse=True):
-            with contextlib.suppress(OSError):
-                (root / d).rmdir()
-
-    # docs, man pages, locales: keep /usr/share/doc/*/copyright
-    for top in ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "usr/share/lintian",
-                "usr/share/linda", "usr/share/doc-base", "usr/share/bug", "usr/share/menu"):
-        base = root / top
-        if not base.exists():
-            continue
-        for dirpath, dirnames, filenames in os.walk(base, topdown=False):
-            for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-                full = Path(dirpath) / name
-                if _excluded(str(full.relative_to(root))):
-                    full.unlink()
-            for d in dirnames:
-                full = Path(dirpath) / d
-                if not full.is_symlink():
-                    with contextlib.suppress(OSError):
-                        full.rmdir()
-        with contextlib.suppress(OSError):
-            base.rmdir()
-
-    # apt/dpkg machinery that has no use without apt and dpkg
-    for rel in ("etc/apt", "var/lib/apt", "var/cache/apt", "var/log/apt", "var/cache/debconf", "var/lib/dpkg",
-                "etc/dpkg", "etc/resolv.conf", "etc/hostname", "var/cache/ldconfig", "var/log"):
-        p = root / rel
-        if os.path.lexists(p):
-            _remove(p)
-
-    _runtime_system_files(root, cfg)
-
-    # dpkg database: status + info/<pkg>.list of the kept packages
-    dpkg = root / "var/lib/dpkg"
-    (dpkg / "info").mkdir(parents=True, exist_ok=True)
-    provided = {prov[0] for p in keep for prov in parse_depends(control[p].get("Provides", ""))}
-    with open(dpkg / "status", "w") as fh:
-        for pkg in sorted(keep):
-            fh.write(format_deb822(status_paragraph(control[pkg], keep, provided)) + "\n")
-    for pkg in sorted(keep):
-        fields = control[pkg]
-        listname = f"{pkg}:{fields['Architecture']}" if fields.get("Multi-Arch") == "same" else pkg
-        lines = ["/."] + [f"/{p}" for p, _ in paths[pkg] if os.path.lexists(root / p)]
-        (dpkg / "info" / f"{listname}.list").write_text("\n".join(lines) + "\n")
-
-    # ld.so.cache, built by the image's own ldconfig
-    subprocess.run(["chroot", str(root), "/sbin/ldconfig"], check=True)
-    shutil.rmtree(root / "var/cache/ldconfig", ignore_errors=True)
-    summary = {"kept": res.keep, "removed": sorted(set(control) - keep), "dropped_depends": res.dropped_clauses}
-    Path(cfg["summary"]).write_text(json.dumps(summary, indent=1))
-
-
-def _write(path: Path, text: str, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    path.chmod(mode)
-
-
-def _symlink(target: str, link: Path) -> None:
-    link.parent.mkdir(parents=True, exist_ok=True)
-    if os.path.lexists(link):
-        link.unlink()
-    link.symlink_to(target)
-
-
-def _runtime_system_files(root: Path, cfg: dict) -> None:
-    u = RUNTIME_USER
-    _write(root / "etc/passwd", "root:x:0:0:root:/root:/sbin/nologin\n"
-           f"{u['name']}:x:{u['uid']}:{u['gid']}:{u['name']}:{u['home']}:/sbin/nologin\n"
-           "nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n")
-    _write(root / "etc/group", f"root:x:0:\n{u['name']}:x:{u['gid']}:\nnogroup:x:65534:\n")
-    _write(root / "etc/nsswitch.conf", "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n"
-           "networks: files\nprotocols: files\nservices: files\nethers: files\nrpc: files\n")
-    _write(root / "etc/ld.so.conf", "include /etc/ld.so.conf.d/*.conf\n")
-    (root / "etc/ld.so.conf.d").mkdir(exist_ok=True)
-    for rel, mode in (("tmp", 0o1777), ("var/tmp", 0o1777), ("root", 0o700)):
-        (root / rel).mkdir(parents=True, exist_ok=True)
-        (root / rel).chmod(mode)
-    home = root / u["home"].lstrip("/")
-    home.mkdir(parents=True, exist_ok=True)
-    home.chmod(0o755)
-    os.chown(home, u["uid"], u["gid"])
-    # CA bundle as update-ca-certificates would write it (its postinst never runs in an extract)
-    certs = sorted((root / "usr/share/ca-certificates").rglob("*.crt"), key=lambda p: str(p.relative_to(root)))
-    bundle = "".join(p.read_text().rstrip("\n") + "\n" for p in certs)
-    _write(root / "etc/ssl/certs/ca-certificates.crt", bundle)
-    _write(root / "etc/ca-certificates.conf", "".join(
-        str(p.relative_to(root / "usr/share/ca-certificates")) + "\n" for p in certs))
-    _symlink("/etc/ssl/certs/ca-certificates.crt", root / "usr/lib/ssl/cert.pem")
-    _symlink("/etc/ssl/certs", root / "usr/lib/ssl/certs")
-    _symlink(f"python{cfg['python']}", root / "usr/bin/python3")
-    if (root / "usr/share/zoneinfo/Etc/UTC").exists():
-        _symlink("/usr/share/zoneinfo/Etc/UTC", root / "etc/localtime")
-        _write(root / "etc/timezone", "Etc/UTC\n")
-
-
-def finalize_minbase(root: Path, cfg: dict) -> None:
-    """builder/dev: the non-root user, reproducible host-derived files."""
-    u = RUNTIME_USER
-    passwd = (root / "etc/passwd").read_text()
-    if f"\n{u['name']}:" not in "\n" + passwd:
-        shell = "/bin/bash" if (root / "usr/bin/bash").exists() else "/bin/sh"
-        with open(root / "etc/passwd", "a") as fh:
-            fh.write(f"{u['name']}:x:{u['uid']}:{u['gid']}:{u['name']}:{u['home']}:{shell}\n")
-        with open(root / "etc/group", "a") as fh:
-            fh.write(f"{u['name']}:x:{u['gid']}:\n")
-        days = int(cfg["epoch"]) // 86400
-        for name, line in (("shadow", f"{u['name']}:!:{days}:0:99999:7:::\n"), ("gshadow", f"{u['name']}:!::\n")):
-            p = root / "etc" / name
-            if p.exists():
-                with open(p, "a") as fh:
-                    fh.write(line)
-        home = root / u["home"].lstrip("/")
-        home.mkdir(parents=True, exist_ok=True)
-        os.chown(home, u["uid"], u["gid"])
-    for rel in ("etc/resolv.conf", "etc/hostname"):
-        if os.path.lexists(root / rel):
-            (root / rel).unlink()
-    if not (root / "usr/bin/python3").exists():
-        _symlink(f"python{cfg['python']}", root / "usr/bin/python3")
-
-
-def _hook_main(argv: list[str]) -> int:
-    kind, cfg_path, root = argv
-    cfg = json.loads(Path(cfg_path).read_text())
-    if kind == "runtime":
-        finalize_runtime(Path(root), cfg)
-    elif kind == "minbase":
-        finalize_minbase(Path(root), cfg)
-    else:
-        print(f"unknown hook {kind}", file=sys.stderr)
-        return 2
-    return 0
 
 
 # --- running mmdebstrap -----------------------------------------------------------------------
@@ -664,10 +313,6 @@ class Tarball:
     seconds: float
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("IMAGEGEN_CACHE") or Path.home() / ".cache" / "imagegen")
-
-
 def bootstrap_tarball(spec: compat.BaseSpec, role: str, workdir: Path, *, label: str = "") -> Tarball:
     """Build the role's rootfs tarball into workdir (which the caller removes)."""
     label = label or role
@@ -681,7 +326,7 @@ def bootstrap_tarball(spec: compat.BaseSpec, role: str, workdir: Path, *, label:
                                "epoch": epoch, "summary": str(workdir / "summary.json")}))
     argv = mmdebstrap_argv(spec, role, target, cfg, mode)
     env = dict(os.environ, SOURCE_DATE_EPOCH=str(epoch), TMPDIR=str(workdir), LC_ALL="C.UTF-8")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
                                                       os.environ.get("PYTHONPATH")]))
     t0 = time.monotonic()
     run_mmdebstrap(argv, env=env, spec=spec, label=label)
@@ -742,7 +387,7 @@ def _changes(labels: dict[str, str], role: str) -> list[str]:
 
 def _import(tarball: Path, changes: list[str]) -> str:
     """docker import (streamed from the file), untagged; returns the image ID."""
-    from .engine import api
+    from ..engine import api
 
     try:
         result = api().import_image(src=str(tarball), changes=changes)
@@ -763,7 +408,7 @@ def _import(tarball: Path, changes: list[str]) -> str:
 
 def smoke_check(image: str, *, uids: Iterable[str] = SMOKE_UIDS, timeout: int = 60) -> None:
     """Run the base's python3 as each uid; raise ImagegenError with its output on failure."""
-    from .engine import client
+    from ..engine import client
 
     c = client()
     for uid in uids:
@@ -780,23 +425,16 @@ def smoke_check(image: str, *, uids: Iterable[str] = SMOKE_UIDS, timeout: int = 
                 cont.remove(force=True)
 
 
-@contextlib.contextmanager
-def _lock(ref: str) -> Iterator[None]:
-    d = _cache_dir() / "locks"
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / (re.sub(r"[^\w.-]", "_", ref) + ".lock")
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def _one_bootstrap_at_a_time(ref: str):
+    """An flock per base ref: a second process waits, then finds the image built."""
+    return flock.held(paths.base_flocks() / (re.sub(r"[^\w.-]", "_", ref) + ".lock"), mode="w")
 
 
-def _image(ref: str):
+def local_image(ref: str):
+    """The docker-py Image ``ref`` names in the local engine, or None."""
     from docker.errors import ImageNotFound
 
-    from .engine import client
+    from ..engine import client
 
     try:
         return client().images.get(ref)
@@ -834,7 +472,7 @@ def build_role(name: str, spec: compat.BaseSpec, role: str) -> tuple[str, Tarbal
 
 
 def _build_role(name: str, spec: compat.BaseSpec, role: str) -> tuple[str, Tarball]:
-    from .engine import client
+    from ..engine import client
 
     ref = spec.role_ref(name, role)
     repo, tag = ref.rsplit(":", 1)
@@ -847,7 +485,7 @@ def _build_role(name: str, spec: compat.BaseSpec, role: str) -> tuple[str, Tarba
         log(f"  rootfs {tb.path.stat().st_size / 1e6:.1f} MB sha256 {tb.sha256[:16]}... in {tb.seconds:.0f}s; importing")
         image_id = _import(tb.path, _changes(_labels(name, spec, role, tb, ref), role))
         smoke_check(image_id)
-        old = _image(ref)
+        old = local_image(ref)
         client().api.tag(image_id, repo, tag, force=True)
         tagged = True
         if old is not None and old.id != image_id and not old.tags[1:]:
@@ -867,7 +505,7 @@ def ensure_role(base_name: str, role: str, *, force: bool = False, spec: compat.
     ``spec``: the base's definition when it does not come from imagegen/data/bases.yaml (a
     matrix may define its own bases); by default it is looked up by name there."""
     spec = spec or _spec(base_name)
-    _roles(spec, role)
+    role_names(spec, role)
     return ensure_spec_role(base_name, spec, role, force=force)
 
 
@@ -875,8 +513,8 @@ def ensure_spec_role(name: str, spec: compat.BaseSpec, role: str, *, force: bool
     if spec.source == "registry":
         return ensure_registry(spec.role(role).ref or "", force=force)
     ref = spec.role_ref(name, role)
-    with _lock(ref):
-        if not force and _image(ref) is not None:
+    with _one_bootstrap_at_a_time(ref):
+        if not force and local_image(ref) is not None:
             return ref
         build_role(name, spec, role)
     return ref
@@ -885,16 +523,12 @@ def ensure_spec_role(name: str, spec: compat.BaseSpec, role: str, *, force: bool
 # --- registry bases --------------------------------------------------------------------------
 
 
-_UNREACHABLE = ("dial tcp", "no such host", "i/o timeout", "connection refused", "timeout", "tls:",
-                "x509", "network is unreachable", "server misbehaving", "temporary failure", "EOF")
-
-
 def local_by_digest(pinned: PinnedRef):
     """The local image whose RepoDigests hold name@digest, or None."""
-    img = _image(pinned.by_digest)
+    img = local_image(pinned.by_digest)
     if img is not None:
         return img
-    from .engine import client
+    from ..engine import client
 
     for img in client().images.list(name=pinned.name):
         if pinned.by_digest in (img.attrs.get("RepoDigests") or []):
@@ -904,7 +538,7 @@ def local_by_digest(pinned: PinnedRef):
 
 def ensure_registry(ref: str, *, force: bool = False) -> str:
     """Use the digest-pinned image if it is local; else pull it by digest."""
-    from .engine import api
+    from ..engine import api
 
     pinned = parse_pinned(ref)
     if not force and local_by_digest(pinned) is not None:
@@ -1010,12 +644,12 @@ class _ChunkReader(io.RawIOBase):
 def role_sonames(image_ref: str) -> set[str]:
     """Shared-library names present in an image's library dirs, read from the streamed filesystem
     of a created (never started) container; cached by image ID under $IMAGEGEN_CACHE/sonames."""
-    from .engine import client
+    from ..engine import client
 
-    img = _image(image_ref)
+    img = local_image(image_ref)
     if img is None:
         raise UserInputError(f"image {image_ref} is not in the local engine")
-    cache = _cache_dir() / "sonames" / (img.id.split(":", 1)[-1] + ".json")
+    cache = paths.sonames_dir() / (img.id.split(":", 1)[-1] + ".json")
     with contextlib.suppress(OSError, ValueError):
         return set(json.loads(cache.read_text()))
     c = client()
@@ -1034,12 +668,7 @@ def role_sonames(image_ref: str) -> set[str]:
     return names
 
 
-# --- CLI ---------------------------------------------------------------------------------------
-
-MatrixArg = Annotated[Optional[Path], typer.Option(
-    "--matrix", "-m", envvar="IMAGEGEN_MATRIX",
-    help="Also use the bases a matrix file defines (default: ./matrix.yaml when it exists).",
-    callback=userpaths.input_file)]
+# --- listing ------------------------------------------------------------------------------------
 
 
 def all_bases(matrix: Path | None = None) -> dict[str, compat.BaseSpec]:
@@ -1047,13 +676,9 @@ def all_bases(matrix: Path | None = None) -> dict[str, compat.BaseSpec]:
     path = matrix if matrix is not None else Path("matrix.yaml")
     if matrix is None and not path.exists():
         return dict(compat.bases())
-    from . import matrix as matrix_mod
+    from .. import matrix as matrix_mod
 
     return matrix_mod.bases_for(matrix_mod.load(path))
-
-
-def _size(n: int | None) -> str:
-    return "-" if n is None else f"{n / 1e6:.1f} MB"
 
 
 def list_rows(known: dict[str, compat.BaseSpec] | None = None) -> list[dict]:
@@ -1068,52 +693,8 @@ def list_rows(known: dict[str, compat.BaseSpec] | None = None) -> list[dict]:
                     img = None
             else:
                 ref = spec.role_ref(name, role)
-                img = _image(ref)
+                img = local_image(ref)
             rows.append({"base": name, "role": role, "source": spec.source, "ref": ref,
                          "present": img is not None, "size": img.attrs.get("Size") if img else None,
                          "id": img.id if img else None})
     return rows
-
-
-def base_list(
-    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")] = False,
-    matrix: MatrixArg = None,
-) -> None:
-    """List base images: each role's ref, whether it is in the local engine, and its size."""
-    from .console import out
-
-    rows = list_rows(all_bases(matrix))
-    if json_out:
-        out.print(json.dumps(rows, indent=2), markup=False, highlight=False, soft_wrap=True)
-        return
-    from rich.table import Table
-
-    t = Table("base", "role", "source", "ref", "present", "size")
-    for r in rows:
-        t.add_row(r["base"], r["role"], r["source"], r["ref"], "yes" if r["present"] else "no", _size(r["size"]))
-    out.print(t)
-
-
-def base_build(
-    name: Annotated[str, typer.Argument(help="A base from `imagegen base list` (e.g. bookworm).")],
-    role: Annotated[Optional[str], typer.Option("--role", "-r", help="runtime, builder or dev (default: all).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Rebuild (or re-pull) even if the image is present.")] = False,
-    matrix: MatrixArg = None,
-) -> None:
-    """Bootstrap (or pull by digest) a base's roles; print each role's ref, size and time."""
-    from .console import out
-
-    known = all_bases(matrix)
-    if name not in known:
-        raise UserInputError(f"unknown base {name!r}; known bases: {', '.join(sorted(known))}")
-    spec = known[name]
-    for r in _roles(spec, role):
-        t0 = time.monotonic()
-        ref = ensure_spec_role(name, spec, r, force=force)
-        img = _image(ref)
-        out.print(f"{name}/{r}\t{ref}\t{_size(img.attrs.get('Size') if img else None)}\t{time.monotonic() - t0:.0f}s",
-                  markup=False, highlight=False)
-
-
-if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "--hook":
-    sys.exit(_hook_main(sys.argv[2:]))

@@ -1,0 +1,21 @@
+"""The imagegen command line: the top layer, and the only place that imports Typer or turns errors
+into exit codes (``main``). Every command is a thin function in one of these modules, registered on
+the one ``app`` with a decorator; the work is done by the pipeline and the stages below.
+
+    app.py          the Typer app, shared options, cell selection, main() (errors -> exit codes)
+    matrix_cmds.py  validate, list, schema, render
+    lock_cmds.py    lock, fetch, cache prune
+    build_cmds.py   build, test, scan, publish
+    base_cmds.py    base build, base list, doctor
+    audit_cmd.py    audit (incl. --trace VARIANT and --trace-image)
+"""
+
+# Importing a command module registers its commands; this order is the order of `imagegen --help`.
+from . import matrix_cmds  # noqa: F401,I001
+from . import lock_cmds  # noqa: F401
+from . import build_cmds  # noqa: F401
+from . import base_cmds  # noqa: F401
+from . import audit_cmd  # noqa: F401
+from .app import app, main
+
+__all__ = ["app", "main"]

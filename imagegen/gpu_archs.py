@@ -1,0 +1,458 @@
+"""What GPUs an environment runs on, from the CUDA kernels of its locked wheels.
+
+Facts per wheel are computed by `imagegen.cuda_kernels` from the wheel itself and cached by its
+sha256 under `$IMAGEGEN_CACHE/cuda-kernels/`. For each lock, the facts of its wheels that carry CUDA
+kernels are written next to it as `locks/<cell-id>.cuda.json` (generated; commit it), so `validate`
+and `list` answer on a fresh clone without downloading gigabytes.
+
+The answer for a cell is the set of compute capabilities (from `imagegen/data/gpus.yaml`) on which
+every CUDA library the cell's image ships has a usable kernel path. A library ships an
+architecture when a real share of its fat-binary containers holds it (`min_container_share`);
+it then serves a GPU by CUDA's rules (SASS X.y on X.z, z >= y; PTX on anything newer; see
+`imagegen/scripts/fatbin.py`). Libraries the cell's slimming removes are left out, and
+feature-only libraries (data: `feature_libraries`) are reported but do not narrow the answer.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+import re
+from typing import Any, Iterable
+
+from .labels import CUDA_ARCHS
+from .scripts import fatbin as fb
+
+# Type names used in annotations only (imported nowhere here, so this module sits below lock,
+# wheelhouse-free callers and matrix in the import graph): Lock = imagegen.lock.Lock,
+# Cell = imagegen.matrix.Cell.
+
+FORMAT = 1
+LABEL = CUDA_ARCHS
+
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_data() -> dict:
+    """imagegen/data/gpus.yaml (yaml is imported here, so the reader works where only the
+    standard library and this package are present, e.g. bench/gpu_archs_on_device.py)."""
+    import yaml
+
+    return yaml.safe_load((DATA / "gpus.yaml").read_text())
+
+
+def known_ccs() -> list[int]:
+    """Compute capabilities of NVIDIA's x86_64 GPUs (data), ascending: [35, 37, ..., 121]."""
+    return sorted(fb.parse_arch(k) for k in gpu_data()["compute_capabilities"])
+
+
+def sm(cc: int) -> str:
+    return f"sm_{cc}"
+
+
+def parse_name(name: str) -> tuple[str, int, str]:
+    """'sm_90a' -> ('sass', 90, 'a'); 'compute_70' -> ('ptx', 70, '')."""
+    kind = "ptx" if name.startswith("compute") else "sass"
+    variant = name[-1] if name[-1] in "af" else ""
+    return kind, fb.parse_arch(name), variant
+
+
+# ---- facts of one library / wheel ----------------------------------------------------------------
+
+def library_facts(lib, wheel: str = "") -> dict[str, Any]:
+    """JSON-able facts of one `cuda_kernels.LibraryKernels` (bytes are decimal counts)."""
+    return {
+        "path": lib.path,
+        "wheel": wheel,
+        "size": lib.size,
+        "fatbin_bytes": lib.fatbin_bytes,
+        "containers": len(lib.containers),
+        "compressed_bytes": lib.compressed_bytes() if not lib.warning else 0,
+        "bytes": lib.bytes_by_arch() if not lib.warning else {},
+        "containers_by_arch": lib.containers_by_arch() if not lib.warning else {},
+        # what the section keeps when pruned to one target (fatbin.select, per container)
+        "kept_bytes": {sm(cc): lib.kept_bytes([cc]) for cc in known_ccs()} if not lib.warning else {},
+        "warning": lib.warning,
+    }
+
+
+def _cache_dir() -> Path:
+    from .paths import cache_root
+    return cache_root() / "cuda-kernels"
+
+
+def wheel_facts(path: Path, sha256: str, name: str = "") -> list[dict]:
+    """Facts of every CUDA library inside a wheel; cached by the wheel's sha256."""
+    from . import cuda_kernels
+
+    cached = _cache_dir() / f"{sha256}.json"
+    if cached.exists():
+        try:
+            data = json.loads(cached.read_text())
+            if data.get("format") == FORMAT:
+                return data["libraries"]
+        except (OSError, ValueError):
+            pass
+    libs = [library_facts(lib, name) for lib in cuda_kernels.scan_wheel(path)]
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"format": FORMAT, "sha256": sha256, "libraries": libs}, sort_keys=True))
+    os.replace(tmp, cached)
+    return libs
+
+
+def _binary(filename: str) -> bool:
+    return not filename.endswith("-none-any.whl")
+
+
+def facts_path(lock_path: Path) -> Path:
+    return Path(lock_path).with_name(Path(lock_path).name.removesuffix(".txt") + ".cuda.json")
+
+
+def lock_facts(lock: "Lock", wheel_paths: dict[str, Path]) -> dict | None:
+    """Facts of the lock's wheels that ship CUDA kernels (None if none does). wheel_paths: sha -> file."""
+    wheels = {}
+    scanned = []
+    for w in lock.wheels:
+        if not _binary(w.filename) or w.sha256 not in wheel_paths:
+            continue
+        scanned.append(w.sha256)
+        libs = wheel_facts(wheel_paths[w.sha256], w.sha256, w.pin)
+        if libs:
+            wheels[w.pin] = {"sha256": w.sha256, "libraries": libs}
+    if not wheels:
+        return None
+    return {"format": FORMAT, "cell": lock.cell_id,
+            "generated_by": "imagegen lock (imagegen/gpu_archs.py); do not edit",
+            "scanned": sorted(scanned),
+            "wheels": {k: wheels[k] for k in sorted(wheels)}}
+
+
+def facts_current(lock: "Lock | set[str]", facts: dict | None) -> bool:
+    """Do `facts` describe wheels of `lock` (a Lock, or the set of its wheels' sha256), by sha256?"""
+    if not facts or facts.get("format") != FORMAT:
+        return False
+    shas = lock if isinstance(lock, set) else {w.sha256 for w in lock.wheels}
+    have = {v["sha256"] for v in facts["wheels"].values()}
+    return have <= shas
+
+
+def lock_hashes(lock_path: Path) -> set[str]:
+    """The sha256 of every wheel a lock file pins (its `--hash=sha256:` lines), without parsing it
+    as a lock (keeps this module independent of imagegen.lock)."""
+    return set(re.findall(r"--hash=sha256:([0-9a-f]{64})", Path(lock_path).read_text()))
+
+
+def write_facts(lock: "Lock", lock_path: Path, wheel_paths: dict[str, Path]) -> Path | None:
+    """Write (or remove) `locks/<cell>.cuda.json` for `lock`. Returns the path written, or None."""
+    facts = lock_facts(lock, wheel_paths)
+    path = facts_path(lock_path)
+    if facts is None:
+        if path.exists():
+            path.unlink()
+        return None
+    text = json.dumps(facts, indent=1, sort_keys=True) + "\n"
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return path
+
+
+def cached_wheel_paths(lock: "Lock") -> dict[str, Path]:
+    """sha256 -> cached file, for the lock's binary wheels already in the wheel cache."""
+    from . import wheelhouse
+
+    out = {}
+    for w in lock.wheels:
+        if _binary(w.filename):
+            p = wheelhouse.cached(w)
+            if p is not None:
+                out[w.sha256] = p
+    return out
+
+
+def ensure_facts(lock: "Lock", lock_path: Path, wheel_paths: dict[str, Path] | None = None) -> dict | None:
+    """The lock's facts: the committed file when it matches the lock, else computed from the wheels
+    (the given paths, or those in the cache) and written next to the lock. None when the binary
+    wheels are neither described nor cached (a fresh clone before `imagegen lock`/`fetch`)."""
+    facts = read_facts(lock_path)
+    binaries = [w for w in lock.wheels if _binary(w.filename)]
+    if facts is not None and facts_current(lock, facts) and _complete(lock, facts):
+        return facts
+    paths = wheel_paths if wheel_paths is not None else cached_wheel_paths(lock)
+    if any(w.sha256 not in paths for w in binaries):
+        return facts if facts is not None and facts_current(lock, facts) else None
+    write_facts(lock, lock_path, paths)
+    return read_facts(lock_path)
+
+
+def _complete(lock: "Lock", facts: dict) -> bool:
+    """Facts list which binary wheels were scanned (with or without kernels)."""
+    scanned = set(facts.get("scanned", []))
+    return all(w.sha256 in scanned for w in lock.wheels if _binary(w.filename))
+
+
+def read_facts(lock_path: Path) -> dict | None:
+    path = facts_path(lock_path)
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        return None
+    return data if data.get("format") == FORMAT else None
+
+
+# ---- what a set of libraries runs on ----------------------------------------------------------------
+
+def shipped(lib: dict) -> list[str]:
+    """Architecture names a library was built for: those in >= min_container_share of its containers."""
+    n = lib["containers"]
+    share = float(gpu_data()["min_container_share"])
+    return [name for name, k in lib["containers_by_arch"].items() if n and k >= share * n]
+
+
+def serves(lib: dict, cc: int) -> bool:
+    for name in shipped(lib):
+        kind, arch, variant = parse_name(name)
+        if (fb.sass_serves if kind == "sass" else fb.ptx_serves)(arch, variant, cc):
+            return True
+    return False
+
+
+def served(lib: dict) -> list[int]:
+    return [cc for cc in known_ccs() if serves(lib, cc)]
+
+
+def describe(lib_or_libs: dict | Iterable[dict]) -> str:
+    """'SASS for sm_61, sm_70; no PTX' (over one library or the union of several)."""
+    libs = [lib_or_libs] if isinstance(lib_or_libs, dict) else list(lib_or_libs)
+    names = sorted({n for lib in libs for n in shipped(lib)}, key=lambda n: (fb.parse_arch(n), n))
+    sass = [n for n in names if n.startswith("sm")]
+    ptx = [n for n in names if n.startswith("compute")]
+    return (f"SASS for {', '.join(sass)}" if sass else "no SASS") + "; " + (
+        f"PTX for {', '.join(ptx)}" if ptx else "no PTX")
+
+
+@dataclass
+class Coverage:
+    """archs: compute capabilities every counted library serves; narrowing: library path -> the
+    capabilities some other library serves but it does not; feature: feature-only libraries
+    (not counted) -> what they serve; unreadable: libraries whose fat binary could not be read."""
+    archs: list[int]
+    narrowing: dict[str, list[int]] = field(default_factory=dict)
+    feature: dict[str, list[int]] = field(default_factory=dict)
+    unreadable: dict[str, str] = field(default_factory=dict)
+    libraries: int = 0
+
+    @property
+    def label(self) -> str:
+        return ",".join(sm(c) for c in self.archs)
+
+    def as_dict(self) -> dict:
+        return {"archs": [sm(c) for c in self.archs], "libraries": self.libraries,
+                "narrowing": {k: [sm(c) for c in v] for k, v in self.narrowing.items()},
+                "feature_libraries": {k: [sm(c) for c in v] for k, v in self.feature.items()},
+                "unreadable": self.unreadable}
+
+
+def _matches(path: str, globs: Iterable[str]) -> bool:
+    """site-packages-relative globs, matched against relative or absolute (image) paths."""
+    return any(fnmatch.fnmatchcase(path, g) or fnmatch.fnmatchcase(path, "*/" + g) for g in globs)
+
+
+def coverage(libs: Iterable[dict]) -> Coverage:
+    feature_globs = gpu_data().get("feature_libraries") or {}
+    counted, feature, bad = [], {}, {}
+    for lib in libs:
+        if lib.get("warning"):
+            bad[lib["path"]] = lib["warning"]
+        elif _matches(lib["path"], feature_globs):
+            feature[lib["path"]] = served(lib)
+        elif lib["containers"]:
+            counted.append(lib)
+    sets = {lib["path"]: set(served(lib)) for lib in counted}
+    archs = set.intersection(*sets.values()) if sets else set()
+    union = set.union(*sets.values()) if sets else set()
+    narrowing = {}
+    for path, s in sets.items():
+        lost = union - s
+        if lost:
+            narrowing[path] = sorted(lost)
+    return Coverage(sorted(archs), narrowing, feature, bad, len(counted))
+
+
+# ---- cells ----------------------------------------------------------------------------------------
+
+def removed_globs(cell: "Cell") -> list[str]:
+    """Globs (site-packages relative) of the libraries the cell's slimming removes."""
+    import yaml
+
+    from . import compat
+
+    rules = cell.slimming.as_dict()
+    out: list[str] = []
+    prune_data = yaml.safe_load((compat.DATA / "prune.yaml").read_text()) or {}
+    for name, globs in prune_data.items():
+        if rules.get(name) is True and name != "protect":
+            out += [g for g in globs if not g.startswith("venv:")]
+    fw = compat.frameworks()[cell.framework]
+    for name, globs in (getattr(fw, "inference_prune", None) or {}).items():
+        if rules.get(name) is True:
+            out += list(globs)
+    return out
+
+
+def cell_libraries(cell: "Cell", facts: dict) -> list[dict]:
+    """The CUDA libraries the cell's image ships (facts), after its slimming rules."""
+    gone = removed_globs(cell)
+    libs = []
+    for wheel in facts["wheels"].values():
+        for lib in wheel["libraries"]:
+            if not _matches(lib["path"], gone):
+                libs.append(lib)
+    return libs
+
+
+def cell_coverage(cell: "Cell", facts: dict | None) -> Coverage | None:
+    if facts is None:
+        return None
+    return coverage(cell_libraries(cell, facts))
+
+
+def label_value(cell: "Cell", cov: Coverage | None) -> str | None:
+    """io.imagegen.cuda.archs: the targets when the cell names them (its kernels are pruned to
+    them), else every known capability the image serves."""
+    if cov is None:
+        return None
+    if cell.gpu_archs:
+        return ",".join(cell.gpu_archs)
+    return cov.label
+
+
+def check_targets(cell: "Cell", facts: dict | None) -> str | None:
+    """Why the cell's gpu_archs cannot be served (one line), or None. Judged per wheel, framework
+    first: '<framework> <version> ships no kernels for sm_90 (SASS for ...; no PTX)'."""
+    if not cell.gpu_archs or facts is None:
+        return None
+    libs = cell_libraries(cell, facts)
+    feature_globs = gpu_data().get("feature_libraries") or {}
+    by_wheel: dict[str, list[dict]] = {}
+    for lib in libs:
+        if lib.get("warning") or _matches(lib["path"], feature_globs):
+            continue
+        by_wheel.setdefault(lib["wheel"], []).append(lib)
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    fw_req = canonicalize_name(Requirement(cell.requirements[0]).name) if cell.requirements else ""
+
+    def dist(pin: str) -> str:
+        return canonicalize_name(pin.partition("==")[0])
+
+    def order(w: str) -> tuple:
+        return (dist(w) != fw_req, w)
+
+    for target in cell.gpu_archs:
+        cc = fb.parse_arch(target)
+        for wheel in sorted(by_wheel, key=order):
+            missing = [lib for lib in by_wheel[wheel] if not serves(lib, cc)]
+            if missing:
+                name, _, ver = wheel.partition("==")
+                who = f"{cell.framework} {cell.version}" if dist(wheel) == fw_req else f"{name} {ver}"
+                where = "" if len(missing) == len(by_wheel[wheel]) else \
+                    " in " + ", ".join(lib["path"].rsplit("/", 1)[-1] for lib in missing)
+                return f"{who} ships no kernels for {sm(cc)}{where} ({describe(missing)})"
+    return None
+
+
+# ---- matrix-level answers (validate, list) ------------------------------------------------------------
+
+def _lock_file(m, cell: "Cell") -> Path:
+    return Path(m.path).resolve().parent / "locks" / f"{cell.id}.txt"
+
+
+def committed_facts(m, cell: "Cell") -> dict | None:
+    """The committed facts for a cell's lock, if they describe that lock (no scanning, no network)."""
+    lp = _lock_file(m, cell)
+    if cell.device != "gpu" or not lp.exists():
+        return None
+    facts = read_facts(lp)
+    if facts is None:
+        return None
+    return facts if facts_current(lock_hashes(lp), facts) else None
+
+
+def check_matrix(m) -> list[str]:
+    """Raise UserInputError (one line) for the first active cell whose gpu_archs its kernels cannot
+    serve. Returns notes (cells with gpu_archs whose facts are not committed yet)."""
+    from .errors import UserInputError
+
+    notes = []
+    for cell in m.active:
+        if not cell.gpu_archs:
+            continue
+        facts = committed_facts(m, cell)
+        if facts is None:
+            notes.append(f"{cell.ref}: no CUDA kernel facts next to its lock yet; gpu_archs checked at "
+                         f"`imagegen lock` (run it and commit locks/)")
+            continue
+        why = check_targets(cell, facts)
+        if why:
+            raise UserInputError(f"{cell.origin}: {why}")
+    return notes
+
+
+def cell_summary(m, cell: "Cell") -> dict | None:
+    """For `list --json`: what the cell's image runs on, from the committed facts (None without)."""
+    facts = committed_facts(m, cell)
+    cov = cell_coverage(cell, facts)
+    if cov is None:
+        return None
+    d = cov.as_dict()
+    d["label"] = label_value(cell, cov)
+    d["kernel_bytes"] = sum(lib["fatbin_bytes"] for lib in cell_libraries(cell, facts))
+    return d
+
+
+# ---- an image's report (audit) ---------------------------------------------------------------------
+
+def image_report(libs) -> dict | None:
+    """The audit's `cuda_kernels` section from the LibraryKernels of an image's files (or None when
+    it has none): kernel bytes per architecture per library, what the image runs on, and what a
+    narrower target (one GPU architecture) would keep and save. Bytes are decimal counts."""
+    libs = list(libs)
+    if not libs:
+        return None
+    facts = [library_facts(lib) for lib in libs]
+    cov = coverage(facts)
+    total = sum(f["fatbin_bytes"] for f in facts)
+    by_arch: dict[str, int] = {}
+    for f in facts:
+        for k, v in f["bytes"].items():
+            by_arch[k] = by_arch.get(k, 0) + v
+    readable = [f for f in facts if not f["warning"]]
+    # one row per architecture some library was built for, plus the first one served only by PTX
+    sass = {parse_name(n)[1] for f in readable for n in shipped(f) if parse_name(n)[0] == "sass"}
+    rows_for = [cc for cc in cov.archs if cc in sass]
+    ptx_only = [cc for cc in cov.archs if cc > max(sass, default=0)]
+    rows_for += ptx_only[:1]
+    narrower = []
+    for cc in rows_for:
+        kept = sum(f["kept_bytes"][sm(cc)] for f in readable)
+        narrower.append({"target": sm(cc), "kept": kept,
+                         "saves": sum(f["fatbin_bytes"] for f in readable) - kept})
+    rows = [{"path": f["path"], "fatbin_bytes": f["fatbin_bytes"], "containers": f["containers"],
+             "compressed_bytes": f["compressed_bytes"], "bytes": f["bytes"],
+             "ships": shipped(f) if not f["warning"] else [],
+             "serves": [sm(c) for c in served(f)] if not f["warning"] else [],
+             "warning": f["warning"]} for f in sorted(facts, key=lambda f: -f["fatbin_bytes"])]
+    return {"total": total, "label": cov.label, "runs_on": cov.as_dict(),
+            "by_arch": dict(sorted(by_arch.items(), key=lambda kv: (kv[0].startswith("compute"),
+                                                                    fb.parse_arch(kv[0]), kv[0]))),
+            "libraries": rows, "narrower_targets": narrower}

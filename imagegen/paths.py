@@ -1,0 +1,93 @@
+"""Where imagegen keeps things on the host: THE cache root and every path under it.
+
+The root is ``$IMAGEGEN_CACHE``, or ``~/.cache/imagegen`` when the variable is unset *or empty*
+(an empty value never means the working directory). It is shared by every command and matrix on
+the machine and is content-addressed where it matters (wheels, closures, gzip sizes), so sharing
+it is safe. Nothing here creates a directory; callers ``mkdir`` what they write.
+
+Layout (all under the root)::
+
+    wheels/sha256/<hh>/<sha256>/<file>   the wheel cache (wheelhouse)
+    wheels/locks/<sha256>.lock           per-file fetch serialisation (flock)
+    tmp/run-<pid>-<id>/                  a run's temporary files (pip's TMPDIR too)
+    closures/<digest>.json               ELF closure results, by their inputs digest
+    debian/<mirror>/<suite>/<component>/ Debian Contents indexes
+    sonames/<image id>.json              library names of a base image
+    locks/<ref>.lock                     base bootstrap serialisation (flock)
+    stamps/<cell>.json                   quick no-op-rebuild stamps
+    logs/<cell>.log                      full build logs
+    reports/                             JUnit XML of builds' test runs
+    imagegen-ctx-*/                      build contexts while a build runs
+    audit/gzip/<diff_id>                 gzip sizes of layers (audit)
+    imagetest/                           image inventories (image tests)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV = "IMAGEGEN_CACHE"
+
+
+def cache_root() -> Path:
+    """The cache root (not created). ``IMAGEGEN_CACHE=""`` behaves like unset."""
+    value = os.environ.get(ENV, "").strip()
+    return Path(value).expanduser() if value else Path.home() / ".cache" / "imagegen"
+
+
+def wheels_root() -> Path:
+    return cache_root() / "wheels" / "sha256"
+
+
+def wheel_flocks() -> Path:
+    return cache_root() / "wheels" / "locks"
+
+
+def tmp_root() -> Path:
+    return cache_root() / "tmp"
+
+
+def closures_dir() -> Path:
+    return cache_root() / "closures"
+
+
+def debian_dir() -> Path:
+    return cache_root() / "debian"
+
+
+def sonames_dir() -> Path:
+    return cache_root() / "sonames"
+
+
+def base_flocks() -> Path:
+    return cache_root() / "locks"
+
+
+def stamps_dir() -> Path:
+    return cache_root() / "stamps"
+
+
+def engine_leftovers() -> Path:
+    """Journal of containers left on an engine that stopped answering (engine.reap_leftovers)."""
+    return cache_root() / "engine-leftovers.json"
+
+
+def logs_dir() -> Path:
+    return cache_root() / "logs"
+
+
+def build_log(cell_id: str) -> Path:
+    return logs_dir() / f"{cell_id}.log"
+
+
+def reports_dir() -> Path:
+    return cache_root() / "reports"
+
+
+def audit_gzip_dir() -> Path:
+    return cache_root() / "audit" / "gzip"
+
+
+def imagetest_dir() -> Path:
+    return cache_root() / "imagetest"

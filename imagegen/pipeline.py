@@ -1,0 +1,393 @@
+"""The pipeline: prepare -> build -> test -> tag, for each selected cell. It sits above the stages
+(render, lock, bases, wheelhouse, closure, build, testrun) and below the CLI; no stage imports it.
+
+Per cell: render once -> lock (the committed ``locks/<cell>.txt``, or resolve) -> bases -> wheelhouse
+-> ELF closure -> build context -> inputs digest -> skip if the tag already holds it -> build
+untagged -> test the image ID -> only then move the tag. A failed or interrupted build leaves the
+tag where it was and removes what it created.
+
+The inputs digest has one recipe (``build_inputs`` + ``inputs_digest``): the rendered files, the
+static context scripts and the base images' IDs, plus what preparation adds (the closure and the
+staged lock files). A cheaper "quick key" over the same list, with the lock file instead of the
+staged files, is stamped after each build so a no-op rebuild answers without staging anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker.errors
+
+from . import bases, closure, compat, engine, hostpip, lockfile, paths, render, wheelhouse
+from . import lock as lock_stage
+from .build import (
+    CONNECTION_LOST,
+    ACTIVE,
+    Progress,
+    Tracker,
+    current_digest,
+    docker_build,
+    prune_report_from_log,
+    remove_created,
+    remove_images,
+)
+from .console import err, log
+from .errors import GateFailed, ImagegenError, UserInputError
+from .matrix import Cell, Matrix
+
+BUILDER_ROLE = "builder"  # every cell's builder stage; its final stage uses cell.runtime_role
+
+
+@dataclass
+class BuildResult:
+    cell: Cell
+    status: str  # built | skipped | failed
+    image_id: str | None = None
+    seconds: float = 0.0
+    size: int | None = None
+    log_path: Path | None = None
+    message: str = ""
+    prune_report: dict | None = None
+    closure: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Prepared:
+    cell: Cell
+    context: Path
+    digest: str
+    refs: dict[str, str]
+    closure: list[str]
+    lock_path: Path
+    base_ids: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)  # known only at build time: io.imagegen.cuda.archs
+
+
+# --- the inputs digest: one recipe --------------------------------------------------------------
+
+
+def inputs_digest(parts: dict[str, bytes | str]) -> str:
+    """sha256 over {name: content}, independent of order: "sha256:<hex>"."""
+    h = hashlib.sha256()
+    for key in sorted(parts):
+        value = parts[key]
+        data = value.encode() if isinstance(value, str) else value
+        h.update(key.encode() + b"\0" + hashlib.sha256(data).hexdigest().encode() + b"\n")
+    return "sha256:" + h.hexdigest()
+
+
+def build_inputs(rendered: render.Rendered, base_ids: dict[str, str], **extra: bytes | str) -> dict[str, bytes | str]:
+    """What a cell's build reads, by name: the rendered files, the static context scripts
+    (render.build_context_files), the base images' IDs (``base:<role>``), plus ``extra`` (what a
+    caller adds: the staged lock files and closure, or the lock file for the quick key)."""
+    parts: dict[str, bytes | str] = dict(rendered.files)
+    for rel, src in render.build_context_files(rendered.cell).items():
+        parts[rel] = src.read_bytes()
+    for role, image_id in base_ids.items():
+        parts[f"base:{role}"] = image_id
+    parts.update(extra)
+    return parts
+
+
+def quick_key(rendered: render.Rendered, base_ids: dict[str, str], lock_bytes: bytes) -> str:
+    """The cheap fingerprint of the same inputs: no staging, no closure (the lock file stands for both)."""
+    return inputs_digest(build_inputs(rendered, base_ids, lock=lock_bytes))
+
+
+def up_to_date(digest: str | None, tagged: str | None, *, force: bool = False) -> bool:
+    """The skip decision: the tag already holds an image built from exactly these inputs."""
+    return not force and digest is not None and tagged == digest
+
+
+def stamp_path(cell: Cell) -> Path:
+    return paths.stamps_dir() / f"{cell.id}.json"
+
+
+def stamped_digest(cell: Cell, quick: str) -> str | None:
+    """The inputs digest stamped for ``cell`` when its quick key was ``quick``, else None."""
+    try:
+        data = json.loads(stamp_path(cell).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("quick") != quick:
+        return None
+    return data.get("digest")
+
+
+def write_stamp(cell: Cell, quick: str, digest: str) -> None:
+    stamp = stamp_path(cell)
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"quick": quick, "digest": digest}))
+
+
+def base_ids(cell: Cell, refs: dict[str, str] | None = None) -> dict[str, str]:
+    """{role: image ID} of the cell's builder and runtime bases ("missing" when not in the engine)."""
+    api = engine.api()
+    base = cell.base_spec
+    out = {}
+    for role in (BUILDER_ROLE, cell.runtime_role):
+        ref = (refs or {}).get(role) or base.role_ref(cell.base, role)
+        try:
+            out[role] = api.inspect_image(ref)["Id"]
+        except docker.errors.ImageNotFound:
+            out[role] = "missing"
+    return out
+
+
+# --- the lock of a cell --------------------------------------------------------------------------
+
+
+def lock_path(m: Matrix, cell: Cell) -> Path:
+    """The committed lock file of a cell: ``locks/<cell id>.txt`` beside the matrix."""
+    return m.path.resolve().parent / "locks" / f"{cell.id}.txt"
+
+
+def lock_request(cell: Cell) -> lockfile.LockRequest:
+    """What to lock for a cell: its requirements for its Python, glibc and indexes, plus the builder tools."""
+    base = cell.base_spec
+    return lockfile.LockRequest(
+        requirements=list(cell.requirements),
+        python=cell.python,
+        glibc=base.glibc or "2.17",
+        arch="x86_64",
+        indexes=[(i.name, i.kind, i.url) for i in cell.indexes],
+        extra_tools=list(compat.build_tools()),
+        cell_id=cell.id,
+        regenerate=f"imagegen lock --variant {cell.ref}",
+    )
+
+
+def lock_requests(m: Matrix, cells: list[Cell]) -> dict[str, tuple[lockfile.LockRequest, Path]]:
+    """{cell id: (request, lock path)} for `imagegen lock`."""
+    return {c.id: (lock_request(c), lock_path(m, c)) for c in cells}
+
+
+def ensure_lock(m: Matrix, cell: Cell, *, refresh: bool = False) -> tuple[lockfile.Lock, Path]:
+    """The cell's lock: the committed file if it matches the cell's requirements, else a new resolution."""
+    path = lock_path(m, cell)
+    req = lock_request(cell)
+    if path.exists() and not refresh:
+        lk = lockfile.read_lock(path)
+        if lockfile.lock_matches(lk, req):
+            return lk, path
+        log(f"{cell.ref}: {path.name} is stale (the cell's requirements changed); locking again")
+    log(f"{cell.ref}: resolving {', '.join(cell.requirements)} for Python {cell.python}")
+    lk = lock_stage.resolve(req, cell_id=cell.id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lockfile.write_lock(lk, path)
+    return lk, path
+
+
+# --- prepare -------------------------------------------------------------------------------------
+
+
+def _closure_packages(cell: Cell, lpath: Path, runtime_ref: str, runtime_id: str, wheels: list[Path]) -> list[str]:
+    """Debian packages the environment's ELF closure needs on the runtime base (cached by its inputs)."""
+    base = cell.base_spec
+    key = inputs_digest({"lock": lpath.read_bytes(), "base": runtime_id, "suite": base.suite or "",
+                         "mirror": base.mirror, "host": ",".join(sorted(compat.cuda().host_provided))})
+    cache = paths.closures_dir() / f"{key.split(':')[1]}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())["packages"]
+    clos = closure.compute_closure(
+        wheels, bases.role_sonames(runtime_ref), suite=base.suite or "bookworm", arch="amd64", mirror=base.mirror,
+        host_provided=set(compat.cuda().host_provided),
+    )
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"packages": list(clos.packages), "closure": clos.to_json()}))
+    return list(clos.packages)
+
+
+def prepare(m: Matrix, cell: Cell, workdir: Path, rendered: render.Rendered | None = None) -> Prepared:
+    """Lock, bases, wheelhouse, closure and the build context ``workdir/<cell id>``, with its inputs digest."""
+    rendered = rendered or render.render_cell(m, cell)
+    lk, lpath = ensure_lock(m, cell)
+    base = cell.base_spec
+    refs = {role: bases.ensure_role(cell.base, role, spec=base) for role in (BUILDER_ROLE, cell.runtime_role)}
+    wheels = wheelhouse.fetch(lk)
+    labels = _kernel_labels(cell, lk, lpath, wheels)
+    ids = base_ids(cell, refs)
+    clos_packages = _closure_packages(cell, lpath, refs[cell.runtime_role], ids[cell.runtime_role], wheels)
+    ctx = workdir / cell.id
+    if ctx.exists():
+        shutil.rmtree(ctx)
+    ctx.mkdir(parents=True)
+    for rel, content in rendered.files.items():
+        (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ctx / rel).write_text(content)
+    for rel, src in render.build_context_files(cell).items():
+        (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, ctx / rel)
+    extra = cell.fw.versions[cell.version].runtime_packages
+    packages = sorted(set(clos_packages) | set(extra))
+    closure_txt = "".join(f"{p}\n" for p in packages)
+    (ctx / "imagegen" / "closure.txt").write_text(closure_txt)
+    wheelhouse.stage(lk, ctx)
+    staged: dict[str, bytes | str] = {"imagegen/closure.txt": closure_txt,
+                                      "wheels/requirements.lock": (ctx / "wheels" / "requirements.lock").read_bytes()}
+    if (ctx / "wheels" / "tools.lock").exists():
+        staged["wheels/tools.lock"] = (ctx / "wheels" / "tools.lock").read_bytes()
+    for k, v in labels.items():
+        staged[f"label:{k}"] = v
+    digest = inputs_digest(build_inputs(rendered, ids, **staged))
+    return Prepared(cell=cell, context=ctx, digest=digest, refs=refs, closure=packages, lock_path=lpath,
+                    base_ids=ids, labels=labels)
+
+
+def _kernel_labels(cell: Cell, lk, lpath: Path, wheels: list[Path]) -> dict[str, str]:
+    """io.imagegen.cuda.archs for a GPU cell, from the CUDA kernels of its locked wheels (facts
+    committed next to the lock, else computed from the fetched wheels and written there). "" when no
+    wheel ships kernels. Raises UserInputError when the cell's gpu_archs cannot be served."""
+    if cell.device != "gpu":
+        return {}
+    from . import gpu_archs
+
+    facts = gpu_archs.ensure_facts(lk, lpath, {w.sha256: p for w, p in zip(lk.wheels, wheels)})
+    why = gpu_archs.check_targets(cell, facts)
+    if why:
+        raise UserInputError(f"{cell.ref}: {why}")
+    return {gpu_archs.LABEL: gpu_archs.label_value(cell, gpu_archs.cell_coverage(cell, facts)) or ""}
+
+
+# --- interrupts ------------------------------------------------------------------------------------
+
+
+def abort_cleanup(tracker: Tracker = ACTIVE) -> None:
+    """Ctrl-C/SIGTERM: remove step containers still running, untagged new images and build contexts,
+    and stop the host pips resolving or downloading. Best effort; the tags were never moved."""
+    items = tracker.snapshot()
+    remove_created(items["containers"], items["images"])
+    try:
+        hostpip.terminate_children()
+    except Exception:  # noqa: BLE001 - best effort while exiting
+        pass
+    for d in items["workdirs"]:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# --- build ---------------------------------------------------------------------------------------
+
+
+def _evict_and_raise(m: Matrix, cell: Cell, exc: ImagegenError) -> None:
+    """Installing the locked wheels failed in the builder: hash the host cache's copies of the
+    cell's wheels again, remove the corrupt ones, and name them in the one error line."""
+    try:
+        bad = wheelhouse.evict_corrupt(lockfile.read_lock(lock_path(m, cell)))
+    except (OSError, ImagegenError):
+        raise exc from None
+    if bad:
+        raise ImagegenError(f"{cell.ref}: build failed: {', '.join(bad)} in the wheel cache did not match its "
+                            f"sha256 (corrupt); removed it: run the build again to fetch it afresh") from None
+    raise exc from None
+
+
+def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: Progress,
+              keep_cache: bool = False, junit_dir: Path | None = None, no_cache: bool = False) -> BuildResult:
+    t0 = time.monotonic()
+    progress.start(cell)
+    rendered = render.render_cell(m, cell)  # once per build
+    lpath = lock_path(m, cell)
+    if not force:
+        quick = quick_key(rendered, base_ids(cell), lpath.read_bytes() if lpath.exists() else b"")
+        if up_to_date(stamped_digest(cell, quick), current_digest(cell.local_ref)):
+            progress.finish(cell, "up to date (skipped)")
+            info = engine.api().inspect_image(cell.local_ref)
+            return BuildResult(cell, "skipped", image_id=info["Id"], size=info["Size"],
+                               seconds=time.monotonic() - t0, message="inputs unchanged")
+    root = paths.cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="imagegen-ctx-", dir=root))
+    ACTIVE.add("workdirs", str(workdir))
+    log_path = paths.build_log(cell.id)
+    image_id = None
+    step_images: list[str] = []
+    try:
+        progress.update(cell, "preparing: lock, bases, wheelhouse, closure")
+        prep = prepare(m, cell, workdir, rendered)
+        quick = quick_key(rendered, prep.base_ids, prep.lock_path.read_bytes())
+        if up_to_date(prep.digest, current_digest(cell.local_ref), force=force):
+            write_stamp(cell, quick, prep.digest)
+            progress.finish(cell, "up to date (skipped)")
+            return BuildResult(cell, "skipped", seconds=time.monotonic() - t0, message="inputs unchanged")
+        try:
+            image_id, step_images = docker_build(cell, prep.context, prep.digest, prep.closure, log_path, progress,
+                                                 extra_labels=prep.labels,
+                                                 no_cache=no_cache)
+        except ImagegenError as exc:
+            if "install: " in str(exc):  # a wheel that fails to install may be a corrupt cache copy
+                _evict_and_raise(m, cell, exc)
+            raise
+        ACTIVE.add("images", image_id)
+        report = prune_report_from_log(log_path)
+        if run_tests:
+            progress.update(cell, "testing")
+            from . import testrun
+
+            summary = testrun.test_image(cell, image_id, junit_dir=junit_dir)
+            if not summary.ok:
+                raise GateFailed(f"{cell.ref}: built image {image_id[:19]} failed its tests "
+                                 f"({'; '.join(summary.reasons())[:400] or 'no checks ran'}); the tag was not "
+                                 f"moved; JUnit XML: {summary.junit_path}")
+        engine.api().tag(image_id, cell.local_ref.rsplit(":", 1)[0], cell.local_ref.rsplit(":", 1)[1], force=True)
+        ACTIVE.discard("images", image_id)
+        write_stamp(cell, quick, prep.digest)
+        size = engine.api().inspect_image(image_id)["Size"]
+        progress.finish(cell, "built")
+        return BuildResult(cell, "built", image_id=image_id, seconds=time.monotonic() - t0, size=size,
+                           log_path=log_path, prune_report=report, closure=prep.closure)
+    except BaseException:
+        # Interrupted or failed: the new image never got the tag; remove it if nothing else uses it.
+        if image_id:
+            try:
+                engine.api().remove_image(image_id)
+            except (docker.errors.APIError, *CONNECTION_LOST):
+                pass
+        raise
+    finally:
+        if not keep_cache and step_images:
+            remove_images(step_images, keep={image_id or ""})
+        shutil.rmtree(workdir, ignore_errors=True)
+        ACTIVE.discard("workdirs", str(workdir))
+
+
+def build_cells(m: Matrix, cells: list[Cell], *, jobs: int = 1, force: bool = False, run_tests: bool = True,
+                keep_cache: bool = False, junit_dir: Path | None = None, no_cache: bool = False) -> list[BuildResult]:
+    """Build ``cells`` (``jobs`` at a time), in matrix order; a failed cell is a "failed" result, not an error."""
+    from rich.progress import Progress as RichProgress
+    from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    engine.client()  # fail fast, with the remedy, when the daemon is down
+    results: list[BuildResult] = []
+    columns = [SpinnerColumn(), TextColumn("{task.description}"), TextColumn("[dim]{task.fields[step]}"),
+               TimeElapsedColumn()]
+    with RichProgress(*columns, console=err, transient=False, disable=not err.is_terminal) as prog:
+        progress = Progress(prog if err.is_terminal else None)
+        if jobs <= 1 or len(cells) == 1:
+            for cell in cells:
+                results.append(_guarded(m, cell, force, run_tests, progress, keep_cache, junit_dir, no_cache))
+        else:
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                futures = {pool.submit(_guarded, m, c, force, run_tests, progress, keep_cache, junit_dir, no_cache): c
+                           for c in cells}
+                for fut in as_completed(futures):
+                    results.append(fut.result())
+    order = {c.id: i for i, c in enumerate(cells)}
+    return sorted(results, key=lambda r: order[r.cell.id])
+
+
+def _guarded(m, cell, force, run_tests, progress, keep_cache, junit_dir, no_cache=False) -> BuildResult:
+    t0 = time.monotonic()
+    try:
+        return build_one(m, cell, force=force, run_tests=run_tests, progress=progress, keep_cache=keep_cache,
+                         junit_dir=junit_dir, no_cache=no_cache)
+    except ImagegenError as exc:
+        progress.finish(cell, "failed")
+        return BuildResult(cell, "failed", seconds=time.monotonic() - t0, message=str(exc),
+                           log_path=paths.build_log(cell.id))

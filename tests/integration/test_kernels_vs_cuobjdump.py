@@ -1,0 +1,161 @@
+"""The fat-binary reader against NVIDIA's own tool, on real NVIDIA libraries.
+
+The libraries come from the GPU flagship's lock through the project's wheel cache
+(`nvidia-cublas-cu11==11.11.3.6`, a 418 MB download when not cached), and `cuobjdump` from the
+PyPI wheel `nvidia-cuda-cuobjdump` (the `test` extra). cuobjdump 13 refuses `-arch` below sm_75 and
+whole libraries holding sm_35 entries: such a fatal error is inconclusive and is reported as such,
+never counted as agreement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import re
+import shutil
+import subprocess
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from imagegen import cuda_kernels as ck
+from imagegen import wheelhouse
+from imagegen.lockfile import read_lock
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCK = ROOT / "locks" / "paddle-2.6.2-gpu-cuda11.8-cudnn8.6-slim.txt"
+WHEEL = "nvidia-cublas-cu11"
+LIBS = ("nvidia/cublas/lib/libcublas.so.11", "nvidia/cublas/lib/libcublasLt.so.11")
+ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_120")
+
+
+def cuobjdump() -> Path:
+    hit = shutil.which("cuobjdump")
+    if hit:
+        return Path(hit)
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations if spec else []):
+        for p in sorted(Path(root).glob("*/bin/cuobjdump")):
+            return p
+    raise AssertionError("cuobjdump not found: pip install -e '.[test]' (nvidia-cuda-cuobjdump)")
+
+
+def lz4_block(src: bytes, size: int) -> bytes:
+    """Decompress one LZ4 block (the format of fat-binary entries with flag 0x2000) of known size."""
+    out = bytearray()
+    i = 0
+    while i < len(src) and len(out) < size:
+        token = src[i]
+        i += 1
+        n = token >> 4
+        if n == 15:
+            while True:
+                b = src[i]
+                i += 1
+                n += b
+                if b != 255:
+                    break
+        out += src[i:i + n]
+        i += n
+        if len(out) >= size or i >= len(src):
+            break
+        off = src[i] | src[i + 1] << 8
+        i += 2
+        m = token & 15
+        if m == 15:
+            while True:
+                b = src[i]
+                i += 1
+                m += b
+                if b != 255:
+                    break
+        m += 4
+        start = len(out) - off
+        if off >= m:
+            out += out[start:start + m]
+        else:
+            for k in range(m):
+                out.append(out[start + k])
+    return bytes(out[:size])
+
+
+def listing(kind: str, arch: str, lib: Path) -> Counter | None:
+    """Entries cuobjdump lists for exactly `arch`: Counter({'sm_75': n}), or None when it stops
+    with a fatal error (inconclusive)."""
+    r = subprocess.run([str(cuobjdump()), f"--list-{kind}", "-arch", arch, str(lib)],
+                       capture_output=True, text=True, timeout=600)
+    if r.returncode != 0 or "fatal" in (r.stdout + r.stderr).lower():
+        return None
+    ext = "cubin" if kind == "elf" else "ptx"
+    return Counter(re.findall(rf"\.(sm_\d+[af]?)\.{ext}$", r.stdout, re.M))
+
+
+@pytest.fixture(scope="module")
+def libs(tmp_path_factory) -> dict[str, Path]:
+    lock = read_lock(LOCK)
+    wheel = next(w for w in lock.wheels if w.key == WHEEL)
+    [path] = wheelhouse.fetch(dataclasses.replace(lock, wheels=(wheel,), tools=()))
+    out = tmp_path_factory.mktemp("cublas")
+    with zipfile.ZipFile(path) as z:
+        for name in LIBS:
+            with z.open(name) as src, open(out / Path(name).name, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+    return {Path(n).name: out / Path(n).name for n in LIBS}
+
+
+@pytest.mark.parametrize("name", [Path(n).name for n in LIBS])
+def test_inventory_matches_cuobjdump_per_arch(libs, name):
+    lib = ck.scan_file(libs[name], warn=None)
+    assert lib is not None and lib.warning is None
+    ours_sass = Counter(e.name for e in lib.entries if e.kind == "sass")
+    ours_ptx = Counter("sm_" + e.name.split("_", 1)[1] for e in lib.entries if e.kind == "ptx")
+    compared, inconclusive = 0, []
+    for arch in ARCHS:
+        for kind, ours in (("elf", ours_sass), ("ptx", ours_ptx)):
+            theirs = listing(kind, arch, libs[name])
+            if theirs is None:
+                inconclusive.append(f"{kind} {arch}")
+                continue
+            assert theirs.get(arch, 0) == ours.get(arch, 0), f"{name} {kind} {arch}: cuobjdump {theirs}, ours {ours.get(arch, 0)}"
+            compared += theirs.get(arch, 0)
+    # cuobjdump 13 must have answered for the architectures it supports, on a real number of entries
+    assert not inconclusive, f"cuobjdump was inconclusive for {inconclusive}"
+    assert compared >= 100
+    # and below sm_75 it refuses: inconclusive, never agreement
+    assert listing("elf", "sm_70", libs[name]) is None
+
+
+def test_payloads_are_what_cuobjdump_extracts(libs, tmp_path):
+    """Byte identity of the sm_75 cubins (libcublas.so.11: 4 of them, LZ4-compressed: decompressed
+    here), and the uncompressed size of every LZ4-compressed compute_90 PTX, in section order."""
+    path = libs["libcublas.so.11"]
+    lib = ck.scan_file(path, warn=None)
+    subprocess.run([str(cuobjdump()), "-xelf", "all", "-arch", "sm_75", str(path)], cwd=tmp_path, check=True,
+                   capture_output=True, timeout=600)
+    subprocess.run([str(cuobjdump()), "-xptx", "all", "-arch", "sm_90", str(path)], cwd=tmp_path, check=True,
+                   capture_output=True, timeout=600)
+
+    def ordered(ext: str) -> list[Path]:
+        return sorted(tmp_path.glob(f"*.{ext}"), key=lambda p: int(re.search(r"\.(\d+)\.sm_", p.name).group(1)))
+
+    cubins = ordered("cubin")
+    ours = [(c, e) for c in lib.containers for e in c.entries if e.name == "sm_75"]
+    assert len(cubins) == len(ours) >= 1
+    with open(path, "rb") as f:
+        for file, (c, e) in zip(cubins, ours):
+            want = file.read_bytes()
+            f.seek(lib.fatbin_offset + c.offset + e.offset + e.header_size)
+            payload = f.read(e.payload_size)
+            if e.compression == "lz4":
+                assert e.uncompressed_size == len(want)
+                payload = lz4_block(payload, e.uncompressed_size)
+            assert e.compression in (None, "lz4")
+            assert payload[:len(want)] == want, file.name
+    ptx = ordered("ptx")
+    ours_ptx = [e for e in lib.entries if e.kind == "ptx"]
+    assert len(ptx) == len(ours_ptx) >= 100
+    assert all(e.compression == "lz4" for e in ours_ptx)
+    # the extracted text omits the trailing NUL that the uncompressed size counts
+    assert [p.stat().st_size + 1 for p in ptx] == [e.uncompressed_size for e in ours_ptx]

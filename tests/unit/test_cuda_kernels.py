@@ -1,0 +1,194 @@
+"""The streaming CUDA-kernel reader (imagegen.cuda_kernels) and what-it-runs-on (imagegen.gpu_archs),
+on ELF files and wheels written here."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import mmap
+import struct
+import tracemalloc
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from imagegen import cuda_kernels as ck
+from imagegen import gpu_archs as ga
+from imagegen.scripts import fatbin as fb
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("fatbin_fixtures", ROOT / "tests/support/fatbin_fixtures.py")
+fx = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fx)
+
+
+def section():
+    return fx.section(
+        fx.container(fx.entry("sass", 61, 300), fx.entry("sass", 70, 200), fx.entry("sass", 75, 100)),
+        fx.container(fx.entry("sass", 80, 64), fx.entry("ptx", 70, 50, compression="lz4", header_size=72)),
+        fx.container(fx.entry("sass", 90, 40, variant="a"), fx.entry("sass", 100, 40, variant="f",
+                                                                       compression="zstd", uncompressed=800)),
+    )
+
+
+def reference(path: Path):
+    off, size, _ = fb.find_section(path, ".nv_fatbin")
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        with memoryview(m) as mv, mv[off:off + size] as sec:
+            return tuple(fb.parse_fatbin(sec)), off, size
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 4096, 1 << 20])
+def test_streaming_equals_whole_section_parse(tmp_path, chunk):
+    decoy = fx.container(fx.entry("sass", 35, 16), body_size=10**9)   # magic + absurd size in other data
+    so = fx.elf_with_sections(tmp_path / "libk.so", {".rodata.decoy": b"\0" * 8 + decoy, ".nv_fatbin": section()})
+    want, off, size = reference(so)
+    data = so.read_bytes()
+    pieces = (data[i:i + chunk] for i in range(0, len(data), chunk))
+    lib = ck.scan_stream("libk.so", len(data), pieces, warn=None)
+    assert lib.warning is None
+    assert (lib.fatbin_offset, lib.fatbin_bytes) == (off, size)
+    assert lib.containers == want
+    assert [e.name for e in lib.entries] == ["sm_61", "sm_70", "sm_75", "sm_80", "compute_70", "sm_90a", "sm_100f"]
+    assert lib.compressed_bytes() == sum(e.size for e in lib.entries if e.compression)
+    assert lib.bytes_by_arch()["sm_61"] == 64 + 304
+
+
+def test_per_arch_totals_and_pruned_size(tmp_path):
+    so = fx.elf_with_sections(tmp_path / "libk.so", {".nv_fatbin": section()})
+    lib = ck.scan_file(so, warn=None)
+    by = lib.bytes_by_arch()
+    assert sum(by.values()) + sum(c.header_size for c in lib.containers) == lib.fatbin_bytes
+    assert lib.containers_by_arch() == {"sm_61": 1, "sm_70": 1, "sm_75": 1, "sm_80": 1, "sm_90a": 1,
+                                        "sm_100f": 1, "compute_70": 1}
+    # for sm_75: container 1 keeps sm_75, container 2 keeps the compute_70 PTX, container 3 nothing
+    c1, c2, _ = lib.containers
+    assert lib.kept_bytes([75]) == 16 + c1.entries[2].size + 16 + c2.entries[1].size
+
+
+def test_zero_padding_between_containers(tmp_path):
+    sec = fx.container(fx.entry("sass", 75, 8)) + b"\0" * 16 + fx.container(fx.entry("sass", 86, 8))
+    so = fx.elf_with_sections(tmp_path / "libk.so", {".nv_fatbin": sec})
+    lib = ck.scan_file(so, warn=None)
+    assert lib.warning is None and [c.offset for c in lib.containers] == [0, 16 + 72 + 16]
+
+
+@pytest.mark.parametrize("sec, reason", [
+    (fx.container(fx.entry("sass", 75, kind_code=9)), "unknown kind 9"),
+    (fx.section(fx.container(fx.entry("sass", 75))) + b"junkjunk", "no fat-binary container at section offset 0x90"),
+    (fx.container(fx.entry("sass", 75), body_size=8), "truncated"),
+])
+def test_corrupt_fatbin_warns_with_file_name_never_raises(tmp_path, sec, reason):
+    so = fx.elf_with_sections(tmp_path / "libodd.so", {".nv_fatbin": sec})
+    seen = []
+    lib = ck.scan_file(so, "site-packages/libodd.so", warn=seen.append)
+    assert lib is not None and reason in lib.warning and lib.containers == ()
+    assert len(seen) == 1 and seen[0].startswith("site-packages/libodd.so: CUDA kernels not read:")
+
+
+def test_truncated_file_warns(tmp_path):
+    so = fx.elf_with_sections(tmp_path / "libk.so", {".nv_fatbin": section()})
+    data = so.read_bytes()
+    seen = []
+    lib = ck.scan_stream("libk.so", len(data), [data[: len(data) // 2]], warn=seen.append)
+    assert lib is None or lib.warning        # section headers never arrived: nothing to report, or a warning
+
+
+def test_no_fatbin_and_not_elf(tmp_path):
+    so = fx.elf_with_sections(tmp_path / "libplain.so", {".rodata.x": b"hello" * 1000})
+    assert ck.scan_file(so, warn=None) is None
+    txt = tmp_path / "libfake.so"
+    txt.write_bytes(b"INPUT(-lfoo)\n" * 1000)
+    assert ck.scan_file(txt, warn=None) is None
+
+
+def test_section_found_when_name_table_out_of_view(tmp_path, monkeypatch):
+    big = b"\x01" * (300 << 10)           # pushes the name table out of a 64 kB tail
+    so = fx.elf_with_sections(tmp_path / "libk.so", {".nv_fatbin": section(), ".zz_after": big})
+    monkeypatch.setattr(ck, "TAIL", 64 << 10)
+    lib = ck.scan_file(so, warn=None)
+    want, off, size = reference(so)
+    assert lib.containers == want and lib.fatbin_offset == off
+
+
+def test_wheel_members_are_streamed(tmp_path):
+    so = fx.elf_with_sections(tmp_path / "libk.so", {".nv_fatbin": section()})
+    whl = tmp_path / "pkg-1.0-py3-none-manylinux2014_x86_64.whl"
+    with zipfile.ZipFile(whl, "w", zipfile.ZIP_DEFLATED) as z:
+        z.write(so, "pkg/lib/libk.so.1")
+        z.writestr("pkg/lib/libnot.so", b"not an elf" * 1000)
+        z.writestr("pkg/__init__.py", "")
+    libs = ck.scan_wheel(whl, warn=None)
+    assert [l.path for l in libs] == ["pkg/lib/libk.so.1"]
+    assert libs[0].containers == reference(so)[0]
+
+
+def test_memory_stays_bounded_on_a_large_section(tmp_path):
+    entries = [fx.entry("sass", a, 4 << 20) for a in (61, 70, 75, 80, 86)]
+    sec = fx.section(*[fx.container(*entries) for _ in range(2)])      # 40 MB of kernels
+    so = fx.elf_with_sections(tmp_path / "libbig.so", {".nv_fatbin": sec})
+    tracemalloc.start()
+    try:
+        lib = ck.scan_file(so, warn=None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert lib.fatbin_bytes == len(sec) and len(lib.containers) == 2
+    assert peak < 8 << 20, f"peak {peak} bytes"
+
+
+# ---- what a set of libraries runs on ------------------------------------------------------------
+
+def facts(path, counts: dict[str, int], n: int, wheel="w==1", size=1000):
+    return {"path": path, "wheel": wheel, "size": size, "fatbin_bytes": size, "containers": n,
+            "compressed_bytes": 0, "bytes": {k: 1 for k in counts}, "containers_by_arch": counts,
+            "kept_bytes": {}, "warning": None}
+
+
+PHI = facts("paddle/libs/libphi.so", {"sm_35": 1, "sm_61": 666, "sm_70": 666, "sm_75": 665, "sm_80": 665,
+                                      "sm_86": 665, "sm_90": 1}, 666, "paddlepaddle-gpu==2.6.2")
+LT = facts("nvidia/cublas/lib/libcublasLt.so.11", {"sm_35": 86, "sm_50": 96, "sm_60": 97, "sm_61": 88, "sm_70": 145, "sm_75": 126, "sm_80": 496,
+                                                    "sm_86": 103, "sm_90": 694, "compute_90": 87}, 796,
+           "nvidia-cublas-cu11==11.11.3.6")
+FLASH = facts("paddle/libs/libflashattn.so", {"sm_80": 43, "sm_86": 43}, 43, "paddlepaddle-gpu==2.6.2")
+
+
+def test_stray_container_does_not_count():
+    assert ga.shipped(PHI) == ["sm_61", "sm_70", "sm_75", "sm_80", "sm_86"]
+    assert not ga.serves(PHI, 90) and ga.serves(PHI, 89) and not ga.serves(PHI, 60)
+    assert ga.describe(PHI) == "SASS for sm_61, sm_70, sm_75, sm_80, sm_86; no PTX"
+
+
+def test_ptx_serves_newer_gpus():
+    assert ga.serves(LT, 120) and ga.serves(LT, 90) and ga.serves(LT, 75) and not ga.serves(LT, 30)
+
+
+def test_coverage_intersection_narrowing_and_feature_libraries():
+    cov = ga.coverage([PHI, LT, FLASH, {**LT, "path": "libodd.so", "warning": "bad"}])
+    assert cov.label == "sm_61,sm_70,sm_75,sm_80,sm_86,sm_89"
+    assert cov.narrowing == {"paddle/libs/libphi.so": [35, 37, 50, 52, 60, 90, 100, 103, 120, 121]}
+    two = ga.coverage([PHI, {**PHI, "path": "paddle/base/libpaddle.so"}, LT])
+    assert set(two.narrowing) == {"paddle/libs/libphi.so", "paddle/base/libpaddle.so"}
+    assert cov.feature == {"paddle/libs/libflashattn.so": [80, 86, 89]}
+    assert cov.unreadable == {"libodd.so": "bad"} and cov.libraries == 2
+
+
+class _Cell:
+    framework, version, device = "paddle", "2.6.2", "gpu"
+    requirements = ("paddlepaddle-gpu==2.6.2", "nvidia-cublas-cu11==11.11.3.6")
+
+    def __init__(self, archs):
+        self.gpu_archs = tuple(archs)
+        import imagegen.matrix as mx
+        self.slimming = mx.SlimRules(**{k: False for k in mx.SlimRules.__dataclass_fields__ if k != "bytecode"},
+                                     bytecode="keep")
+
+
+def test_check_targets_message():
+    f = {"wheels": {"paddlepaddle-gpu==2.6.2": {"libraries": [PHI, FLASH]},
+                    "nvidia-cublas-cu11==11.11.3.6": {"libraries": [LT]}}}
+    assert ga.check_targets(_Cell(["sm_75", "sm_86"]), f) is None
+    assert ga.check_targets(_Cell(["sm_90"]), f) == (
+        "paddle 2.6.2 ships no kernels for sm_90 (SASS for sm_61, sm_70, sm_75, sm_80, sm_86; no PTX)")
+    assert ga.check_targets(_Cell(["sm_52"]), f).startswith("paddle 2.6.2 ships no kernels for sm_52")
