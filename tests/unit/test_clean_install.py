@@ -103,6 +103,9 @@ def test_usage_error_is_one_line_exit_2(venv, args):
 
 
 def _imports() -> set[str]:
+    """Top-level names imported by imagegen's modules, less in-image scripts' own siblings (files
+    copied next to each other into an image, e.g. `import elfmini`)."""
+    local = {p.stem for p in (ROOT / "imagegen").rglob("*.py")}
     names = set()
     for path in (ROOT / "imagegen").rglob("*.py"):
         if "smoke" in path.relative_to(ROOT / "imagegen").parts:
@@ -112,7 +115,7 @@ def _imports() -> set[str]:
                 names.update(a.name.split(".")[0] for a in node.names)
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names.add(node.module.split(".")[0])
-    return names
+    return names - local
 
 
 def _norm(name: str) -> str:

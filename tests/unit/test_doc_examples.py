@@ -63,6 +63,8 @@ def _commands():
             if not cmd.startswith("imagegen "):
                 continue
             argv = shlex.split(cmd, comments=True)[1:]
+            if "|" in argv:  # `imagegen ... | jq ...`: the example's imagegen part
+                argv = argv[:argv.index("|")]
             argv = [a for a in argv if not (a.startswith("[") or a.endswith("]") or a == "|")]  # synopsis forms
             shown = []
             if lang == "console":
