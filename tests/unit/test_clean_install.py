@@ -55,6 +55,10 @@ def venv(tmp_path_factory) -> Path:
             toml = tomllib.loads(pyproject.decode())
             _pip(env_dir, "install", *toml["project"]["dependencies"], *toml["build-system"]["requires"])
             (env_dir / ".complete").write_text("")
+        os.utime(env_dir / ".complete")  # last use; the least recently used beyond 3 are removed
+        stale = sorted(root.glob("clean-*/.complete"), key=lambda p: p.stat().st_mtime, reverse=True)[3:]
+        for mark in stale:
+            shutil.rmtree(mark.parent, ignore_errors=True)
     # imagegen itself, from this tree, every run (deps already there: no resolution, no network)
     _pip(env_dir, "install", "--no-deps", "--no-build-isolation", "--force-reinstall", str(ROOT))
     return env_dir
