@@ -153,7 +153,7 @@ class Defaults(_Model):
     slimming: Slimming = Field(default_factory=Slimming)
 
 
-class Rule(_Model):
+class Selector(_Model):
     """Selects cells by glob (`match`, against the full tag) and/or by axis values."""
 
     match: str | None = None
@@ -163,7 +163,16 @@ class Rule(_Model):
     cuda: str | None = None
     python: str | None = None
     flavor: Flavor | None = None
+
+
+class Rule(Selector):
+    """A selector that may also select by base (exclude and budget rules)."""
+
     base: str | None = None
+
+
+#: the axes a rule selects by; an override's `base` is what it sets, never a selector
+_AXES = ("framework", "version", "device", "cuda", "python", "flavor")
 
 
 class ExcludeRule(Rule):
@@ -184,9 +193,11 @@ class IncludeRule(_Model):
     _archs = field_validator("gpu_archs")(classmethod(lambda cls, v: _check_gpu_archs(v)))
 
 
-class OverrideRule(Rule):
+class OverrideRule(Selector):
+    """Settings for the cells it selects. `base` moves them to another base (it does not select)."""
+
     slimming: Slimming | None = None
-    base: str | None = None  # type: ignore[assignment]
+    base: str | None = None
     extra_requirements: list[str] | None = None
     budget: Budget | None = None
     gpu_archs: GpuArchs = None
@@ -332,6 +343,12 @@ class Cell:
         return f"{self.image}:{self.tag}"
 
     @property
+    def local_ref(self) -> str:
+        """The reference in the local engine: `ref`, under IMAGEGEN_LOCAL_PREFIX when set (tests build
+        under their own prefix, e.g. `imagegen-test/`, so they never touch a user's images)."""
+        return local_prefix() + self.ref
+
+    @property
     def id(self) -> str:
         return f"{self.image}-{self.tag}"
 
@@ -362,8 +379,20 @@ class Cell:
             "budget": {"size": self.budget_size, "compressed": self.budget_compressed},
             "excluded": self.excluded, "origin": self.origin, "remote_ref": self.remote_ref,
             "aliases": list(self.aliases),
-            "gpu_archs": list(self.gpu_archs),
+            "local_ref": self.local_ref, "gpu_archs": list(self.gpu_archs),
         }
+
+
+def local_prefix() -> str:
+    """IMAGEGEN_LOCAL_PREFIX: a repository path prefix ending in '/' (e.g. `imagegen-test/`) for every
+    local tag imagegen builds, tests, audits or publishes from; empty by default."""
+    import os
+
+    prefix = os.environ.get("IMAGEGEN_LOCAL_PREFIX", "")
+    if prefix and not (prefix.endswith("/") and all(_REPO_COMPONENT.match(p) for p in prefix[:-1].split("/"))):
+        raise UserInputError(f"IMAGEGEN_LOCAL_PREFIX={prefix!r} must be lowercase repository components "
+                             "ending in '/', e.g. imagegen-test/")
+    return prefix
 
 
 def bases_for(matrix: "Matrix") -> dict[str, compat.BaseSpec]:
@@ -499,9 +528,15 @@ def _validate_names(m: Matrix) -> None:
                             "(lowercase letters, digits and . _ - separators)")
     for name, spec in mf.bases.items():
         for role, r in spec.roles.items():
-            if spec.source == "registry" and (not r.ref or "@sha256:" not in r.ref):
+            if spec.source == "registry" and (not r.ref or not re.search(r"@sha256:[0-9a-f]{64}$", r.ref)):
                 raise _fail(src, ("bases", name, "roles", role), f"registry base '{name}' role {role} must be "
-                            "pinned by digest (name:tag@sha256:...)")
+                            "pinned by digest (name:tag@sha256:<64 hex digits>)")
+            if spec.source == "registry" and r.variant is not None:
+                raise _fail(src, ("bases", name, "roles", role, "variant"), "'variant' is an mmdebstrap setting; "
+                            "a registry base has none")
+            if spec.source == "bootstrap" and r.ref is not None:
+                raise _fail(src, ("bases", name, "roles", role, "ref"), "'ref' is for registry bases; a bootstrap "
+                            "base is built from its packages (set source: registry to pull a ref)")
             for pkg in r.packages:
                 if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*(:[a-z0-9]+)?(=[A-Za-z0-9.+~:-]+)?", pkg):
                     raise _fail(src, ("bases", name, "roles", role, "packages"), f"'{pkg}' is not a Debian package name")
@@ -534,8 +569,8 @@ def _normalize_cuda(entry: str | CudaEntry) -> CudaEntry:
     return entry if isinstance(entry, CudaEntry) else CudaEntry(version=str(entry))
 
 
-def _rule_matches(rule: Rule, cell: Cell) -> bool:
-    for axis in ("framework", "version", "device", "cuda", "python", "flavor", "base"):
+def _rule_matches(rule: Selector, cell: Cell) -> bool:
+    for axis in _AXES + (("base",) if isinstance(rule, Rule) else ()):
         want = getattr(rule, axis)
         if want is not None and str(want) != str(getattr(cell, axis)):
             return False
@@ -695,14 +730,18 @@ def _expand(m: Matrix) -> list[Cell]:
     # overrides, budgets, excludes: applied in file order; later rules win.
     out: list[Cell] = []
     used_excludes: set[int] = set()
+    used_overrides: set[int] = set()
+    used_budgets: set[int] = set()
     for cell in cells:
         slim_override: dict[str, Any] = {}
         extra: list[str] = []
         base_name = cell.base
         size = comp = None
+        base_from = None
         archs = cell.gpu_archs
-        for rule in mf.overrides:
+        for i, rule in enumerate(mf.overrides):
             if _rule_matches(rule, cell):
+                used_overrides.add(i)
                 if rule.gpu_archs and cell.device == "gpu":
                     archs = tuple(rule.gpu_archs)
                 if rule.slimming:
@@ -710,12 +749,13 @@ def _expand(m: Matrix) -> list[Cell]:
                 if rule.extra_requirements:
                     extra.extend(rule.extra_requirements)
                 if rule.base:
-                    base_name = rule.base
+                    base_name, base_from = rule.base, ("overrides", i, "base")
                 if rule.budget:
                     size = rule.budget.size if rule.budget.size is not None else size
                     comp = rule.budget.compressed if rule.budget.compressed is not None else comp
-        for rule in mf.budgets:
+        for i, rule in enumerate(mf.budgets):
             if _rule_matches(rule, cell):
+                used_budgets.add(i)
                 size = rule.size if rule.size is not None else size
                 comp = rule.compressed if rule.compressed is not None else comp
         excluded = None
@@ -723,18 +763,37 @@ def _expand(m: Matrix) -> list[Cell]:
             if _rule_matches(rule, cell):
                 excluded = rule.reason
                 used_excludes.add(i)
-        if base_name not in all_bases:
-            raise UserInputError(f"{cell.origin}: override sets unknown base '{base_name}'")
-        if all_bases[base_name].libc not in cell.fw.libc:
-            raise UserInputError(f"{cell.origin}: {cell.framework} publishes only manylinux wheels, which do not "
-                                 f"run on {all_bases[base_name].libc}; an override puts {cell.ref} on '{base_name}'")
+        if base_from is not None:
+            if base_name not in all_bases:
+                raise _fail(src, base_from, f"override sets unknown base '{base_name}'"
+                            f"{_did_you_mean(base_name, all_bases)}; known: {', '.join(sorted(all_bases))}")
+            new_base = all_bases[base_name]
+            if new_base.libc not in cell.fw.libc:
+                raise _fail(src, base_from, f"{cell.framework} publishes only manylinux wheels, which do not run on "
+                            f"{new_base.libc}; this override puts {cell.ref} on '{base_name}'")
+            if new_base.python != cell.python:
+                raise _fail(src, base_from, f"base '{base_name}' provides Python {new_base.python}, but "
+                            f"{cell.ref} is a Python {cell.python} cell; this override cannot move it there")
+        needed = ("builder", cell.runtime_role)
+        lacking = [r for r in needed if r not in all_bases[base_name].roles]
+        if lacking:
+            where = src.where(("bases", base_name)) if base_name in mf.bases else cell.origin
+            raise UserInputError(f"{where}: base '{base_name}' has no {' or '.join(lacking)} role, which "
+                                 f"{cell.ref} needs (roles: runtime for slim, dev for full, builder for both)")
         out.append(_replace(cell, slimming=_slim_rules(m, slim_override, cell.flavor),
                             requirements=cell.requirements + tuple(extra), base=base_name,
                             budget_size=size, budget_compressed=comp, excluded=excluded,
                             base_spec=all_bases[base_name], gpu_archs=archs))
-    for i, rule in enumerate(mf.exclude):
-        if i not in used_excludes:
-            raise _fail(src, ("exclude", i), "this exclude rule matches no cell (check the pattern)")
+    for section, used in (("exclude", used_excludes), ("overrides", used_overrides), ("budgets", used_budgets)):
+        for i in range(len(getattr(mf, section))):
+            if i not in used:
+                raise _fail(src, (section, i), f"this {section} rule matches no cell (check the pattern)")
+    used_indexes = {i.name for c in out for i in c.indexes}
+    for name in mf.indexes:
+        if name not in used_indexes:
+            known = sorted({n for c in out for n in c.fw.indexes})
+            raise _fail(src, ("indexes", name), f"index '{name}' is used by no cell: a matrix index replaces a "
+                        f"framework's index of the same name ({', '.join(known) or 'none in this matrix'})")
     out = _with_aliases(m, out)
     if mf.default:
         _check_default(m, out)
