@@ -187,6 +187,7 @@ class Pruner:
 
         on = bool(self.rules.get("strip"))
         todo: list[Path] = []
+        verify: set[Path] = set()  # patchelf's layout: strip a copy, keep it only if it loads the same
         skipped = 0
         spared: list[str] = []
         for root, _dirs, names in self.walk():
@@ -201,26 +202,41 @@ class Pruner:
                     elf = elfmini.read_file(str(p))
                 except (OSError, ValueError):
                     continue
-                hazard = elfmini.strip_hazard_of(self.rel(p), elf)
+                # known breakage (auditwheel's *.libs and the modules whose RUNPATH points there): spared
+                hazard = elfmini.strip_hazard(self.rel(p), elf.runpath + elf.rpath)
                 if hazard:
                     skipped += 1
                     spared.append(f"{self.rel(p)}: {hazard}")
                     continue
                 if _has_symbols(elf):
                     todo.append(p)
+                    if elf.patchelf_layout():
+                        verify.add(p)
 
         def one(p: Path) -> int:
             before = p.stat().st_size
             if not on:
                 return symbol_bytes(p)
             mode = stat.S_IMODE(p.stat().st_mode)
-            os.chmod(p, mode | stat.S_IWUSR)
-            r = subprocess.run(["strip", "--strip-unneeded", "--preserve-dates", str(p)], capture_output=True,
+            target = p.with_name(f".{p.name}.imagegen-strip") if p in verify else p
+            if target != p:
+                shutil.copy2(p, target)
+            os.chmod(target, mode | stat.S_IWUSR)
+            r = subprocess.run(["strip", "--strip-unneeded", "--preserve-dates", str(target)], capture_output=True,
                                text=True)
-            os.chmod(p, mode)
+            os.chmod(target, mode)
             if r.returncode != 0:
                 print(f"prune: strip failed on {self.rel(p)}: {r.stderr.strip()}", file=sys.stderr)
+                if target != p:
+                    target.unlink(missing_ok=True)
                 return 0
+            if target != p:
+                why = elfmini.same_memory_image(elfmini.read_file(str(p)), elfmini.read_file(str(target)))
+                if why:
+                    target.unlink()
+                    spared.append(f"{self.rel(p)}: rewritten by patchelf and {why} after strip; left as is")
+                    return 0
+                os.replace(target, p)
             return before - p.stat().st_size
 
         # biggest first, so the long ones start early
