@@ -33,6 +33,7 @@ BASE_ARGS: dict[str, list[str]] = {
     "fetch": [], "cache prune": ["--dry-run"],
     "audit": ["some-image:1"],
     "base build": ["bookworm"], "base list": [],
+    "ci matrix": [],
 }
 # Names and metavars that say "this is a path": such a parameter must be typed Path.
 PATHLIKE_WORDS = ("file", "dir", "path", "out", "junit", "html", "tar", "lock", "matrix")

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from imagegen import compat, matrix
+from imagegen import ci, compat, matrix
 from imagegen.pipeline import lock_request
 from imagegen.errors import UserInputError
 from imagegen.render import render_cell
@@ -62,7 +62,8 @@ def fingerprint(path: Path, m: matrix.Matrix | None = None) -> dict:
     m = m or matrix.load(path)
     out = {"cells": [c.as_dict() for c in m.cells],
            "render": {c.id: render_cell(m, c).files for c in m.active},
-           "locks": {c.id: dataclasses.asdict(lock_request(c)) for c in m.active}}
+           "locks": {c.id: dataclasses.asdict(lock_request(c)) for c in m.active},
+           "ci": ci.matrix(m, m.active)}
     for sel in ("cpu-slim", "gpu-cuda11.8-slim"):
         try:
             out[sel] = [c.ref for c in m.select([sel])]
@@ -104,6 +105,8 @@ MUTATIONS = {
     "MatrixFile.overrides": _set("overrides", []),
     "MatrixFile.budgets": _set("budgets", []),
     "MatrixFile.indexes": _set("indexes", {"pytorch-cpu": {"url": "https://mirror.example/torch/cpu"}}),
+    "MatrixFile.aliases": _set("aliases", {"minor": False, "latest": "none"}),
+    "MatrixFile.ci": _set("ci", {"cpu_runs_on": ["self-hosted", "cpu"]}),
     "Defaults.base": _set("defaults/base", "corp"),
     "Defaults.python": _set("defaults/python", ["3.12"]),
     "Defaults.devices": _set("defaults/devices", ["cpu", "gpu"]),
