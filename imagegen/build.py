@@ -249,7 +249,8 @@ def remove_images(ids: list[str], keep: set[str]) -> None:
 
 
 def prune_report_from_log(log_path: Path) -> dict | None:
-    """The prune step's report (bytes saved per slimming rule) from a build log, or None. With
+    """The prune step's report (bytes saved per slimming rule; the bytecode entry also names what
+    was compiled, venv and runtime standard library) from a build log, or None. With
     gpu_archs, fatprune.py's per-library report joins it as the `cuda_archs` rule (bytes saved,
     per library before/after, refused libraries)."""
     report = fat = None

@@ -28,257 +28,34 @@ from .pythonbases import runtime_wheels as _runtime_wheels
 from .selectors import resolve_selector
 from .yamlsrc import Located
 from .yamlsrc import load as load_yaml
-
-Device = Literal["cpu", "gpu"]
-Flavor = Literal["slim", "full"]
-
-# --- the matrix file's model ------------------------------------------------------------------
-
-_REPO_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
-_REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]+)?$")
-
-
-def is_registry(value: str) -> bool:
-    """``value`` is a registry host[:port] (what `registry:` and `publish --registry` take)."""
-    return bool(_REGISTRY.match(value))
-
-
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-# The reference rules, public for the stages that check references outside a matrix (publish).
-REGISTRY_RE, REPO_COMPONENT_RE, TAG_RE = _REGISTRY, _REPO_COMPONENT, _TAG
-# Requirements reach the lock file, never a RUN line; still, only PEP 508 name/extras/version characters
-# pass (no markers, quotes, `;`, `$`, backticks, pipes).
-_REQUIREMENT_CHARS = re.compile(r"[A-Za-z0-9._\[\],<>=!~+* -]+")
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Slimming(_Model):
-    docs: bool | None = None
-    tests: bool | None = None
-    headers: bool | None = None
-    caches: bool | None = None
-    bytecode: Literal["drop", "keep"] | None = None
-    ptx: Literal["drop", "keep"] | None = Field(None, description=(
-        "with gpu_archs (EXPERIMENTAL): also keep each container's PTX up to the newest target, so GPUs newer "
-        "than the list can JIT-compile (keep), or only what the targets load (drop, the default)"))
-    static_libs: bool | None = None
-    strip: bool | None = None
-    pip: bool | None = None
-    cudnn_train: bool | None = None
-    flashattn: bool | None = None
-    warpctc: bool | None = None
-    openvino: bool | None = None
-    cuda_unused: bool | None = None
-    cuda_extras: bool | None = None
-    tensorrt_unused: bool | None = None
-
-
-class Budget(_Model):
-    size: int | None = None
-    compressed: int | None = None
-
-    @field_validator("size", "compressed", mode="before")
-    @classmethod
-    def _size(cls, v: Any) -> Any:
-        return None if v is None else parse_size(v)
-
-
-def _check_requirement(v: str) -> str:
-    try:
-        req = Requirement(v)
-    except InvalidRequirement as exc:
-        raise ValueError(f"'{v}' is not a valid package requirement ({exc})".splitlines()[0]) from None
-    if req.url:
-        raise ValueError(f"'{v}': direct URL requirements are not allowed; add an index instead")
-    if not _REQUIREMENT_CHARS.fullmatch(v):
-        raise ValueError(f"'{v}' contains characters that are not allowed in a requirement")
-    return v
-
-
-def _check_url(v: str) -> str:
-    parts = urlsplit(v)
-    if parts.scheme not in ("http", "https", "file") or (parts.scheme != "file" and not parts.netloc):
-        raise ValueError(f"'{v}' is not an http(s) or file URL")
-    if re.search(r"[\s'\"`$;&|<>\\]", v):
-        raise ValueError(f"'{v}' contains characters that are not allowed in a URL")
-    return v
-
-
-def _check_gpu_archs(v: list[Any] | None) -> list[str] | None:
-    """[sm_75, "8.6", 90] -> ["sm_75", "sm_86", "sm_90"] (sorted, unique); ValueError on anything else."""
-    if v is None:
-        return None
-    if not v:
-        raise ValueError("gpu_archs needs at least one architecture, e.g. [sm_75]")
-    return sorted({f"sm_{fatbin.parse_arch(x)}" for x in v}, key=fatbin.parse_arch)
-
-
-GpuArchs = Annotated[list[str | int] | None, Field(
-    description="GPUs the image must run on, as compute capabilities (sm_75, sm_86, ...). `imagegen validate` "
-                "rejects one the framework's CUDA kernels cannot serve.")]
-
-
-class IndexDef(_Model):
-    kind: Literal["index", "find-links"] = "index"
-    url: str
-
-    _url = field_validator("url")(classmethod(lambda cls, v: _check_url(v)))
-
-
-class CudaEntry(_Model):
-    version: str
-    cudnn: str | None = None
-    tensorrt: str | None = None  # TensorRT major (or major.minor) from the framework's data, e.g. "10"
-
-
-# `base:` is one base name, or a mapping Python version -> base name (each Python on its own base).
-BaseSetting = str | dict[str, str]
-
-
-class VersionEntry(_Model):
-    devices: list[Device] | None = None
-    cuda: list[str | CudaEntry] | None = None
-    python: list[str] | None = None
-    flavors: list[Flavor] | None = None
-    base: BaseSetting | None = None
-    extra_requirements: list[str] = Field(default_factory=list)
-    gpu_archs: GpuArchs = None
-
-    @field_validator("extra_requirements")
-    @classmethod
-    def _reqs(cls, v: list[str]) -> list[str]:
-        return [_check_requirement(x) for x in v]
-
-    _archs = field_validator("gpu_archs")(classmethod(lambda cls, v: _check_gpu_archs(v)))
-
-
-class Defaults(_Model):
-    base: BaseSetting = "bookworm"
-    python: list[str] = Field(default_factory=lambda: ["3.11"])
-    devices: list[Device] = Field(default_factory=lambda: ["cpu"])
-    flavors: list[Flavor] = Field(default_factory=lambda: ["slim", "full"])
-    slimming: Slimming = Field(default_factory=Slimming)
-
-
-class Rule(_Model):
-    """Selects cells by glob (`match`, against the full tag) and/or by axis values."""
-
-    match: str | None = None
-    framework: str | None = None
-    version: str | None = None
-    device: Device | None = None
-    cuda: str | None = None
-    python: str | None = None
-    flavor: Flavor | None = None
-    base: str | None = None
-
-
-class ExcludeRule(Rule):
-    reason: str = "excluded by the matrix"
-
-
-class IncludeRule(_Model):
-    framework: str
-    version: str
-    device: Device
-    cuda: str | None = None
-    cudnn: str | None = None
-    tensorrt: str | None = None
-    python: str | None = None
-    flavor: Flavor
-    base: str | None = None
-    gpu_archs: GpuArchs = None
-
-    _archs = field_validator("gpu_archs")(classmethod(lambda cls, v: _check_gpu_archs(v)))
-
-
-class OverrideRule(Rule):
-    slimming: Slimming | None = None
-    base: str | None = None  # type: ignore[assignment]
-    extra_requirements: list[str] | None = None
-    budget: Budget | None = None
-    gpu_archs: GpuArchs = None
-
-    _archs = field_validator("gpu_archs")(classmethod(lambda cls, v: _check_gpu_archs(v)))
-
-    @field_validator("extra_requirements")
-    @classmethod
-    def _reqs(cls, v: list[str] | None) -> list[str] | None:
-        return None if v is None else [_check_requirement(x) for x in v]
-
-
-class BudgetRule(Rule):
-    size: int | None = None
-    compressed: int | None = None
-
-    @field_validator("size", "compressed", mode="before")
-    @classmethod
-    def _size(cls, v: Any) -> Any:
-        return None if v is None else parse_size(v)
-
-
-class AliasRule(Rule):
-    """Declared aliases: every cell this rule selects also gets `tags` (in its own image repository)."""
-
-    tags: list[str]
-
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, v: list[str]) -> list[str]:
-        for t in v:
-            if not _TAG.match(t):
-                raise ValueError(f"'{t}' is not a valid Docker tag ([A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})")
-        return v
-
-
-class Aliases(_Model):
-    """Alias tags pushed next to each cell's immutable tag (see imagegen/aliases.py)."""
-
-    minor: bool = True  # newest patch of each major.minor gets <major.minor>-<selector>
-    latest: Literal["device", "single", "none"] = "device"  # latest-<device> | latest | no latest alias
-    latest_flavor: Flavor = "slim"  # the flavor that carries the latest alias(es)
-    latest_device: Device = "cpu"  # with latest: single, the device that carries `latest`
-    rules: list[AliasRule] = Field(default_factory=list)
-
-
-class CiConfig(_Model):
-    """`imagegen ci matrix`: where each cell's job runs (GitHub Actions `runs-on`)."""
-
-    cpu_runs_on: list[str] = Field(default_factory=lambda: ["ubuntu-22.04"])  # hosted runners
-    gpu_runs_on: list[str] = Field(default_factory=lambda: ["self-hosted", "linux", "x64", "gpu"])
-
-    @field_validator("cpu_runs_on", "gpu_runs_on")
-    @classmethod
-    def _labels(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("needs at least one runner label")
-        for label in v:
-            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", label):
-                raise ValueError(f"'{label}' is not a runner label")
-        return v
-
-
-class MatrixFile(_Model):
-    schema_: str | None = Field(default=None, alias="$schema")
-    registry: str | None = None
-    namespace: str | None = None
-    default: str | None = None
-    defaults: Defaults = Field(default_factory=Defaults)
-    bases: dict[str, compat.BaseSpec] = Field(default_factory=dict)
-    indexes: dict[str, IndexDef] = Field(default_factory=dict)
-    frameworks: dict[str, dict[str, VersionEntry]]
-    include: list[IncludeRule] = Field(default_factory=list)
-    exclude: list[ExcludeRule] = Field(default_factory=list)
-    overrides: list[OverrideRule] = Field(default_factory=list)
-    budgets: list[BudgetRule] = Field(default_factory=list)
-    aliases: Aliases = Field(default_factory=Aliases)
-    ci: CiConfig = Field(default_factory=CiConfig)
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
+from .matrix_model import (  # noqa: F401  (the model is part of this module's API)
+    AXES,
+    REGISTRY_RE,
+    REPO_COMPONENT_RE,
+    TAG_RE,
+    Aliases,
+    AliasRule,
+    BaseSetting,
+    Budget,
+    BudgetRule,
+    CiConfig,
+    CudaEntry,
+    Defaults,
+    Device,
+    ExcludeRule,
+    Flavor,
+    IncludeRule,
+    IndexDef,
+    MatrixFile,
+    OverrideRule,
+    Rule,
+    Selector,
+    Slimming,
+    VersionEntry,
+    check_gpu_archs,
+    check_url,
+    is_registry,
+)
 
 # --- cells ------------------------------------------------------------------------------------
 
@@ -345,6 +122,12 @@ class Cell:
         return f"{self.image}:{self.tag}"
 
     @property
+    def local_ref(self) -> str:
+        """The reference in the local engine: `ref`, under IMAGEGEN_LOCAL_PREFIX when set (tests build
+        under their own prefix, e.g. `imagegen-test/`, so they never touch a user's images)."""
+        return local_prefix() + self.ref
+
+    @property
     def id(self) -> str:
         return f"{self.image}-{self.tag}"
 
@@ -376,8 +159,20 @@ class Cell:
             "budget": {"size": self.budget_size, "compressed": self.budget_compressed},
             "excluded": self.excluded, "origin": self.origin, "remote_ref": self.remote_ref,
             "aliases": list(self.aliases),
-            "gpu_archs": list(self.gpu_archs),
+            "local_ref": self.local_ref, "gpu_archs": list(self.gpu_archs),
         }
+
+
+def local_prefix() -> str:
+    """IMAGEGEN_LOCAL_PREFIX: a repository path prefix ending in '/' (e.g. `imagegen-test/`) for every
+    local tag imagegen builds, tests, audits or publishes from; empty by default."""
+    import os
+
+    prefix = os.environ.get("IMAGEGEN_LOCAL_PREFIX", "")
+    if prefix and not (prefix.endswith("/") and all(REPO_COMPONENT_RE.match(p) for p in prefix[:-1].split("/"))):
+        raise UserInputError(f"IMAGEGEN_LOCAL_PREFIX={prefix!r} must be lowercase repository components "
+                             "ending in '/', e.g. imagegen-test/")
+    return prefix
 
 
 def bases_for(matrix: "Matrix") -> dict[str, compat.BaseSpec]:
@@ -504,24 +299,30 @@ def load(path: str | Path) -> Matrix:
 
 def _validate_names(m: Matrix) -> None:
     src, mf = m.src, m.file
-    if mf.registry is not None and not _REGISTRY.match(mf.registry):
+    if mf.registry is not None and not REGISTRY_RE.match(mf.registry):
         raise _fail(src, ("registry",), f"'{mf.registry}' is not a valid registry host[:port]")
     if mf.namespace is not None:
         for part in mf.namespace.split("/"):
-            if not _REPO_COMPONENT.match(part):
+            if not REPO_COMPONENT_RE.match(part):
                 raise _fail(src, ("namespace",), f"'{mf.namespace}' is not a valid image namespace "
                             "(lowercase letters, digits and . _ - separators)")
     for name, spec in mf.bases.items():
         for role, r in spec.roles.items():
-            if spec.source == "registry" and (not r.ref or "@sha256:" not in r.ref):
+            if spec.source == "registry" and (not r.ref or not re.search(r"@sha256:[0-9a-f]{64}$", r.ref)):
                 raise _fail(src, ("bases", name, "roles", role), f"registry base '{name}' role {role} must be "
-                            "pinned by digest (name:tag@sha256:...)")
+                            "pinned by digest (name:tag@sha256:<64 hex digits>)")
+            if spec.source == "registry" and r.variant is not None:
+                raise _fail(src, ("bases", name, "roles", role, "variant"), "'variant' is an mmdebstrap setting; "
+                            "a registry base has none")
+            if spec.source == "bootstrap" and r.ref is not None:
+                raise _fail(src, ("bases", name, "roles", role, "ref"), "'ref' is for registry bases; a bootstrap "
+                            "base is built from its packages (set source: registry to pull a ref)")
             for pkg in r.packages:
                 if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*(:[a-z0-9]+)?(=[A-Za-z0-9.+~:-]+)?", pkg):
                     raise _fail(src, ("bases", name, "roles", role, "packages"), f"'{pkg}' is not a Debian package name")
         _check_mirror = spec.mirror
         try:
-            _check_url(_check_mirror)
+            check_url(_check_mirror)
         except ValueError as exc:
             raise _fail(src, ("bases", name, "mirror"), str(exc)) from None
     for fw_name, versions in mf.frameworks.items():
@@ -548,8 +349,8 @@ def _normalize_cuda(entry: str | CudaEntry) -> CudaEntry:
     return entry if isinstance(entry, CudaEntry) else CudaEntry(version=str(entry))
 
 
-def _rule_matches(rule: Rule, cell: Cell) -> bool:
-    for axis in ("framework", "version", "device", "cuda", "python", "flavor", "base"):
+def _rule_matches(rule: Selector, cell: Cell) -> bool:
+    for axis in AXES + (("base",) if isinstance(rule, Rule) else ()):
         want = getattr(rule, axis)
         if want is not None and str(want) != str(getattr(cell, axis)):
             return False
@@ -663,15 +464,15 @@ def _expand(m: Matrix) -> list[Cell]:
         if gpu_archs and device == "gpu" and path and path[0] == "include":
             # an arch-targeted twin of a cell (issue 12): its kernels are cut to these GPUs, so its tag says
             # so (gpu_archs on a version entry or an override retargets that cell under its own tag)
-            arch_part = "-".join(a.replace("_", "") for a in _check_gpu_archs(list(gpu_archs)))
+            arch_part = "-".join(a.replace("_", "") for a in check_gpu_archs(list(gpu_archs)))
             tag_parts.append(arch_part)
             sel_parts.append(arch_part)
         tag_parts.append(flavor)
         sel_parts.append(flavor)
         tag = "-".join(tag_parts)
-        if not _TAG.match(tag):
+        if not TAG_RE.match(tag):
             raise UserInputError(f"{where}: '{tag}' would not be a valid Docker tag")
-        if not _REPO_COMPONENT.match(fw.image):
+        if not REPO_COMPONENT_RE.match(fw.image):
             raise UserInputError(f"{where}: '{fw.image}' would not be a valid image name")
         proto = Cell(
             framework=fw_name, version=ver, device=device, cuda=cuda_v, cudnn=cudnn_v, python=py,
@@ -725,14 +526,18 @@ def _expand(m: Matrix) -> list[Cell]:
     # overrides, budgets, excludes: applied in file order; later rules win.
     out: list[Cell] = []
     used_excludes: set[int] = set()
+    used_overrides: set[int] = set()
+    used_budgets: set[int] = set()
     for cell in cells:
         slim_override: dict[str, Any] = {}
         extra: list[str] = []
         base_name = cell.base
         size = comp = None
+        base_from = None
         archs = cell.gpu_archs
-        for rule in mf.overrides:
+        for i, rule in enumerate(mf.overrides):
             if _rule_matches(rule, cell):
+                used_overrides.add(i)
                 if rule.gpu_archs and cell.device == "gpu":
                     archs = tuple(rule.gpu_archs)
                 if rule.slimming:
@@ -740,12 +545,13 @@ def _expand(m: Matrix) -> list[Cell]:
                 if rule.extra_requirements:
                     extra.extend(rule.extra_requirements)
                 if rule.base:
-                    base_name = rule.base
+                    base_name, base_from = rule.base, ("overrides", i, "base")
                 if rule.budget:
                     size = rule.budget.size if rule.budget.size is not None else size
                     comp = rule.budget.compressed if rule.budget.compressed is not None else comp
-        for rule in mf.budgets:
+        for i, rule in enumerate(mf.budgets):
             if _rule_matches(rule, cell):
+                used_budgets.add(i)
                 size = rule.size if rule.size is not None else size
                 comp = rule.compressed if rule.compressed is not None else comp
         excluded = None
@@ -753,18 +559,37 @@ def _expand(m: Matrix) -> list[Cell]:
             if _rule_matches(rule, cell):
                 excluded = rule.reason
                 used_excludes.add(i)
-        if base_name not in all_bases:
-            raise UserInputError(f"{cell.origin}: override sets unknown base '{base_name}'")
-        if all_bases[base_name].libc not in cell.fw.libc:
-            raise UserInputError(f"{cell.origin}: {cell.framework} publishes only manylinux wheels, which do not "
-                                 f"run on {all_bases[base_name].libc}; an override puts {cell.ref} on '{base_name}'")
+        if base_from is not None:
+            if base_name not in all_bases:
+                raise _fail(src, base_from, f"override sets unknown base '{base_name}'"
+                            f"{_did_you_mean(base_name, all_bases)}; known: {', '.join(sorted(all_bases))}")
+            new_base = all_bases[base_name]
+            if new_base.libc not in cell.fw.libc:
+                raise _fail(src, base_from, f"{cell.framework} publishes only manylinux wheels, which do not run on "
+                            f"{new_base.libc}; this override puts {cell.ref} on '{base_name}'")
+            if new_base.python != cell.python:
+                raise _fail(src, base_from, f"base '{base_name}' provides Python {new_base.python}, but "
+                            f"{cell.ref} is a Python {cell.python} cell; this override cannot move it there")
+        needed = ("builder", cell.runtime_role)
+        lacking = [r for r in needed if r not in all_bases[base_name].roles]
+        if lacking:
+            where = src.where(("bases", base_name)) if base_name in mf.bases else cell.origin
+            raise UserInputError(f"{where}: base '{base_name}' has no {' or '.join(lacking)} role, which "
+                                 f"{cell.ref} needs (roles: runtime for slim, dev for full, builder for both)")
         out.append(_replace(cell, slimming=_slim_rules(m, slim_override, cell.flavor),
                             requirements=cell.requirements + tuple(extra), base=base_name,
                             budget_size=size, budget_compressed=comp, excluded=excluded,
                             base_spec=all_bases[base_name], gpu_archs=archs))
-    for i, rule in enumerate(mf.exclude):
-        if i not in used_excludes:
-            raise _fail(src, ("exclude", i), "this exclude rule matches no cell (check the pattern)")
+    for section, used in (("exclude", used_excludes), ("overrides", used_overrides), ("budgets", used_budgets)):
+        for i in range(len(getattr(mf, section))):
+            if i not in used:
+                raise _fail(src, (section, i), f"this {section} rule matches no cell (check the pattern)")
+    used_indexes = {i.name for c in out for i in c.indexes}
+    for name in mf.indexes:
+        if name not in used_indexes:
+            known = sorted({n for c in out for n in c.fw.indexes})
+            raise _fail(src, ("indexes", name), f"index '{name}' is used by no cell: a matrix index replaces a "
+                        f"framework's index of the same name ({', '.join(known) or 'none in this matrix'})")
     out = _with_aliases(m, out)
     if mf.default:
         _check_default(m, out)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import docker.errors
 
-from . import bases, closure, compat, engine, hostpip, lockfile, paths, render, wheelhouse
+from . import bases, closure, coldstart, compat, engine, hostpip, lockfile, paths, render, wheelhouse
 from . import lock as lock_stage
 from .build import (
     CONNECTION_LOST,
@@ -235,6 +235,11 @@ def prepare(m: Matrix, cell: Cell, workdir: Path, rendered: render.Rendered | No
     wheelhouse.stage(lk, ctx)
     staged: dict[str, bytes | str] = {"imagegen/closure.txt": closure_txt,
                                       "wheels/requirements.lock": (ctx / "wheels" / "requirements.lock").read_bytes()}
+    if json.loads(rendered.files.get("imagegen/prune.json", "{}")).get("bytecode", {}).get("smoke"):
+        # traced at build time: the bytecode of what the first inference loads (compile_bytecode.py)
+        smoke = compat.smoke_script(cell.fw).read_bytes()
+        (ctx / "imagegen" / "smoke.py").write_bytes(smoke)
+        staged["imagegen/smoke.py"] = smoke
     if (ctx / "wheels" / "tools.lock").exists():
         staged["wheels/tools.lock"] = (ctx / "wheels" / "tools.lock").read_bytes()
     for k, v in labels.items():
@@ -284,7 +289,7 @@ def _unchanged(cell: Cell, *, run_tests: bool, progress: Progress, junit_dir: Pa
     passing test record (testrecord); otherwise run the suite on it now (unless --no-test)."""
     from . import testrecord, testrun
 
-    info = engine.api().inspect_image(cell.ref)
+    info = engine.api().inspect_image(cell.local_ref)
     if not run_tests or testrecord.find(info["Id"]):
         progress.finish(cell, "up to date (skipped)")
         note = "inputs unchanged" if testrecord.find(info["Id"]) else "inputs unchanged; untested (--no-test)"
@@ -322,7 +327,7 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
     lpath = lock_path(m, cell)
     if not force:
         quick = quick_key(rendered, base_ids(cell), lpath.read_bytes() if lpath.exists() else b"")
-        if up_to_date(stamped_digest(cell, quick), current_digest(cell.ref)):
+        if up_to_date(stamped_digest(cell, quick), current_digest(cell.local_ref)):
             return _unchanged(cell, run_tests=run_tests, progress=progress, junit_dir=junit_dir, t0=t0)
     root = paths.cache_root()
     root.mkdir(parents=True, exist_ok=True)
@@ -335,7 +340,7 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
         progress.update(cell, "preparing: lock, bases, wheelhouse, closure")
         prep = prepare(m, cell, workdir, rendered)
         quick = quick_key(rendered, prep.base_ids, prep.lock_path.read_bytes())
-        if up_to_date(prep.digest, current_digest(cell.ref), force=force):
+        if up_to_date(prep.digest, current_digest(cell.local_ref), force=force):
             write_stamp(cell, quick, prep.digest)
             return _unchanged(cell, run_tests=run_tests, progress=progress, junit_dir=junit_dir, t0=t0)
         try:
@@ -347,7 +352,7 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
                 _evict_and_raise(m, cell, exc)
             raise
         ACTIVE.add("images", image_id)
-        report = prune_report_from_log(log_path)
+        report = coldstart.annotate_prune_report(cell.ref, prune_report_from_log(log_path))
         if run_tests:
             progress.update(cell, "testing")
             from . import testrun
@@ -357,7 +362,7 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
                 raise GateFailed(f"{cell.ref}: built image {image_id[:19]} failed its tests "
                                  f"({'; '.join(summary.reasons())[:400] or 'no checks ran'}); the tag was not "
                                  f"moved; JUnit XML: {summary.junit_path}")
-        engine.api().tag(image_id, cell.ref.rsplit(":", 1)[0], cell.ref.rsplit(":", 1)[1], force=True)
+        engine.api().tag(image_id, cell.local_ref.rsplit(":", 1)[0], cell.local_ref.rsplit(":", 1)[1], force=True)
         ACTIVE.discard("images", image_id)
         write_stamp(cell, quick, prep.digest)
         size = engine.api().inspect_image(image_id)["Size"]

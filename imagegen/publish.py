@@ -133,7 +133,7 @@ def credentials(registry: str) -> tuple[str, str] | None:
 
 def _local_image(cell: Cell) -> dict:
     try:
-        info = engine.api().inspect_image(cell.ref)
+        info = engine.api().inspect_image(cell.local_ref)
     except docker.errors.ImageNotFound:
         raise UserInputError(f"{cell.ref} is not built here; run `imagegen build --variant {cell.ref}` first") from None
     if LABEL_DIGEST not in ((info.get("Config") or {}).get("Labels") or {}):

@@ -66,6 +66,7 @@ def prune_config(cell: Cell) -> dict:
         "rules": rules,
         "globs": globs,
         "protect": data.get("protect", []),
+        "bytecode": bytecode_config(cell),
         "cuda": None,
     }
     archs = cuda_archs(cell)
@@ -109,7 +110,9 @@ def runtime_env(cell: Cell) -> list[tuple[str, str]]:
         ("LANG", "C.UTF-8"),
         ("PYTHONUNBUFFERED", "1"),
     ]
-    if cell.slimming.bytecode == "drop":
+    if cell.slimming.bytecode in ("compile", "drop"):
+        # compile: the shipped .pyc files are unchecked-hash and are read, never rewritten; this
+        # only keeps Python from writing .pyc files for anything else (e.g. a mounted script)
         env.append(("PYTHONDONTWRITEBYTECODE", "1"))
     if cell.device == "gpu":
         env += [
@@ -118,6 +121,35 @@ def runtime_env(cell: Cell) -> list[tuple[str, str]]:
             ("NVIDIA_REQUIRE_CUDA", f"cuda>={cell.cuda}"),
         ]
     return env
+
+
+def bytecode_config(cell: Cell) -> dict:
+    """What the builder's bytecode step needs (imagegen/scripts/compile_bytecode.py):
+    trace: `compile` and `drop` trace what `import <framework>` loads, with the closure's
+    libraries (the sysroot stage's output, copied to /tmp/sysroot) on the loader path;
+    smoke: and what the framework's CPU smoke inference loads (CPU cells whose smoke script needs
+    no host-made data; the build stages the script as imagegen/smoke.py);
+    stdlib: the runtime's standard library, when the cell ships bytecode and its runtime role was
+    unpacked without maintainer scripts (mmdebstrap `extract`: Debian's py3compile never ran, so
+    it has no .pyc); its sources are copied to `src` in the builder."""
+    mode = cell.slimming.bytecode
+    base = cell.base_spec
+    role = base.role(cell.runtime_role) if base is not None and cell.runtime_role in base.roles else None
+    trace = mode in ("compile", "drop")
+    stdlib = None
+    if mode in ("compile", "all") and role is not None and role.variant == "extract":
+        stdlib = {"src": "/tmp/stdlib", "ddir": f"/usr/lib/python{cell.python}"}
+    smoke = None
+    if trace and cell.device == "cpu" and "def host_prepare(" not in compat.smoke_script(cell.fw).read_text():
+        smoke = "/opt/imagegen-build/smoke.py"  # staged by the build (imagegen/smoke.py in the context)
+    return {
+        "trace": trace,
+        "import": cell.fw.import_name if trace else None,
+        "smoke": smoke,
+        "python": f"{VENV}/bin/python",
+        "libdirs": ["/tmp/sysroot/usr/lib/x86_64-linux-gnu", "/tmp/sysroot/lib/x86_64-linux-gnu"] if trace else [],
+        "stdlib": stdlib,
+    }
 
 
 def dlopen_names(cell: Cell) -> list[str]:
@@ -182,6 +214,7 @@ def render_cell(m: Matrix, cell: Cell, tdir: Path | None = None) -> Rendered:
         "cuda_archs": cfg.get("cuda_archs"),
         "driver_min": compat.cuda().releases[cell.cuda].driver_min if cell.cuda else None,
         "env": [f"{k}={shlex.quote(v)}" for k, v in runtime_env(cell)],
+        "bytecode": cfg["bytecode"],
     }
     try:
         dockerfile = env.get_template("Dockerfile.j2").render(**ctx)
@@ -257,6 +290,7 @@ def build_context_files(cell: Cell | None = None) -> dict[str, Path]:
         "imagegen/prune.py": SCRIPTS / "prune.py",
         "imagegen/elfmini.py": SCRIPTS / "elfmini.py",
         "imagegen/install.py": SCRIPTS / "install.py",
+        "imagegen/compile_bytecode.py": SCRIPTS / "compile_bytecode.py",
         "imagegen/sysroot.py": SCRIPTS / "sysroot.py",
     }
     if cell is not None and cuda_archs(cell):

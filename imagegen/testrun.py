@@ -18,7 +18,7 @@ SHELL_PACKAGES = {"dash", "bash", "busybox", "busybox-static", "zsh"}
 
 
 def target_for(cell: Cell, image: str | None = None) -> TestTarget:
-    ref = image or cell.ref
+    ref = image or cell.local_ref
     try:
         labels = (engine.api().inspect_image(ref).get("Config") or {}).get("Labels") or {}
     except docker.errors.ImageNotFound:
@@ -48,7 +48,7 @@ def split_built(cells: list[Cell]) -> tuple[list[Cell], list[Cell]]:
     built, missing = [], []
     for c in cells:
         try:
-            api.inspect_image(c.ref)
+            api.inspect_image(c.local_ref)
             built.append(c)
         except docker.errors.ImageNotFound:
             missing.append(c)

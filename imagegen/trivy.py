@@ -447,7 +447,7 @@ def scan_cell(cell, reports: Path, opts: Options = Options(), *, vuln: bool = Tr
     are collected in `CellScan.problems`; the SBOM and secret scan run even when the DB is missing."""
     res = CellScan(cell.ref)
     with tempfile.TemporaryDirectory(prefix="imagegen-scan-") as tmp:
-        archive = archive or save_image(cell.ref, Path(tmp) / "image.tar")
+        archive = archive or save_image(cell.local_ref, Path(tmp) / "image.tar")
         res.sbom = sbom(archive, reports / f"sbom-{cell.id}.cdx.json", opts)
         want = expects_os(cell)
         if want and not (res.sbom.os or "").lower().startswith(want):

@@ -44,12 +44,23 @@ apt_get() {
   die "apt-get $* failed 5 times"
 }
 
-installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
-has_candidate() { apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [^(]'; }
+# No `cmd | grep -q` under `set -o pipefail`: grep exits at the first match, the writer dies of
+# SIGPIPE (141) and the pipeline fails although grep matched. Capture the output, then test it.
+installed() {
+  local status
+  status="$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" || return 1
+  [[ "$status" == *"install ok installed"* ]]
+}
+has_candidate() {
+  local policy
+  policy="$(apt-cache policy "$1" 2>/dev/null)" || return 1
+  [[ "$policy" =~ Candidate:\ [^\(] ]]
+}
 
 if [[ "${IMAGEGEN_SKIP_APT:-0}" != "1" ]]; then
   command -v apt-get >/dev/null || die "apt-get not found: this script supports Debian and Ubuntu"
-  # gcc + libc6-dev: stub libraries for the GPU readiness probe tests (tests/unit/test_gpu_probe.py)
+  # gcc + libc6-dev: the tests compile stub shared libraries (fake CUDA libraries, ELF fixtures); iproute2: the
+  # fault tests give their private dockerd its own bridge
   wanted=(mmdebstrap binutils strace docker-registry busybox-static ca-certificates uidmap curl gcc libc6-dev iproute2)
   # An engine from elsewhere (docker-ce, a systemd unit) is kept: docker.io would conflict with it.
   if ! command -v dockerd >/dev/null; then wanted+=(docker.io); fi
@@ -67,7 +78,7 @@ if [[ "${IMAGEGEN_SKIP_APT:-0}" != "1" ]]; then
     final=()
     for p in "${missing[@]}"; do
       if [[ "$p" == chromium ]] && ! has_candidate chromium; then
-        if has_candidate chromium-browser; then final+=(chromium-browser); else say "no chromium package: audit browser tests will skip"; fi
+        if has_candidate chromium-browser; then final+=(chromium-browser); else say "warning: no chromium package: the audit's browser test will fail"; fi
       else
         final+=("$p")
       fi

@@ -3,6 +3,12 @@
 # included, via scripts/setup.sh), then runs the unit, engine and CPU integration tests.
 # GPU-cell builds (several GB) are opt-in: IMAGEGEN_GPU_CELLS=1 bash scripts/test.sh
 set -euo pipefail
+# Root is needed (apt, dockerd, the engine's socket). As root: go on, no sudo needed (a fresh machine
+# may have none). Otherwise run this script again through sudo.
+if [[ "$(id -u)" -ne 0 ]]; then
+  command -v sudo >/dev/null || { echo "$(basename "$0"): run as root (sudo is not installed)" >&2; exit 1; }
+  exec sudo --preserve-env=IMAGEGEN_CACHE,IMAGEGEN_GPU_CELLS,IMAGEGEN_PYTHON,PIP_CERT,PIP_INDEX_URL bash "$0" "$@"
+fi
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 mkdir -p reports
@@ -11,4 +17,6 @@ if [[ "${IMAGEGEN_GPU_CELLS:-0}" != "1" ]]; then
   markers="(${markers}) and not gpu_cell"
 fi
 # pytest exits 5 when it collects no test; with `set -e` that fails this script, as it must.
-exec python3 -m pytest -m "${markers}" --junitxml=reports/junit.xml "$@"
+# --strict-skips: any skip whose reason is not in tests/allowed-skips.txt (no NVIDIA GPU,
+# IMAGEGEN_GPU_CELLS not set) fails the run and is named in the summary.
+exec python3 -m pytest -m "${markers}" --strict-skips --junitxml=reports/junit.xml "$@"

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+# The skip policy of scripts/test.sh (--strict-skips), in its own module so it can be tested.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from skip_policy import (  # noqa: E402,F401  (pytest hooks, registered by being names of this conftest)
+    pytest_addoption,
+    pytest_configure,
+    pytest_runtest_logreport,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -8,6 +8,7 @@ import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass
 
+from .. import coldstart
 from .categories import CATEGORIES, category_of, group_of, rule_for_file
 from ..scripts.elfmini import strip_hazard
 from ..savestream.fsview import SymlinkLoop, View
@@ -249,7 +250,10 @@ def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id
     s("tests", cats_sum("tests"), "drop test suites shipped inside Python packages and the standard library")
     s("headers", cats_sum("headers"), "drop C/C++/CUDA headers from the runtime image")
     s("static_libs", cats_sum("static_libs"), "drop static libraries (.a)")
-    s("bytecode", cats_sum("bytecode"), "drop .pyc files (Python rebuilds them; or keep and set PYTHONDONTWRITEBYTECODE)")
+    labels = ((scan.config or {}).get("config") or {}).get("Labels") or {}
+    bytecode_rule = coldstart.bytecode_tradeoff(labels.get("io.imagegen.cell"), cats_sum("bytecode"))
+    s("bytecode", cats_sum("bytecode"), bytecode_rule["text"] + ". Without .pyc, Python compiles every module "
+      "it imports on every container start (a read-only root or another user cannot cache them)")
     s("strip", strip_bytes, f"strip debug sections and symbol tables of {strip_files} ELF file(s)"
       + (f"; {strip_skipped} auditwheel-repaired file(s) in *.libs/ left out: stripping corrupts them"
          if strip_skipped else ""))
@@ -285,6 +289,7 @@ def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id
             "save_stream": scan.save_bytes,
         },
         "compressed_note": NOTE_GZIP, "compressed_mode": gzip_mode,
+        "bytecode_rule": bytecode_rule,
         "layers": layers,
         "categories": cats,
         "category_groups": dict(sorted(groups_b.items(), key=lambda kv: -kv[1])),

@@ -112,6 +112,8 @@ def print_report(report: dict, console: Console, *, top: int = 20) -> None:
             st.add_row(human(s["bytes"]), s["rule"] or "(none)", Text(s["text"]))
         console.print(st)
         console.print()
+    if r.get("bytecode_rule"):
+        console.print(Text("trade-off: " + r["bytecode_rule"]["text"]))
     for p in r["problems"]:
         console.print(Text(f"note: {p}", style="yellow"))
 

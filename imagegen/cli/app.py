@@ -13,6 +13,7 @@ import typer
 from .. import __version__
 from ..console import err, out
 from ..errors import ImagegenError, UserInputError
+from . import userpaths
 
 app = typer.Typer(
     name="imagegen",
@@ -26,7 +27,8 @@ app = typer.Typer(
 
 MatrixOpt = Annotated[
     Path,
-    typer.Option("--matrix", "-m", envvar="IMAGEGEN_MATRIX", help="The matrix file.", show_default=True),
+    typer.Option("--matrix", "-m", envvar="IMAGEGEN_MATRIX", help="The matrix file.", show_default=True,
+                 callback=userpaths.input_file),
 ]
 VariantOpt = Annotated[
     Optional[list[str]],
@@ -93,4 +95,8 @@ def main() -> None:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         err.print(f"error: {message}", markup=False, style="red")
         sys.exit(getattr(exc, "exit_code", 2))
+    except OSError as exc:  # a file or device failed mid-run (disk full, permissions): one line, not a traceback
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        err.print(f"error: {where}{exc.strerror or exc}", markup=False, style="red")
+        sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)

@@ -14,6 +14,7 @@ import typer
 from ..console import err, out
 from ..errors import UserInputError
 from ..units import parse_size
+from . import userpaths
 from .app import MatrixOpt, app, load_matrix
 
 
@@ -28,7 +29,7 @@ def _trace_variant(matrix: Path, selector: str) -> tuple[str, list[str]]:
     built, _ = testrun.split_built([cell])
     if not built:
         raise UserInputError(f"{cell.ref} is not built here; run `imagegen build --variant {cell.ref}` first")
-    return cell.ref, testrun.smoke_argv(cell, device="cpu")
+    return cell.local_ref, testrun.smoke_argv(cell, device="cpu")
 
 
 def _parse_max(items: list[str]) -> dict[str, int]:
@@ -60,10 +61,10 @@ def audit_command(
                                                            show_default=False)] = None,
     compare_with: Annotated[Optional[str], typer.Option("--compare", metavar="IMAGE_B",
                                                         help="Show IMAGE and IMAGE_B side by side, with the difference.")] = None,
-    from_tar: Annotated[Optional[str], typer.Option("--from-tar", metavar="FILE",
-                                                    help="Audit a `docker save` tarball instead of a local image.")] = None,
+    from_tar: Annotated[Optional[Path], typer.Option("--from-tar", metavar="FILE", callback=userpaths.input_file,
+                                                     help="Audit a `docker save` tarball instead of a local image.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
-    html: Annotated[Optional[str], typer.Option("--html", metavar="FILE",
+    html: Annotated[Optional[Path], typer.Option("--html", metavar="FILE", callback=userpaths.output_file,
                                                 help="Write a self-contained HTML page (treemap + tables).")] = None,
     top: Annotated[int, typer.Option("--top", min=1, help="Rows in top-N tables.")] = 20,
     compressed: Annotated[bool, typer.Option("--compressed/--no-compressed",
@@ -113,7 +114,7 @@ def audit_command(
     if command:
         raise UserInputError(f"unexpected arguments: {' '.join(command)}")
 
-    a = audit(image, tarball=from_tar, compressed=compressed, top=top, log=_log)
+    a = audit(image, tarball=str(from_tar) if from_tar else None, compressed=compressed, top=top, log=_log)
     report = a.report
     b = None
     if compare_with:
@@ -122,7 +123,8 @@ def audit_command(
         from ..audit.html import write
 
         try:
-            write(a, html, top=top)
+            html.parent.mkdir(parents=True, exist_ok=True)
+            write(a, str(html), top=top)
         except OSError as exc:
             raise UserInputError(f"cannot write {html}: {exc.strerror or exc}") from None
     if json_out:

@@ -12,11 +12,13 @@ import typer
 from ..console import out
 from ..errors import GateFailed, UserInputError
 from ..units import format_size
+from . import userpaths
 from .app import app, base_app
 
 BasesMatrixOpt = Annotated[Optional[Path], typer.Option(
     "--matrix", "-m", envvar="IMAGEGEN_MATRIX",
-    help="Also use the bases a matrix file defines (default: ./matrix.yaml when it exists).")]
+    help="Also use the bases a matrix file defines (default: ./matrix.yaml when it exists).",
+    callback=userpaths.input_file)]
 
 
 @base_app.command("list")

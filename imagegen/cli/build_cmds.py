@@ -12,6 +12,7 @@ from rich.table import Table
 
 from ..console import err, out
 from ..errors import ImagegenError, UserInputError
+from . import userpaths
 from .app import AllOpt, JsonOpt, MatrixOpt, VariantOpt, app, select_cells
 
 
@@ -25,7 +26,8 @@ def build(
     no_test: Annotated[bool, typer.Option("--no-test", help="Tag without running the image test suite.")] = False,
     keep_cache: Annotated[bool, typer.Option("--keep-cache", help="Keep the builder stages' intermediate images "
                                                                    "(faster rebuilds after a change, GBs of disk).")] = False,
-    junit: Annotated[Optional[Path], typer.Option("--junit", help="Directory for the tests' JUnit XML.")] = None,
+    junit: Annotated[Optional[Path], typer.Option("--junit", help="Directory for the tests' JUnit XML.",
+                                                            callback=userpaths.output_dir)] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not reuse the engine's layer cache (cold build).")]
     = False,
     json_out: JsonOpt = False,
@@ -44,7 +46,8 @@ def build(
     results = pipeline.build_cells(m, cells, jobs=jobs, force=force, run_tests=not no_test,
                                     keep_cache=keep_cache, junit_dir=junit, no_cache=no_cache)
     if json_out:
-        out.print_json(data=[{"ref": r.cell.ref, "status": r.status, "image_id": r.image_id,
+        out.print_json(data=[{"ref": r.cell.ref, "local_ref": r.cell.local_ref, "status": r.status,
+                              "image_id": r.image_id,
                               "seconds": round(r.seconds, 2), "size": r.size, "message": r.message,
                               "closure": r.closure, "prune": r.prune_report,
                               "log": str(r.log_path) if r.log_path else None} for r in results])
@@ -83,9 +86,10 @@ def test_cmd(
     matrix: MatrixOpt = Path("matrix.yaml"),
     variant: VariantOpt = None,
     all_: AllOpt = False,
-    junit: Annotated[Optional[Path], typer.Option("--junit", help="JUnit XML file (or directory) to write.")]
+    junit: Annotated[Optional[Path], typer.Option("--junit", help="JUnit XML file (or directory) to write.",
+                                                             callback=userpaths.output_file_or_dir)]
     = Path("reports/junit-images.xml"),
-    check: Annotated[Optional[list[str]], typer.Option("--check", help="Only these check modules (smoke, "
+    check: Annotated[Optional[list[str]], typer.Option("--check", help="Only these check modules (smoke, bytecode, "
                                                        "gpu_ready, tag, policy, budget, hardening).")] = None,
     keyword: Annotated[Optional[str], typer.Option("-k", help="pytest -k expression over check names.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show every check as it runs.")] = False,

@@ -10,6 +10,7 @@ import typer
 from ..console import out
 from ..errors import ImagegenError, UserInputError
 from ..units import format_size
+from . import userpaths
 from .app import AllOpt, JsonOpt, MatrixOpt, VariantOpt, app, cache_app, select_cells
 
 if TYPE_CHECKING:
@@ -92,7 +93,8 @@ def _lock_files(paths: list[Path] | None) -> list[Path]:
 
 @app.command("fetch")
 def fetch_command(
-    locks: Annotated[Optional[list[Path]], typer.Argument(help="Lock files or directories (default: locks/).")] = None,
+    locks: Annotated[Optional[list[Path]], typer.Argument(help="Lock files or directories (default: locks/).",
+                                                                  callback=userpaths.input_files_or_dirs)] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, max=16, help="Parallel downloads.")] = 4,
 ) -> None:
     """Fill the wheel cache from lock files (no resolution): each distinct wheel is downloaded once."""
@@ -110,7 +112,8 @@ def fetch_command(
 @cache_app.command("prune")
 def prune_command(
     locks: Annotated[Optional[list[Path]], typer.Argument(help="Keep the wheels of these lock files or "
-                                                               "directories (default: locks/).")] = None,
+                                                               "directories (default: locks/).",
+                                                               callback=userpaths.input_files_or_dirs)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Only report what would be removed.")] = False,
 ) -> None:
     """Remove cached wheels that none of the given locks reference."""

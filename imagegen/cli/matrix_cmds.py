@@ -12,6 +12,7 @@ from rich.table import Table
 
 from ..console import err, out
 from ..errors import ImagegenError, UserInputError
+from . import userpaths
 from .app import AllOpt, JsonOpt, MatrixOpt, VariantOpt, app, load_matrix
 
 
@@ -70,13 +71,15 @@ def list_cells(
 
 @app.command()
 def schema(
-    out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write to this file instead of stdout.")] = None,
+    out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write to this file instead of stdout.",
+                                                     callback=userpaths.output_file)] = None,
 ) -> None:
     """The JSON Schema of matrix.yaml, for editor completion (yaml-language-server)."""
     from ..matrix import json_schema
 
     text = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
     if out_file:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
         out_file.write_text(text)
         err.print(f"wrote {out_file}")
     else:
@@ -89,7 +92,8 @@ def render(
     variant: VariantOpt = None,
     all_: AllOpt = False,
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write one folder per cell here "
-                                                    "(default: print the Dockerfile).")] = None,
+                                                    "(default: print the Dockerfile).",
+                                                    callback=userpaths.output_dir)] = None,
     check: Annotated[bool, typer.Option("--check", help="Fail if the files under --out (default dockerfiles/) "
                                                        "drifted from the templates.")] = False,
 ) -> None:

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from ..console import err, out
 from ..errors import GateFailed, UserInputError
+from . import userpaths
 from .app import AllOpt, JsonOpt, MatrixOpt, VariantOpt, app, select_cells
 
 
@@ -24,13 +25,14 @@ def scan(
     fail_on: Annotated[Optional[str], typer.Option("--fail-on", help="Exit 1 if a vulnerability not ignored is at "
                                                    "this severity or above (LOW, MEDIUM, HIGH, CRITICAL).")] = None,
     ignore_file: Annotated[Optional[Path], typer.Option("--ignore-file", help="YAML `ignore: [{id, reason, expires: "
-                                                        "YYYY-MM-DD, package?}]`; an expired entry fails the scan.")]
+                                                        "YYYY-MM-DD, package?}]`; an expired entry fails the scan.",
+                                                        callback=userpaths.input_file)]
     = None,
     ignore_unfixed: Annotated[bool, typer.Option("--ignore-unfixed", help="Only vulnerabilities with a fix.")] = False,
     no_vuln: Annotated[bool, typer.Option("--no-vuln", help="SBOM and secret scan only (no vulnerability DB at "
                                                            "hand).")] = False,
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="trivy's cache (a pre-seeded DB lives in "
-                                                      "DIR/db/trivy.db).")] = None,
+                                                      "DIR/db/trivy.db).", callback=userpaths.output_dir)] = None,
     skip_db_update: Annotated[bool, typer.Option("--skip-db-update", help="Use the DB in --cache-dir; never "
                                                  "download it.")] = False,
     offline_scan: Annotated[bool, typer.Option("--offline-scan", help="No network at all during the scan.")] = False,
@@ -38,7 +40,7 @@ def scan(
                                                          "(default ghcr.io/aquasecurity/trivy-db).")] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Same as --skip-db-update --offline-scan.")] = False,
     reports: Annotated[Path, typer.Option("--reports", help="Where the SBOMs (sbom-<cell>.cdx.json) and scan "
-                                          "reports (scan-<cell>.json) go.")] = Path("reports"),
+                                          "reports (scan-<cell>.json) go.", callback=userpaths.output_dir)] = Path("reports"),
     json_out: JsonOpt = False,
 ) -> None:
     """Per cell: CycloneDX SBOM, secret scan (must be clean), vulnerability scan (trivy, through plumbum)."""
@@ -102,7 +104,8 @@ def publish(
                                          "(5xx, 429, reset, timeout) of the push or of a registry request.")] = 3,
     retry_backoff: Annotated[float, typer.Option("--retry-backoff", min=0.0, max=300.0, help="First retry delay "
                                                  "in seconds; doubles each retry (at most 30 s).")] = 1.0,
-    report: Annotated[Path, typer.Option("--report", help="Where to write the publish report (JSON).")]
+    report: Annotated[Path, typer.Option("--report", help="Where to write the publish report (JSON).",
+                                         callback=userpaths.output_file)]
     = Path("reports/publish.json"),
     json_out: JsonOpt = False,
 ) -> None:

@@ -1,5 +1,7 @@
 """pytest plugin loaded with `-p imagegen.imagetest.plugin` in the suite's pytest process:
-writes one JSON line per check result to $IMAGEGEN_TEST_RESULTS for the rich summary."""
+writes one JSON line per check result to $IMAGEGEN_TEST_RESULTS for the rich summary, with the
+check's recorded figures (`request.node.user_properties` beyond image/check, e.g. the smoke
+test's cpu_import_s and cpu_first_inference_s)."""
 
 from __future__ import annotations
 
@@ -25,8 +27,9 @@ def pytest_runtest_logreport(report) -> None:
     props = dict(report.user_properties)
     r = _results.setdefault(report.nodeid, {
         "nodeid": report.nodeid, "image": props.get("image", ""), "check": props.get("check", report.nodeid),
-        "outcome": "passed", "seconds": 0.0, "message": "",
+        "outcome": "passed", "seconds": 0.0, "message": "", "properties": {},
     })
+    r["properties"].update({k: v for k, v in props.items() if k not in ("image", "check")})
     r["seconds"] += report.duration
     if report.failed:
         r["outcome"] = "error" if report.when != "call" else "failed"

@@ -35,6 +35,7 @@ class CheckResult:
     outcome: str  # passed | failed | error | skipped
     seconds: float
     message: str = ""
+    properties: dict = field(default_factory=dict)  # figures a check recorded (JUnit <property>), not gates
 
 
 @dataclass
@@ -147,6 +148,8 @@ def print_summary_table(summary: Summary, console=None) -> None:
                       Text(str(f), style="bold red" if f else ""),
                       str(sum(1 for r in rs if r.outcome == "skipped")), f"{sum(r.seconds for r in rs):.1f}s")
     out.print(table)
+    for line in timing_lines(summary):
+        out.print(Text(line))
     for r in summary.failures:
         out.print(Text.assemble(("FAIL ", "bold red"), (f"{r.check} ", "bold"), r.message))
     skips: dict[str, list[str]] = defaultdict(list)
@@ -160,3 +163,16 @@ def print_summary_table(summary: Summary, console=None) -> None:
     out.print(Text.assemble((f"{verdict}: ", "bold green" if summary.ok else "bold red"),
                             f"{summary.passed} passed, {summary.failed} failed, {summary.skipped} skipped "
                             f"in {summary.seconds:.1f}s; JUnit XML: {summary.junit_path}"))
+
+
+def timing_lines(summary: Summary) -> list[str]:
+    """One line per image whose smoke test recorded its cold-start figures (seconds inside the
+    container: `import <framework>`, then the first inference; figures, not gates)."""
+    lines = []
+    for r in summary.results:
+        p = r.properties
+        for mode in ("cpu", "gpu"):
+            if f"{mode}_import_s" in p:
+                lines.append(f"timing {r.image}: {mode.upper()} smoke: import {float(p[f'{mode}_import_s']):.2f} s, "
+                             f"first inference {float(p.get(f'{mode}_first_inference_s', 0)):.2f} s")
+    return lines

@@ -30,6 +30,7 @@ POLICY_RULES: dict[str, str] = {
     "single_python": "exactly one Python installation",
     "deps_consistent": "every installed distribution's requirements are satisfied (pip check)",
     "labels": "OCI and imagegen labels present and matching the cell",
+    "bytecode_compiled": "what `import <framework>` loads has unchecked-hash bytecode, and a start rewrites none",
 }
 
 # Labels every image must carry; values for the ones a cell determines are in TestTarget.labels.
@@ -153,6 +154,8 @@ def policy_for(flavor: str, slimming: dict[str, Any] | None = None) -> dict[str,
         if s.get(key) is not None:
             for r in rules:
                 base[r] = base[r] and bool(s[key])
+    # bytecode_compiled is a promise of imagegen's build (`slimming: {bytecode: compile}`)
+    base["bytecode_compiled"] = base["bytecode_compiled"] and s.get("bytecode") == "compile"
     return base
 
 

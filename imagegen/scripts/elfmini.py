@@ -172,6 +172,23 @@ def strip_hazard(rel_path: str, runpaths: "list[str] | tuple[str, ...]" = (), pa
     return None
 
 
+def same_memory_image(before: ElfFile, after: ElfFile) -> str | None:
+    """Why `after` (a stripped copy of `before`) would not load the way `before` does, or None.
+
+    The loader needs every PT_LOAD's file offset congruent with its address modulo its alignment
+    (the "ELF load command address/offset not page-aligned" failure of pypa/manylinux#119), and
+    stripping must not move the memory image: the same PT_LOAD addresses and permissions (a segment
+    may get shorter: strip trims the string table patchelf appended, e.g. oneDNN in Paddle 3.3.1)."""
+    loads_a = [(v, f) for t, f, _o, v, _fs, _m, _al in before.segments if t == PT_LOAD]
+    loads_b = [(v, f) for t, f, _o, v, _fs, _m, _al in after.segments if t == PT_LOAD]
+    if loads_a != loads_b:  # sizes may shrink (strip trims patchelf's .dynstr segment), addresses may not move
+        return "its PT_LOAD segments moved"
+    for t, _f, off, vaddr, _fs, _m, align in after.segments:
+        if t == PT_LOAD and align > 1 and off % align != vaddr % align:
+            return f"a PT_LOAD at 0x{vaddr:x} is no longer congruent with its file offset 0x{off:x}"
+    return None
+
+
 def strip_hazard_of(rel_path: str, elf: ElfFile) -> str | None:
     """`strip_hazard` for a parsed file."""
     return strip_hazard(rel_path, elf.runpath + elf.rpath, elf.patchelf_layout())

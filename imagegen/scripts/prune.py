@@ -3,6 +3,8 @@
 
 Each rule removes one kind of thing and reports the bytes it saved. Rules that are off in
 prune.json are measured anyway ("would save"), so the build log shows what they'd give.
+Last, the bytecode step compiles what is left (compile_bytecode.py), in the same RUN as the
+install, so no layer holds the environment both with and without .pyc files.
 Also prepares GPU library links and the loader configuration (ld.so.conf.d) for the runtime.
 
 Writes <stage>/etc/imagegen/prune-report.json and prints it on one line prefixed with
@@ -60,6 +62,7 @@ class Pruner:
         self.rules = cfg["rules"]
         self.globs = cfg["globs"]
         self.protect = cfg.get("protect", [])
+        self.stage = Path("/opt/imagegen-stage")  # main() sets the --stage directory
         self.report: dict[str, dict] = {}
 
     # -- helpers ------------------------------------------------------------------------------
@@ -87,8 +90,6 @@ class Pruner:
 
     def apply(self, rule: str, paths: list[Path]) -> None:
         on = bool(self.rules.get(rule))
-        if rule == "bytecode":
-            on = self.rules.get("bytecode") == "drop"
         saved = 0
         count = 0
         for p in paths:
@@ -112,7 +113,7 @@ class Pruner:
         for rule in sorted(self.globs):  # path rules, from imagegen/data/prune.yaml + the framework's data
             paths = [p for g in self.globs[rule] for p in self.expand(g)]
             self.apply(rule, paths)
-        tests, headers, static, caches, bytecode = [], [], [], [], []
+        tests, headers, static, caches = [], [], [], []
         for root, dirs, files in self.walk():
             for d in list(dirs):
                 p = root / d
@@ -125,8 +126,7 @@ class Pruner:
                     headers.append(p)
                     dirs.remove(d)
                 elif d == "__pycache__":
-                    bytecode.append(p)
-                    dirs.remove(d)
+                    dirs.remove(d)  # the bytecode step replaces it
                 elif d in (".cache", "pip-cache"):
                     caches.append(p)
                     dirs.remove(d)
@@ -136,15 +136,49 @@ class Pruner:
                     headers.append(p)
                 elif f.endswith(".a") and not p.is_symlink():
                     static.append(p)
-                elif f.endswith(".pyc"):
-                    bytecode.append(p)
         self.apply("tests", tests)
         self.apply("headers", headers)
         self.apply("static_libs", static)
         self.apply("caches", caches)
-        self.apply("bytecode", bytecode)
         self.strip()
+        self.bytecode()
         return self.report
+
+    def bytecode(self) -> None:
+        """Last, on what the other rules left (compile_bytecode.py says why, and how):
+        `compile` (slim default): unchecked-hash .pyc for what `import <framework>` loads, traced
+        here with the environment's own Python, in the venv and (from a copy of the runtime's
+        sources, into the stage) in the runtime's standard library; `all`: every source;
+        `keep` (full): timestamp-checked .pyc for every source, so an edited source is picked up;
+        `drop`: none, and the report says what `compile` would have shipped in the venv."""
+        import compile_bytecode as bc
+
+        mode = self.rules.get("bytecode") or "compile"
+        spec = self.cfg.get("bytecode") or {}
+        bc.remove_bytecode(self.venv)  # whatever the installer wrote, before pruning
+        std = spec.get("stdlib")
+        stdlib = (Path(std["src"]), std["ddir"], self.stage) if std and mode in ("compile", "all") else None
+        if mode == "keep":
+            res = {"scope": "all", "venv": bc.compile_tree(self.site, mode="timestamp"), "stdlib": None,
+                   "trace_error": ""}
+        elif mode == "all" or not spec.get("import"):
+            res = {"scope": "all", "venv": bc.compile_tree(self.site), "stdlib": None, "trace_error": ""}
+            if stdlib:
+                res["stdlib"] = bc.compile_tree(stdlib[0], ddir=stdlib[1])
+                bc.move_pycache(stdlib[0], stdlib[2] / stdlib[1].lstrip("/"))
+        else:
+            res = bc.compile_imported(self.site, spec.get("python") or str(self.venv / "bin" / "python"),
+                                      spec["import"], libdirs=spec.get("libdirs") or [], stdlib=stdlib,
+                                      smoke=spec.get("smoke"))
+        if mode == "drop":
+            bc.remove_bytecode(self.venv)
+        venv = res["venv"]
+        self.report["bytecode"] = {
+            "enabled": mode == "drop", "mode": mode, "scope": res["scope"], "bytes": venv["bytes"],
+            "paths": venv["files"], "invalidation_mode": venv["invalidation_mode"],
+            "compile_errors": venv["errors"], "compile_seconds": venv["seconds"],
+            "stdlib": res["stdlib"], "trace_error": res["trace_error"],
+        }
 
     def strip(self) -> None:
         """strip --strip-unneeded every ELF file that still has symbols or debug info, in parallel
@@ -153,6 +187,7 @@ class Pruner:
 
         on = bool(self.rules.get("strip"))
         todo: list[Path] = []
+        verify: set[Path] = set()  # patchelf's layout: strip a copy, keep it only if it loads the same
         skipped = 0
         spared: list[str] = []
         for root, _dirs, names in self.walk():
@@ -167,26 +202,41 @@ class Pruner:
                     elf = elfmini.read_file(str(p))
                 except (OSError, ValueError):
                     continue
-                hazard = elfmini.strip_hazard_of(self.rel(p), elf)
+                # known breakage (auditwheel's *.libs and the modules whose RUNPATH points there): spared
+                hazard = elfmini.strip_hazard(self.rel(p), elf.runpath + elf.rpath)
                 if hazard:
                     skipped += 1
                     spared.append(f"{self.rel(p)}: {hazard}")
                     continue
                 if _has_symbols(elf):
                     todo.append(p)
+                    if elf.patchelf_layout():
+                        verify.add(p)
 
         def one(p: Path) -> int:
             before = p.stat().st_size
             if not on:
                 return symbol_bytes(p)
             mode = stat.S_IMODE(p.stat().st_mode)
-            os.chmod(p, mode | stat.S_IWUSR)
-            r = subprocess.run(["strip", "--strip-unneeded", "--preserve-dates", str(p)], capture_output=True,
+            target = p.with_name(f".{p.name}.imagegen-strip") if p in verify else p
+            if target != p:
+                shutil.copy2(p, target)
+            os.chmod(target, mode | stat.S_IWUSR)
+            r = subprocess.run(["strip", "--strip-unneeded", "--preserve-dates", str(target)], capture_output=True,
                                text=True)
-            os.chmod(p, mode)
+            os.chmod(target, mode)
             if r.returncode != 0:
                 print(f"prune: strip failed on {self.rel(p)}: {r.stderr.strip()}", file=sys.stderr)
+                if target != p:
+                    target.unlink(missing_ok=True)
                 return 0
+            if target != p:
+                why = elfmini.same_memory_image(elfmini.read_file(str(p)), elfmini.read_file(str(target)))
+                if why:
+                    target.unlink()
+                    spared.append(f"{self.rel(p)}: rewritten by patchelf and {why} after strip; left as is")
+                    return 0
+                os.replace(target, p)
             return before - p.stat().st_size
 
         # biggest first, so the long ones start early
@@ -254,9 +304,10 @@ def main() -> int:
     args = ap.parse_args()
     cfg = json.loads(args.config.read_text())
     before = tree_size(args.venv)
-    pruner = Pruner(cfg, args.venv)
-    report = pruner.run()
     args.stage.mkdir(parents=True, exist_ok=True)
+    pruner = Pruner(cfg, args.venv)
+    pruner.stage = args.stage
+    report = pruner.run()
     gpu = cuda_setup(cfg, pruner.site, args.stage)
     after = tree_size(args.venv)
     result = {"cell": cfg["cell"], "venv_bytes_before": before, "venv_bytes_after": after, "rules": report,

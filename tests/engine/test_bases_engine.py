@@ -409,7 +409,7 @@ def test_interrupt_during_install_leaves_no_mounts_tempdirs_or_tags(dc, tmp_path
 @pytest.fixture
 def registry():
     if not registry_fixture.shutil.which("docker-registry"):
-        pytest.skip("docker-registry not installed (scripts/setup.sh installs it)")
+        pytest.fail("docker-registry not installed (scripts/setup.sh installs it)")
     with registry_fixture.LocalRegistry() as reg:
         yield reg
 

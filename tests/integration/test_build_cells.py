@@ -1,6 +1,12 @@
 """End to end on the real engine: build the small CPU cells of the repo's matrix with the CLI,
 let the build run the image test suite, check sizes, the no-op skip, Ctrl-C, publish, and clean up.
 
+The tests own their tags: every build runs with IMAGEGEN_LOCAL_PREFIX=imagegen-test/, so a user's
+`paddle:3.3.1-cpu-slim` is never rebuilt, retagged or removed, and the clean-up removes only the
+tags and image IDs these tests created (never "dangling images": other builds may be in flight).
+`preexisting` asserts that every image (with its tags), container, volume, network and running
+registry that existed before the module is exactly as it was afterwards.
+
 Each build pulls real wheels into the host wheelhouse and bootstraps the bases when missing.
 The GPU flagship is behind the `gpu_cell` marker (IMAGEGEN_GPU_CELLS=1): several GB.
 """
@@ -27,11 +33,17 @@ CPU_CELLS = ["paddle:3.3.1-cpu-slim", "onnxruntime:1.23.2-cpu-slim", "pytorch:2.
              # Debian 13 / Python 3.13 (trixie base)
              "paddle:3.3.1-cpu-py3.13-slim", "onnxruntime:1.23.2-cpu-py3.13-slim"]
 GPU_FLAGSHIP = "paddle:2.6.2-gpu-cuda11.8-cudnn8.6-slim"
+PREFIX = "imagegen-test/"  # IMAGEGEN_LOCAL_PREFIX for every imagegen run here
+
+
+def local(ref: str) -> str:
+    return PREFIX + ref
 
 
 def imagegen(*args: str, check: bool = True, timeout: int = 1800, env: dict | None = None):
     proc = subprocess.run([sys.executable, "-m", "imagegen", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "NO_COLOR": "1", **(env or {})})
+                          timeout=timeout, env={**os.environ, "NO_COLOR": "1", "IMAGEGEN_LOCAL_PREFIX": PREFIX,
+                                                **(env or {})})
     if check and proc.returncode != 0:
         pytest.fail(f"imagegen {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     return proc
@@ -42,38 +54,82 @@ def client():
     return docker.from_env()
 
 
+def _engine_state(client) -> tuple[dict, dict]:
+    images = {i.id: sorted(i.tags) for i in client.images.list(all=True)}
+    containers = {c.id: (c.status, c.image.id if c.image else None) for c in client.containers.list(all=True)}
+    return images, containers
+
+
+def _registries() -> set[int]:
+    """Running docker-registry processes (the tests start their own, on their own port and storage)."""
+    pids = set()
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and (d / "comm").read_text().strip() == "docker-registry":
+                pids.add(int(d.name))
+        except OSError:
+            pass
+    return pids
+
+
+@pytest.fixture(scope="module", autouse=True)
+def preexisting(client):
+    """Set up before `built`, so torn down after it: what existed before is left exactly as it was."""
+    images, containers = _engine_state(client)
+    volumes = {v.name for v in client.volumes.list()}
+    networks = {n.id for n in client.networks.list()}
+    registries = _registries()
+    yield images
+    assert registries <= _registries(), "a registry that was running before the tests is gone"
+    assert volumes <= {v.name for v in client.volumes.list()}, "pre-existing volumes removed"
+    assert networks <= {n.id for n in client.networks.list()}, "pre-existing networks removed"
+
+    def users(tags):  # tags under the tests' own prefix belong to the tests (e.g. an earlier run's)
+        return {t for t in tags if not t.startswith(PREFIX)}
+
+    after_images, after_containers = _engine_state(client)
+    changed = {i: (tags, after_images.get(i)) for i, tags in images.items()
+               if (users(tags) or not tags) and (i not in after_images or users(after_images[i]) != users(tags))}
+    assert not changed, f"pre-existing images changed (id: before, after): {changed}"
+    gone = {c: s for c, s in containers.items() if c not in after_containers}
+    assert not gone, f"pre-existing containers removed: {gone}"
+
+
 @pytest.fixture(scope="module")
-def built(client, tmp_path_factory):
-    """Build every CPU cell once (with its tests); remove them all at the end."""
+def built(client, tmp_path_factory, preexisting):
+    """Build every CPU cell once (with its tests) under the test prefix; remove what was created."""
     junit = tmp_path_factory.mktemp("junit")
     results = {}
-    before = {i.id for i in client.images.list()}
+    created: set[str] = set()  # image IDs these tests made
     try:
         for ref in CPU_CELLS:
             proc = imagegen("build", "--variant", ref, "--json", "--junit", str(junit))
             (res,) = json.loads(proc.stdout)
+            assert res["local_ref"] == local(ref)
             results[ref] = res
-        yield results, junit
+            if res["image_id"] and res["image_id"] not in preexisting:
+                created.add(res["image_id"])
+        yield results, junit, created
     finally:
         for ref in CPU_CELLS:
             try:
-                client.images.remove(ref, force=True)
+                created.add(client.images.get(local(ref)).id)
+                client.images.remove(local(ref))
             except docker.errors.ImageNotFound:
                 pass
-        for image in client.images.list(filters={"dangling": True}):
-            if image.id not in before:
-                try:
-                    client.images.remove(image.id, force=True)
-                except docker.errors.APIError:
-                    pass
+        for image_id in created - set(preexisting):
+            try:
+                client.images.remove(image_id, force=True)
+            except docker.errors.APIError:
+                pass
 
 
 @pytest.mark.parametrize("ref", CPU_CELLS)
 def test_cell_builds_passes_tests_and_meets_budget(built, client, ref):
-    results, junit = built
+    results, junit, _ = built
     res = results[ref]
     assert res["status"] in ("built", "skipped", "tested"), res
-    image = client.images.get(ref)
+    image = client.images.get(local(ref))
     labels = image.labels
     assert labels["io.imagegen.cell"] == ref
     assert labels["io.imagegen.inputs-digest"].startswith("sha256:")
@@ -90,9 +146,9 @@ def test_cell_builds_passes_tests_and_meets_budget(built, client, ref):
 
 
 def test_slim_is_non_root_and_has_no_pip(built, client):
-    image = client.images.get("paddle:3.3.1-cpu-slim")
+    image = client.images.get(local("paddle:3.3.1-cpu-slim"))
     assert image.attrs["Config"]["User"] == "1000:1000"
-    out = client.containers.run("paddle:3.3.1-cpu-slim", ["python3.11", "-c",
+    out = client.containers.run(local("paddle:3.3.1-cpu-slim"), ["python3.11", "-c",
                                 "import importlib.util as u; print(u.find_spec('pip') is None)"],
                                 remove=True, user="12345")
     assert out.strip() == b"True"
@@ -101,7 +157,7 @@ def test_slim_is_non_root_and_has_no_pip(built, client):
 def test_no_credentials_or_ca_in_history(built, client):
     """The host CA bundle and pip configuration never reach an image or its history."""
     for ref in CPU_CELLS:
-        image = client.images.get(ref)
+        image = client.images.get(local(ref))
         history = json.dumps(image.history())
         for needle in ("PIP_CERT", "ca-certificates.crt --", "pip.conf", "REQUESTS_CA_BUNDLE", "/opt/pypi"):
             assert needle not in history, (ref, needle)
@@ -123,11 +179,11 @@ def test_test_command_on_built_cells(built, tmp_path):
 
 def test_ctrl_c_mid_build_leaves_no_containers_and_keeps_the_tag(built, client):
     ref = "onnxruntime:1.23.2-cpu-slim"
-    old_id = client.images.get(ref).id
+    old_id = client.images.get(local(ref)).id
     containers_before = {c.id for c in client.containers.list(all=True)}
     proc = subprocess.Popen([sys.executable, "-m", "imagegen", "build", "--variant", ref, "--force", "--no-test"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "NO_COLOR": "1"})
+                            env={**os.environ, "NO_COLOR": "1", "IMAGEGEN_LOCAL_PREFIX": PREFIX})
     # wait until a RUN step's container exists, then interrupt
     deadline = time.monotonic() + 300
     new = set()
@@ -144,7 +200,7 @@ def test_ctrl_c_mid_build_leaves_no_containers_and_keeps_the_tag(built, client):
     time.sleep(2)
     left = {c.id for c in client.containers.list(all=True)} - containers_before
     assert not left, f"containers left behind: {left}"
-    assert client.images.get(ref).id == old_id, "the tag moved"
+    assert client.images.get(local(ref)).id == old_id, "the tag moved"
 
 
 def test_daemon_down_is_one_line_error():
@@ -166,17 +222,27 @@ def test_publish_to_local_registry(built, client, tmp_path):
         with pytest.raises(docker.errors.ImageNotFound):  # publish removed its temporary remote-named tag
             client.images.get(pushed["ref"])
         pulled = client.images.pull(f"{reg.host}/ml/onnxruntime@{pushed['digest']}")
-        assert pulled.id == client.images.get("onnxruntime:1.23.2-cpu-slim").id
+        assert pulled.id == client.images.get(local("onnxruntime:1.23.2-cpu-slim")).id
         client.images.remove(f"{reg.host}/ml/onnxruntime@{pushed['digest']}")
 
 
 @pytest.mark.gpu_cell
 @pytest.mark.skipif(os.environ.get("IMAGEGEN_GPU_CELLS") != "1", reason="GPU cells are opt-in: IMAGEGEN_GPU_CELLS=1")
 def test_gpu_flagship_builds_and_is_gpu_ready(client, tmp_path):
+    try:
+        _gpu_flagship_checks(client, tmp_path)
+    finally:
+        try:
+            client.images.remove(local(GPU_FLAGSHIP))  # only the test's own tag
+        except docker.errors.ImageNotFound:
+            pass
+
+
+def _gpu_flagship_checks(client, tmp_path):
     proc = imagegen("build", "--variant", "gpu-cuda11.8-slim", "--json", "--junit", str(tmp_path), timeout=3600)
     (res,) = json.loads(proc.stdout)
     assert res["ref"] == GPU_FLAGSHIP and res["status"] in ("built", "skipped")
-    image = client.images.get(GPU_FLAGSHIP)
+    image = client.images.get(local(GPU_FLAGSHIP))
     assert image.attrs["Size"] <= 4_500_000_000
     if res["status"] == "built":
         rules = res["prune"]["rules"]
@@ -211,7 +277,7 @@ def test_gpu_cell_builds_and_is_gpu_ready(client, tmp_path, ref):
 
 
 def test_audit_of_a_real_cell_adds_up(built):
-    proc = imagegen("audit", "paddle:3.3.1-cpu-slim", "--json", "--no-compressed")
+    proc = imagegen("audit", local("paddle:3.3.1-cpu-slim"), "--json", "--no-compressed")
     rep = json.loads(proc.stdout)
     visible = rep["totals"]["visible"]
     assert sum(c["bytes"] for c in rep["categories"]) == visible
@@ -223,7 +289,8 @@ def test_audit_of_a_real_cell_adds_up(built):
 
 
 def test_audit_gate_breach_exits_1(built):
-    proc = imagegen("audit", "onnxruntime:1.23.2-cpu-slim", "--no-compressed", "--max-size", "10MB", check=False)
+    proc = imagegen("audit", local("onnxruntime:1.23.2-cpu-slim"), "--no-compressed", "--max-size", "10MB",
+                    check=False)
     assert proc.returncode == 1
     assert "10" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
 

@@ -372,3 +372,26 @@ def test_trace_parser():
     opened, execs = parse_trace(text)
     assert opened == {"/etc/ld.so.cache", "/work/x.py", "/café"}
     assert execs == {"/usr/bin/python3"}
+
+
+def test_bytecode_rule_tradeoff_from_the_benchmark(tmp_path, monkeypatch):
+    """The bytecode rule's bytes against its cold-start seconds: from bench/coldstart.py's results,
+    found by the image's io.imagegen.cell label; "not measured" without them."""
+    from imagegen import coldstart
+
+    monkeypatch.setenv("IMAGEGEN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(coldstart, "repo_path", lambda: tmp_path / "none.json")
+    path = tmp_path / "img.tar"
+    pyc = f"{SITE}/pkg/__pycache__/mod.cpython-311.pyc"
+    with open(path, "wb") as f:
+        write_save_tar(f, [[("file", pyc, b"P" * 4000)]], labels={"io.imagegen.cell": "pkg:1.0-cpu-slim"})
+    rep = audit(tarball=str(path)).report
+    assert rep["bytecode_rule"]["bytes"] == 4000 and rep["bytecode_rule"]["measured"] == "not measured"
+    assert "not measured" in next(s["text"] for s in rep["suggestions"] if s["rule"] == "bytecode")
+    coldstart.save([{"cell": "pkg:1.0-cpu-slim", "measured_at": "2026-11-29T23:00:00Z", "runs": 5,
+                     "bytecode_rule": {"bytes": 3900, "import_s": 4.1, "first_inference_s": 4.4}}],
+                   tmp_path / "results.json")
+    rep = audit(tarball=str(path)).report
+    t = rep["bytecode_rule"]
+    assert t["cold_start_s"] == {"import": 4.1, "first_inference": 4.4} and t["bytes"] == 4000
+    assert "+4.10 s to `import`" in t["text"] and "median of 5 runs" in t["text"]

@@ -228,3 +228,11 @@ def test_onnx_host_prepare_builds_a_valid_model(tmp_path):
     assert mod.host_prepare(str(tmp_path)) == []
     onnx.checker.check_model(onnx.load(str(tmp_path / "model.onnx")))
     assert (tmp_path / "expected.npy").exists()
+
+
+def test_bytecode_policy_only_for_cells_built_with_compiled_bytecode():
+    assert policy_for("slim", {"bytecode": "compile"})["bytecode_compiled"]
+    assert not policy_for("slim", {"bytecode": "drop"})["bytecode_compiled"]
+    assert not policy_for("full", {"bytecode": "keep"})["bytecode_compiled"]
+    assert not TestTarget(image="x", framework=None, version="1", device="cpu", python="3.11",
+                          flavor="slim").rule("bytecode_compiled")

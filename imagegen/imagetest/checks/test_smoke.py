@@ -1,26 +1,51 @@
 """Smoke inference: a real tiny model, built at test time, run with the framework's inference
 API and compared with a reference. Framework specifics live in imagegen/data/smoke/<name>.py."""
 
+import json
+
 import pytest
 
 from imagegen import compat
+from imagegen.imagetest.container import MOUNT
 from imagegen.imagetest import gpuhost
 from imagegen.imagetest.helpers import PROBE_TIMEOUT, ProbeError, container, fail, parse
 
+TIMING = "IMAGEGEN-TIMING "
 
-def _run_smoke(target, c, smoke, mode):
+
+def _run_smoke(target, c, smoke, mode, request=None):
+    """Run the smoke script; with `request`, under probes/timed.py, recording the framework's
+    import time and the first inference's time as the check's properties (JUnit XML
+    `<property>`s and the summary): figures, not gates."""
     script, args = smoke
+    if request is None:
+        result = c.python(script, mode, *args, timeout=PROBE_TIMEOUT)
+    else:
+        result = c.python("probes/timed.py", target.framework.import_name, f"{MOUNT}/{script}", mode, *args,
+                          timeout=PROBE_TIMEOUT)
     try:
-        res = parse(c.python(script, mode, *args, timeout=PROBE_TIMEOUT), f"{mode.upper()} smoke inference")
+        res = parse(result, f"{mode.upper()} smoke inference")
     except ProbeError as exc:
         fail(target, str(exc))
+    if request is not None:
+        timing = timing_of(result.stdout)
+        for key in ("import_s", "first_inference_s"):
+            if key in timing:
+                request.node.user_properties.append((f"{mode}_{key}", timing[key]))
     if not res.get("ok"):
         fail(target, f"{mode.upper()} smoke inference: {res.get('error')}")
     return res
 
 
-def test_cpu_inference(target, ctr, smoke):
-    _run_smoke(target, ctr, smoke, "cpu")
+def timing_of(stdout: str) -> dict:
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(TIMING):
+            return json.loads(line[len(TIMING):])
+    return {}
+
+
+def test_cpu_inference(target, ctr, smoke, request):
+    _run_smoke(target, ctr, smoke, "cpu", request)
 
 
 @pytest.mark.gpu
@@ -38,7 +63,7 @@ def test_host_driver(target, gpu_host):
 
 @pytest.mark.gpu
 @pytest.mark.device("gpu")
-def test_gpu_inference(target, gpu_host, workdir, smoke, image_attrs):
+def test_gpu_inference(target, gpu_host, workdir, smoke, image_attrs, request):
     if not gpu_host.usable:
         pytest.skip(gpu_host.reason)
     # The image's own kernels decide before the framework does ("no kernel image is available").
@@ -50,6 +75,6 @@ def test_gpu_inference(target, gpu_host, workdir, smoke, image_attrs):
                              f"CUDA kernels serve only {label} (label io.imagegen.cuda.archs)")
     c = container(target, workdir, gpu=True).start()
     try:
-        _run_smoke(target, c, smoke, "gpu")
+        _run_smoke(target, c, smoke, "gpu", request)
     finally:
         c.remove()
