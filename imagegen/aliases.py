@@ -41,8 +41,15 @@ def major_minor(version: str) -> str | None:
     return f"{rel[0]}.{rel[1]}" if len(rel) >= 2 else None
 
 
+def _primary_python(cell) -> bool:
+    """The cell is on its version's primary (first listed) Python: its tag carries no -py3.X part."""
+    return "-py" not in cell.tag
+
+
 def _newest(cells: list) -> object:
-    return max(cells, key=lambda c: (_v(c.version), _v(c.cuda), _v(c.python)))
+    """The newest version, then CUDA; among equals the primary Python's cell (plain tag), so `latest`
+    points at the image a user gets without naming a Python."""
+    return max(cells, key=lambda c: (_v(c.version), _v(c.cuda), _primary_python(c), _v(c.python)))
 
 
 def compute(cells: list, *, minor: bool, latest: str, latest_flavor: str, latest_device: str,

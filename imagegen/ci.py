@@ -45,9 +45,18 @@ def entry(m: Matrix, cell: Cell) -> dict:
     }
 
 
+def unbuildable(m: Matrix, cells: list[Cell]) -> list[Cell]:
+    """Cells with no committed lock file: their wheels cannot be resolved from the registries CI
+    reaches (Paddle 3.x GPU wheels live only on Paddle's own index; TensorRT's PyPI packages are
+    sdists that download from NVIDIA's index). A CI job for them could only fail."""
+    return [c for c in cells if not (m.path.resolve().parent / "locks" / f"{c.id}.txt").exists()]
+
+
 def matrix(m: Matrix, cells: list[Cell], *, device: str | None = None) -> dict:
-    """`{"include": [...]}` for `cells` (optionally only one device). Raises UserInputError above 256."""
-    chosen = [c for c in cells if device is None or c.device == device]
+    """`{"include": [...]}` for `cells` (optionally only one device), leaving out the cells without a
+    lock (`unbuildable`). Raises UserInputError above 256."""
+    skip = {c.id for c in unbuildable(m, cells)}
+    chosen = [c for c in cells if (device is None or c.device == device) and c.id not in skip]
     if len(chosen) > MAX_ENTRIES:
         raise UserInputError(f"{len(chosen)} cells exceed GitHub's limit of {MAX_ENTRIES} jobs per matrix; split the "
                              "workflow into jobs that each select a part, e.g. `imagegen ci matrix --variant "

@@ -150,6 +150,9 @@ def ci_matrix(
     if device is not None and device not in ("cpu", "gpu"):
         raise UserInputError(f"--device takes cpu or gpu, not '{device}'")
     m, cells = select_cells(matrix, variant, False, need_one=False)
+    for c in ci.unbuildable(m, cells):
+        err.print(f"note: {c.ref} is not in the CI matrix: no lock file (run `imagegen lock --variant {c.ref}` "
+                  "where its wheels can be resolved)", markup=False)
     data = ci.matrix(m, cells, device=device)
     if github_output:
         target = os.environ.get("GITHUB_OUTPUT")

@@ -80,6 +80,24 @@ def test_newest_patch_of_a_minor_gets_the_minor_alias():
     assert per_device == {"paddle:3.3.1-cpu-slim": ("latest-cpu",), "paddle:3.3.1-gpu-cuda12.6-slim": ("latest-gpu",)}
 
 
+def test_latest_goes_to_the_primary_python_not_the_newest_python():
+    """Two Pythons of one version: `latest-cpu` is the plain tag (first Python listed), never -py3.13."""
+    from types import SimpleNamespace
+
+    from imagegen import aliases
+
+    def cell(py, suffix):
+        sel = f"cpu{suffix}-slim"
+        return SimpleNamespace(image="paddle", version="3.3.1", device="cpu", cuda=None, python=py, flavor="slim",
+                               selector=sel, tag=f"3.3.1-{sel}", ref=f"paddle:3.3.1-{sel}")
+
+    cells = [cell("3.11", ""), cell("3.13", "-py3.13")]
+    got = aliases.by_cell(aliases.compute(cells, minor=True, latest="device", latest_flavor="slim",
+                                          latest_device="cpu", rules=[], where="m"))
+    assert got == {"paddle:3.3.1-cpu-slim": ("3.3-cpu-slim", "latest-cpu"),
+                   "paddle:3.3.1-cpu-py3.13-slim": ("3.3-cpu-py3.13-slim",)}
+
+
 def test_declared_alias_and_list_json(tmp_path):
     p = _matrix(tmp_path, extra="""\
         aliases:
@@ -292,11 +310,15 @@ def test_ci_matrix_entries_and_runners(tmp_path):
         ci:
           gpu_runs_on: [self-hosted, gpu, cuda]
         """)
+    m = load(p)
+    (tmp_path / "locks").mkdir(exist_ok=True)
+    for c in m.active[1:]:  # the first cell has no lock: its wheels could not be resolved
+        (tmp_path / "locks" / f"{c.id}.txt").write_text(f"# lock of {c.id}\n")
     r = _imagegen("ci", "matrix", "-m", str(p))
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
-    m = load(p)
-    assert [e["cell"] for e in data["include"]] == [c.ref for c in m.active]
+    assert [e["cell"] for e in data["include"]] == [c.ref for c in m.active[1:]]
+    assert f"{m.active[0].ref} is not in the CI matrix: no lock file" in r.stderr
     for e in data["include"]:
         assert e["runs-on"] == (["self-hosted", "gpu", "cuda"] if e["device"] == "gpu" else ["ubuntu-22.04"])
         assert e["wheels-key"].startswith(f"wheels-{e['id']}-") and e["bases-key"].startswith("bases-bookworm-")
@@ -308,6 +330,9 @@ def test_ci_matrix_empty_selection_and_limit(tmp_path):
     r = _imagegen("ci", "matrix", "-m", str(p), "--variant", "onnxruntime:*", "--device", "gpu")
     assert r.returncode == 0 and json.loads(r.stdout) == {"include": []}
     m = load(p)
+    (tmp_path / "locks").mkdir(exist_ok=True)
+    for c in m.active:
+        (tmp_path / "locks" / f"{c.id}.txt").write_text(f"# lock of {c.id}\n")
     with pytest.raises(UserInputError, match="exceed GitHub's limit of 256.*--variant"):
         ci.matrix(m, m.active * 100)
 
