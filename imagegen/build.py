@@ -203,7 +203,7 @@ def docker_build(cell: Cell, context: Path, digest: str, closure: list[str], log
                           f"({lost}); nothing was tagged; log: {log_path}")
     if error or not image_id:
         reason = error or "the build produced no image"
-        if "no space left on device" in reason:
+        if any("no space left on device" in (text or "").lower() for text in (reason, script_error)):
             raise ImagegenError(f"{cell.ref}: disk full while building (free space with `docker system prune`); "
                                 f"log: {log_path}")
         if script_error:  # our own script named the cause: report that, not the builder's exit code

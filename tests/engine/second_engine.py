@@ -5,7 +5,9 @@ never stopped or touched.
 The private bridge matters: a dockerd started with `--bridge=none` deletes the default `docker0`
 interface at start-up, which is the user's engine's bridge (every container run there then fails
 with "could not find bridge docker0"). So this engine gets a bridge of its own, created here and
-deleted in `close()`, and no iptables rules (its containers need no network).
+deleted in `close()`. Its containers reach the package mirrors (the sysroot step runs apt) through
+three iptables rules of its own (masquerade and forward for its subnet only), also removed in
+`close()`; dockerd itself runs with `--iptables=false`, so it never touches the user's chains.
 
 Needs root (dockerd) — the test suite's setup runs as root — and Debian's docker.io.
 """
@@ -55,6 +57,9 @@ class SecondEngine:
             self._bridge_made = True
             subprocess.run(["ip", "addr", "add", "10.231.77.1/24", "dev", self.bridge], check=True, capture_output=True)
             subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True, capture_output=True)
+            for rule in self._nat_rules():
+                subprocess.run(["iptables", "-w", *rule[0], "-I" if rule[1] else "-A", *rule[2]], check=True,
+                               capture_output=True)
         argv = [shutil.which("dockerd") or "dockerd", "--data-root", str(self.data),
                 "--exec-root", str(self.root / f"x{self._starts}"), "--pidfile", str(self.root / "pid"), "-H", self.host,
                 f"--bridge={self.bridge}", "--iptables=false", "--ip-masq=false", "--ip6tables=false",
@@ -72,6 +77,16 @@ class SecondEngine:
             except Exception:  # noqa: BLE001 - not up yet
                 time.sleep(0.5)
         raise RuntimeError(f"second dockerd did not answer within {timeout}s: {self.log.read_text()[-800:]}")
+
+    SUBNET = "10.231.77.0/24"
+
+    def _nat_rules(self) -> list[tuple[list[str], bool, list[str]]]:
+        """(table args, insert?, rule) for this engine's subnet: NAT out, and forwarding both ways."""
+        return [
+            (["-t", "nat"], False, ["POSTROUTING", "-s", self.SUBNET, "!", "-o", self.bridge, "-j", "MASQUERADE"]),
+            ([], True, ["FORWARD", "-i", self.bridge, "-j", "ACCEPT"]),
+            ([], True, ["FORWARD", "-o", self.bridge, "-j", "ACCEPT"]),
+        ]
 
     def client(self) -> docker.DockerClient:
         return docker.DockerClient(base_url=self.host, timeout=120)
@@ -106,5 +121,7 @@ class SecondEngine:
                 break
         shutil.rmtree(self.root, ignore_errors=True)
         if self._bridge_made:
+            for table, _insert, rule in self._nat_rules():
+                subprocess.run(["iptables", "-w", *table, "-D", *rule], capture_output=True)
             subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True)
             self._bridge_made = False
