@@ -142,7 +142,10 @@ def test_cell_builds_passes_tests_and_meets_budget(built, client, ref):
         assert any(junit.glob(f"junit-{ref.replace(':', '-')}*.xml"))
         prune = res["prune"]["rules"]
         assert prune["pip"]["enabled"] is (ref.endswith("-slim"))
-        assert res["prune"]["venv_bytes_after"] < res["prune"]["venv_bytes_before"]
+        # the slimming rules shrank the environment; bytecode compiled in the same step (issue 14) adds to it
+        bytecode = prune.get("bytecode") or {}
+        added = bytecode.get("bytes", 0) if bytecode.get("mode") in ("compile", "all", "keep") else 0
+        assert res["prune"]["venv_bytes_after"] - added < res["prune"]["venv_bytes_before"], (bytecode, res["prune"])
 
 
 def test_slim_is_non_root_and_has_no_pip(built, client):
