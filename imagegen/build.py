@@ -118,7 +118,8 @@ class Progress:
 
 def docker_build(cell: Cell, context: Path, digest: str, closure: list[str], log_path: Path, progress: Progress,
                  *, no_cache: bool = False, tracker: Tracker = ACTIVE,
-                 extra_labels: dict[str, str] | None = None) -> tuple[str, list[str]]:
+                 extra_labels: dict[str, str] | None = None,
+                 step_images: list[str] | None = None) -> tuple[str, list[str]]:
     """Build ``context`` (its Dockerfile gets one LABEL instruction with the inputs ``digest``, the cell,
     the closure packages, the git revision, creation time and source); return (image ID, step image IDs).
     The full log goes to ``log_path``. Raises ImagegenError with the log's last lines on stderr."""
@@ -138,7 +139,8 @@ def docker_build(cell: Cell, context: Path, digest: str, closure: list[str], log
     dockerfile.write_text(dockerfile.read_text() + "LABEL " + " \\\n      ".join(
         f"{k}={json.dumps(v)}" for k, v in sorted(labels.items())) + "\n")
     tail: deque[str] = deque(maxlen=25)
-    step_images: list[str] = []
+    # filled as the steps complete, so a caller still holds them when the build fails mid-way
+    step_images = step_images if step_images is not None else []
     image_id = None
     error = None
     step_started: tuple[str, float] | None = None
@@ -233,7 +235,8 @@ def git_revision() -> str:
 
 def remove_images(ids: list[str], keep: set[str]) -> None:
     """Best-effort removal of a build's untagged intermediate images (builder stages hold GBs of
-    wheels). Tagged images (the bases, other cells) and ancestors of the kept image are left alone."""
+    wheels), after a build that succeeded or failed. Tagged images (the bases, other cells) and
+    ancestors of the kept image are left alone; an engine that stopped answering ends the removal."""
     api = engine.api()
     for image in reversed(ids):
         if any(k and (k.replace("sha256:", "").startswith(image) or image.startswith(k.replace("sha256:", "")[:12]))
@@ -246,6 +249,8 @@ def remove_images(ids: list[str], keep: set[str]) -> None:
             api.remove_image(info["Id"], noprune=False)
         except docker.errors.APIError:
             pass  # a parent of the kept image, or shared with another build's cache
+        except CONNECTION_LOST:
+            return  # the engine is gone (it stopped mid-build): nothing can be removed now
 
 
 def prune_report_from_log(log_path: Path) -> dict | None:
@@ -269,6 +274,14 @@ def prune_report_from_log(log_path: Path) -> dict | None:
     return report
 
 
+
+
+def current_image_id(ref: str) -> str | None:
+    """The image ID ``ref`` points at in the engine, or None."""
+    try:
+        return engine.api().inspect_image(ref)["Id"]
+    except docker.errors.ImageNotFound:
+        return None
 
 
 def current_digest(ref: str) -> str | None:

@@ -29,6 +29,7 @@ from . import bases, closure, coldstart, compat, engine, hostpip, lockfile, path
 from . import lock as lock_stage
 from .build import (
     CONNECTION_LOST,
+    current_image_id,
     ACTIVE,
     Progress,
     Tracker,
@@ -306,6 +307,17 @@ def _unchanged(cell: Cell, *, run_tests: bool, progress: Progress, junit_dir: Pa
                        message="inputs unchanged; tests ran (no passing record for this image)")
 
 
+def remove_superseded(image_id: str) -> None:
+    """The tag moved to a new image: remove the old one if nothing else names or uses it (no force:
+    the engine refuses while another tag or a container holds it), so rebuilds do not pile up
+    dangling images."""
+    try:
+        if not engine.api().inspect_image(image_id).get("RepoTags"):
+            engine.api().remove_image(image_id)
+    except (docker.errors.APIError, *CONNECTION_LOST):
+        pass
+
+
 def _evict_and_raise(m: Matrix, cell: Cell, exc: ImagegenError) -> None:
     """Installing the locked wheels failed in the builder: hash the host cache's copies of the
     cell's wheels again, remove the corrupt ones, and name them in the one error line."""
@@ -344,9 +356,8 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
             write_stamp(cell, quick, prep.digest)
             return _unchanged(cell, run_tests=run_tests, progress=progress, junit_dir=junit_dir, t0=t0)
         try:
-            image_id, step_images = docker_build(cell, prep.context, prep.digest, prep.closure, log_path, progress,
-                                                 extra_labels=prep.labels,
-                                                 no_cache=no_cache)
+            image_id, _ = docker_build(cell, prep.context, prep.digest, prep.closure, log_path, progress,
+                                       extra_labels=prep.labels, no_cache=no_cache, step_images=step_images)
         except ImagegenError as exc:
             if "install: " in str(exc):  # a wheel that fails to install may be a corrupt cache copy
                 _evict_and_raise(m, cell, exc)
@@ -362,8 +373,11 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
                 raise GateFailed(f"{cell.ref}: built image {image_id[:19]} failed its tests "
                                  f"({'; '.join(summary.reasons())[:400] or 'no checks ran'}); the tag was not "
                                  f"moved; JUnit XML: {summary.junit_path}")
+        previous = current_image_id(cell.local_ref)
         engine.api().tag(image_id, cell.local_ref.rsplit(":", 1)[0], cell.local_ref.rsplit(":", 1)[1], force=True)
         ACTIVE.discard("images", image_id)
+        if previous and previous != image_id:
+            remove_superseded(previous)
         write_stamp(cell, quick, prep.digest)
         size = engine.api().inspect_image(image_id)["Size"]
         progress.finish(cell, "built")

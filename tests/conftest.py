@@ -22,6 +22,17 @@ from skip_policy import (  # noqa: E402,F401  (pytest hooks, registered by being
 )
 
 
+def pytest_sessionstart(session):
+    """A run stopped with SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so every fixture's
+    teardown still removes the images, containers and engines the tests created."""
+    import signal
+
+    def _interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         parts = Path(str(item.fspath)).relative_to(ROOT / "tests").parts

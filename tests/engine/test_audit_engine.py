@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 
+import docker.errors
 import pytest
 
 from imagegen.audit import audit
@@ -102,8 +103,19 @@ def test_classic_builder_image(api, images, tmp_path):
         "FROM scratch\nCOPY busybox /bin/busybox\nCOPY doc.txt /usr/share/doc/demo/doc.txt\n"
         "COPY big /tmp/big\nCOPY doc.txt /copy/doc.txt\nRUN [\"/bin/busybox\", \"rm\", \"/tmp/big\"]\n")
     tag = _tag("built")
-    for _ in api.build(path=str(tmp_path), tag=tag, labels=LABEL, rm=True, forcerm=True, decode=True):
-        pass
+    steps, error = [], None
+    for chunk in api.build(path=str(tmp_path), tag=tag, labels=LABEL, rm=True, forcerm=True, decode=True):
+        line = chunk.get("stream", "").strip()
+        if line.startswith("---> ") and " " not in line[5:]:
+            steps.append(line[5:])  # a step's image: left dangling if a later step fails
+        error = error or chunk.get("error")
+    if error:
+        for step in reversed(steps):
+            try:
+                api.remove_image(step)
+            except docker.errors.APIError:
+                pass
+        pytest.fail(f"the test image did not build: {error.strip()}")
     images.append(tag)
     r = audit(tag).report
     t = r["totals"]

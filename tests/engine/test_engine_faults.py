@@ -107,12 +107,18 @@ def _one_error_line(stderr: str) -> str:
     return errors[0]
 
 
-def _assert_nothing_left(engine: SecondEngine, ctx_before: set[Path]) -> None:
+def _assert_nothing_left(engine: SecondEngine, ctx_before: set[Path], *, dangling: bool = True,
+                         root: Path | None = None) -> None:
+    """No tag, container or build context left; with `dangling`, no image either but the bases the
+    test loaded (a failed build removes the step images it made)."""
     c = engine.client()
+    if dangling:
+        left = [i.short_id for i in c.images.list(filters={"dangling": True})]
+        assert left == [], f"the failed build left dangling images: {left}"
     tagged = [t for i in c.images.list() for t in i.tags if t.startswith(CELL.split(":")[0])]
     assert tagged == [], f"a tag was created or moved: {tagged}"
     assert c.containers.list(all=True) == [], [(x.short_id, x.status) for x in c.containers.list(all=True)]
-    assert _ctx_dirs(_cache_root()) - ctx_before == set(), "a temporary build context was left"
+    assert _ctx_dirs(root or _cache_root()) - ctx_before == set(), "a temporary build context was left"
 
 
 def test_engine_stopped_mid_build(cell, base_refs):
@@ -134,7 +140,7 @@ def test_engine_stopped_mid_build(cell, base_refs):
         eng.start()
         subprocess.run([sys.executable, "-c", "from imagegen import engine; engine.client()"], cwd=ROOT,
                        env={**os.environ, "DOCKER_HOST": eng.host}, check=True, timeout=120)
-        _assert_nothing_left(eng, ctx_before)
+        _assert_nothing_left(eng, ctx_before, dangling=False)  # a dead engine removes nothing
     finally:
         eng.close()
 
@@ -192,10 +198,7 @@ def test_corrupt_wheel_in_cache(cell, base_refs, tmp_path, monkeypatch):
         line = _one_error_line(stderr)
         assert victim.filename in line and "corrupt" in line and "run the build again" in line, line
         assert not vpath.exists(), "the corrupt wheel is still in the cache"
-        c = eng.client()
-        assert c.containers.list(all=True) == []
-        assert [t for i in c.images.list() for t in i.tags if t.startswith("onnxruntime")] == []
-        assert _ctx_dirs(private) - ctx_before == set()
+        _assert_nothing_left(eng, ctx_before, root=private)
         # the user's own cache copy was never touched
         assert wheelhouse.sha256_file(real / "wheels" / "sha256" / victim.sha256[:2] / victim.sha256
                                       / victim.filename) == victim.sha256
