@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import os
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,14 +50,10 @@ def measure(argv: list[str]) -> tuple[float, float, str]:
 
 
 def cuobjdump() -> str | None:
-    hit = shutil.which("cuobjdump")
-    if hit:
-        return hit
-    spec = importlib.util.find_spec("nvidia")
-    for root in (spec.submodule_search_locations if spec else []):
-        for p in sorted(Path(root).glob("*/bin/cuobjdump")):
-            return str(p)
-    return None
+    from imagegen.cuda_kernels import cuobjdump_path
+
+    found = cuobjdump_path()
+    return str(found) if found else None
 
 
 def wheel_path(name: str) -> Path:

@@ -12,7 +12,6 @@ read "refused", never agreement.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import re
 import shutil
 import subprocess
@@ -36,14 +35,10 @@ ARCHS = ["sm_61", "sm_70", "sm_75", "sm_80", "sm_86", "sm_89", "sm_90"]
 
 
 def cuobjdump() -> str:
-    hit = shutil.which("cuobjdump")
-    if hit:
-        return hit
-    spec = importlib.util.find_spec("nvidia")
-    for root in (spec.submodule_search_locations if spec else []):
-        for p in sorted(Path(root).glob("*/bin/cuobjdump")):
-            return str(p)
-    raise SystemExit("cuobjdump not found: pip install nvidia-cuda-cuobjdump")
+    found = ck.cuobjdump_path()
+    if found is None:
+        raise SystemExit("cuobjdump not found: pip install nvidia-cuda-cuobjdump")
+    return str(found)
 
 
 def listing(kind: str, arch: str, lib: Path) -> Counter | None:

@@ -376,6 +376,22 @@ def scan_file(path: str | os.PathLike, name: str | None = None, warn: Warn | Non
         return None
 
 
+def cuobjdump_path() -> Path | None:
+    """NVIDIA's `cuobjdump` (the cross-check for this reader): on PATH, else from the PyPI wheel
+    `nvidia-cuda-cuobjdump` (`nvidia/*/bin/cuobjdump` in site-packages); None when neither exists."""
+    import importlib.util
+    import shutil
+
+    hit = shutil.which("cuobjdump")
+    if hit:
+        return Path(hit)
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations if spec else []):
+        for p in sorted(Path(root).glob("*/bin/cuobjdump")):
+            return p
+    return None
+
+
 def is_library_name(name: str) -> bool:
     base = name.rsplit("/", 1)[-1]
     return ".so" in base

@@ -12,8 +12,6 @@ expands to, so the limits stop the work as soon as they are crossed.
 from __future__ import annotations
 
 import copy
-import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 import yaml
 
 from .errors import UserInputError
+from .userfiles import check_regular_file
 
 #: Limits of one document. imagegen's own matrix is about 3 kB, 200 nodes, depth 6.
 MAX_BYTES = 1_000_000  # decimal MB of UTF-8 text
@@ -59,16 +58,7 @@ def load(path: Path) -> Located:
     """Read and parse one YAML file. Raises UserInputError (one line) for a missing, unreadable,
     non-regular, oversized (> MAX_BYTES), non-UTF-8 or malformed file, or one over the limits."""
     path = Path(path)
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise UserInputError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise UserInputError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise UserInputError(f"{path}: is a directory, not a YAML file")
-    if not stat.S_ISREG(st.st_mode):
-        raise UserInputError(f"{path}: not a regular file (a device, pipe or socket); give a YAML file")
+    check_regular_file(path, "YAML file", " (a device, pipe or socket); give a YAML file")
     try:
         with open(path, "rb") as fh:
             raw = fh.read(MAX_BYTES + 1)

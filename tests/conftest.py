@@ -11,8 +11,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-# The skip policy of scripts/test.sh (--strict-skips), in its own module so it can be tested.
+# The skip policy of scripts/test.sh (--strict-skips), in its own module so it can be tested; and the
+# shared test helpers of tests/support/ (fixtures writers, checks), importable by their plain names.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 from skip_policy import (  # noqa: E402,F401  (pytest hooks, registered by being names of this conftest)
     pytest_addoption,
     pytest_configure,

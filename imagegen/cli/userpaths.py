@@ -20,6 +20,7 @@ from typing import Optional, Union
 import typer
 
 from ..errors import UserInputError
+from ..userfiles import check_regular_file
 
 PathArg = Union[Path, str, None]
 
@@ -107,16 +108,7 @@ def check_input_file(path: PathArg) -> Optional[Path]:
     if path is None:
         return None
     path = Path(path)
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise UserInputError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise UserInputError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise UserInputError(f"{path}: is a directory, not a file")
-    if not stat.S_ISREG(st.st_mode):
-        raise UserInputError(f"{path}: not a regular file")
+    check_regular_file(path)
     if not os.access(path, os.R_OK):
         raise UserInputError(f"{path}: cannot read: permission denied")
     return path

@@ -12,10 +12,8 @@ wrappers), readelf (sections, segments), cuobjdump (kept architectures), the dyn
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import shutil
-import sys
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -28,16 +26,8 @@ from imagegen.scripts import fatbin, fatprune
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tests/support" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-chk = _load("fatprune_checks")
-nv = _load("nvlibs")
+import fatprune_checks as chk  # noqa: E402  (tests/support, on sys.path by conftest)
+import nvlibs as nv  # noqa: E402  (tests/support, on sys.path by conftest)
 
 
 def sass_counts(path: Path) -> Counter:

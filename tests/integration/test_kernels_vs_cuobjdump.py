@@ -10,7 +10,6 @@ never counted as agreement.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import re
 import shutil
 import subprocess
@@ -32,14 +31,10 @@ ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_120")
 
 
 def cuobjdump() -> Path:
-    hit = shutil.which("cuobjdump")
-    if hit:
-        return Path(hit)
-    spec = importlib.util.find_spec("nvidia")
-    for root in (spec.submodule_search_locations if spec else []):
-        for p in sorted(Path(root).glob("*/bin/cuobjdump")):
-            return p
-    raise AssertionError("cuobjdump not found: pip install -e '.[test]' (nvidia-cuda-cuobjdump)")
+    found = ck.cuobjdump_path()
+    if found is None:
+        raise AssertionError("cuobjdump not found: pip install -e '.[test]' (nvidia-cuda-cuobjdump)")
+    return found
 
 
 def lz4_block(src: bytes, size: int) -> bytes:

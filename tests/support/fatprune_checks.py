@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import struct
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 
+from imagegen import cuda_kernels
 from imagegen.scripts import fatbin
 
 PAGE = 0x1000
@@ -181,16 +181,10 @@ def dlopen_check(path: Path, ld_path: list[Path] | None = None) -> None:
 
 def cuobjdump() -> Path:
     """NVIDIA's cuobjdump from the `nvidia-cuda-cuobjdump` wheel (the `test` extra)."""
-    hit = shutil.which("cuobjdump")
-    if hit:
-        return Path(hit)
-    import importlib.util
-
-    spec = importlib.util.find_spec("nvidia")
-    for root in (spec.submodule_search_locations if spec else []):
-        for p in sorted(Path(root).glob("*/bin/cuobjdump")):
-            return p
-    raise AssertionError("cuobjdump not found: pip install 'nvidia-cuda-cuobjdump' (the test extra has it)")
+    found = cuda_kernels.cuobjdump_path()
+    if found is None:
+        raise AssertionError("cuobjdump not found: pip install 'nvidia-cuda-cuobjdump' (the test extra has it)")
+    return found
 
 
 def cuobjdump_elf_archs(path: Path, arch: str | None = None) -> list[str] | None:

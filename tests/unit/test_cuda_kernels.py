@@ -3,10 +3,7 @@ on ELF files and wheels written here."""
 
 from __future__ import annotations
 
-import importlib.util
-import io
 import mmap
-import struct
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -18,9 +15,7 @@ from imagegen import gpu_archs as ga
 from imagegen.scripts import fatbin as fb
 
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("fatbin_fixtures", ROOT / "tests/support/fatbin_fixtures.py")
-fx = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fx)
+import fatbin_fixtures as fx  # noqa: E402  (tests/support, on sys.path by conftest)
 
 
 def section():

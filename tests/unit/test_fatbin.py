@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +13,7 @@ from imagegen.scripts import fatbin
 from imagegen.scripts.fatbin import FatbinError, find_section, parse_fatbin, runs_on, select
 
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("fatbin_fixtures", ROOT / "tests/support/fatbin_fixtures.py")
-fx = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fx)
+import fatbin_fixtures as fx  # noqa: E402  (tests/support, on sys.path by conftest)
 
 
 def names(entries):

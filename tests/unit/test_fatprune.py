@@ -8,7 +8,6 @@ out; the checks read the result with pyelftools, readelf and the dynamic loader
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import shutil
 import struct
@@ -23,17 +22,9 @@ from imagegen.scripts import fatprune
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tests/support" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-fx = _load("fatbin_fixtures")
-lib = _load("fatprune_fixtures")
-chk = _load("fatprune_checks")
+import fatbin_fixtures as fx  # noqa: E402  (tests/support, on sys.path by conftest)
+import fatprune_fixtures as lib  # noqa: E402  (tests/support, on sys.path by conftest)
+import fatprune_checks as chk  # noqa: E402  (tests/support, on sys.path by conftest)
 
 
 def sha(p: Path) -> str:

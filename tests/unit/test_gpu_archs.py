@@ -23,9 +23,7 @@ from imagegen.imagetest import gpuhost
 
 ROOT = Path(__file__).resolve().parents[2]
 FLAGSHIP = "paddle-2.6.2-gpu-cuda11.8-cudnn8.6-slim"
-_spec = importlib.util.spec_from_file_location("fatbin_fixtures", ROOT / "tests/support/fatbin_fixtures.py")
-fx = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fx)
+import fatbin_fixtures as fx  # noqa: E402  (tests/support, on sys.path by conftest)
 
 GPU_MATRIX = """
 frameworks:

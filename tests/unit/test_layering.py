@@ -25,7 +25,7 @@ pytestmark = pytest.mark.unit
 
 PACKAGE = Path(__file__).resolve().parents[2] / "imagegen"
 
-GROUND = {"errors", "console", "engine", "yamlsrc", "paths", "labels", "units", "flock", "redact", "compat"}
+GROUND = {"errors", "console", "engine", "yamlsrc", "paths", "labels", "units", "flock", "redact", "compat", "userfiles"}
 TOP = {"__main__"}  # with the cli package
 MAX_LINES = 850  # "no module over about 800 lines"
 CACHE_ROOT_MODULE = "paths"
