@@ -29,6 +29,7 @@ from .matrix import Cell
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 _IMAGE = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
 _RUNNING = re.compile(r"^ ---> Running in ([0-9a-f]{12,64})$")
+_CACHED = " ---> Using cache"  # the classic builder's line before the ID of a step image it reused
 # One-line errors our in-build scripts print ("install: error: ...", "sysroot: error: ..."): the cause
 # to report instead of the classic builder's "The command ... returned a non-zero code".
 _SCRIPT_ERROR = re.compile(r"^(\w+): error: (.+)$")
@@ -122,6 +123,10 @@ def docker_build(cell: Cell, context: Path, digest: str, closure: list[str], log
                  step_images: list[str] | None = None) -> tuple[str, list[str]]:
     """Build ``context`` (its Dockerfile gets one LABEL instruction with the inputs ``digest``, the cell,
     the closure packages, the git revision, creation time and source); return (image ID, step image IDs).
+
+    The step image IDs are only those this build committed, in build order: neither the ``FROM``
+    images nor the step images it reused from the engine's cache ("Using cache"), which belong to
+    earlier builds (another cell's, a user's) and must outlive this one.
     The full log goes to ``log_path``. Raises ImagegenError with the log's last lines on stderr."""
     api = engine.api()
     labels = {
@@ -144,6 +149,7 @@ def docker_build(cell: Cell, context: Path, digest: str, closure: list[str], log
     image_id = None
     error = None
     step_started: tuple[str, float] | None = None
+    reused = False  # the current step's image came from the cache (or is the FROM image)
     script_error: str | None = None
     mine: set[str] = set()  # this build's step containers still alive
     lost: str | None = None
@@ -163,6 +169,9 @@ def docker_build(cell: Cell, context: Path, digest: str, closure: list[str], log
                             if step_started is not None:
                                 logf.write(f"# imagegen: step {step_started[0]} took {now - step_started[1]:.1f}s\n")
                             step_started = (s.group(1), now)
+                            reused = s.group(3).upper().startswith("FROM ")
+                        if line.startswith(_CACHED):
+                            reused = True
                         logf.write(line + "\n")
                         tail.append(line)
                         if s:
@@ -179,7 +188,7 @@ def docker_build(cell: Cell, context: Path, digest: str, closure: list[str], log
                         if e:
                             script_error = f"{e.group(1)}: {e.group(2).strip()}"
                         i = _IMAGE.match(line)
-                        if i:
+                        if i and not reused:
                             step_images.append(i.group(1))
                         if line.startswith("Successfully built "):
                             image_id = line.split()[-1]
@@ -234,9 +243,13 @@ def git_revision() -> str:
 
 
 def remove_images(ids: list[str], keep: set[str]) -> None:
-    """Best-effort removal of a build's untagged intermediate images (builder stages hold GBs of
-    wheels), after a build that succeeded or failed. Tagged images (the bases, other cells) and
-    ancestors of the kept image are left alone; an engine that stopped answering ends the removal."""
+    """Best-effort removal of the untagged step images one build committed (builder stages hold GBs
+    of wheels), after a build that succeeded or failed: ``ids`` in build order, removed last first.
+
+    ``noprune``: removing an image never takes its untagged parents with it, so a step image the
+    build reused from the cache (an earlier build's, not in ``ids``) is never removed. Tagged
+    images and ancestors of the kept image (the engine refuses: it has dependent children) are left
+    alone; an engine that stopped answering ends the removal."""
     api = engine.api()
     for image in reversed(ids):
         if any(k and (k.replace("sha256:", "").startswith(image) or image.startswith(k.replace("sha256:", "")[:12]))
@@ -246,9 +259,9 @@ def remove_images(ids: list[str], keep: set[str]) -> None:
             info = api.inspect_image(image)
             if info.get("RepoTags"):
                 continue
-            api.remove_image(info["Id"], noprune=False)
+            api.remove_image(info["Id"], noprune=True)
         except docker.errors.APIError:
-            pass  # a parent of the kept image, or shared with another build's cache
+            pass  # a parent of the kept image, or a parent of another build's cache
         except CONNECTION_LOST:
             return  # the engine is gone (it stopped mid-build): nothing can be removed now
 

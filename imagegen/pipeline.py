@@ -385,9 +385,9 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
                            log_path=log_path, prune_report=report, closure=prep.closure)
     except BaseException:
         # Interrupted or failed: the new image never got the tag; remove it if nothing else uses it.
-        if image_id:
+        if image_id:  # its parents: this build's own go with step_images below, reused ones stay
             try:
-                engine.api().remove_image(image_id)
+                engine.api().remove_image(image_id, noprune=True)
             except (docker.errors.APIError, *CONNECTION_LOST):
                 pass
         raise

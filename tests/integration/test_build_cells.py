@@ -82,6 +82,7 @@ def preexisting(client):
     volumes = {v.name for v in client.volumes.list()}
     networks = {n.id for n in client.networks.list()}
     registries = _registries()
+    made = {i: client.api.inspect_image(i) for i, tags in images.items() if not tags}
     yield images
     assert registries <= _registries(), "a registry that was running before the tests is gone"
     assert volumes <= {v.name for v in client.volumes.list()}, "pre-existing volumes removed"
@@ -94,7 +95,11 @@ def preexisting(client):
     changed = {i: (tags, after_images.get(i)) for i, tags in images.items()
                if (users(tags) or not tags) and (i not in after_images or users(after_images[i]) != users(tags))
                and not (i in REPRODUCED and not users(tags))}
-    assert not changed, f"pre-existing images changed (id: before, after): {changed}"
+    if changed:  # what each one was (its step), to tell whose it was
+        def made_by(i):
+            return " ".join((made.get(i) or {}).get("ContainerConfig", {}).get("Cmd") or [])[-120:]
+        raise AssertionError("pre-existing images changed (id: before, after, step that made it): "
+                             + "; ".join(f"{i[:19]}: {b}, {a}, {made_by(i)!r}" for i, (b, a) in changed.items()))
     gone = {c: s for c, s in containers.items() if c not in after_containers}
     assert not gone, f"pre-existing containers removed: {gone}"
 
@@ -119,17 +124,54 @@ def built(client, tmp_path_factory, preexisting):
                 REPRODUCED.add(res["image_id"])
         yield results, junit, created
     finally:
-        for ref in CPU_CELLS:
-            try:
-                created.add(client.images.get(local(ref)).id)
-                client.images.remove(local(ref))
-            except docker.errors.ImageNotFound:
-                pass
-        for image_id in created - set(preexisting):
-            try:
-                client.images.remove(image_id, force=True)
-            except docker.errors.APIError:
-                pass
+        _remove_own(client, [local(ref) for ref in CPU_CELLS], created, set(preexisting))
+
+
+def _remove_own(client, refs: list[str], created: set[str], preexisting: set[str]) -> None:
+    """Remove the tests' tags ``refs`` and the images they built (``created`` and the images under
+    ``refs``), with their own ancestors; never an image that existed before the tests."""
+    for ref in refs:
+        try:
+            created.add(client.images.get(ref).id)
+        except docker.errors.ImageNotFound:
+            pass
+    # each chain walked before anything goes (a removed image has no parent to read)
+    chains = [_own_chain(client.api, image_id, preexisting) for image_id in created]
+    for ref in refs:
+        try:
+            client.api.remove_image(ref, noprune=True)
+        except docker.errors.ImageNotFound:
+            pass
+    for chain in chains:
+        _remove_chain(client.api, chain)
+
+
+def _own_chain(api, image_id: str, preexisting: set[str]) -> list[str]:
+    """``image_id`` and its ancestors up to the first image that existed before the tests."""
+    chain: list[str] = []
+    while image_id and image_id not in preexisting:
+        try:
+            info = api.inspect_image(image_id)
+        except docker.errors.ImageNotFound:
+            break
+        chain.append(info["Id"])
+        image_id = info.get("Parent") or ""
+    return chain
+
+
+def _remove_chain(api, chain: list[str]) -> None:
+    """Remove the tests' own images, child first, each with ``noprune``: the engine's own pruning
+    would also take an untagged parent that existed before (a layer the build reused from cache).
+    Stops at an image something else still uses (a tag, a child)."""
+    for image_id in chain:
+        try:
+            if api.inspect_image(image_id).get("RepoTags"):
+                return
+            api.remove_image(image_id, noprune=True)
+        except docker.errors.ImageNotFound:
+            continue
+        except docker.errors.APIError:
+            return
 
 
 @pytest.mark.parametrize("ref", CPU_CELLS)
@@ -239,14 +281,11 @@ def test_publish_to_local_registry(built, client, tmp_path):
 
 @pytest.mark.gpu_cell
 @pytest.mark.skipif(os.environ.get("IMAGEGEN_GPU_CELLS") != "1", reason="GPU cells are opt-in: IMAGEGEN_GPU_CELLS=1")
-def test_gpu_flagship_builds_and_is_gpu_ready(client, tmp_path):
+def test_gpu_flagship_builds_and_is_gpu_ready(client, tmp_path, preexisting):
     try:
         _gpu_flagship_checks(client, tmp_path)
     finally:
-        try:
-            client.images.remove(local(GPU_FLAGSHIP))  # only the test's own tag
-        except docker.errors.ImageNotFound:
-            pass
+        _remove_own(client, [local(GPU_FLAGSHIP)], set(), set(preexisting))
 
 
 def _gpu_flagship_checks(client, tmp_path):
@@ -272,19 +311,16 @@ GPU_CELLS = {
 @pytest.mark.gpu_cell
 @pytest.mark.skipif(os.environ.get("IMAGEGEN_GPU_CELLS") != "1", reason="GPU cells are opt-in: IMAGEGEN_GPU_CELLS=1")
 @pytest.mark.parametrize("ref", sorted(GPU_CELLS))
-def test_gpu_cell_builds_and_is_gpu_ready(client, tmp_path, ref):
+def test_gpu_cell_builds_and_is_gpu_ready(client, tmp_path, preexisting, ref):
     """Build + the image suite: CPU smoke, readiness (every CUDA library loads by SONAME, no pending
     dlerror(); providers available; CUDA/cuDNN as tagged); then the cell is removed (several GB)."""
     try:
         proc = imagegen("build", "--variant", ref, "--json", "--junit", str(tmp_path), timeout=3600)
         (res,) = json.loads(proc.stdout)
         assert res["ref"] == ref and res["status"] in ("built", "skipped")
-        assert client.images.get(ref).attrs["Size"] <= GPU_CELLS[ref]
+        assert client.images.get(local(ref)).attrs["Size"] <= GPU_CELLS[ref]
     finally:
-        try:
-            client.images.remove(ref, force=True)
-        except docker.errors.ImageNotFound:
-            pass
+        _remove_own(client, [local(ref)], set(), set(preexisting))
 
 
 def test_audit_of_a_real_cell_adds_up(built):
