@@ -33,6 +33,11 @@ def pytest_sessionstart(session):
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, _interrupt)
+    # A run started in the background by a non-interactive shell (`cmd &`, nohup) inherits SIGINT
+    # ignored, and so would every process it starts: the tests that press Ctrl-C on a child would
+    # see the child ignore it. A handled signal is reset to its default in a child by exec.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config, items):
