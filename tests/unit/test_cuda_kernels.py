@@ -135,10 +135,14 @@ def test_memory_stays_bounded_on_a_large_section(tmp_path):
 
 # ---- what a set of libraries runs on ------------------------------------------------------------
 
-def facts(path, counts: dict[str, int], n: int, wheel="w==1", size=1000):
+def facts(path, counts: dict[str, int], n: int, wheel="w==1", size=1000, embedded: dict[str, int] | None = None,
+          n_embedded: int = 0):
     return {"path": path, "wheel": wheel, "size": size, "fatbin_bytes": size, "containers": n,
-            "compressed_bytes": 0, "bytes": {k: 1 for k in counts}, "containers_by_arch": counts,
-            "kept_bytes": {}, "warning": None}
+            "kernel_containers": n, "compressed_bytes": 0, "bytes": {k: 1 for k in counts},
+            "containers_by_arch": counts, "kept_bytes": {}, "warning": None,
+            "embedded_bytes": n_embedded * 100, "embedded_containers": n_embedded,
+            "embedded_kernel_containers": n_embedded, "embedded_containers_by_arch": embedded or {},
+            "embedded_bytes_by_arch": {k: 100 for k in embedded or {}}}
 
 
 PHI = facts("paddle/libs/libphi.so", {"sm_35": 1, "sm_61": 666, "sm_70": 666, "sm_75": 665, "sm_80": 665,
