@@ -468,7 +468,7 @@ def image_report(libs) -> dict | None:
              "compressed_bytes": f["compressed_bytes"], "bytes": f["bytes"], "embedded_bytes": f["embedded_bytes"],
              "ships": shipped(f) if not f["warning"] else [],
              "serves": [sm(c) for c in served(f)] if not f["warning"] else [],
-             "warning": f["warning"]} for f in sorted(facts, key=lambda f: -f["fatbin_bytes"])]
+             "warning": f["warning"]} for f in sorted(facts, key=lambda f: -f["fatbin_bytes"] - f["embedded_bytes"])]
     return {"total": total, "embedded_total": embedded, "label": cov.label, "runs_on": cov.as_dict(),
             "by_arch": dict(sorted(by_arch.items(), key=lambda kv: fb.name_key(kv[0]))),
             "libraries": rows, "narrower_targets": narrower}
