@@ -20,11 +20,11 @@ entry, never a payload. How:
   to nvJitLink. cuFFT does this: nvidia-cufft-cu12 11.3.3.83's `libcufft.so.11` has a 400-byte
   `.nv_fatbin` (sm_52) and 23,531 containers (259 MB: SASS sm_50..sm_101, PTX from compute_50,
   LTO-IR) in its `.ldata`; cuFFT 10.9 (nvidia-cufft-cu11 10.9.0.58) has them in `.data`.
-  `__nv_relfatbin` is not embedded kernels: it holds relocatable device code (nvcc -rdc) kept
-  for a later device link, never loaded as is (libphi.so, libnccl.so.2, libcufft.so.10 have
-  one; see shared FACTS). A candidate counts only when its
-  header parses, its entries chain exactly to its end, it lies wholly inside one such section
-  and not inside another counted container: magic bytes that happen to sit in data are ignored.
+  `__nv_relfatbin` does not count: it holds relocatable device code (nvcc -rdc) kept for a later
+  device link, never loaded as is (libphi.so, libnccl.so.2, libcufft.so.10 have one). A
+  candidate counts only when its header parses, its entries chain exactly to its end, it lies
+  wholly inside one such section and not inside another counted container: magic bytes that
+  happen to sit in data are ignored.
 
 A file whose fat-binary data is corrupt gives a `LibraryKernels` with `warning` set, never an
 exception. Compute capabilities are ints (75 = 7.5); names 'sm_75' / 'compute_70'.

@@ -244,7 +244,7 @@ def served(lib: dict) -> list[int]:
 def describe(lib_or_libs: dict | Iterable[dict]) -> str:
     """'SASS for sm_61, sm_70; no PTX' (over one library or the union of several)."""
     libs = [lib_or_libs] if isinstance(lib_or_libs, dict) else list(lib_or_libs)
-    names = sorted({n for lib in libs for n in shipped(lib)}, key=lambda n: fb.name_key(n)[1:])
+    names = sorted({n for lib in libs for n in shipped(lib)}, key=fb.name_key)
     sass = [n for n in names if parse_name(n)[0] == "sass"]
     ptx = [n for n in names if parse_name(n)[0] == "ptx"]
     return (f"SASS for {', '.join(sass)}" if sass else "no SASS") + "; " + (
