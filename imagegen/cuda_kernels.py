@@ -353,7 +353,8 @@ class KernelScan:
 
     def _embedded(self, secs, fatbin: tuple[int, int] | None) -> tuple[Container, ...]:
         """Complete candidate containers wholly inside one allocated, non-executable PROGBITS
-        section other than `.nv_fatbin`, in file order, none inside another."""
+        section other than `.nv_fatbin` (and `__nv_relfatbin`, when the section names are in
+        view), in file order, none inside another."""
         spans = sorted((off, off + size) for name, typ, flags, off, size in secs or ()
                        if typ == SHT_PROGBITS and flags & SHF_ALLOC and not flags & SHF_EXECINSTR
                        and size and name not in NOT_EMBEDDED and (off, size) != fatbin)
