@@ -128,8 +128,8 @@ def main() -> int:
     # 3. libtorch_cuda's shipped architectures against torch.cuda.get_arch_list()
     tc = next((f for p, f in facts.items() if Path(p).name.startswith("libtorch_cuda")), None)
     if tc is not None:
-        ours = sorted(ga.shipped(tc), key=lambda n: (fb.parse_arch(n), n))
-        theirs = sorted(torch.cuda.get_arch_list(), key=lambda n: (fb.parse_arch(n), n))
+        ours = sorted(ga.shipped(tc), key=fb.name_key)
+        theirs = sorted(torch.cuda.get_arch_list(), key=fb.name_key)
         result["libtorch_cuda_ships"] = ours
         result["torch_arch_list"] = theirs
         if set(ours) != set(theirs):

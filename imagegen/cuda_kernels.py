@@ -12,8 +12,19 @@ entry, never a payload. How:
   and a rolling tail keeps the section-name table, which linkers put just before it;
 * at the end, `.nv_fatbin` is the section of that name (or, if the name table was out of view,
   the allocated section that candidate containers tile exactly); the containers that chain
-  from its start to its end are the answer. Magic bytes that happened to sit in other data are
-  ignored.
+  from its start to its end are the answer;
+* fat binaries *embedded as data* are reported apart (`LibraryKernels.embedded`): containers in
+  the file's other allocated, non-executable PROGBITS sections (`.rodata`, `.lrodata`, `.data`,
+  `.data.rel.ro`, `.ldata`, cuBLASLt's `.cask_resource`, ...), which the CUDA runtime never
+  registers but the library loads itself through the driver API (`cuModuleLoadData`) or hands
+  to nvJitLink. cuFFT does this: nvidia-cufft-cu12 11.3.3.83's `libcufft.so.11` has a 400-byte
+  `.nv_fatbin` (sm_52) and 23,531 containers (259 MB: SASS sm_50..sm_101, PTX from compute_50,
+  LTO-IR) in its `.ldata`; cuFFT 10.9 (nvidia-cufft-cu11 10.9.0.58) has them in `.data`.
+  `__nv_relfatbin` does not count: it holds relocatable device code (nvcc -rdc) kept for a later
+  device link, never loaded as is (libphi.so, libnccl.so.2, libcufft.so.10 have one). A
+  candidate counts only when its header parses, its entries chain exactly to its end, it lies
+  wholly inside one such section and not inside another counted container: magic bytes that
+  happen to sit in data are ignored.
 
 A file whose fat-binary data is corrupt gives a `LibraryKernels` with `warning` set, never an
 exception. Compute capabilities are ints (75 = 7.5); names 'sm_75' / 'compute_70'.
@@ -21,6 +32,7 @@ exception. Compute capabilities are ints (75 = 7.5); names 'sm_75' / 'compute_70
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import os
 import re
@@ -40,6 +52,9 @@ TAIL = 1 << 20          # rolling tail kept for the section-name table (bytes)
 CHUNK = 1 << 20
 MIN_ELF = 4096          # smaller files hold no fat binary worth reporting
 
+SHT_PROGBITS, SHT_NOBITS = 1, 8
+SHF_ALLOC, SHF_EXECINSTR = 0x2, 0x4
+NOT_EMBEDDED = (b".nv_fatbin", b"__nv_relfatbin")   # sections whose containers are not `embedded`
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _SHDR = struct.Struct("<IIQQQQIIQQ")
 
@@ -50,34 +65,48 @@ class LibraryKernels:
 
     path: as given (a path inside a wheel or an image); size: file bytes; fatbin_offset /
     fatbin_bytes: the `.nv_fatbin` section's file offset and size (bytes); containers: parsed
-    containers (offsets from the section start); warning: why the data could not be read (then
-    `containers` is empty and the library is left out of coverage answers)."""
+    containers (offsets from the section start); embedded: containers embedded in other data
+    sections (offsets are FILE offsets; see the module docstring); warning: why the data could
+    not be read (then `containers` is empty and the library is left out of coverage answers)."""
     path: str
     size: int
     fatbin_offset: int = 0
     fatbin_bytes: int = 0
     containers: tuple[Container, ...] = ()
     warning: str | None = None
+    embedded: tuple[Container, ...] = ()
 
     @property
     def entries(self) -> Iterator[Entry]:
         for c in self.containers:
             yield from c.entries
 
-    def bytes_by_arch(self) -> dict[str, int]:
-        """Entry name ('sm_75', 'compute_70', 'sm_90a') -> bytes (entry header + padded payload)."""
-        out: dict[str, int] = {}
-        for e in self.entries:
-            out[e.name] = out.get(e.name, 0) + e.size
-        return dict(sorted(out.items(), key=lambda kv: _name_key(kv[0])))
+    @property
+    def embedded_bytes(self) -> int:
+        """Bytes of the embedded containers (headers + entries; padding between them not counted)."""
+        return sum(c.size for c in self.embedded)
 
-    def containers_by_arch(self) -> dict[str, int]:
+    def bytes_by_arch(self, embedded: bool = False) -> dict[str, int]:
+        """Entry name ('sm_75', 'compute_70', 'sm_90a', 'lto_50') -> bytes (entry header + padded
+        payload), over `.nv_fatbin` (or, with embedded=True, over the embedded containers)."""
+        out: dict[str, int] = {}
+        for c in self.embedded if embedded else self.containers:
+            for e in c.entries:
+                out[e.name] = out.get(e.name, 0) + e.size
+        return dict(sorted(out.items(), key=lambda kv: fb.name_key(kv[0])))
+
+    def containers_by_arch(self, embedded: bool = False) -> dict[str, int]:
         """Entry name -> number of containers holding at least one entry of that name."""
         out: dict[str, int] = {}
-        for c in self.containers:
+        for c in self.embedded if embedded else self.containers:
             for n in {e.name for e in c.entries}:
                 out[n] = out.get(n, 0) + 1
-        return dict(sorted(out.items(), key=lambda kv: _name_key(kv[0])))
+        return dict(sorted(out.items(), key=lambda kv: fb.name_key(kv[0])))
+
+    def kernel_containers(self, embedded: bool = False) -> int:
+        """Containers holding at least one entry a device can load (SASS or PTX, not only LTO-IR)."""
+        return sum(1 for c in (self.embedded if embedded else self.containers)
+                   if any(e.kind != "ltoir" for e in c.entries))
 
     def compressed_bytes(self) -> int:
         return sum(e.size for e in self.entries if e.compression)
@@ -92,10 +121,6 @@ class LibraryKernels:
             if kept:
                 total += c.header_size + sum(e.size for e in kept)
         return total
-
-
-def _name_key(name: str) -> tuple:
-    return (name.startswith("compute"), fb.parse_arch(name), name)
 
 
 # ---- the streaming reader ---------------------------------------------------------------------
@@ -245,22 +270,27 @@ class KernelScan:
 
     # -- output
     def result(self) -> LibraryKernels | None:
-        """The inventory, or None when the file is not ELF64-LE or has no `.nv_fatbin`."""
+        """The inventory, or None when the file is not ELF64-LE or has neither a `.nv_fatbin`
+        nor an embedded container."""
         if not self._is_elf:
             return None
         lib = LibraryKernels(self.path, self.size)
         try:
-            sec = self._fatbin_section()
+            secs = self._sections()
+            sec = self._fatbin_section(secs)
         except FatbinError as exc:
             lib.warning = str(exc)
             return lib
-        if sec is None:
-            return None
-        off, size = sec
-        lib.fatbin_offset, lib.fatbin_bytes = off, size
         if self._pos < self.size:
+            if sec is None:
+                return None
             lib.warning = f"file ends early ({self._pos} of {self.size} bytes read)"
             return lib
+        lib.embedded = self._embedded(secs, sec)
+        if sec is None:
+            return lib if lib.embedded else None
+        off, size = sec
+        lib.fatbin_offset, lib.fatbin_bytes = off, size
         out = []
         at, end = off, off + size
         while at < end:
@@ -288,34 +318,61 @@ class KernelScan:
         lib.containers = tuple(out)
         return lib
 
-    def _fatbin_section(self) -> tuple[int, int] | None:
+    def _sections(self) -> list[tuple[bytes | None, int, int, int, int]] | None:
+        """(name, sh_type, sh_flags, file offset, size) per section header; name None when the
+        section-name table was out of view. None when the file has no section headers."""
         if self._sh is None:
             return None
         shoff, entsize, num, strndx = self._sh
         if len(self._shdr_bytes) < entsize * num:
             raise FatbinError("ELF section header table runs past the end of the file")
         hdrs = [_SHDR.unpack_from(self._shdr_bytes, i * entsize) for i in range(num)]
-        names = None
-        if strndx < num:
-            s_off, s_size = hdrs[strndx][4], hdrs[strndx][5]
-            names = self._from_tail(s_off, s_size)
-        if names is not None:
-            for h in hdrs:
-                n = names[h[0]:names.find(b"\0", h[0])] if h[0] < len(names) else b""
-                if n == b".nv_fatbin":
-                    return (h[4], h[5]) if h[1] != 8 and h[5] else None
+        names = self._from_tail(hdrs[strndx][4], hdrs[strndx][5]) if strndx < num else None
+        return [(names[h[0]:names.find(b"\0", h[0])] if names is not None and h[0] < len(names) else
+                 b"" if names is not None else None, h[1], h[2], h[4], h[5]) for h in hdrs]
+
+    def _fatbin_section(self, secs) -> tuple[int, int] | None:
+        if not secs:
+            return None
+        if secs[0][0] is not None:
+            for name, typ, _fl, off, size in secs:
+                if name == b".nv_fatbin":
+                    return (off, size) if typ != SHT_NOBITS and size else None
             return None
         # name table out of view: the allocated PROGBITS section that candidate containers tile
-        for h in hdrs:
-            if h[1] == 1 and h[2] & 2 and h[5] and h[4] in self._containers:
-                at, end = h[4], h[4] + h[5]
+        for _n, typ, flags, off, size in secs:
+            if typ == SHT_PROGBITS and flags & SHF_ALLOC and size and off in self._containers:
+                at, end = off, off + size
                 while at < end and at in self._containers and not self._containers[at]["error"]:
                     c = self._containers[at]
                     at += c["hsize"] + c["body"]
                     at += -at % 8
                 if at == end:
-                    return h[4], h[5]
+                    return off, size
         return None
+
+    def _embedded(self, secs, fatbin: tuple[int, int] | None) -> tuple[Container, ...]:
+        """Complete candidate containers wholly inside one allocated, non-executable PROGBITS
+        section other than `.nv_fatbin` (and `__nv_relfatbin`, when the section names are in
+        view), in file order, none inside another."""
+        spans = sorted((off, off + size) for name, typ, flags, off, size in secs or ()
+                       if typ == SHT_PROGBITS and flags & SHF_ALLOC and not flags & SHF_EXECINSTR
+                       and size and name not in NOT_EMBEDDED and (off, size) != fatbin)
+        starts = [lo for lo, _ in spans]
+        out: list[Container] = []
+        taken = 0                                   # end of the last counted container
+        for off in sorted(self._containers):
+            c = self._containers[off]
+            size = c["hsize"] + c["body"]
+            if c["error"] or off < taken or not c["entries"] or \
+                    c["hsize"] + sum(e.size for e in c["entries"]) != size:
+                continue
+            i = bisect.bisect_right(starts, off) - 1
+            if i < 0 or off + size > spans[i][1]:
+                continue
+            out.append(Container(offset=off, header_size=c["hsize"], size=size, entries=tuple(c["entries"])))
+            taken = off + size
+        return tuple(out)
 
     def _from_tail(self, off: int, size: int) -> bytes | None:
         for start, data in self._tail:

@@ -8,8 +8,13 @@ and `list` answer on a fresh clone without downloading gigabytes.
 The answer for a cell is the set of compute capabilities (from `imagegen/data/gpus.yaml`) on which
 every CUDA library the cell's image ships has a usable kernel path. A library ships an
 architecture when a real share of its fat-binary containers holds it (`min_container_share`);
-it then serves a GPU by CUDA's rules (SASS X.y on X.z, z >= y; PTX on anything newer; see
-`imagegen/scripts/fatbin.py`). Libraries the cell's slimming removes are left out, and
+it then serves a GPU by CUDA's rules (SASS X.y on X.z, z >= y; PTX on anything newer; LTO-IR on
+nothing; see `imagegen/scripts/fatbin.py`). The containers a library embeds in its data sections
+(cuFFT's kernels: `cuda_kernels` module docstring) count too, as a second pool judged by the same
+share on its own: the two pools are separate builds loaded by separate mechanisms (the runtime
+registers `.nv_fatbin`; the library loads its embedded ones itself), and their sizes differ by
+orders of magnitude (cuFFT 11.3: 1 container against 23,531), so a pooled share would let one
+hide the other's real targets. Libraries the cell's slimming removes are left out, and
 feature-only libraries (data: `feature_libraries`) are reported but do not narrow the answer.
 """
 
@@ -31,7 +36,7 @@ from .scripts import fatbin as fb
 # wheelhouse-free callers and matrix in the import graph): Lock = imagegen.lock.Lock,
 # Cell = imagegen.matrix.Cell.
 
-FORMAT = 1
+FORMAT = 2     # 2: embedded containers (embedded_*), kernel_containers, LTO-IR entries (lto_XX)
 LABEL = CUDA_ARCHS
 
 
@@ -56,23 +61,28 @@ def sm(cc: int) -> str:
     return f"sm_{cc}"
 
 
-def parse_name(name: str) -> tuple[str, int, str]:
-    """'sm_90a' -> ('sass', 90, 'a'); 'compute_70' -> ('ptx', 70, '')."""
-    kind = "ptx" if name.startswith("compute") else "sass"
-    variant = name[-1] if name[-1] in "af" else ""
-    return kind, fb.parse_arch(name), variant
+parse_name = fb.parse_name      # 'sm_90a' -> ('sass', 90, 'a'); 'compute_70' -> ('ptx', 70, '')
 
 
 # ---- facts of one library / wheel ----------------------------------------------------------------
 
 def library_facts(lib, wheel: str = "") -> dict[str, Any]:
-    """JSON-able facts of one `cuda_kernels.LibraryKernels` (bytes are decimal counts)."""
+    """JSON-able facts of one `cuda_kernels.LibraryKernels` (bytes are decimal counts).
+    `.nv_fatbin`: fatbin_bytes, containers, kernel_containers (those holding SASS or PTX, the
+    share's denominator), bytes / containers_by_arch per entry name; the containers embedded in
+    other data sections: the same under embedded_*."""
     return {
         "path": lib.path,
         "wheel": wheel,
         "size": lib.size,
         "fatbin_bytes": lib.fatbin_bytes,
         "containers": len(lib.containers),
+        "kernel_containers": lib.kernel_containers(),
+        "embedded_bytes": lib.embedded_bytes,
+        "embedded_containers": len(lib.embedded),
+        "embedded_kernel_containers": lib.kernel_containers(embedded=True),
+        "embedded_bytes_by_arch": lib.bytes_by_arch(embedded=True),
+        "embedded_containers_by_arch": lib.containers_by_arch(embedded=True),
         "compressed_bytes": lib.compressed_bytes() if not lib.warning else 0,
         "bytes": lib.bytes_by_arch() if not lib.warning else {},
         "containers_by_arch": lib.containers_by_arch() if not lib.warning else {},
@@ -211,16 +221,18 @@ def read_facts(lock_path: Path) -> dict | None:
 # ---- what a set of libraries runs on ----------------------------------------------------------------
 
 def shipped(lib: dict) -> list[str]:
-    """Architecture names a library was built for: those in >= min_container_share of its containers."""
-    n = lib["containers"]
+    """Entry names a library was built for: those in >= min_container_share of the containers
+    holding SASS or PTX, in `.nv_fatbin` or (judged on its own) among the embedded containers."""
     share = float(gpu_data()["min_container_share"])
-    return [name for name, k in lib["containers_by_arch"].items() if n and k >= share * n]
+    pools = ((lib["kernel_containers"], lib["containers_by_arch"]),
+             (lib["embedded_kernel_containers"], lib["embedded_containers_by_arch"]))
+    return sorted({name for n, by in pools for name, k in by.items() if n and k >= share * n}, key=fb.name_key)
 
 
 def serves(lib: dict, cc: int) -> bool:
     for name in shipped(lib):
         kind, arch, variant = parse_name(name)
-        if (fb.sass_serves if kind == "sass" else fb.ptx_serves)(arch, variant, cc):
+        if kind == "sass" and fb.sass_serves(arch, variant, cc) or kind == "ptx" and fb.ptx_serves(arch, variant, cc):
             return True
     return False
 
@@ -232,9 +244,9 @@ def served(lib: dict) -> list[int]:
 def describe(lib_or_libs: dict | Iterable[dict]) -> str:
     """'SASS for sm_61, sm_70; no PTX' (over one library or the union of several)."""
     libs = [lib_or_libs] if isinstance(lib_or_libs, dict) else list(lib_or_libs)
-    names = sorted({n for lib in libs for n in shipped(lib)}, key=lambda n: (fb.parse_arch(n), n))
-    sass = [n for n in names if n.startswith("sm")]
-    ptx = [n for n in names if n.startswith("compute")]
+    names = sorted({n for lib in libs for n in shipped(lib)}, key=fb.name_key)
+    sass = [n for n in names if parse_name(n)[0] == "sass"]
+    ptx = [n for n in names if parse_name(n)[0] == "ptx"]
     return (f"SASS for {', '.join(sass)}" if sass else "no SASS") + "; " + (
         f"PTX for {', '.join(ptx)}" if ptx else "no PTX")
 
@@ -274,7 +286,7 @@ def coverage(libs: Iterable[dict]) -> Coverage:
             bad[lib["path"]] = lib["warning"]
         elif _matches(lib["path"], feature_globs):
             feature[lib["path"]] = served(lib)
-        elif lib["containers"]:
+        elif lib["kernel_containers"] or lib["embedded_kernel_containers"]:
             counted.append(lib)
     sets = {lib["path"]: set(served(lib)) for lib in counted}
     archs = set.intersection(*sets.values()) if sets else set()
@@ -416,7 +428,9 @@ def cell_summary(m, cell: "Cell") -> dict | None:
         return None
     d = cov.as_dict()
     d["label"] = label_value(cell, cov)
-    d["kernel_bytes"] = sum(lib["fatbin_bytes"] for lib in cell_libraries(cell, facts))
+    libs = cell_libraries(cell, facts)
+    d["kernel_bytes"] = sum(lib["fatbin_bytes"] for lib in libs)
+    d["embedded_kernel_bytes"] = sum(lib["embedded_bytes"] for lib in libs)
     return d
 
 
@@ -425,13 +439,16 @@ def cell_summary(m, cell: "Cell") -> dict | None:
 def image_report(libs) -> dict | None:
     """The audit's `cuda_kernels` section from the LibraryKernels of an image's files (or None when
     it has none): kernel bytes per architecture per library, what the image runs on, and what a
-    narrower target (one GPU architecture) would keep and save. Bytes are decimal counts."""
+    narrower target (one GPU architecture) would keep and save (of `.nv_fatbin`: a prune leaves
+    embedded containers alone). Bytes are decimal counts; `embedded_total` and each library's
+    `embedded_bytes` count the containers embedded in data sections, apart from `total`."""
     libs = list(libs)
     if not libs:
         return None
     facts = [library_facts(lib) for lib in libs]
     cov = coverage(facts)
     total = sum(f["fatbin_bytes"] for f in facts)
+    embedded = sum(f["embedded_bytes"] for f in facts)
     by_arch: dict[str, int] = {}
     for f in facts:
         for k, v in f["bytes"].items():
@@ -448,11 +465,10 @@ def image_report(libs) -> dict | None:
         narrower.append({"target": sm(cc), "kept": kept,
                          "saves": sum(f["fatbin_bytes"] for f in readable) - kept})
     rows = [{"path": f["path"], "fatbin_bytes": f["fatbin_bytes"], "containers": f["containers"],
-             "compressed_bytes": f["compressed_bytes"], "bytes": f["bytes"],
+             "compressed_bytes": f["compressed_bytes"], "bytes": f["bytes"], "embedded_bytes": f["embedded_bytes"],
              "ships": shipped(f) if not f["warning"] else [],
              "serves": [sm(c) for c in served(f)] if not f["warning"] else [],
-             "warning": f["warning"]} for f in sorted(facts, key=lambda f: -f["fatbin_bytes"])]
-    return {"total": total, "label": cov.label, "runs_on": cov.as_dict(),
-            "by_arch": dict(sorted(by_arch.items(), key=lambda kv: (kv[0].startswith("compute"),
-                                                                    fb.parse_arch(kv[0]), kv[0]))),
+             "warning": f["warning"]} for f in sorted(facts, key=lambda f: -f["fatbin_bytes"] - f["embedded_bytes"])]
+    return {"total": total, "embedded_total": embedded, "label": cov.label, "runs_on": cov.as_dict(),
+            "by_arch": dict(sorted(by_arch.items(), key=lambda kv: fb.name_key(kv[0]))),
             "libraries": rows, "narrower_targets": narrower}

@@ -97,9 +97,23 @@ def build_inputs(rendered: render.Rendered, base_ids: dict[str, str], **extra: b
     return parts
 
 
-def quick_key(rendered: render.Rendered, base_ids: dict[str, str], lock_bytes: bytes) -> str:
-    """The cheap fingerprint of the same inputs: no staging, no closure (the lock file stands for both)."""
-    return inputs_digest(build_inputs(rendered, base_ids, lock=lock_bytes))
+def quick_key(rendered: render.Rendered, base_ids: dict[str, str], lock_bytes: bytes, kernel_label: str = "") -> str:
+    """The cheap fingerprint of the same inputs: no staging, no closure (the lock file stands for both).
+    kernel_label: a GPU cell's io.imagegen.cuda.archs from its committed facts (`committed_label`),
+    so new facts or coverage rules relabel an image whose lock did not change."""
+    extra = {"kernel_label": kernel_label} if kernel_label else {}
+    return inputs_digest(build_inputs(rendered, base_ids, lock=lock_bytes, **extra))
+
+
+def committed_label(cell: Cell, lock_file: Path) -> str:
+    """io.imagegen.cuda.archs from the facts next to the lock ("" for a CPU cell or without facts):
+    what `prepare` labels the image with once the facts are current (no scanning here)."""
+    if cell.device != "gpu":
+        return ""
+    from . import gpu_archs
+
+    facts = gpu_archs.read_facts(lock_file)
+    return gpu_archs.label_value(cell, gpu_archs.cell_coverage(cell, facts)) or ""
 
 
 def up_to_date(digest: str | None, tagged: str | None, *, force: bool = False) -> bool:
@@ -338,7 +352,8 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
     rendered = render.render_cell(m, cell)  # once per build
     lpath = lock_path(m, cell)
     if not force:
-        quick = quick_key(rendered, base_ids(cell), lpath.read_bytes() if lpath.exists() else b"")
+        quick = quick_key(rendered, base_ids(cell), lpath.read_bytes() if lpath.exists() else b"",
+                          committed_label(cell, lpath))
         if up_to_date(stamped_digest(cell, quick), current_digest(cell.local_ref)):
             return _unchanged(cell, run_tests=run_tests, progress=progress, junit_dir=junit_dir, t0=t0)
     root = paths.cache_root()
@@ -351,7 +366,7 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
     try:
         progress.update(cell, "preparing: lock, bases, wheelhouse, closure")
         prep = prepare(m, cell, workdir, rendered)
-        quick = quick_key(rendered, prep.base_ids, prep.lock_path.read_bytes())
+        quick = quick_key(rendered, prep.base_ids, prep.lock_path.read_bytes(), committed_label(cell, prep.lock_path))
         if up_to_date(prep.digest, current_digest(cell.local_ref), force=force):
             write_stamp(cell, quick, prep.digest)
             return _unchanged(cell, run_tests=run_tests, progress=progress, junit_dir=junit_dir, t0=t0)

@@ -130,15 +130,22 @@ def _tables(r: dict, top: int) -> str:
     if k:
         names = list(k["by_arch"])
         ro = k["runs_on"]
+        emb = k.get("embedded_total", 0)
+        ecol = ["embedded"] if emb else []
         parts += [
             "<h2>CUDA kernels by GPU architecture</h2>",
             f"<p>Runs on: <b>{_html.escape(', '.join(ro['archs']) or 'no GPU')}</b> "
-            f"(label io.imagegen.cuda.archs; {ro['libraries']} libraries with CUDA kernels).</p>",
-            _table(["library", "total"] + names,
-                   [[lib["path"], human(lib["fatbin_bytes"])] + [human(lib["bytes"][n]) if lib["bytes"].get(n) else ""
-                                                                 for n in names] for lib in k["libraries"][:top]]
-                   + [["all libraries", human(k["total"])] + [human(k["by_arch"][n]) for n in names]],
-                   set(range(1, len(names) + 2))),
+            f"(label io.imagegen.cuda.archs; {ro['libraries']} libraries with CUDA kernels)."
+            + (f" Besides .nv_fatbin, {human(emb)} of fat binaries embedded in data sections." if emb else "")
+            + "</p>",
+            _table(["library", "total"] + ecol + names,
+                   [[lib["path"], human(lib["fatbin_bytes"])]
+                    + ([human(lib["embedded_bytes"]) if lib["embedded_bytes"] else ""] if emb else [])
+                    + [human(lib["bytes"][n]) if lib["bytes"].get(n) else "" for n in names]
+                    for lib in k["libraries"][:top]]
+                   + [["all libraries", human(k["total"])] + ([human(emb)] if emb else [])
+                      + [human(k["by_arch"][n]) for n in names]],
+                   set(range(1, len(names) + len(ecol) + 2))),
         ]
         notes = ([f"narrowed by {p}: no kernels for {', '.join(v)}" for p, v in ro["narrowing"].items()]
                  + [f"feature-only {p}: serves {', '.join(v) or 'nothing'} (not counted)"

@@ -145,16 +145,21 @@ def print_kernels(k: dict, console: Console, *, top: int = 20) -> None:
     """CUDA kernel bytes per architecture per library, what the image runs on, and what one
     narrower target would keep."""
     names = list(k["by_arch"])
-    kt = _t(f"CUDA kernels by GPU architecture ({human(k['total'])} of .nv_fatbin; top {top} libraries)")
+    emb = k.get("embedded_total", 0)
+    also = f", {human(emb)} embedded in data sections" if emb else ""
+    kt = _t(f"CUDA kernels by GPU architecture ({human(k['total'])} of .nv_fatbin{also}; top {top} libraries)")
     kt.add_column("library")
     kt.add_column("total", justify="right")
+    if emb:
+        kt.add_column("embedded", justify="right")
     for n in names:
         kt.add_column(n, justify="right")
     for lib in k["libraries"][:top]:
         cells = [human(lib["bytes"][n]) if lib["bytes"].get(n) else "" for n in names]
-        kt.add_row(Text(_short(_site_rel(lib["path"]), 60)), human(lib["fatbin_bytes"]), *cells)
+        kt.add_row(Text(_short(_site_rel(lib["path"]), 60)), human(lib["fatbin_bytes"]),
+                   *([human(lib["embedded_bytes"]) if lib["embedded_bytes"] else ""] if emb else []), *cells)
     kt.add_row(Text("all libraries", style="bold"), Text(human(k["total"]), style="bold"),
-               *[human(k["by_arch"][n]) for n in names])
+               *([Text(human(emb), style="bold")] if emb else []), *[human(k["by_arch"][n]) for n in names])
     console.print(kt)
     ro = k["runs_on"]
     console.print(f"runs on: {', '.join(ro['archs']) or 'no GPU (no architecture every library serves)'}"

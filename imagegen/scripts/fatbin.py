@@ -16,14 +16,21 @@ A `.nv_fatbin` section is a sequence of *containers*, each starting on an 8-byte
 
 followed by self-contained *entries* (entry header, then padded payload):
 
-      0  u16 kind (1 = PTX, 2 = ELF/SASS)
-      4  u32 header_size (64, up to ~104 with an extension)
+      0  u16 kind (1 = PTX, 2 = ELF/SASS, 8 = LTO-IR)
+      4  u32 header_size (64, up to ~104 with an extension; 128 for LTO-IR)
       8  u64 padded payload size (bytes)
      16  u32 compressed size (bytes; 0 when not compressed)
      28  u32 arch (e.g. 75, 90, 100)
      40  u64 flags: 0x2000 LZ4, 0x8000 zstd, 0x100000 `a` (arch-specific, e.g. sm_90a),
                     0x200000 `f` (family, e.g. sm_100f), 0x1000000 set on every sm_100+ cubin
      56  u64 uncompressed size (bytes; 0 or the payload size when not compressed)
+
+Kind 8 is LTO-IR (NVVM IR for link-time optimisation, nvcc's `code=lto_XX`; named 'lto_50'
+here): measured on nvidia-cufft-cu12 11.3.3.83, whose `libcufft.so.11` embeds 11,151 containers of
+one LTO-IR entry each (entry header 128 bytes, version 0x0101, LZ4) for its LTO callbacks, which
+cuFFT hands to nvJitLink. The CUDA runtime never loads LTO-IR onto a device, so it serves no GPU;
+`select` keeps it whatever the targets (an arch prune must not remove what a library's own code
+may link).
 
 Compute capabilities are ints `major*10 + minor` (75 = 7.5, 100 = 10.0, 121 = 12.1).
 
@@ -44,7 +51,8 @@ from typing import Iterable, Sequence
 
 __all__ = [
     "FatbinError", "Entry", "Container", "parse_fatbin", "select", "runs_on",
-    "find_section", "parse_container", "parse_entry_header", "parse_arch", "arch_name", "sass_serves", "ptx_serves",
+    "find_section", "parse_container", "parse_entry_header", "parse_arch", "arch_name", "parse_name", "name_key",
+    "sass_serves", "ptx_serves",
     "CONTAINER_MAGIC", "FLAG_LZ4", "FLAG_ZSTD", "FLAG_ARCH_SPECIFIC", "FLAG_FAMILY", "FLAG_SM100",
 ]
 
@@ -55,6 +63,9 @@ ENTRY_MIN_HEADER = ENTRY_HEADER.size
 
 KIND_PTX = 1
 KIND_SASS = 2
+KIND_LTOIR = 8
+KINDS = {KIND_PTX: "ptx", KIND_SASS: "sass", KIND_LTOIR: "ltoir"}     # header code -> Entry.kind
+PREFIX = {"sass": "sm", "ptx": "compute", "ltoir": "lto"}             # Entry.kind -> name prefix
 
 FLAG_LZ4 = 0x2000
 FLAG_ZSTD = 0x8000
@@ -78,7 +89,7 @@ class Entry:
     offset: int
     header_size: int
     size: int
-    kind: str            # 'sass' | 'ptx'
+    kind: str            # 'sass' | 'ptx' | 'ltoir'
     arch: int            # e.g. 75
     variant: str         # '' | 'a' | 'f'
     compression: str | None   # None | 'lz4' | 'zstd'
@@ -106,8 +117,25 @@ class Container:
 
 
 def arch_name(kind: str, arch: int, variant: str = "") -> str:
-    """'sm_75', 'sm_90a', 'compute_70', 'compute_100f'."""
-    return f"{'compute' if kind == 'ptx' else 'sm'}_{arch}{variant}"
+    """'sm_75', 'sm_90a', 'compute_70', 'compute_100f', 'lto_50'."""
+    return f"{PREFIX[kind]}_{arch}{variant}"
+
+
+def parse_name(name: str) -> "tuple[str, int, str]":
+    """An entry name back to (kind, arch, variant): 'sm_90a' -> ('sass', 90, 'a'),
+    'compute_70' -> ('ptx', 70, ''), 'lto_50' -> ('ltoir', 50, ''). Raises ValueError."""
+    prefix, _, rest = name.partition("_")
+    kind = next((k for k, p in PREFIX.items() if p == prefix), None)
+    if kind is None or not rest:
+        raise ValueError(f"not a fat-binary entry name: {name!r}")
+    variant = rest[-1] if rest[-1] in "af" else ""
+    return kind, parse_arch(rest), variant
+
+
+def name_key(name: str) -> tuple:
+    """Sort key for entry names: SASS, then PTX, then LTO-IR, each by architecture."""
+    kind, arch, _ = parse_name(name)
+    return (list(PREFIX).index(kind), arch, name)
 
 
 def parse_arch(value: "str | int") -> int:
@@ -146,7 +174,7 @@ def parse_entry_header(raw, coff: int, eoff: int, left: int) -> Entry:
                           f"({left} bytes left, an entry header needs {ENTRY_MIN_HEADER})")
     (kind, _ver, hsize, psize, _csize, _u2, _minor, _major, arch, _noff, _nlen, flags, _z,
      usize) = ENTRY_HEADER.unpack_from(raw, 0)
-    if kind not in (KIND_PTX, KIND_SASS):
+    if kind not in KINDS:
         raise FatbinError(f"container at 0x{coff:x}: entry at +0x{eoff:x} has unknown kind {kind}")
     if hsize < ENTRY_MIN_HEADER or hsize > 4096:
         raise FatbinError(f"container at 0x{coff:x}: entry at +0x{eoff:x} has header size {hsize}")
@@ -164,7 +192,7 @@ def parse_entry_header(raw, coff: int, eoff: int, left: int) -> Entry:
         raise FatbinError(f"container at 0x{coff:x}: entry at +0x{eoff:x} is {compression}-"
                           "compressed but records no uncompressed size")
     return Entry(offset=eoff, header_size=hsize, size=hsize + psize,
-                 kind="ptx" if kind == KIND_PTX else "sass", arch=arch, variant=variant,
+                 kind=KINDS[kind], arch=arch, variant=variant,
                  compression=compression, flags=flags, payload_size=psize, uncompressed_size=usize)
 
 
@@ -242,6 +270,9 @@ def ptx_serves(arch: int, variant: str, cc: int) -> bool:
 
 
 def _serves(e: Entry, cc: int) -> bool:
+    """LTO-IR serves no device: only nvJitLink, called by the library itself, consumes it."""
+    if e.kind == "ltoir":
+        return False
     return sass_serves(e.arch, e.variant, cc) if e.kind == "sass" else ptx_serves(e.arch, e.variant, cc)
 
 
@@ -267,10 +298,12 @@ def select(entries: Iterable[Entry], targets: Iterable["int | str"], keep_ptx: b
     `a`/`f` variants); where there is none, the highest PTX usable on cc; else nothing. Union over
     targets, in the container's order. With keep_ptx, every plain or family PTX entry whose arch
     is <= the newest target is kept too (so GPUs newer than the list can still JIT-compile).
+    LTO-IR entries are always kept: the runtime never loads them, but the library's own code may
+    link them (nvJitLink), so a prune that drops them could break it silently.
     Raises ValueError on a target that is not an architecture."""
     entries = list(entries)
     ccs = _ccs(targets)
-    keep: set[int] = set()
+    keep: set[int] = {id(e) for e in entries if e.kind == "ltoir"}
     for cc in ccs:
         keep.update(id(e) for e in _pick(entries, cc))
     if keep_ptx and ccs:
@@ -370,7 +403,7 @@ def main(argv: "list[str] | None" = None) -> int:
                     for e in c.entries:
                         totals[e.name] = totals.get(e.name, 0) + e.size
             print(f"{path}: {size} bytes of .nv_fatbin")
-            for k in sorted(totals, key=lambda k: (k.startswith("compute"), parse_arch(k), k)):
+            for k in sorted(totals, key=name_key):
                 print(f"  {k:14} {totals[k]:>14,d}")
         except (OSError, FatbinError) as exc:
             print(f"{path}: {exc}", file=sys.stderr)

@@ -1,10 +1,12 @@
 """The fat-binary reader against NVIDIA's own tool, on real NVIDIA libraries.
 
-The libraries come from the GPU flagship's lock through the project's wheel cache
-(`nvidia-cublas-cu11==11.11.3.6`, a 418 MB download when not cached), and `cuobjdump` from the
-PyPI wheel `nvidia-cuda-cuobjdump` (the `test` extra). cuobjdump 13 refuses `-arch` below sm_75 and
-whole libraries holding sm_35 entries: such a fatal error is inconclusive and is reported as such,
-never counted as agreement.
+The libraries come from the locks through the project's wheel cache (`nvidia-cublas-cu11==11.11.3.6`
+from the GPU flagship's lock, a 418 MB download when not cached; `nvidia-cufft-cu12==11.3.3.83`
+from the ONNX Runtime GPU cell's, 193 MB), and `cuobjdump` from the PyPI wheel
+`nvidia-cuda-cuobjdump` (the `test` extra). cuobjdump 13 refuses `-arch` below sm_75 and whole
+libraries holding sm_35 entries: such a fatal error is inconclusive and is reported as such, never
+counted as agreement. cuobjdump reads a library's `.nv_fatbin` only; the containers cuFFT embeds
+in `.ldata` are checked by handing them to it as one fat-binary file.
 """
 
 from __future__ import annotations
@@ -20,13 +22,17 @@ from pathlib import Path
 import pytest
 
 from imagegen import cuda_kernels as ck
+from imagegen import gpu_archs as ga
 from imagegen import wheelhouse
 from imagegen.lockfile import read_lock
+from imagegen.scripts import fatbin as fb
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCK = ROOT / "locks" / "paddle-2.6.2-gpu-cuda11.8-cudnn8.6-slim.txt"
 WHEEL = "nvidia-cublas-cu11"
 LIBS = ("nvidia/cublas/lib/libcublas.so.11", "nvidia/cublas/lib/libcublasLt.so.11")
+CUFFT_LOCK = ROOT / "locks" / "onnxruntime-1.23.2-gpu-cuda12.8-cudnn9.10-slim.txt"
+CUFFT = "nvidia/cufft/lib/libcufft.so.11"
 ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_120")
 
 
@@ -87,17 +93,26 @@ def listing(kind: str, arch: str, lib: Path) -> Counter | None:
     return Counter(re.findall(rf"\.(sm_\d+[af]?)\.{ext}$", r.stdout, re.M))
 
 
-@pytest.fixture(scope="module")
-def libs(tmp_path_factory) -> dict[str, Path]:
-    lock = read_lock(LOCK)
-    wheel = next(w for w in lock.wheels if w.key == WHEEL)
+def extract(lock_path: Path, key: str, names, out: Path) -> dict[str, Path]:
+    """Members `names` of the lock's wheel `key` (fetched into the wheel cache when missing)."""
+    lock = read_lock(lock_path)
+    wheel = next(w for w in lock.wheels if w.key == key)
     [path] = wheelhouse.fetch(dataclasses.replace(lock, wheels=(wheel,), tools=()))
-    out = tmp_path_factory.mktemp("cublas")
     with zipfile.ZipFile(path) as z:
-        for name in LIBS:
+        for name in names:
             with z.open(name) as src, open(out / Path(name).name, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
-    return {Path(n).name: out / Path(n).name for n in LIBS}
+    return {Path(n).name: out / Path(n).name for n in names}
+
+
+@pytest.fixture(scope="module")
+def libs(tmp_path_factory) -> dict[str, Path]:
+    return extract(LOCK, WHEEL, LIBS, tmp_path_factory.mktemp("cublas"))
+
+
+@pytest.fixture(scope="module")
+def cufft(tmp_path_factory) -> Path:
+    return extract(CUFFT_LOCK, "nvidia-cufft-cu12", [CUFFT], tmp_path_factory.mktemp("cufft"))["libcufft.so.11"]
 
 
 @pytest.mark.parametrize("name", [Path(n).name for n in LIBS])
@@ -154,3 +169,45 @@ def test_payloads_are_what_cuobjdump_extracts(libs, tmp_path):
     assert all(e.compression == "lz4" for e in ours_ptx)
     # the extracted text omits the trailing NUL that the uncompressed size counts
     assert [p.stat().st_size + 1 for p in ptx] == [e.uncompressed_size for e in ours_ptx]
+
+
+def names_listed(kind: str, path: Path) -> Counter:
+    """Entries cuobjdump lists (whole file, no -arch): Counter({'sm_52': 1})."""
+    r = subprocess.run([str(cuobjdump()), f"--list-{kind}", str(path)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "fatal" not in (r.stdout + r.stderr).lower(), r.stdout + r.stderr
+    ext = "cubin" if kind == "elf" else "ptx"
+    return Counter(re.findall(rf"\.(sm_\d+[af]?)\.{ext}$", r.stdout, re.M))
+
+
+def test_cufft_nv_fatbin_part_matches_cuobjdump(cufft):
+    """cuFFT 11.3's `.nv_fatbin` holds one sm_52 container, as cuobjdump sees it."""
+    lib = ck.scan_file(cufft, warn=None)
+    assert lib.warning is None and lib.fatbin_bytes == 400
+    assert [e.name for e in lib.entries] == ["sm_52"]
+    assert names_listed("elf", cufft) == Counter({"sm_52": 1}) and names_listed("ptx", cufft) == Counter()
+
+
+def test_cufft_embedded_containers_match_cuobjdump(cufft, tmp_path):
+    """The 23,531 containers cuFFT 11.3 embeds in `.ldata` (measured on nvidia-cufft-cu12
+    11.3.3.83): each inside `.ldata`, 8-byte aligned; written out as one fat-binary file, cuobjdump
+    lists exactly our SASS and PTX entries per architecture (it lists no LTO-IR); and cuFFT then
+    serves every GPU from 5.0 (its compute_50 PTX)."""
+    lib = ck.scan_file(cufft, warn=None)
+    off, size, _ = fb.find_section(cufft, ".ldata")
+    assert all(off <= c.offset and c.offset + c.size <= off + size and c.offset % 8 == 0 for c in lib.embedded)
+    kinds = Counter(e.kind for c in lib.embedded for e in c.entries)
+    assert kinds == {"sass": 4197, "ptx": 8183, "ltoir": 11151}
+    assert len(lib.embedded) == 23531 and lib.embedded_bytes == 259_320_600
+    bundle = tmp_path / "embedded.fatbin"
+    with open(cufft, "rb") as f, open(bundle, "wb") as out:
+        for c in lib.embedded:
+            if any(e.kind != "ltoir" for e in c.entries):
+                f.seek(c.offset)
+                out.write(f.read(c.size))
+    ours_sass = Counter(e.name for c in lib.embedded for e in c.entries if e.kind == "sass")
+    ours_ptx = Counter("sm_" + e.name.split("_", 1)[1] for c in lib.embedded for e in c.entries if e.kind == "ptx")
+    assert names_listed("elf", bundle) == ours_sass
+    assert names_listed("ptx", bundle) == ours_ptx
+    facts = ga.library_facts(lib)
+    assert "compute_50" in ga.shipped(facts)
+    assert ga.served(facts) == [cc for cc in ga.known_ccs() if cc >= 50]

@@ -11,6 +11,7 @@ import struct
 import subprocess
 from pathlib import Path
 
+MAGIC = struct.pack("<I", 0xBA55ED50)   # a container's first 4 bytes
 FLAGS_64BIT_HOST = 0x11          # seen on every real entry (64-bit, Linux host)
 LZ4, ZSTD, ARCH_A, FAMILY_F, SM100 = 0x2000, 0x8000, 0x100000, 0x200000, 0x1000000
 
@@ -27,7 +28,7 @@ def entry(kind: str, arch: int, payload: bytes | int = 64, *, variant: str = "",
     flags |= {None: 0, "lz4": LZ4, "zstd": ZSTD}[compression]
     if arch >= 100 and kind == "sass":
         flags |= SM100
-    code = kind_code if kind_code is not None else (1 if kind == "ptx" else 2)
+    code = kind_code if kind_code is not None else {"ptx": 1, "sass": 2, "ltoir": 8}[kind]
     usize = 0 if compression is None else (uncompressed if uncompressed is not None else 4 * len(padded))
     csize = len(payload) if compression else 0
     head = struct.pack("<HHIQIIHHIIIQQQ", code, 0x0101, header_size, len(padded), csize, 0,
@@ -48,9 +49,10 @@ def section(*containers: bytes) -> bytes:
     return out
 
 
-def elf_with_sections(path: Path, sections: dict[str, bytes]) -> Path:
-    """Write a real ELF64 shared object at `path` holding each {name: bytes} as an allocated
-    PROGBITS section (8-byte aligned)."""
+def elf_with_sections(path: Path, sections: dict[str, bytes], flags: dict[str, str] | None = None) -> Path:
+    """Write a real ELF64 shared object at `path` holding each {name: bytes} as a PROGBITS
+    section (8-byte aligned), allocated ("a") unless `flags` gives other assembler flags for
+    that name (e.g. "aw" for writable data, "ax" for code)."""
     path = Path(path)
     work = path.parent / (path.name + ".d")
     work.mkdir(parents=True, exist_ok=True)
@@ -58,7 +60,8 @@ def elf_with_sections(path: Path, sections: dict[str, bytes]) -> Path:
     for i, (name, data) in enumerate(sections.items()):
         blob = work / f"s{i}.bin"
         blob.write_bytes(data)
-        asm.append(f'.section {name},"a",@progbits\n.balign 8\n.incbin "{blob}"\n')
+        fl = (flags or {}).get(name, "a")
+        asm.append(f'.section {name},"{fl}",@progbits\n.balign 8\n.incbin "{blob}"\n')
     asm.append('.text\n.globl f\nf: ret\n')
     (work / "a.s").write_text("".join(asm))
     subprocess.run(["as", "--64", "-o", str(work / "a.o"), str(work / "a.s")], check=True)

@@ -4,6 +4,7 @@ on ELF files and wheels written here."""
 from __future__ import annotations
 
 import mmap
+import random
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -119,26 +120,106 @@ def test_wheel_members_are_streamed(tmp_path):
     assert libs[0].containers == reference(so)[0]
 
 
-def test_memory_stays_bounded_on_a_large_section(tmp_path):
+@pytest.mark.parametrize("where", [".nv_fatbin", ".lrodata"])
+def test_memory_stays_bounded_on_a_large_section(tmp_path, where):
     entries = [fx.entry("sass", a, 4 << 20) for a in (61, 70, 75, 80, 86)]
     sec = fx.section(*[fx.container(*entries) for _ in range(2)])      # 40 MB of kernels
-    so = fx.elf_with_sections(tmp_path / "libbig.so", {".nv_fatbin": sec})
+    so = fx.elf_with_sections(tmp_path / "libbig.so", {where: sec})
     tracemalloc.start()
     try:
         lib = ck.scan_file(so, warn=None)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert lib.fatbin_bytes == len(sec) and len(lib.containers) == 2
+    if where == ".nv_fatbin":
+        assert lib.fatbin_bytes == len(sec) and len(lib.containers) == 2
+    else:
+        assert lib.fatbin_bytes == 0 and lib.embedded_bytes == len(sec) and len(lib.embedded) == 2
     assert peak < 8 << 20, f"peak {peak} bytes"
+
+
+# ---- fat binaries embedded in data sections (cuFFT) --------------------------------------------
+# libcufft.so.11 (nvidia-cufft-cu12 11.3.3.83): one sm_52 container in .nv_fatbin, 23,531 in .ldata.
+
+NV52 = fx.section(fx.container(fx.entry("sass", 52, 32)))
+PTX50 = fx.container(fx.entry("ptx", 50, 100, compression="lz4", header_size=72))
+SASS80 = fx.container(fx.entry("sass", 80, 200))
+LTO50 = fx.container(fx.entry("ltoir", 50, 120, header_size=128, compression="lz4"))
+
+
+def file_containers(path: Path, offsets) -> tuple:
+    """The reference: fatbin.parse_container on the whole file at each file offset."""
+    data = path.read_bytes()
+    return tuple(fb.parse_container(data, o) for o in offsets)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 1 << 20])
+def test_containers_embedded_in_data_are_reported_apart(tmp_path, chunk):
+    data = b"\x11" * 24 + PTX50 + b"\x22" * 8 + SASS80 + LTO50 + b"\x33" * 16
+    so = fx.elf_with_sections(tmp_path / "libcufft.so.11", {".nv_fatbin": NV52, ".data": data}, flags={".data": "aw"})
+    off = fb.find_section(so, ".data")[0]
+    at = [off + 24, off + 24 + len(PTX50) + 8, off + 24 + len(PTX50) + 8 + len(SASS80)]
+    raw = so.read_bytes()
+    lib = ck.scan_stream("libcufft.so.11", len(raw), (raw[i:i + chunk] for i in range(0, len(raw), chunk)), warn=None)
+    assert lib.warning is None
+    assert [e.name for e in lib.entries] == ["sm_52"]                    # .nv_fatbin as before
+    assert lib.embedded == file_containers(so, at)                      # offsets are file offsets
+    assert lib.embedded_bytes == len(PTX50) + len(SASS80) + len(LTO50)
+    assert lib.bytes_by_arch(embedded=True) == {"sm_80": 264, "compute_50": 72 + 104, "lto_50": 128 + 120}
+    assert lib.containers_by_arch(embedded=True) == {"sm_80": 1, "compute_50": 1, "lto_50": 1}
+    assert lib.kernel_containers(embedded=True) == 2 and lib.kernel_containers() == 1
+    # what it runs on: the embedded compute_50 PTX serves every GPU from 5.0 (the .nv_fatbin alone: 5.2 only)
+    f = ga.library_facts(lib)
+    assert (f["embedded_bytes"], f["embedded_containers"], f["embedded_kernel_containers"]) == (lib.embedded_bytes, 3, 2)
+    assert ga.shipped(f) == ["sm_52", "sm_80", "compute_50", "lto_50"]
+    assert ga.served(f) == [cc for cc in ga.known_ccs() if cc >= 50]
+    assert ga.served({**f, "embedded_kernel_containers": 0}) == [52]
+    assert ga.describe(f) == "SASS for sm_52, sm_80; PTX for compute_50"
+
+
+def test_magic_bytes_in_data_and_containers_outside_data_do_not_count(tmp_path):
+    rnd = random.Random(13)
+    outer = fx.container(fx.entry("sass", 75, SASS80))                 # a container inside a payload
+    loose = fx.container(fx.entry("sass", 75, 64), body_size=64 + 64 + 8)   # entries stop 8 bytes short
+    data = (fx.MAGIC + b"\x01\x00\x10\x00" + (10**9).to_bytes(8, "little")   # absurd size
+            + fx.MAGIC + rnd.randbytes(252)                              # magic, then noise
+            + fx.section(loose) + b"\xff" * 8 + outer)
+    split = fx.container(fx.entry("sass", 86, 64), fx.entry("sass", 89, 64))
+    secs = {".nv_fatbin": NV52, ".data": data, ".text.k": SASS80, "__nv_relfatbin": SASS80,
+            ".note.k": SASS80, "kdata_a": split[:16 + 128], "kdata_b": split[16 + 128:]}
+    so = fx.elf_with_sections(tmp_path / "libdecoy.so", secs,
+                              flags={".data": "aw", ".text.k": "ax", ".note.k": ""})
+    a, b = fb.find_section(so, "kdata_a"), fb.find_section(so, "kdata_b")
+    assert a[0] + a[1] == b[0]             # the split container is contiguous in the file, across two sections
+    raw = so.read_bytes()
+    assert raw.count(fx.MAGIC) >= 9
+    lib = ck.scan_file(so, warn=None)
+    assert lib.warning is None and [e.name for e in lib.entries] == ["sm_52"]
+    d = fb.find_section(so, ".data")[0]
+    assert lib.embedded == file_containers(so, [d + len(data) - len(outer)])   # the outer one only
+
+
+def test_embedded_only_library_and_ltoir_only_library(tmp_path):
+    so = fx.elf_with_sections(tmp_path / "libcupti.so", {".rodata": fx.section(SASS80, PTX50)})
+    lib = ck.scan_file(so, warn=None)
+    assert lib is not None and lib.containers == () and lib.fatbin_bytes == 0 and len(lib.embedded) == 2
+    lto = ck.scan_file(fx.elf_with_sections(tmp_path / "liblto.so", {".lrodata": LTO50}), warn=None)
+    assert [e.name for c in lto.embedded for e in c.entries] == ["lto_50"] and lto.kernel_containers(True) == 0
+    cov = ga.coverage([ga.library_facts(lib), ga.library_facts(lto)])
+    assert cov.libraries == 1 and cov.archs == [cc for cc in ga.known_ccs() if cc >= 50]
+    assert not any(ga.serves(ga.library_facts(lto), cc) for cc in ga.known_ccs())
 
 
 # ---- what a set of libraries runs on ------------------------------------------------------------
 
-def facts(path, counts: dict[str, int], n: int, wheel="w==1", size=1000):
+def facts(path, counts: dict[str, int], n: int, wheel="w==1", size=1000, embedded: dict[str, int] | None = None,
+          n_embedded: int = 0):
     return {"path": path, "wheel": wheel, "size": size, "fatbin_bytes": size, "containers": n,
-            "compressed_bytes": 0, "bytes": {k: 1 for k in counts}, "containers_by_arch": counts,
-            "kept_bytes": {}, "warning": None}
+            "kernel_containers": n, "compressed_bytes": 0, "bytes": {k: 1 for k in counts},
+            "containers_by_arch": counts, "kept_bytes": {}, "warning": None,
+            "embedded_bytes": n_embedded * 100, "embedded_containers": n_embedded,
+            "embedded_kernel_containers": n_embedded, "embedded_containers_by_arch": embedded or {},
+            "embedded_bytes_by_arch": {k: 100 for k in embedded or {}}}
 
 
 PHI = facts("paddle/libs/libphi.so", {"sm_35": 1, "sm_61": 666, "sm_70": 666, "sm_75": 665, "sm_80": 665,

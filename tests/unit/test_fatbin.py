@@ -138,6 +138,32 @@ def test_family_variant():
     assert names(select(one(fx.entry("ptx", 100, 8)), [121])) == ["compute_100"]
 
 
+def test_ltoir_entries_are_parsed_serve_no_device_and_are_always_kept():
+    """Kind 8 (LTO-IR; header 128 bytes, LZ4, as in cuFFT 11.3's embedded containers)."""
+    lto = fx.entry("ltoir", 50, 40, header_size=128, compression="lz4", uncompressed=500)
+    es = one(fx.entry("sass", 75, 8), lto, fx.entry("ptx", 70, 8))
+    assert names(es) == ["sm_75", "lto_50", "compute_70"]
+    e = es[1]
+    assert (e.kind, e.arch, e.header_size, e.size, e.compression, e.uncompressed_size) == (
+        "ltoir", 50, 128, 128 + 40, "lz4", 500)
+    only = one(lto)
+    assert not any(runs_on(only, cc) for cc in (50, 75, 90, 120))
+    # an arch prune never drops it (the library's own code may hand it to nvJitLink)
+    assert names(select(es, [75])) == ["sm_75", "lto_50"]
+    assert names(select(es, [90])) == ["lto_50", "compute_70"]
+    assert names(select(only, [35])) == ["lto_50"]
+
+
+def test_entry_names_round_trip_and_sort():
+    for n in ("sm_75", "sm_90a", "compute_100f", "lto_50"):
+        kind, arch, variant = fatbin.parse_name(n)
+        assert fatbin.arch_name(kind, arch, variant) == n
+    assert sorted(["lto_50", "compute_70", "sm_90", "sm_75"], key=fatbin.name_key) == [
+        "sm_75", "sm_90", "compute_70", "lto_50"]
+    with pytest.raises(ValueError):
+        fatbin.parse_name("gpu_75")
+
+
 def test_parse_arch():
     assert [fatbin.parse_arch(x) for x in ("sm_75", "compute_90a", "8.6", "sm86", 120, "sm_100f")] == [
         75, 90, 86, 86, 120, 100]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from imagegen.scripts import fatprune
+from imagegen.scripts import fatbin, fatprune
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,6 +76,27 @@ def test_rewrite_keeps_what_the_rule_picks_and_shrinks_the_file(fatlib):
     assert rel_o == rel_n
     # a program header more (the split), and the table moved out of the way of the first section
     assert len(chk.readelf_loads(path)) == len(chk.readelf_loads(orig)) + 1
+
+
+def test_ltoir_entries_survive_a_prune(tmp_path):
+    """LTO-IR serves no GPU, but a prune must never drop it silently (the library's own code may
+    link it with nvJitLink): it is kept byte for byte whatever the targets."""
+    e = fx.entry
+    lto = e("ltoir", 80, 3000, header_size=128, compression="lz4")
+    cs = [fx.container(e("sass", 61, 5000), e("sass", 75, 5000), e("sass", 86, 5000)),
+          fx.container(e("sass", 80, 6000), lto, e("sass", 86, 6000))]
+    path = lib.fat_library(tmp_path / "libfat.so", cs, [0, 1])
+    orig = tmp_path / "orig.so"
+    shutil.copy2(path, orig)
+    rec = fatprune.prune_file(path, ["sm_75"], keep_ptx=False)
+    assert rec["status"] == "pruned", rec
+    assert chk.check_containers(orig, path, ["sm_75"]) == {"wrappers": 2, "kept": 2, "dropped": 4}
+    (_, old), (_, new) = chk.fatbin_section(orig), chk.fatbin_section(path)
+    kept = [(c, x) for c in fatbin.parse_fatbin(new) for x in c.entries]
+    assert [x.name for _, x in kept] == ["sm_75", "lto_80"]
+    c, x = kept[1]
+    assert new[c.offset + x.offset:c.offset + x.offset + x.size] == lto
+    assert lto in old
 
 
 def test_sm_75a_target_and_ptx_keep(fatlib):

@@ -20,6 +20,7 @@ from imagegen.audit.core import audit
 from imagegen.audit.synth import write_save_tar
 from imagegen.errors import UserInputError
 from imagegen.imagetest import gpuhost
+from imagegen.units import format_size as human
 
 ROOT = Path(__file__).resolve().parents[2]
 FLAGSHIP = "paddle-2.6.2-gpu-cuda11.8-cudnn8.6-slim"
@@ -151,6 +152,46 @@ def test_audit_reports_kernels_per_arch_per_library(tmp_path):
     assert "CUDA kernels by GPU architecture" in text and "unreadable" in text and "sm_75" in text
     from imagegen.audit.html import _tables
     assert "CUDA kernels by GPU architecture" in _tables(rep, 20)
+
+
+def test_audit_shows_kernels_embedded_in_data_sections(tmp_path):
+    """cuFFT's layout (a tiny .nv_fatbin, the real kernels as data): the audit reports both."""
+    emb = fx.section(fx.container(fx.entry("ptx", 50, 700)), fx.container(fx.entry("sass", 80, 900)))
+    so = fx.elf_with_sections(tmp_path / "libcufft.so.11", {".nv_fatbin": fx.section(fx.container(
+        fx.entry("sass", 52, 32))), ".ldata": emb}, flags={".ldata": "aw"}).read_bytes()
+    site = "/opt/venv/lib/python3.11/site-packages"
+    tar = tmp_path / "img.tar"
+    with open(tar, "wb") as f:
+        write_save_tar(f, [[("file", f"{site}/nvidia/cufft/lib/libcufft.so.11", so)]])
+    rep = audit(tarball=str(tar)).report
+    k = rep["cuda_kernels"]
+    assert (k["total"], k["embedded_total"]) == (16 + 64 + 32, len(emb))
+    [lib] = k["libraries"]
+    assert lib["embedded_bytes"] == len(emb) and lib["ships"] == ["sm_52", "sm_80", "compute_50"]
+    assert k["runs_on"]["archs"] == [ga.sm(cc) for cc in ga.known_ccs() if cc >= 50]
+    from imagegen.audit.text import print_report
+    from rich.console import Console
+    con = Console(record=True, width=200)
+    print_report(rep, con)
+    assert f"{human(len(emb))} embedded in data sections" in con.export_text()
+    from imagegen.audit.html import _tables
+    assert "embedded in data sections" in _tables(rep, 20)
+
+
+def test_onnxruntime_gpu_cell_counts_cufft_embedded_kernels():
+    """Issue 13: cuFFT 11.3's libcufft.so.11 has one sm_52 container in .nv_fatbin and its real
+    kernels embedded in .ldata; read as sm_52 only, it left the ONNX Runtime GPU cell's
+    io.imagegen.cuda.archs label empty. From the committed facts (measured on nvidia-cufft-cu12
+    11.3.3.83): the label lists every GPU from 6.0 (the CUDA provider ships sm_60 SASS and up)."""
+    m = matrix.load(ROOT / "matrix.yaml")
+    cell = next(c for c in m.active if c.ref == "onnxruntime:1.23.2-gpu-cuda12.8-cudnn9.10-slim")
+    facts = ga.committed_facts(m, cell)
+    cufft = next(lib for lib in ga.cell_libraries(cell, facts) if lib["path"].endswith("libcufft.so.11"))
+    assert (cufft["containers"], cufft["embedded_containers"], cufft["embedded_bytes"]) == (1, 23531, 259_320_600)
+    assert "compute_50" in ga.shipped(cufft)
+    s = ga.cell_summary(m, cell)
+    assert s["label"] == ",".join(ga.sm(cc) for cc in ga.known_ccs() if cc >= 60)
+    assert s["narrowing"] == {"onnxruntime/capi/libonnxruntime_providers_cuda.so": ["sm_50", "sm_52"]}
 
 
 def test_host_compute_capability_from_nvidia_smi(tmp_path, monkeypatch):

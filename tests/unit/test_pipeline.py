@@ -87,6 +87,22 @@ def test_quick_key_follows_lock_bases_and_rendered_files(rendered):
     assert key != pipeline.inputs_digest(pipeline.build_inputs(rendered, ids))
 
 
+def test_quick_key_follows_the_committed_kernel_label(rendered, m, tmp_path):
+    """New kernel facts (or coverage rules) change a GPU image's io.imagegen.cuda.archs without
+    changing its lock: the quick key changes with them, so the build does not skip the relabel
+    (issue 13: the ONNX Runtime GPU cell, built with an empty label)."""
+    ids = {"builder": "sha256:b", "runtime": "sha256:r"}
+    key = pipeline.quick_key(rendered, ids, b"a==1\n")
+    assert pipeline.quick_key(rendered, ids, b"a==1\n", "") == key          # CPU cells keep their keys
+    assert pipeline.quick_key(rendered, ids, b"a==1\n", "sm_75") != key
+    assert pipeline.quick_key(rendered, ids, b"a==1\n", "sm_75") != pipeline.quick_key(rendered, ids, b"a==1\n", "sm_80")
+    (ort,) = m.select(["onnxruntime:1.23.2-gpu-cuda12.8-cudnn9.10-slim"])
+    lock = ROOT / "locks" / f"{ort.id}.txt"
+    assert pipeline.committed_label(ort, lock).startswith("sm_60,sm_61,sm_70,")
+    assert pipeline.committed_label(ort, tmp_path / lock.name) == ""          # no facts next to it
+    assert pipeline.committed_label(m.select(["paddle:3.3.1-cpu-slim"])[0], lock) == ""
+
+
 # --- the skip decision ---------------------------------------------------------------------------
 
 
