@@ -40,34 +40,42 @@ CONNECTION_LOST = (requests.exceptions.RequestException, urllib3.exceptions.HTTP
 
 
 class Tracker:
-    """What builds in flight have created (step containers, untagged images, context directories),
-    so that an interrupt can remove it. Thread-safe; values are IDs or paths."""
+    """What builds in flight have created (step containers, untagged images, the step images each
+    build committed, context directories), so that an interrupt can remove it. Thread-safe; values
+    are IDs or paths, kept in the order they were added (step images: parents before children)."""
 
-    KINDS = ("containers", "images", "workdirs")
+    KINDS = ("containers", "images", "steps", "workdirs")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._items: dict[str, set[str]] = {k: set() for k in self.KINDS}
+        self._items: dict[str, dict[str, None]] = {k: {} for k in self.KINDS}
 
     def add(self, kind: str, value: str) -> None:
         with self._lock:
-            self._items[kind].add(value)
+            self._items[kind][value] = None
 
     def discard(self, kind: str, value: str) -> None:
         with self._lock:
-            self._items[kind].discard(value)
+            self._items[kind].pop(value, None)
 
     def snapshot(self) -> dict[str, set[str]]:
         """A copy: {kind: values}."""
         with self._lock:
             return {k: set(v) for k, v in self._items.items()}
 
+    def ordered(self, kind: str) -> list[str]:
+        """The values of one kind, oldest first."""
+        with self._lock:
+            return list(self._items[kind])
+
 
 ACTIVE = Tracker()  # this process's builds
 
 
-def remove_created(containers: set[str], images: set[str]) -> None:
-    """Best effort: remove step containers and untagged new images (an unreachable engine is ignored)."""
+def remove_created(containers: set[str], images: set[str], steps: list[str] = ()) -> None:
+    """Best effort: remove step containers (first: a running step holds its parent image), untagged
+    new images, then the step images the builds committed (``steps``, oldest first; removed newest
+    first, with noprune, see remove_images). An unreachable engine is ignored."""
     try:
         api = engine.api()
         for cid in containers:
@@ -77,9 +85,10 @@ def remove_created(containers: set[str], images: set[str]) -> None:
                 pass
         for image in images:
             try:
-                api.remove_image(image)
+                api.remove_image(image, noprune=True)
             except docker.errors.APIError:
                 pass
+        remove_images(list(steps), keep=set())
     except ImagegenError:
         pass
 
@@ -190,6 +199,7 @@ def docker_build(cell: Cell, context: Path, digest: str, closure: list[str], log
                         i = _IMAGE.match(line)
                         if i and not reused:
                             step_images.append(i.group(1))
+                            tracker.add("steps", i.group(1))
                         if line.startswith("Successfully built "):
                             image_id = line.split()[-1]
                 elif "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:

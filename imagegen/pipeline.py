@@ -286,7 +286,7 @@ def abort_cleanup(tracker: Tracker = ACTIVE) -> None:
     """Ctrl-C/SIGTERM: remove step containers still running, untagged new images and build contexts,
     and stop the host pips resolving or downloading. Best effort; the tags were never moved."""
     items = tracker.snapshot()
-    remove_created(items["containers"], items["images"])
+    remove_created(items["containers"], items["images"], tracker.ordered("steps"))
     try:
         hostpip.terminate_children()
     except Exception:  # noqa: BLE001 - best effort while exiting
@@ -409,6 +409,8 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
     finally:
         if not keep_cache and step_images:
             remove_images(step_images, keep={image_id or ""})
+        for step in step_images:
+            ACTIVE.discard("steps", step)
         shutil.rmtree(workdir, ignore_errors=True)
         ACTIVE.discard("workdirs", str(workdir))
 

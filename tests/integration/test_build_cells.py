@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "engine"))
 from registry_fixture import LocalRegistry  # noqa: E402
 
+from engine_cleanup import remove_own  # noqa: E402
+
 CPU_CELLS = ["paddle:3.3.1-cpu-slim", "onnxruntime:1.23.2-cpu-slim", "pytorch:2.13.0-cpu-slim",
              "paddle:3.3.1-cpu-full",
              # Debian 13 / Python 3.13 (trixie base)
@@ -124,54 +126,7 @@ def built(client, tmp_path_factory, preexisting):
                 REPRODUCED.add(res["image_id"])
         yield results, junit, created
     finally:
-        _remove_own(client, [local(ref) for ref in CPU_CELLS], created, set(preexisting))
-
-
-def _remove_own(client, refs: list[str], created: set[str], preexisting: set[str]) -> None:
-    """Remove the tests' tags ``refs`` and the images they built (``created`` and the images under
-    ``refs``), with their own ancestors; never an image that existed before the tests."""
-    for ref in refs:
-        try:
-            created.add(client.images.get(ref).id)
-        except docker.errors.ImageNotFound:
-            pass
-    # each chain walked before anything goes (a removed image has no parent to read)
-    chains = [_own_chain(client.api, image_id, preexisting) for image_id in created]
-    for ref in refs:
-        try:
-            client.api.remove_image(ref, noprune=True)
-        except docker.errors.ImageNotFound:
-            pass
-    for chain in chains:
-        _remove_chain(client.api, chain)
-
-
-def _own_chain(api, image_id: str, preexisting: set[str]) -> list[str]:
-    """``image_id`` and its ancestors up to the first image that existed before the tests."""
-    chain: list[str] = []
-    while image_id and image_id not in preexisting:
-        try:
-            info = api.inspect_image(image_id)
-        except docker.errors.ImageNotFound:
-            break
-        chain.append(info["Id"])
-        image_id = info.get("Parent") or ""
-    return chain
-
-
-def _remove_chain(api, chain: list[str]) -> None:
-    """Remove the tests' own images, child first, each with ``noprune``: the engine's own pruning
-    would also take an untagged parent that existed before (a layer the build reused from cache).
-    Stops at an image something else still uses (a tag, a child)."""
-    for image_id in chain:
-        try:
-            if api.inspect_image(image_id).get("RepoTags"):
-                return
-            api.remove_image(image_id, noprune=True)
-        except docker.errors.ImageNotFound:
-            continue
-        except docker.errors.APIError:
-            return
+        remove_own(client, [local(ref) for ref in CPU_CELLS], created, set(preexisting))
 
 
 @pytest.mark.parametrize("ref", CPU_CELLS)
@@ -234,6 +189,7 @@ def test_ctrl_c_mid_build_leaves_no_containers_and_keeps_the_tag(built, client):
     ref = "onnxruntime:1.23.2-cpu-slim"
     old_id = client.images.get(local(ref)).id
     containers_before = {c.id for c in client.containers.list(all=True)}
+    images_before = {i.id for i in client.images.list(all=True)}
     proc = subprocess.Popen([sys.executable, "-m", "imagegen", "build", "--variant", ref, "--force", "--no-test"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "NO_COLOR": "1", "IMAGEGEN_LOCAL_PREFIX": PREFIX})
@@ -253,6 +209,9 @@ def test_ctrl_c_mid_build_leaves_no_containers_and_keeps_the_tag(built, client):
     time.sleep(2)
     left = {c.id for c in client.containers.list(all=True)} - containers_before
     assert not left, f"containers left behind: {left}"
+    # the step images the interrupted build committed (a running step holds its parent) are gone too
+    made = {i.id for i in client.images.list(all=True)} - images_before
+    assert not made, f"images left behind: {made}"
     assert client.images.get(local(ref)).id == old_id, "the tag moved"
 
 
@@ -285,7 +244,7 @@ def test_gpu_flagship_builds_and_is_gpu_ready(client, tmp_path, preexisting):
     try:
         _gpu_flagship_checks(client, tmp_path)
     finally:
-        _remove_own(client, [local(GPU_FLAGSHIP)], set(), set(preexisting))
+        remove_own(client, [local(GPU_FLAGSHIP)], set(), set(preexisting))
 
 
 def _gpu_flagship_checks(client, tmp_path):
@@ -320,7 +279,7 @@ def test_gpu_cell_builds_and_is_gpu_ready(client, tmp_path, preexisting, ref):
         assert res["ref"] == ref and res["status"] in ("built", "skipped")
         assert client.images.get(local(ref)).attrs["Size"] <= GPU_CELLS[ref]
     finally:
-        _remove_own(client, [local(ref)], set(), set(preexisting))
+        remove_own(client, [local(ref)], set(), set(preexisting))
 
 
 def test_audit_of_a_real_cell_adds_up(built):

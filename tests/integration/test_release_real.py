@@ -15,6 +15,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import docker
 import pytest
 import requests
 
@@ -22,14 +23,18 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "engine"))
 from registry_fixture import LocalRegistry  # noqa: E402
 
+from engine_cleanup import remove_own  # noqa: E402
+
 from imagegen import engine, testrecord  # noqa: E402
 from imagegen.registry import ACCEPT  # noqa: E402
 
 CELL = "onnxruntime:1.23.2-cpu-slim"
+PREFIX = "imagegen-test/"  # IMAGEGEN_LOCAL_PREFIX: a user's own onnxruntime:1.23.2-cpu-slim is never used or moved
+LOCAL = PREFIX + CELL
 
 
 def _ig(*args, env=None, check=True):
-    e = dict(os.environ, PYTHONPATH=str(ROOT), NO_COLOR="1", **(env or {}))
+    e = dict(os.environ, PYTHONPATH=str(ROOT), NO_COLOR="1", IMAGEGEN_LOCAL_PREFIX=PREFIX, **(env or {}))
     r = subprocess.run([sys.executable, "-m", "imagegen", *args], cwd=ROOT, env=e, capture_output=True, text=True,
                        timeout=1800)
     if check:
@@ -43,9 +48,15 @@ def _pep503(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def built():
-    r = _ig("build", "--variant", CELL, "--json")
-    assert json.loads(r.stdout)[0]["status"] in ("built", "skipped", "tested")
-    return engine.api().inspect_image(CELL)["Id"]
+    """The cell built under the tests' prefix; removed after, with the images its build made."""
+    client = docker.from_env()
+    before = {i.id for i in client.images.list(all=True)}
+    try:
+        r = _ig("build", "--variant", CELL, "--json")
+        assert json.loads(r.stdout)[0]["status"] in ("built", "skipped", "tested")
+        yield engine.api().inspect_image(LOCAL)["Id"]
+    finally:
+        remove_own(client, [LOCAL], set(), before)
 
 
 def test_unchanged_image_without_a_record_is_tested_not_skipped(built):
@@ -83,7 +94,7 @@ def test_scan_sbom_secrets_and_the_missing_db(built, tmp_path):
     assert scan["secrets"] == [] or all(s["allowed"] for s in scan["secrets"])
 
     # cross-check: trivy's SBOM and imagegen audit name the same dpkg and pip packages
-    audit = json.loads(_ig("audit", CELL, "--json", "--no-compressed").stdout)
+    audit = json.loads(_ig("audit", LOCAL, "--json", "--no-compressed").stdout)
     ours = {(p["manager"], _pep503(p["name"]) if p["manager"] == "pip" else p["name"], p["version"])
             for p in audit["packages"] if p["manager"] in ("pip", "deb")}
     theirs = set()
