@@ -9,7 +9,7 @@ Layout (all under the root)::
 
     wheels/sha256/<hh>/<sha256>/<file>   the wheel cache (wheelhouse)
     wheels/locks/<sha256>.lock           per-file fetch serialisation (flock)
-    tmp/run-<pid>-<id>/                  a run's temporary files (pip's TMPDIR too)
+    tmp/run-<pid>-<id>/                  a run's temporary files (pip's TMPDIR too) [owned]
     closures/<digest>.json               ELF closure results, by their inputs digest
     debian/<mirror>/<suite>/<component>/ Debian Contents indexes
     sonames/<image id>.json              library names of a base image
@@ -17,14 +17,25 @@ Layout (all under the root)::
     stamps/<cell>.json                   quick no-op-rebuild stamps
     logs/<cell>.log                      full build logs
     reports/                             JUnit XML of builds' test runs
-    imagegen-ctx-*/                      build contexts while a build runs
+    imagegen-ctx-<pid>-<id>/             a build's context while it runs [owned]
     audit/gzip/<diff_id>                 gzip sizes of layers (audit)
     imagetest/                           image inventories (image tests)
+
+Outside the root, in ``$IMAGEGEN_TMPDIR`` or else the system's temporary directory (``$TMPDIR``,
+/tmp), for files that need not share the cache's filesystem::
+
+    imagegen-base-<pid>-<id>/            a base bootstrap (rootfs tarball) while it runs [owned]
+    imagegen-test-<pid>-<id>/            an image test's read-only mount while it runs [owned]
+
+[owned]: a work directory held by its process's flock on ``<dir>/.lock``; the next process creating one
+of the same kind removes those whose owner died, even by SIGKILL (``imagegen.flock.make_owned_dir``),
+and so does ``imagegen cache prune``. :func:`work_dirs` lists the kinds.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 ENV = "IMAGEGEN_CACHE"
@@ -91,3 +102,22 @@ def audit_gzip_dir() -> Path:
 
 def imagetest_dir() -> Path:
     return cache_root() / "imagetest"
+
+
+RUN_PREFIX = "run-"
+CONTEXT_PREFIX = "imagegen-ctx-"
+BASE_PREFIX = "imagegen-base-"
+TEST_PREFIX = "imagegen-test-"
+
+
+def tmp_parent() -> Path:
+    """Where base bootstraps and image tests put their work directories: ``$IMAGEGEN_TMPDIR``, else
+    the system's temporary directory (``$TMPDIR``, /tmp). Not created."""
+    value = os.environ.get("IMAGEGEN_TMPDIR", "").strip()
+    return Path(value).expanduser() if value else Path(tempfile.gettempdir())
+
+
+def work_dirs() -> list[tuple[Path, str]]:
+    """Every kind of owned work directory: [(parent directory, name prefix)] (see the layout above)."""
+    return [(tmp_root(), RUN_PREFIX), (cache_root(), CONTEXT_PREFIX), (tmp_parent(), BASE_PREFIX),
+            (tmp_parent(), TEST_PREFIX)]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import docker.errors
 
-from . import bases, closure, coldstart, compat, engine, hostpip, lockfile, paths, render, wheelhouse
+from . import bases, closure, coldstart, compat, engine, flock, hostpip, lockfile, paths, render, wheelhouse
 from . import lock as lock_stage
 from .build import (
     CONNECTION_LOST,
@@ -292,7 +291,7 @@ def abort_cleanup(tracker: Tracker = ACTIVE) -> None:
     except Exception:  # noqa: BLE001 - best effort while exiting
         pass
     for d in items["workdirs"]:
-        shutil.rmtree(d, ignore_errors=True)
+        flock.remove_tree(Path(d))
 
 
 # --- build ---------------------------------------------------------------------------------------
@@ -358,7 +357,7 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
             return _unchanged(cell, run_tests=run_tests, progress=progress, junit_dir=junit_dir, t0=t0)
     root = paths.cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="imagegen-ctx-", dir=root))
+    workdir = flock.make_owned_dir(root, paths.CONTEXT_PREFIX)  # reaps contexts of killed builds
     ACTIVE.add("workdirs", str(workdir))
     log_path = paths.build_log(cell.id)
     image_id = None
@@ -411,7 +410,7 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
             remove_images(step_images, keep={image_id or ""})
         for step in step_images:
             ACTIVE.discard("steps", step)
-        shutil.rmtree(workdir, ignore_errors=True)
+        flock.remove_owned_dir(workdir)
         ACTIVE.discard("workdirs", str(workdir))
 
 

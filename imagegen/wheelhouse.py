@@ -25,7 +25,6 @@ import errno
 import hashlib
 import os
 import shutil
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -144,44 +143,20 @@ def cached_size(w: LockedWheel) -> int:
 
 # --- per-run temporary directory -----------------------------------------------------------------
 
-_cleaned = threading.Event()
-
-
-def _clean_stale_runs(tmp_root: Path) -> None:
-    if _cleaned.is_set() or not tmp_root.is_dir():
-        return
-    _cleaned.set()
-    for d in tmp_root.iterdir():
-        try:
-            fh = flock.acquire(d / ".lock", blocking=False)
-        except OSError:
-            if d.is_dir() and time.time() - d.stat().st_mtime > 86400:
-                shutil.rmtree(d, ignore_errors=True)
-            continue
-        if fh is None:
-            continue  # a live run holds it
-        with fh:
-            shutil.rmtree(d, ignore_errors=True)
-
 
 @contextlib.contextmanager
 def run_dir() -> Iterator[Path]:
-    """A private temporary directory on the cache's filesystem, removed on exit (also on Ctrl-C)."""
+    """A private temporary directory on the cache's filesystem, removed on exit (also on Ctrl-C);
+    creating it reaps those of runs that died (``flock.make_owned_dir``)."""
     tmp_root = paths.tmp_root()
     try:
-        tmp_root.mkdir(parents=True, exist_ok=True)
-        _clean_stale_runs(tmp_root)
-        d = tmp_root / f"run-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        d.mkdir()
-        fh = flock.acquire(d / ".lock", mode="w")  # held while the run lives: see _clean_stale_runs
+        d = flock.make_owned_dir(tmp_root, paths.RUN_PREFIX)
     except OSError as exc:
         raise _os_error(exc, f"cannot create a temporary directory under {tmp_root}") from None
-    assert fh is not None
     try:
         yield d
     finally:
-        fh.close()
-        shutil.rmtree(d, ignore_errors=True)
+        flock.remove_owned_dir(d)
 
 
 @contextlib.contextmanager

@@ -38,7 +38,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .. import compat, flock, labels, paths
-from ..console import log, warn
+from ..console import log
 from ..errors import EngineError, ImagegenError, UserInputError
 from .hook import DOC_EXCLUDES, DOC_INCLUDES, packages_split, parse_deb822
 
@@ -231,35 +230,14 @@ def explain_failure(lines: Iterable[str], spec: compat.BaseSpec) -> str:
     return f"{tail[0][:300]} (mirror {mirror})"
 
 
-def _mounts_under(path: Path) -> list[str]:
-    prefix = str(path.resolve()).rstrip("/") + "/"
-    out = []
-    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as fh:
-        for line in fh:
-            mp = line.split()[4].replace("\\040", " ")
-            if mp.startswith(prefix):
-                out.append(mp)
-    return out
-
-
 def safe_rmtree(path: Path) -> None:
     """Remove a temp dir, first unmounting anything a killed mmdebstrap left mounted in it; never
     descend into a mount point (a bind-mounted /dev must not be emptied)."""
     if not path.exists():
         return
-    for mp in sorted(_mounts_under(path), key=len, reverse=True):
+    for mp in sorted(flock.mounts_under(path), key=len, reverse=True):
         subprocess.run(["umount", "-l", mp], capture_output=True)
-    left = _mounts_under(path)
-    if left:
-        warn(f"not removing {path}: still mounted: {', '.join(left)}")
-        return
-    shutil.rmtree(path, ignore_errors=True)
-    if path.exists():  # read-only dirs left by a rootfs: make writable and retry
-        for dirpath, dirnames, _ in os.walk(path):
-            for d in dirnames:
-                with contextlib.suppress(OSError):
-                    os.chmod(os.path.join(dirpath, d), 0o700, follow_symlinks=False)
-        shutil.rmtree(path, ignore_errors=True)
+    flock.remove_tree(path)  # refuses what is still mounted; read-only dirs of a rootfs made writable
 
 
 def run_mmdebstrap(argv: list[str], *, env: dict, spec: compat.BaseSpec, label: str) -> None:
@@ -442,10 +420,6 @@ def local_image(ref: str):
         return None
 
 
-def _tmp_parent() -> str | None:
-    return os.environ.get("IMAGEGEN_TMPDIR") or os.environ.get("TMPDIR") or None
-
-
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the cleanup below still runs."""
@@ -476,7 +450,7 @@ def _build_role(name: str, spec: compat.BaseSpec, role: str) -> tuple[str, Tarba
 
     ref = spec.role_ref(name, role)
     repo, tag = ref.rsplit(":", 1)
-    workdir = Path(tempfile.mkdtemp(prefix="imagegen-base-", dir=_tmp_parent()))
+    workdir = flock.make_owned_dir(paths.tmp_parent(), paths.BASE_PREFIX, remove=safe_rmtree)  # reaps killed ones
     image_id = None
     tagged = False
     try:
@@ -496,7 +470,7 @@ def _build_role(name: str, spec: compat.BaseSpec, role: str) -> tuple[str, Tarba
         if image_id and not tagged:
             with contextlib.suppress(Exception):
                 client().images.remove(image_id, force=True)
-        safe_rmtree(workdir)
+        flock.remove_owned_dir(workdir, remove=safe_rmtree)
 
 
 def ensure_role(base_name: str, role: str, *, force: bool = False, spec: compat.BaseSpec | None = None) -> str:

@@ -30,7 +30,7 @@ import docker.types
 import testinfra.host
 from testinfra.backend import base as tbase
 
-from .. import elf
+from .. import elf, flock, paths
 from ..errors import EngineError
 
 MOUNT = "/.imagegen-test"
@@ -61,10 +61,10 @@ def _is_static_elf(path: Path) -> bool:
 
 
 def make_workdir(root: Path | None = None) -> Path:
-    """A host directory readable by any UID, mounted read-only into every test container."""
-    import tempfile
-
-    d = Path(tempfile.mkdtemp(prefix="imagegen-test-", dir=root))
+    """A host directory readable by any UID, mounted read-only into every test container, in ``root``
+    (default: ``paths.tmp_parent()``). Owned by this process until :func:`remove_workdir` (or its
+    death: the next call reaps those of processes that are gone, see ``flock.make_owned_dir``)."""
+    d = flock.make_owned_dir(root or paths.tmp_parent(), paths.TEST_PREFIX)
     d.chmod(0o755)
     probes = Path(__file__).parent / "probes"
     (d / "probes").mkdir()
@@ -79,6 +79,11 @@ def make_workdir(root: Path | None = None) -> Path:
     for p in d.rglob("*"):
         p.chmod(0o755 if p.is_dir() or p.name == "busybox" else 0o644)
     return d
+
+
+def remove_workdir(d: Path) -> None:
+    """Remove a directory made by :func:`make_workdir` and release it."""
+    flock.remove_owned_dir(d)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from imagegen.imagetest.inventory import load_inventory
-from imagegen.imagetest.container import MOUNT, make_workdir
+from imagegen.imagetest.container import MOUNT, make_workdir, remove_workdir
 from imagegen.imagetest.helpers import PROBE_TIMEOUT, ProbeError, container, parse
 from imagegen.imagetest.target import TestTarget, load_targets
 
@@ -76,7 +76,7 @@ def target(request) -> TestTarget:
 def workdir(tmp_path_factory) -> Path:
     d = make_workdir()
     yield d
-    shutil.rmtree(d, ignore_errors=True)
+    remove_workdir(d)
 
 
 @pytest.fixture(scope="session")
