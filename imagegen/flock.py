@@ -109,7 +109,7 @@ def owned_dir(parent: Path, prefix: str, *, remove: Callable[[Path], None] | Non
 
 
 def reap(parent: Path, prefix: str, *, remove: Callable[[Path], None] | None = None,
-         stale_after: float = STALE_AFTER) -> list[tuple[Path, int]]:
+         stale_after: float = STALE_AFTER, dry_run: bool = False) -> list[tuple[Path, int]]:
     """Remove the directories ``parent/<prefix>*`` (and their staging names) whose owner is gone, and
     log one line on stderr for each, with the bytes it freed. Returns [(path, bytes freed)].
 
@@ -120,7 +120,8 @@ def reap(parent: Path, prefix: str, *, remove: Callable[[Path], None] | None = N
     in it changed for ``stale_after`` seconds (a day: far longer than any live build goes without
     writing there, far shorter than leaking GBs for good). A directory another user owns, a symlink,
     or one whose lock file cannot be opened is left alone. Never raises for a directory it cannot
-    remove (best effort; ``remove`` defaults to :func:`remove_tree`)."""
+    remove (best effort; ``remove`` defaults to :func:`remove_tree`). ``dry_run``: remove and log
+    nothing, only return what would be removed."""
     reaped: list[tuple[Path, int]] = []
     try:
         entries = list(os.scandir(parent))
@@ -162,6 +163,9 @@ def reap(parent: Path, prefix: str, *, remove: Callable[[Path], None] | None = N
                 continue
         try:
             freed = tree_size(path)
+            if dry_run:
+                reaped.append((path, freed))
+                continue
             (remove or remove_tree)(path)
         finally:
             if fd is not None:
@@ -169,7 +173,10 @@ def reap(parent: Path, prefix: str, *, remove: Callable[[Path], None] | None = N
         if path.exists():
             log(f"could not remove {path} (left by an imagegen process that is gone): remove it by hand")
             continue
-        log(f"reaped {path}: {format_size(freed)} left by an imagegen process that is gone")
+        idle = f"unchanged for {(time.time() - st.st_mtime) / 3600:.0f} h"
+        why = (f"unfinished, {idle}" if staging else "its imagegen process is gone" if fd is not None
+               else f"no owner lock, {idle}")
+        log(f"reaped {path}: {format_size(freed)} ({why})")
         reaped.append((path, freed))
     return reaped
 

@@ -116,12 +116,17 @@ def prune_command(
                                                                callback=userpaths.input_files_or_dirs)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Only report what would be removed.")] = False,
 ) -> None:
-    """Remove cached wheels that none of the given locks reference."""
+    """Remove cached wheels that none of the given locks reference, and the work directories (build
+    contexts, base bootstraps, test mounts) that killed imagegen processes left behind."""
+    from ..flock import reap
     from ..lockfile import read_lock
-    from ..paths import wheels_root
+    from ..paths import wheels_root, work_dirs
     from ..wheelhouse import prune
 
     parsed = [read_lock(f) for f in _lock_files(locks)]
     files, size = prune(parsed, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     out.print(f"{verb} {files} wheel(s), {format_size(size)} from {wheels_root()}", markup=False)
+    left = [r for parent, prefix in work_dirs() for r in reap(parent, prefix, dry_run=dry_run)]
+    out.print(f"{verb} {len(left)} work dir(s) of imagegen processes that are gone, "
+              f"{format_size(sum(n for _, n in left))}", markup=False)
