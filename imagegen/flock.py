@@ -151,7 +151,8 @@ def reap(parent: Path, prefix: str, *, remove: Callable[[Path], None] | None = N
                 except OSError:
                     os.close(fd)
                     continue
-            if time.time() - _newest_mtime(path, st) < stale_after:
+            newest = _newest_mtime(path)
+            if newest is None or time.time() - newest < stale_after:  # None: gone (another reaper)
                 if fd is not None:
                     os.close(fd)
                 continue
@@ -181,8 +182,12 @@ def reap(parent: Path, prefix: str, *, remove: Callable[[Path], None] | None = N
     return reaped
 
 
-def _newest_mtime(path: Path, st: os.stat_result) -> float:
-    newest = st.st_mtime
+def _newest_mtime(path: Path) -> float | None:
+    """The newest mtime of ``path`` and its direct entries (seconds since the epoch); None if it is gone."""
+    try:
+        newest = os.lstat(path).st_mtime
+    except OSError:
+        return None
     with contextlib.suppress(OSError):
         for e in os.scandir(path):
             with contextlib.suppress(OSError):
