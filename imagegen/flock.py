@@ -98,6 +98,14 @@ def remove_owned_dir(path: Path, *, remove: Callable[[Path], None] | None = None
         fh.close()
 
 
+def holder_fds(path: Path) -> tuple[int, ...]:
+    """The descriptor holding an owned directory's flock, for ``subprocess.Popen(pass_fds=...)``: a
+    child that works in the directory and may outlive this process (its own session) then keeps it
+    owned until it exits too. () when ``path`` is not a directory this process owns."""
+    fh = _owned.get(str(path))
+    return (fh.fileno(),) if fh is not None and not fh.closed else ()
+
+
 @contextlib.contextmanager
 def owned_dir(parent: Path, prefix: str, *, remove: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """:func:`make_owned_dir` for the block, removed on exit (also on Ctrl-C and errors)."""

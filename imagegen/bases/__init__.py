@@ -246,8 +246,11 @@ def run_mmdebstrap(argv: list[str], *, env: dict, spec: compat.BaseSpec, label: 
     if not shutil.which("mmdebstrap"):
         raise ImagegenError("mmdebstrap not found", hint="apt-get install mmdebstrap, or run scripts/setup.sh")
     tail: deque[str] = deque(maxlen=200)
+    # mmdebstrap inherits the flock that owns its TMPDIR: if this process is SIGKILLed, the work dir
+    # stays owned (not reaped by the next bootstrap) until the orphaned mmdebstrap exits too
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True, errors="replace")
+                            start_new_session=True, errors="replace",
+                            pass_fds=flock.holder_fds(Path(env.get("TMPDIR", ""))))
     try:
         assert proc.stderr
         for line in proc.stderr:

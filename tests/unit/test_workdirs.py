@@ -197,3 +197,28 @@ def test_cache_prune_reaps_work_dirs_of_killed_processes(tmp_path, outside):
     finally:
         live_proc.send_signal(signal.SIGKILL)
         live_proc.wait()
+
+
+def test_a_child_given_the_lock_keeps_the_dir_owned_after_its_parent_is_killed(tmp_path):
+    """bases.run_mmdebstrap passes the lock to mmdebstrap (its own session, so it outlives a SIGKILLed
+    imagegen): the directory it still works in is not reaped until it exits."""
+    parent = tmp_path / "tmp"
+    code = ("import subprocess, sys, time; from pathlib import Path; from imagegen import flock;"
+            "d = flock.make_owned_dir(Path(sys.argv[1]), 'imagegen-base-');"
+            "p = subprocess.Popen(['sleep', '600'], start_new_session=True, pass_fds=flock.holder_fds(d));"
+            "print(d, p.pid, flush=True); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(parent)], stdout=subprocess.PIPE, text=True, env=_env())
+    assert proc.stdout
+    d, child = proc.stdout.readline().split()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    try:
+        assert flock.reap(parent, "imagegen-base-") == [] and Path(d).is_dir()
+    finally:
+        os.kill(int(child), signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    reaped = flock.reap(parent, "imagegen-base-")
+    while not reaped and time.monotonic() < deadline:  # the kill is delivered asynchronously
+        time.sleep(0.05)
+        reaped = flock.reap(parent, "imagegen-base-")
+    assert [p for p, _ in reaped] == [Path(d)]
