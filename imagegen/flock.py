@@ -171,7 +171,7 @@ def reap(parent: Path, prefix: str, *, remove: Callable[[Path], None] | None = N
                 os.close(fd)  # a live process holds it
                 continue
         try:
-            freed = tree_size(path)
+            freed, total = tree_size(path)
             if dry_run:
                 reaped.append((path, freed))
                 continue
@@ -185,7 +185,8 @@ def reap(parent: Path, prefix: str, *, remove: Callable[[Path], None] | None = N
         idle = f"unchanged for {(time.time() - st.st_mtime) / 3600:.0f} h"
         why = (f"unfinished, {idle}" if staging else "its imagegen process is gone" if fd is not None
                else f"no owner lock, {idle}")
-        log(f"reaped {path}: {format_size(freed)} ({why})")
+        linked = f", {format_size(total - freed)} more hard-linked elsewhere (kept)" if total > freed else ""
+        log(f"reaped {path}: {format_size(freed)} freed{linked} ({why})")
         reaped.append((path, freed))
     return reaped
 
@@ -203,10 +204,10 @@ def _newest_mtime(path: Path) -> float | None:
     return newest
 
 
-def tree_size(path: Path) -> int:
-    """Bytes that removing ``path`` frees: the sizes of the files in it, each inode once, leaving out
-    inodes with links outside the tree (a build context's wheels are hard links into the wheel
-    cache and free nothing). Does not follow symlinks."""
+def tree_size(path: Path) -> tuple[int, int]:
+    """(bytes that removing ``path`` frees, bytes of all its files): file sizes, each inode once; the
+    first leaves out inodes with links outside the tree (a build context's wheels are hard links
+    into the wheel cache and free nothing). Does not follow symlinks."""
     seen: dict[tuple[int, int], list[int]] = {}
     for dirpath, dirnames, filenames in os.walk(path):
         for name in filenames:
@@ -217,7 +218,8 @@ def tree_size(path: Path) -> int:
                     seen[key][0] += 1
                 else:
                     seen[key] = [1, st.st_nlink, st.st_size]
-    return sum(size for links, nlink, size in seen.values() if links >= nlink)
+    return (sum(size for links, nlink, size in seen.values() if links >= nlink),
+            sum(size for _, _, size in seen.values()))
 
 
 def remove_tree(path: Path) -> None:

@@ -84,7 +84,8 @@ def test_sigkilled_owner_is_reaped_by_the_next_creation(tmp_path, outside):
     assert d.is_dir(), "SIGKILL left the directory behind (the case this guards)"
     res = _create(parent)
     assert not d.exists()
-    assert f"reaped {d}: 2.00 MB (its imagegen process is gone)" in res.stderr  # the hard-linked wheel freed nothing and is not counted
+    assert (f"reaped {d}: 2.00 MB freed, 500.0 kB more hard-linked elsewhere (kept) (its imagegen process is gone)"
+            in res.stderr)  # the hard-linked wheel freed nothing and is not counted
     assert outside.read_bytes() == b"w" * 500_000  # the file outside, linked into it, is intact
     assert sorted(parent.iterdir()) == []  # the creator removed its own on exit
 
@@ -133,7 +134,7 @@ def test_lockless_dirs_are_reaped_only_when_a_day_old(tmp_path):
     other = _lockless(parent, "imagegen-ctxfoo", 2 * 86400)  # not this prefix
     res = _create(parent)
     assert not old.exists() and fresh.exists() and staging.exists() and other.exists()
-    assert f"reaped {old}: 1.00 kB (no owner lock, unchanged for 48 h)" in res.stderr
+    assert f"reaped {old}: 1.00 kB freed (no owner lock, unchanged for 48 h)" in res.stderr
 
 
 def test_readonly_tree_of_a_killed_owner_is_removed(tmp_path, outside):
@@ -192,7 +193,7 @@ def test_cache_prune_reaps_work_dirs_of_killed_processes(tmp_path, outside):
         res = prune()
         assert res.returncode == 0, res.stderr
         assert "removed 2 work dir(s) of imagegen processes that are gone, 4.00 MB" in res.stdout
-        assert f"reaped {ctx}: 2.00 MB" in res.stderr and f"reaped {base}: 2.00 MB" in res.stderr
+        assert f"reaped {ctx}: 2.00 MB freed" in res.stderr and f"reaped {base}: 2.00 MB freed" in res.stderr
         assert not ctx.exists() and not base.exists() and live.exists()
     finally:
         live_proc.send_signal(signal.SIGKILL)
