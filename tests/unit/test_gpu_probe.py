@@ -75,6 +75,20 @@ def stubs(tmp_path_factory):
     _cc("int cuInit(int); int gone(void); int b(void) { return cuInit(0) + gone(); }\n",
         dl / "libbroken-imagegen.so.9", "libbroken-imagegen.so.9", "-Wl,--no-as-needed", f"-L{drv}",
         "-l:libfakecuda-imagegen.so.1", "-l:libgone-imagegen.so.1")
+    # a framework's own libraries beside the one it loads (PyTorch's torch/lib): found through
+    # RUNPATH $ORIGIN only, and one of them uses a sibling's symbol it does not NEED (underlinked,
+    # like libtorch_nvshmem.so and c10::cuda's allocator)
+    fw = site / "fw2"
+    fw.mkdir()
+    _cc("int sib_a(void) { return 4; }\n", fw / "libsib_a.so", "libsib_a.so")
+    _cc("int sib_a(void); int sib_b(void) { return sib_a(); }\n", fw / "libsib_b.so", "libsib_b.so")
+    _cc("int sib_b(void); int good(void); int fw_main(void) { return sib_b() + good(); }\n", fw / "libfw_main.so",
+        "libfw_main.so", "-Wl,--no-as-needed", f"-L{fw}", "-l:libsib_a.so", "-l:libsib_b.so", f"-L{lib}",
+        "-l:libgood-imagegen.so.11.2", "-Wl,--enable-new-dtags,-rpath,$ORIGIN:$ORIGIN/../nvidia/stub/lib")
+    _cc("int sib_c(void) { return 5; }\n", fw / "libsib_c.so", "libsib_c.so")
+    _cc("int sib_c(void); int fw_broken(void) { return sib_c(); }\n", fw / "libfw_broken.so", "libfw_broken.so",
+        "-Wl,--no-as-needed", f"-L{fw}", "-l:libsib_c.so", "-Wl,--enable-new-dtags,-rpath,$ORIGIN")
+    (fw / "libsib_c.so").unlink()  # a framework library the image lacks
     return site, lib
 
 
@@ -133,6 +147,20 @@ def test_a_library_missing_only_the_host_driver_passes_with_needs_host(stubs):
     assert res["libneedsdriver-imagegen.so.9"]["ok"] is False
 
 
+def test_needed_entries_resolve_through_the_dependents_runpath(stubs):
+    """The framework's own libraries load as the loader loads them for their dependent (RUNPATH
+    $ORIGIN, together, so an underlinked sibling finds its symbols); the CUDA libraries it NEEDs
+    are loaded from the file its RUNPATH finds."""
+    out = _run(stubs, "--needed-of", "fw2/libfw_main.so", "--skip", "libc.so.6")
+    res = {r["name"]: r for r in out["results"]}
+    assert set(res) == {"libfw_main.so", "libgood-imagegen.so.11.2"}, res  # not libsib_a.so one by one
+    assert all(r["ok"] for r in res.values()), res
+    assert res["libgood-imagegen.so.11.2"]["path"].endswith("nvidia/stub/lib/libgood-imagegen.so.11.2")
+    out = _run(stubs, "--needed-of", "fw2/libfw_broken.so", "--skip", "libc.so.6")
+    (bad,) = [r for r in out["results"] if not r["ok"]]
+    assert bad["name"] == "libsib_c.so" and "cannot open shared object file" in bad["error"]
+
+
 def test_missing_provider_library_is_a_failure(stubs):
     out = _run(stubs, "--needed-of", "fw/nope.so")
     assert out["results"][0]["ok"] is False and "fw/nope.so not found" in out["results"][0]["error"]
@@ -164,7 +192,8 @@ def test_probe_args_for_onnxruntime_cuda_cell():
     assert args[:2] == ["--needed-of", "onnxruntime/capi/libonnxruntime_providers_cuda.so"]
     assert "onnxruntime/capi/libonnxruntime_providers_tensorrt.so" not in args  # no TensorRT in this cell
     assert ["--dirs", "nvidia/*/lib,tensorrt_libs"] == args[2:4]
-    assert ["--skip", "libcuda.so.1"] == args[4:6]
+    # the host driver: never probed, and a library's own failed dlopen of it is expected without one
+    assert ["--skip", "libcuda.so.1", "--benign", "libcuda.so.1: cannot open shared object file"] == args[4:8]
     assert args[-2:] == ["--benign", "undefined symbol: InitializeInjectionCaskEnhanced"]
     assert [p.name for p in ready.providers(t)] == ["CUDAExecutionProvider"]
 

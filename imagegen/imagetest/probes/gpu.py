@@ -6,13 +6,15 @@ usage: python gpu.py [--dirs GLOB,...] [--needed-of REL]... [--skip NAME]... [NA
   --dirs GLOB,...    also every shared library in these site-packages directories (e.g.
                      nvidia/*/lib,tensorrt_libs), by the DT_SONAME read from its ELF file
   --needed-of REL    also every NEEDED entry of this library (relative to site-packages), e.g. an
-                     execution provider the framework dlopens by path
+                     execution provider the framework dlopens by path; an entry its RUNPATH
+                     resolves is loaded from there, as the loader does for it
   --skip NAME        never probe NAME (libraries the host driver provides: libcuda.so.1); a library
                      that fails only because NAME is absent passes when every other NEEDED entry of
                      its ELF file loads (reported with "needs_host")
   --nvidia-sonames   the same as --dirs 'nvidia/*/lib'
   --benign TEXT      a pending dlerror() message containing TEXT is reported ("pending_benign"), not
-                     failed: data (cuda.yaml dlerror_benign) for a library's own by-design lookups
+                     failed: data (cuda.yaml dlerror_benign) for a library's own by-design lookups,
+                     and the host driver's libraries (cuBLASLt 13 dlopens libcuda.so.1 as it loads)
 Each name is loaded in its own child process with a timeout: a failing cuDNN load can abort the
 process. A load that succeeds but leaves an error pending in dlerror() fails too: cuDNN >= 8.7
 dlopens libnvrtc.so from its constructor, ignores the failure, and aborts at the first convolution
@@ -34,14 +36,15 @@ TIMEOUT = float(os.environ.get("IMAGEGEN_DLOPEN_TIMEOUT", "60"))
 CHILD = r'''
 import ctypes, json, os, sys
 name = sys.argv[1]
-benign = [b for b in sys.argv[2:] if b]
+load = sys.argv[2] or name  # a file path when the dependent's RUNPATH resolves the name
+benign = [b for b in sys.argv[3:] if b]
 res = {"name": name, "ok": False, "error": None, "path": None, "version": None}
 libc = ctypes.CDLL(None)
 dlerror = libc.dlerror
 dlerror.restype = ctypes.c_char_p
 dlerror()  # clear whatever is pending before the load
 try:
-    lib = ctypes.CDLL(name)
+    lib = ctypes.CDLL(load)
     res["ok"] = True
 except OSError as exc:
     res["error"] = str(exc)
@@ -87,6 +90,23 @@ def elf_dynamic(path):
     return elf.soname, list(elf.needed)
 
 
+def search_dirs(path):
+    """The directories the loader searches first for `path`'s NEEDED entries: its DT_RUNPATH (or,
+    without one, DT_RPATH), with $ORIGIN expanded. ld.so(8): "Using the directories specified in the
+    DT_RUNPATH dynamic section attribute of the binary if present"."""
+    try:
+        elf = elfmini.read_file(path)
+    except (OSError, ValueError):
+        return []
+    origin = os.path.dirname(os.path.realpath(path))
+    out = []
+    for d in elf.runpath or elf.rpath:
+        d = d.replace("${ORIGIN}", origin).replace("$ORIGIN", origin)
+        if os.path.isdir(d):
+            out.append(os.path.normpath(d))
+    return out
+
+
 def site_dirs():
     dirs = site.getsitepackages() + [p for p in sys.path if p.endswith("-packages")]
     return [d for d in dict.fromkeys(dirs) if os.path.isdir(d)]
@@ -109,11 +129,35 @@ def sonames_in(dir_globs):
     return names
 
 
+LOAD_PATHS = {}  # name -> the file the loader resolves it to for its dependent (dlopen'd by that path)
+
+
 def needed_of(rel):
+    """The names to probe for `rel` (relative to site-packages): its NEEDED entries, each loaded as
+    the loader resolves it for `rel` -- from the file its RUNPATH finds (the CUDA wheels'
+    libraries, via $ORIGIN/../../nvidia/...), else by name (loader cache, system directories).
+    The framework's own libraries beside `rel` (PyTorch's libc10_cuda.so, libtorch_nvshmem.so)
+    are not loaded one by one: they rely on symbols of their siblings that they do not NEED
+    (libtorch_nvshmem.so uses c10::cuda's allocator), so `rel` itself is loaded, which loads them
+    together the way the framework does."""
     for sp in site_dirs():
         path = os.path.join(sp, rel)
         if os.path.exists(path):
-            return elf_dynamic(path)[1], None
+            own_dir = os.path.dirname(os.path.realpath(path))
+            names = []
+            dirs = search_dirs(path)
+            for n in elf_dynamic(path)[1]:
+                found = next((os.path.join(d, n) for d in dirs if os.path.exists(os.path.join(d, n))), None)
+                if found and os.path.dirname(os.path.realpath(found)) == own_dir:
+                    name = os.path.basename(path)
+                    LOAD_PATHS.setdefault(name, path)
+                    if name not in names:
+                        names.append(name)
+                    continue
+                if found:
+                    LOAD_PATHS.setdefault(n, found)
+                names.append(n)
+            return names, None
     return [], "%s not found in %s" % (rel, ", ".join(site_dirs()))
 
 
@@ -122,7 +166,8 @@ BENIGN = []
 
 def probe(name):
     try:
-        cp = subprocess.run([sys.executable, "-c", CHILD, name] + BENIGN, stdout=subprocess.PIPE,
+        cp = subprocess.run([sys.executable, "-c", CHILD, name, LOAD_PATHS.get(name, "")] + BENIGN,
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, timeout=TIMEOUT, start_new_session=True)
     except subprocess.TimeoutExpired:
         return {"name": name, "ok": False, "error": "timed out after %gs (hung after a failed load?)" % TIMEOUT}
