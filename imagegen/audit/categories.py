@@ -36,6 +36,9 @@ _cat("bytecode", "bytecode", "bytecode", "Python bytecode (.pyc)")
 _cat("docs", "docs", "docs", "documentation")
 _cat("man", "docs", "docs", "man and info pages")
 _cat("locales", "docs", "docs", "locales and translations")
+# kept on purpose by every image (the sysroot stage and the bases keep them): no slimming rule
+_cat("licenses", "licenses", None, "Debian copyright files (licence texts, /usr/share/doc/<package>/copyright)")
+_cat("locale:c_utf8", "system", None, "the C.UTF-8 locale (Python's UTF-8 mode and glibc need it)")
 _cat("tests", "tests", "tests", "test suites")
 _cat("headers", "headers", "headers", "C/C++/CUDA headers")
 _cat("static_libs", "static_libs", "static_libs", "static libraries (.a)")
@@ -119,6 +122,10 @@ def category_of(path: str) -> str:
     # docs
     if p.startswith(("/usr/share/man/", "/usr/local/share/man/", "/usr/share/info/", "/usr/local/man/")):
         return "man"
+    if p.startswith(("/usr/lib/locale/C.utf8/", "/usr/lib/locale/C.UTF-8/")):
+        return "locale:c_utf8"
+    if p.startswith("/usr/share/doc/") and p.count("/") == 5 and base == "copyright":
+        return "licenses"
     if p.startswith(("/usr/share/locale/", "/usr/local/share/locale/", "/usr/share/i18n/", "/usr/lib/locale/")) \
             or "/locale/" in p and base.endswith(".mo"):
         return "locales"

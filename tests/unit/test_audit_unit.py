@@ -72,11 +72,11 @@ def ground(tmp_path_factory, debug_so) -> tuple[str, dict]:
         [  # layer 0: base
             ("symlink", "/lib", "usr/lib"),
             ("file", "/usr/lib/x86_64-linux-gnu/libfoo.so.1", b"F" * 2048),
-            ("file", "/usr/share/doc/libfoo1/copyright", b"D" * 1500),
+            ("file", "/usr/share/doc/libfoo1/changelog.Debian.gz", b"D" * 1500),
             ("file", "/usr/share/man/man1/foo.1.gz", b"M" * 500),
             ("file", "/var/lib/dpkg/status", DPKG_STATUS.encode()),
             ("file", "/var/lib/dpkg/info/libfoo1:amd64.list",
-             b"/.\n/lib\n/lib/x86_64-linux-gnu/libfoo.so.1\n/usr/share/doc/libfoo1/copyright\n"),
+             b"/.\n/lib\n/lib/x86_64-linux-gnu/libfoo.so.1\n/usr/share/doc/libfoo1/changelog.Debian.gz\n"),
             ("file", "/etc/config", b"old" * 100),
             ("dir", "/opt/stale"),
             ("file", "/opt/stale/a", b"s" * 111),
@@ -315,6 +315,11 @@ def test_category_rules():
     assert category_of("/var/lib/apt/lists/deb.debian.org_dists_bookworm_InRelease") == "cache:apt"
     assert category_of("/usr/lib/python3.11/test/test_os.py") == "tests"
     assert category_of("/usr/share/locale/de/LC_MESSAGES/x.mo") == "locales"
+    # kept on purpose (licence compliance; UTF-8): no slimming rule, so the audit never suggests dropping them
+    assert category_of("/usr/share/doc/libc6/copyright") == "licenses"
+    assert category_of("/usr/share/doc/libc6/changelog.Debian.gz") == "docs"
+    assert category_of("/usr/lib/locale/C.utf8/LC_CTYPE") == "locale:c_utf8"
+    assert category_of("/usr/lib/locale/de_DE.utf8/LC_CTYPE") == "locales"
 
 
 def test_gates(ground_report):
