@@ -8,6 +8,7 @@ Errors: UserInputError (exit 2: no such image or file, an unsupported media type
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 
@@ -23,6 +24,19 @@ CHUNK = 1 << 20
 def _short(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text[:200]
+
+
+@contextlib.contextmanager
+def _stream_errors(what: str) -> Iterator[None]:
+    """The reader's stream errors as imagegen's, each naming `what` (an image's save stream, a file)."""
+    try:
+        yield
+    except TruncatedStream as exc:
+        raise ImagegenError(f"{what} is truncated: {exc}") from None
+    except CorruptStream as exc:
+        raise ImagegenError(f"{what} is corrupt: {exc}") from None
+    except UnsupportedStream as exc:
+        raise UserInputError(f"{what} is unsupported: {exc}") from None
 
 
 def file_chunks(path: str, chunk: int = CHUNK) -> Iterator[bytes]:
@@ -87,14 +101,9 @@ def read_image(ref: str, *, compressed: bool = True, log: Callable[[str], None] 
 
     src = ChunkSource(prefetch(chunks), on_error=on_error)
     try:
-        # the engine wrote the config from these very layers: their diff_ids are not hashed again
-        scan = read_save_stream(src, want_gzip=want, log=log, verify=False)
-    except TruncatedStream as exc:
-        raise ImagegenError(f"the save stream of {ref} is truncated: {exc}") from None
-    except CorruptStream as exc:
-        raise ImagegenError(f"the save stream of {ref} is corrupt: {exc}") from None
-    except UnsupportedStream as exc:
-        raise UserInputError(f"the save stream of {ref} is unsupported: {exc}") from None
+        with _stream_errors(f"the save stream of {ref}"):
+            # the engine wrote the config from these very layers: their diff_ids are not hashed again
+            scan = read_save_stream(src, want_gzip=want, log=log, verify=False)
     finally:
         close = getattr(chunks, "close", None)
         if close:
@@ -134,13 +143,8 @@ def read_tarball(path: str, *, compressed: bool = True,
         raise UserInputError(f"no such file: {path}")
     src = ChunkSource(prefetch(file_chunks(path)))
     try:
-        scan = read_save_stream(src, want_gzip=lambda n: compressed, log=log)
-    except TruncatedStream as exc:
-        raise ImagegenError(f"{path} is truncated: {exc}") from None
-    except CorruptStream as exc:
-        raise ImagegenError(f"{path} is corrupt: {exc}") from None
-    except UnsupportedStream as exc:
-        raise UserInputError(f"{path} is unsupported: {exc}") from None
+        with _stream_errors(path):
+            scan = read_save_stream(src, want_gzip=lambda n: compressed, log=log)
     except OSError as exc:
         raise UserInputError(f"cannot read {path}: {_short(exc)}") from None
     return scan, {}, settle_gzip(scan, compressed, {})
