@@ -22,6 +22,7 @@ from skip_policy import (  # noqa: E402,F401  (pytest hooks, registered by being
     pytest_sessionfinish,
     pytest_terminal_summary,
 )
+from env_guard import pytest_runtest_makereport, pytest_runtest_protocol  # noqa: E402,F401
 
 
 def pytest_sessionstart(session):

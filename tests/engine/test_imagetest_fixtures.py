@@ -185,8 +185,9 @@ def cpu_run(images, tmp_path_factory):
         TestTarget(image=images["good"], name="fixture-over-budget", **{**common, "budget_bytes": 10_000_000,
                                                                           "budget_compressed_bytes": 5_000_000}),
     ]
-    os.environ.setdefault("IMAGEGEN_CACHE", str(d / "cache"))
-    return run_targets(targets, d / "junit.xml", print_summary=False)
+    with pytest.MonkeyPatch.context() as mp:  # test records go to a cache of the module's own, for this run only
+        mp.setenv("IMAGEGEN_CACHE", str(d / "cache"))
+        return run_targets(targets, d / "junit.xml", print_summary=False)
 
 
 @pytest.fixture(scope="module")

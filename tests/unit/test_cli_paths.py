@@ -114,6 +114,7 @@ def run_main(monkeypatch, argv: list[str]) -> tuple[int, str, str]:
     monkeypatch.setattr(sys, "argv", ["imagegen", *argv])
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/imagegen-test.sock")
     monkeypatch.delenv("IMAGEGEN_MATRIX", raising=False)
+    monkeypatch.setenv("PYTHONIOENCODING", "utf-8")  # what main() sets for its children, undone after the test
     with pytest.raises(SystemExit) as exc:
         cli.main()
     return exc.value.code, out.getvalue(), err.getvalue()

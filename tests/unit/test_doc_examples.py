@@ -102,6 +102,7 @@ def run_main(monkeypatch, argv: list[str]) -> tuple[int, str, str]:
     monkeypatch.setattr(sys, "argv", ["imagegen", *argv])
     monkeypatch.setattr(sys, "stdout", out)  # typer's --help and raw writes
     monkeypatch.delenv("IMAGEGEN_MATRIX", raising=False)
+    monkeypatch.setenv("PYTHONIOENCODING", "utf-8")  # what main() sets for its children, undone after the test
     with pytest.raises(SystemExit) as exc:
         cli.main()
     return exc.value.code, out.getvalue(), err.getvalue()
