@@ -2,7 +2,7 @@
 
 The root is ``$IMAGEGEN_CACHE``, or ``~/.cache/imagegen`` when the variable is unset *or empty*
 (an empty value never means the working directory). It is shared by every command and matrix on
-the machine and is content-addressed where it matters (wheels, closures, gzip sizes), so sharing
+the machine and is content-addressed where it matters (wheels, gzip sizes), so sharing
 it is safe. Nothing here creates a directory; callers ``mkdir`` what they write.
 
 Layout (all under the root)::
@@ -10,8 +10,11 @@ Layout (all under the root)::
     wheels/sha256/<hh>/<sha256>/<file>   the wheel cache (wheelhouse)
     wheels/locks/<sha256>.lock           per-file fetch serialisation (flock)
     tmp/run-<pid>-<id>/                  a run's temporary files (pip's TMPDIR too) [owned]
-    closures/<digest>.json               ELF closure results, by their inputs digest
-    debian/<mirror>/<suite>/<component>/ Debian Contents indexes
+    debian/<mirror>/<suite>/InRelease    the last verified InRelease of a suite (debarchive)
+    debian/<mirror>/<suite>/<component>/ Debian Contents indexes (compact, derived)
+    debian/by-hash/SHA256/<sha256>       archive index files (Packages.xz, Contents), verified against InRelease
+    debian/packages/<sha256>-v<n>.json.gz compact Packages index, by the Packages file's sha256
+    debian/debs/<sha256>.json            library names a .deb ships, by the .deb's sha256
     sonames/<image id>.json              library names of a base image
     locks/<ref>.lock                     base bootstrap serialisation (flock)
     stamps/<cell>.json                   quick no-op-rebuild stamps
@@ -59,12 +62,24 @@ def tmp_root() -> Path:
     return cache_root() / "tmp"
 
 
-def closures_dir() -> Path:
-    return cache_root() / "closures"
+def debian_dir(root: Path | None = None) -> Path:
+    """Debian archive caches; ``root`` replaces the cache root (callers' ``cache_dir=`` option)."""
+    return (root if root is not None else cache_root()) / "debian"
 
 
-def debian_dir() -> Path:
-    return cache_root() / "debian"
+def debian_by_hash(root: Path | None = None) -> Path:
+    """Verified archive index files, named by their sha256 (like the archive's by-hash/SHA256/)."""
+    return debian_dir(root) / "by-hash" / "SHA256"
+
+
+def debian_packages(root: Path | None = None) -> Path:
+    """Compact Packages indexes, by the sha256 of the Packages file they came from."""
+    return debian_dir(root) / "packages"
+
+
+def debian_debs(root: Path | None = None) -> Path:
+    """Facts read from .deb files (the library names they ship), by the .deb's sha256."""
+    return debian_dir(root) / "debs"
 
 
 def sonames_dir() -> Path:

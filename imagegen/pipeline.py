@@ -24,7 +24,7 @@ from pathlib import Path
 
 import docker.errors
 
-from . import bases, closure, coldstart, compat, engine, flock, hostpip, lockfile, paths, render, wheelhouse
+from . import bases, closure, closurefile, coldstart, compat, engine, flock, hostpip, lockfile, paths, render, wheelhouse
 from . import lock as lock_stage
 from .build import (
     CONNECTION_LOST,
@@ -202,23 +202,60 @@ def ensure_lock(m: Matrix, cell: Cell, *, refresh: bool = False) -> tuple[lockfi
 # --- prepare -------------------------------------------------------------------------------------
 
 
-def _closure_packages(cell: Cell, lpath: Path, runtime_ref: str, runtime_id: str, wheels: list[Path]) -> list[str]:
-    """Debian packages the environment's ELF closure needs on the runtime base (cached by its inputs)."""
+def closure_inputs(cell: Cell, lpath: Path) -> closurefile.ClosureInputs:
+    """What the cell's ELF closure depends on (no network, no engine): see imagegen.closurefile."""
     base = cell.base_spec
     gpu = cell.fw.versions[cell.version].gpu if cell.device == "gpu" else None
-    ignore = sorted(gpu.closure_ignore) if gpu else []  # sonames NEEDED only by libraries never loaded
-    key = inputs_digest({"lock": lpath.read_bytes(), "base": runtime_id, "suite": base.suite or "",
-                         "mirror": base.mirror, "host": ",".join(sorted(compat.cuda().host_provided)),
-                         **({"ignore": ",".join(ignore)} if ignore else {})})
-    cache = paths.closures_dir() / f"{key.split(':')[1]}.json"
-    if cache.exists():
-        return json.loads(cache.read_text())["packages"]
+    return closurefile.ClosureInputs(
+        lock_sha256=closurefile.lock_sha256(lpath), runtime_base=base.role_ref(cell.base, cell.runtime_role),
+        suite=base.suite or "bookworm", mirror=base.mirror, arch="amd64",
+        host_provided=tuple(sorted(compat.cuda().host_provided)),
+        # sonames NEEDED only by libraries never loaded
+        ignore=tuple(sorted(gpu.closure_ignore)) if gpu else ())
+
+
+def closure_status(m: Matrix, cells: list[Cell]) -> list[tuple[str, Path, str]]:
+    """(cell id, closure path, up-to-date | stale | missing) for each cell with a lock file (no network)."""
+    rows = []
+    for cell in cells:
+        lpath = lock_path(m, cell)
+        if lpath.exists():
+            path = closurefile.path_for(lpath)
+            rows.append((cell.id, path, closurefile.status(path, closure_inputs(cell, lpath))))
+    return rows
+
+
+def ensure_closure(m: Matrix, cell: Cell) -> tuple[Path, list[str]]:
+    """The cell's committed closure file and its packages, resolved (and written) when missing or stale:
+    `imagegen lock --closure`. Needs the lock, the runtime base (bootstrapped when missing) and the wheels."""
+    lk, lpath = ensure_lock(m, cell)
+    runtime_ref = bases.ensure_role(cell.base, cell.runtime_role, spec=cell.base_spec)
+    packages = _closure_packages(cell, lpath, runtime_ref, wheelhouse.fetch(lk))
+    return closurefile.path_for(lpath), packages
+
+
+def _closure_packages(cell: Cell, lpath: Path, runtime_ref: str, wheels: list[Path]) -> list[str]:
+    """Debian packages the environment's ELF closure needs on the runtime base: the committed
+    ``locks/<cell>.closure.json`` when its inputs match (no Debian index read), else resolved
+    again and written there (commit it)."""
+    inputs = closure_inputs(cell, lpath)
+    path = closurefile.path_for(lpath)
+    committed = closurefile.read_current(path, inputs)
+    if committed is not None:
+        lacking = sorted(committed.base_sonames - bases.role_sonames(runtime_ref))
+        if not lacking:
+            return list(committed.packages)
+        log(f"{cell.ref}: the runtime base no longer has {', '.join(lacking[:3])}, which {path.name} counts on; "
+            "resolving the closure again")
+    else:
+        log(f"{cell.ref}: {path.name} is {closurefile.status(path, inputs)} (its lock or base changed); "
+            "resolving the closure")
     clos = closure.compute_closure(
-        wheels, bases.role_sonames(runtime_ref), suite=base.suite or "bookworm", arch="amd64", mirror=base.mirror,
-        host_provided=set(compat.cuda().host_provided), ignore=ignore,
+        wheels, bases.role_sonames(runtime_ref), suite=inputs.suite, arch=inputs.arch, mirror=inputs.mirror,
+        host_provided=set(inputs.host_provided), ignore=list(inputs.ignore),
     )
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"packages": list(clos.packages), "closure": clos.to_json()}))
+    closurefile.write(path, cell.ref, inputs, clos.to_dict())
+    log(f"{cell.ref}: wrote {path} ({len(clos.packages)} package(s)); commit it beside the lock")
     return list(clos.packages)
 
 
@@ -231,7 +268,7 @@ def prepare(m: Matrix, cell: Cell, workdir: Path, rendered: render.Rendered | No
     wheels = wheelhouse.fetch(lk)
     labels = _kernel_labels(cell, lk, lpath, wheels)
     ids = base_ids(cell, refs)
-    clos_packages = _closure_packages(cell, lpath, refs[cell.runtime_role], ids[cell.runtime_role], wheels)
+    clos_packages = _closure_packages(cell, lpath, refs[cell.runtime_role], wheels)
     ctx = workdir / cell.id
     if ctx.exists():
         shutil.rmtree(ctx)

@@ -32,14 +32,33 @@ def lock_command(
     skip_unreachable_index: Annotated[Optional[list[str]], typer.Option(
         "--skip-unreachable-index", help="An extra index (by name, or 'all') to leave out when it cannot be "
                                          "reached, resolving from the host pip configuration instead.")] = None,
+    closure: Annotated[bool, typer.Option("--closure", help="Also resolve each cell's ELF closure (the Debian "
+                                                            "packages its runtime base lacks) when missing or "
+                                                            "stale, and write locks/<cell>.closure.json.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Resolve each cell's wheels for its target on this host and write locks/<cell>.txt with sha256 hashes."""
+    """Resolve each cell's wheels for its target on this host and write locks/<cell>.txt with sha256 hashes.
+
+    With --check (no network): also fail when a cell's committed ELF closure (locks/<cell>.closure.json)
+    is missing or was resolved for other inputs; its next build would then read a Debian index."""
     from .. import pipeline
 
     m, cells = select_cells(matrix, variant, all_)
     run_lock(pipeline.lock_requests(m, cells), check=check, jobs=jobs, upgrade=upgrade, fetch=not no_fetch,
              skip_unreachable=skip_unreachable_index or [], json_out=json_out)
+    if closure and not check:
+        for cell in cells:
+            path, packages = pipeline.ensure_closure(m, cell)
+            out.print(f"closure    {path}  ({', '.join(packages) or 'no packages'})", markup=False)
+    if check:
+        rows = pipeline.closure_status(m, cells)
+        if not json_out:
+            for _cell, path, state in rows:
+                out.print(f"{state:<11} {path}", markup=False)
+        bad = [c for c, _, s in rows if s != "up-to-date"]
+        if bad:
+            raise ImagegenError(f"{len(bad)} committed closure(s) missing or stale: {', '.join(bad)}",
+                                hint="`imagegen build` of those cells resolves and writes them; commit locks/")
 
 
 def run_lock(cells: dict[str, tuple[LockRequest, Path]], *, check: bool = False, jobs: int = 2,

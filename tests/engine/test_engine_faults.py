@@ -174,7 +174,7 @@ def test_corrupt_wheel_in_cache(cell, base_refs, tmp_path, monkeypatch):
         dst = private / "wheels" / "sha256" / w.sha256[:2] / w.sha256 / w.filename
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
-    for sub in ("closures", "sonames", "debian"):
+    for sub in ("sonames", "debian"):
         if (real / sub).exists():
             (private / sub).symlink_to(real / sub)
     vpath = private / "wheels" / "sha256" / victim.sha256[:2] / victim.sha256 / victim.filename

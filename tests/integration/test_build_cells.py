@@ -8,7 +8,9 @@ tags and image IDs these tests created (never "dangling images": other builds ma
 registry that existed before the module is exactly as it was afterwards.
 
 Each build pulls real wheels into the host wheelhouse and bootstraps the bases when missing.
-The GPU flagship is behind the `gpu_cell` marker (IMAGEGEN_GPU_CELLS=1): several GB.
+Every cell of the default matrix that can be built here is built, GPU cells included (marker `gpu_cell`,
+several GB each: built last, one at a time, and removed after their own test). Each cell is built once,
+when a test first needs it; a cell that fails to build fails only the tests that need it.
 """
 
 from __future__ import annotations
@@ -33,10 +35,19 @@ from engine_cleanup import remove_own  # noqa: E402
 from imagegen import matrix  # noqa: E402
 
 CPU_CELLS = ["paddle:3.3.1-cpu-slim", "onnxruntime:1.23.2-cpu-slim", "pytorch:2.13.0-cpu-slim",
-             "paddle:3.3.1-cpu-full",
+             "paddle:3.3.1-cpu-full", "paddle:2.6.2-cpu-slim", "paddle:2.6.2-cpu-full",
              # Debian 13 / Python 3.13 (trixie base)
              "paddle:3.3.1-cpu-py3.13-slim", "onnxruntime:1.23.2-cpu-py3.13-slim"]
 GPU_FLAGSHIP = "paddle:2.6.2-gpu-cuda11.8-cudnn8.6-slim"
+SM75_TWIN = "paddle:2.6.2-gpu-cuda11.8-cudnn8.6-sm75-slim"
+# Multi-GB GPU cells: built one after the other and removed after their own test (the flagship once its
+# twin, which shares its builder layers, has built). Without a GPU the build's image suite runs every check
+# that needs none: CPU smoke, GPU readiness (each CUDA library loads by SONAME), tag <-> contents, policy,
+# bytecode, budgets. The TensorRT cell is not here: PyPI has only sdists of tensorrt-cu12-libs, which
+# download NVIDIA's wheel at install time (pypi.nvidia.com); Paddle 3.x GPU wheels are only on Paddle's
+# index. Cells without a committed lock are validate-only (README "Which cells CI builds").
+GPU_CELLS = [GPU_FLAGSHIP, SM75_TWIN, "paddle:2.6.2-gpu-cuda11.8-cudnn8.6-full",
+             "onnxruntime:1.23.2-gpu-cuda12.8-cudnn9.10-slim", "pytorch:2.14.1-gpu-cuda13.0-cudnn9.24-slim"]
 PREFIX = "imagegen-test/"  # IMAGEGEN_LOCAL_PREFIX for every imagegen run here
 
 
@@ -108,54 +119,94 @@ def preexisting(client):
     assert not gone, f"pre-existing containers removed: {gone}"
 
 
+class Builds:
+    """Each cell built once, when a test first needs it, under the test prefix (with its image tests:
+    `imagegen build` runs them before the tag moves). A cell that fails to build fails the tests that
+    need it, and only those."""
+
+    def __init__(self, junit: Path, preexisting: dict):
+        self.junit, self.preexisting = junit, preexisting
+        self.results: dict[str, dict | str] = {}  # ref -> build result, or why it failed
+        self.stderr: dict[str, str] = {}
+        self.created: set[str] = set()  # image IDs these tests made
+
+    def get(self, ref: str) -> dict:
+        if ref not in self.results:
+            self.results[ref] = self._build(ref)
+        res = self.results[ref]
+        if isinstance(res, str):
+            pytest.fail(f"{ref} did not build: {res}", pytrace=False)
+        return res
+
+    def _build(self, ref: str) -> dict | str:
+        proc = imagegen("build", "--variant", ref, "--json", "--junit", str(self.junit), check=False, timeout=3600)
+        self.stderr[ref] = proc.stderr
+        if proc.returncode != 0:
+            return f"imagegen build exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+        (res,) = json.loads(proc.stdout)
+        image_id = res["image_id"]
+        if image_id and image_id not in self.preexisting:
+            self.created.add(image_id)
+        elif image_id and not any(t for t in self.preexisting[image_id] if not t.startswith(PREFIX)):
+            # the build reproduced an untagged image an earlier run left (same layers, same ID): the
+            # engine deletes it when the test's tag goes, which no test can prevent
+            REPRODUCED.add(image_id)
+        return res
+
+    def release(self, client, refs: list[str]) -> None:
+        """Remove these cells' images now (GPU cells: several GB each), and only what the tests made."""
+        remove_own(client, [local(r) for r in refs], self.created, set(self.preexisting))
+
+
 @pytest.fixture(scope="module")
-def built(client, tmp_path_factory, preexisting):
-    """Build every CPU cell once (with its tests) under the test prefix; remove what was created."""
-    junit = tmp_path_factory.mktemp("junit")
-    results = {}
-    created: set[str] = set()  # image IDs these tests made
+def builds(client, tmp_path_factory, preexisting):
+    b = Builds(tmp_path_factory.mktemp("junit"), preexisting)
     try:
-        for ref in CPU_CELLS:
-            proc = imagegen("build", "--variant", ref, "--json", "--junit", str(junit))
-            (res,) = json.loads(proc.stdout)
-            assert res["local_ref"] == local(ref)
-            results[ref] = res
-            if res["image_id"] and res["image_id"] not in preexisting:
-                created.add(res["image_id"])
-            elif res["image_id"] and not any(t for t in preexisting[res["image_id"]] if not t.startswith(PREFIX)):
-                # the build reproduced an untagged image an earlier run left (same layers, same ID): the
-                # engine deletes it when the test's tag goes, which no test can prevent
-                REPRODUCED.add(res["image_id"])
-        yield results, junit, created
+        yield b
     finally:
-        remove_own(client, [local(ref) for ref in CPU_CELLS], created, set(preexisting))
+        b.release(client, list(b.results))
 
 
-@pytest.mark.parametrize("ref", CPU_CELLS)
-def test_cell_builds_passes_tests_and_meets_budget(built, client, ref):
-    results, junit, _ = built
-    res = results[ref]
+def test_the_lists_cover_every_cell_that_can_be_built_here():
+    """Never drop a cell: every cell of the default matrix with a committed lock is built here."""
+    m = matrix.load(ROOT / "matrix.yaml")
+    lockable = {c.ref for c in m.cells if (ROOT / "locks" / f"{c.id}.txt").exists()}
+    assert set(CPU_CELLS) | set(GPU_CELLS) == lockable
+
+
+def _check_cell(builds: Builds, client, ref: str) -> dict:
+    """What every cell's build must show: the suite ran and passed (the build exits non-zero otherwise),
+    the committed closure was used (no Debian index read), labels, budget, the slimming report."""
+    res = builds.get(ref)
     assert res["status"] in ("built", "skipped", "tested"), res
+    assert "resolving the closure" not in builds.stderr[ref], builds.stderr[ref][-2000:]
     image = client.images.get(local(ref))
     labels = image.labels
     assert labels["io.imagegen.cell"] == ref
     assert labels["io.imagegen.inputs-digest"].startswith("sha256:")
     assert labels["org.opencontainers.image.version"] == ref.split(":", 1)[1]
-    cell = json.loads(imagegen("list", "--variant", ref, "--json").stdout)[0]
-    if cell["budget"]["size"]:
-        assert image.attrs["Size"] <= cell["budget"]["size"], f"{ref}: {image.attrs['Size']} > budget"
+    (cell,) = matrix.load(ROOT / "matrix.yaml").select([ref])
+    if cell.budget_size:
+        assert image.attrs["Size"] <= cell.budget_size, f"{ref}: {image.attrs['Size']} > budget"
     if res["status"] == "built":
         # the build ran the suite and wrote its JUnit XML
-        assert any(junit.glob(f"junit-{ref.replace(':', '-')}*.xml"))
+        assert any(builds.junit.glob(f"junit-{ref.replace(':', '-')}*.xml"))
         prune = res["prune"]["rules"]
         assert prune["pip"]["enabled"] is (ref.endswith("-slim"))
         # the slimming rules shrank the environment; bytecode compiled in the same step (issue 14) adds to it
         bytecode = prune.get("bytecode") or {}
         added = bytecode.get("bytes", 0) if bytecode.get("mode") in ("compile", "all", "keep") else 0
         assert res["prune"]["venv_bytes_after"] - added < res["prune"]["venv_bytes_before"], (bytecode, res["prune"])
+    return res
 
 
-def test_slim_is_non_root_and_has_no_pip(built, client):
+@pytest.mark.parametrize("ref", CPU_CELLS)
+def test_cell_builds_passes_tests_and_meets_budget(builds, client, ref):
+    _check_cell(builds, client, ref)
+
+
+def test_slim_is_non_root_and_has_no_pip(builds, client):
+    builds.get("paddle:3.3.1-cpu-slim")
     image = client.images.get(local("paddle:3.3.1-cpu-slim"))
     assert image.attrs["Config"]["User"] == "1000:1000"
     out = client.containers.run(local("paddle:3.3.1-cpu-slim"), ["python3.11", "-c",
@@ -164,22 +215,25 @@ def test_slim_is_non_root_and_has_no_pip(built, client):
     assert out.strip() == b"True"
 
 
-def test_no_credentials_or_ca_in_history(built, client):
+@pytest.mark.parametrize("ref", CPU_CELLS)
+def test_no_credentials_or_ca_in_history(builds, client, ref):
     """The host CA bundle and pip configuration never reach an image or its history."""
-    for ref in CPU_CELLS:
-        image = client.images.get(local(ref))
-        history = json.dumps(image.history())
-        for needle in ("PIP_CERT", "ca-certificates.crt --", "pip.conf", "REQUESTS_CA_BUNDLE", "/opt/pypi"):
-            assert needle not in history, (ref, needle)
+    builds.get(ref)
+    history = json.dumps(client.images.get(local(ref)).history())
+    for needle in ("PIP_CERT", "ca-certificates.crt --", "pip.conf", "REQUESTS_CA_BUNDLE", "/opt/pypi"):
+        assert needle not in history, (ref, needle)
 
 
-def test_noop_rebuild_is_skipped(built):
+def test_noop_rebuild_is_skipped(builds):
+    builds.get("onnxruntime:1.23.2-cpu-slim")
     proc = imagegen("build", "--variant", "onnxruntime:1.23.2-cpu-slim", "--json")
     (res,) = json.loads(proc.stdout)
     assert res["status"] == "skipped" and res["message"] == "inputs unchanged"
 
 
-def test_test_command_on_built_cells(built, tmp_path):
+def test_test_command_on_built_cells(builds, tmp_path):
+    builds.get("onnxruntime:1.23.2-cpu-slim")
+    builds.get("pytorch:2.13.0-cpu-slim")
     junit = tmp_path / "all.xml"
     proc = imagegen("test", "--variant", "onnxruntime:cpu-slim", "--variant", "torch:cpu-slim",
                     "--junit", str(junit))
@@ -187,8 +241,9 @@ def test_test_command_on_built_cells(built, tmp_path):
     assert "passed" in proc.stdout
 
 
-def test_ctrl_c_mid_build_leaves_no_containers_and_keeps_the_tag(built, client):
+def test_ctrl_c_mid_build_leaves_no_containers_and_keeps_the_tag(builds, client):
     ref = "onnxruntime:1.23.2-cpu-slim"
+    builds.get(ref)
     old_id = client.images.get(local(ref)).id
     containers_before = {c.id for c in client.containers.list(all=True)}
     images_before = {i.id for i in client.images.list(all=True)}
@@ -226,7 +281,8 @@ def test_daemon_down_is_one_line_error():
     assert "dockerd" in lines[0]
 
 
-def test_publish_to_local_registry(built, client, tmp_path):
+def test_publish_to_local_registry(builds, client, tmp_path):
+    builds.get("onnxruntime:1.23.2-cpu-slim")
     with LocalRegistry() as reg:
         proc = imagegen("publish", "--variant", "onnxruntime:cpu-slim", "--registry", reg.host, "--namespace", "ml",
                         "--json", "--report", str(tmp_path / "publish.json"))
@@ -240,49 +296,8 @@ def test_publish_to_local_registry(built, client, tmp_path):
         client.images.remove(f"{reg.host}/ml/onnxruntime@{pushed['digest']}")
 
 
-@pytest.mark.gpu_cell
-@pytest.mark.skipif(os.environ.get("IMAGEGEN_GPU_CELLS") != "1", reason="GPU cells are opt-in: IMAGEGEN_GPU_CELLS=1")
-def test_gpu_flagship_builds_and_is_gpu_ready(client, tmp_path, preexisting):
-    try:
-        _gpu_flagship_checks(client, tmp_path)
-    finally:
-        remove_own(client, [local(GPU_FLAGSHIP)], set(), set(preexisting))
-
-
-def _gpu_flagship_checks(client, tmp_path):
-    proc = imagegen("build", "--variant", "gpu-cuda11.8-slim", "--json", "--junit", str(tmp_path), timeout=3600)
-    (res,) = json.loads(proc.stdout)
-    assert res["ref"] == GPU_FLAGSHIP and res["status"] in ("built", "skipped")
-    image = client.images.get(local(GPU_FLAGSHIP))
-    assert image.attrs["Size"] <= 4_500_000_000
-    if res["status"] == "built":
-        rules = res["prune"]["rules"]
-        assert rules["cudnn_train"]["enabled"] and rules["cudnn_train"]["bytes"] > 200_000_000
-        assert rules["flashattn"]["bytes"] > 200_000_000
-
-
-# Multi-GB GPU cells beside the flagship (issue 13). The TensorRT cell is not here: PyPI has only sdists
-# of tensorrt-cu12-libs, which download NVIDIA's wheel at install time (pypi.nvidia.com).
-# (their budgets are in matrix.yaml; the build's image tests check them before the tag moves)
-GPU_CELLS = ["onnxruntime:1.23.2-gpu-cuda12.8-cudnn9.10-slim", "pytorch:2.14.1-gpu-cuda13.0-cudnn9.24-slim"]
-
-
-@pytest.mark.gpu_cell
-@pytest.mark.skipif(os.environ.get("IMAGEGEN_GPU_CELLS") != "1", reason="GPU cells are opt-in: IMAGEGEN_GPU_CELLS=1")
-@pytest.mark.parametrize("ref", GPU_CELLS)
-def test_gpu_cell_builds_and_is_gpu_ready(client, tmp_path, preexisting, ref):
-    """Build + the image suite: CPU smoke, readiness (every CUDA library loads by SONAME, no pending
-    dlerror(); providers available; CUDA/cuDNN as tagged); then the cell is removed (several GB)."""
-    try:
-        proc = imagegen("build", "--variant", ref, "--json", "--junit", str(tmp_path), timeout=3600)
-        (res,) = json.loads(proc.stdout)
-        assert res["ref"] == ref and res["status"] in ("built", "skipped")
-        assert client.images.get(local(ref)).attrs["Size"] <= matrix.load(ROOT / "matrix.yaml").select([ref])[0].budget_size
-    finally:
-        remove_own(client, [local(ref)], set(), set(preexisting))
-
-
-def test_audit_of_a_real_cell_adds_up(built):
+def test_audit_of_a_real_cell_adds_up(builds):
+    builds.get("paddle:3.3.1-cpu-slim")
     proc = imagegen("audit", local("paddle:3.3.1-cpu-slim"), "--json", "--no-compressed")
     rep = json.loads(proc.stdout)
     visible = rep["totals"]["visible"]
@@ -294,14 +309,16 @@ def test_audit_of_a_real_cell_adds_up(built):
     assert any(p["manager"] == "deb" and p["name"] == "libgomp1" for p in rep["packages"])  # the ELF closure
 
 
-def test_audit_gate_breach_exits_1(built):
+def test_audit_gate_breach_exits_1(builds):
+    builds.get("onnxruntime:1.23.2-cpu-slim")
     proc = imagegen("audit", local("onnxruntime:1.23.2-cpu-slim"), "--no-compressed", "--max-size", "10MB",
                     check=False)
     assert proc.returncode == 1
     assert "10" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_audit_trace_of_the_smoke_test(built):
+def test_audit_trace_of_the_smoke_test(builds):
+    builds.get("paddle:3.3.1-cpu-slim")
     proc = imagegen("audit", "--trace", "paddle:3.3.1-cpu-slim", "--json", timeout=900)
     rep = json.loads(proc.stdout)
     assert rep["exit_code"] == 0 and not rep["timed_out"], rep["workload_log_tail"]
@@ -313,24 +330,48 @@ def test_audit_trace_of_the_smoke_test(built):
     assert any(p.endswith("libpaddle.so") for p in rep["touched_paths"])
 
 
+# --- GPU cells (several GB each): last, one at a time, removed after their own test ------------------
+
+
 @pytest.mark.gpu_cell
-@pytest.mark.skipif(os.environ.get("IMAGEGEN_GPU_CELLS") != "1", reason="GPU cells are opt-in: IMAGEGEN_GPU_CELLS=1")
-def test_sm75_cell_is_cut_to_its_gpus(client, tmp_path):
+def test_gpu_flagship_builds_and_is_gpu_ready(builds, client):
+    """The design card's example (`imagegen build --variant gpu-cuda11.8-slim`). Kept until its sm_75 twin
+    has built: the twin reuses its builder layers."""
+    res = _check_cell(builds, client, GPU_FLAGSHIP)
+    if res["status"] == "built":
+        rules = res["prune"]["rules"]
+        assert rules["cudnn_train"]["enabled"] and rules["cudnn_train"]["bytes"] > 200_000_000
+        assert rules["flashattn"]["bytes"] > 200_000_000
+
+
+@pytest.mark.gpu_cell
+def test_sm75_cell_is_cut_to_its_gpus(builds, client):
     """issue 12: the flagship's twin with gpu_archs [sm_75] builds at <= 1.8 GB, passes the same image
     tests (the build runs them before tagging), and says what it runs on."""
-    ref = "paddle:2.6.2-gpu-cuda11.8-cudnn8.6-sm75-slim"
-    proc = imagegen("build", "--variant", "gpu-cuda11.8-sm75-slim", "--json", "--junit", str(tmp_path), timeout=5400)
-    (res,) = json.loads(proc.stdout)
-    assert res["ref"] == ref and res["status"] in ("built", "skipped")
-    image = client.images.get(ref)
-    assert image.attrs["Size"] <= 1_800_000_000
-    assert image.labels["io.imagegen.cuda.archs"] == "sm_75"
-    if res["status"] == "built":
-        rule = res["prune"]["rules"]["cuda_archs"]
-        assert rule["targets"] == ["sm_75"] and rule["refused"] == [] and rule["bytes"] > 2_000_000_000
-        libs = rule["libraries"]
-        phi = next(v for k, v in libs.items() if k.endswith("paddle/libs/libphi.so"))
-        assert phi["status"] == "pruned" and phi["bytes_after"] < 600_000_000
-        # the builder lacks libgomp (the runtime gets it from the ELF closure): the image tests load it
-        assert phi["dlopen"] == "ok" or "libgomp" in phi["dlopen"]
-        assert all(v["dlopen"] == "ok" for k, v in libs.items() if k.startswith("nvidia/") and "dlopen" in v)
+    try:
+        res = _check_cell(builds, client, SM75_TWIN)
+        image = client.images.get(local(SM75_TWIN))
+        assert image.attrs["Size"] <= 1_800_000_000
+        assert image.labels["io.imagegen.cuda.archs"] == "sm_75"
+        if res["status"] == "built":
+            rule = res["prune"]["rules"]["cuda_archs"]
+            assert rule["targets"] == ["sm_75"] and rule["refused"] == [] and rule["bytes"] > 2_000_000_000
+            libs = rule["libraries"]
+            phi = next(v for k, v in libs.items() if k.endswith("paddle/libs/libphi.so"))
+            assert phi["status"] == "pruned" and phi["bytes_after"] < 600_000_000
+            # the builder lacks libgomp (the runtime gets it from the ELF closure): the image tests load it
+            assert phi["dlopen"] == "ok" or "libgomp" in phi["dlopen"]
+            assert all(v["dlopen"] == "ok" for k, v in libs.items() if k.startswith("nvidia/") and "dlopen" in v)
+    finally:
+        builds.release(client, [SM75_TWIN, GPU_FLAGSHIP])
+
+
+@pytest.mark.gpu_cell
+@pytest.mark.parametrize("ref", GPU_CELLS[2:])
+def test_gpu_cell_builds_and_is_gpu_ready(builds, client, ref):
+    """Build + the image suite: CPU smoke, readiness (every CUDA library loads by SONAME, no pending
+    dlerror(); providers available; CUDA/cuDNN as tagged), bytecode, budgets; then the cell is removed."""
+    try:
+        _check_cell(builds, client, ref)
+    finally:
+        builds.release(client, [ref])

@@ -3,7 +3,7 @@
 CI set (about 190 MB fetched once, a few minutes): cuBLAS 11.11 `libcublas.so.11`, cuDNN 8.6
 `libcudnn_ops_infer.so.8` (patchelf-rewritten: an extra PT_LOAD) and cuRAND 10.3 `libcurand.so.10`
 (an orphan container nothing references). The multi-GB ones (cuBLASLt, cuDNN cnn_infer, Paddle's
-libphi/libpaddle) are in the opt-in `gpu_cell` test.
+libphi/libpaddle) are in the `gpu_cell` test (several GB; deselect with -m 'not gpu_cell').
 
 Each rewrite is checked with other readers than the rewriter's own: pyelftools (relocations,
 wrappers), readelf (sections, segments), cuobjdump (kept architectures), the dynamic loader.
@@ -120,14 +120,13 @@ def test_same_input_same_bytes(libs, tmp_path):
     assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
 
 
-# -- the multi-GB libraries: opt-in ----------------------------------------------------------
+# -- the multi-GB libraries (gpu_cell) ----------------------------------------------------------
 
 PADDLE_WHEEL = ("paddlepaddle_gpu-2.6.2-cp311-cp311-manylinux1_x86_64.whl",
                 "29694686383d935fb0966dd393f9af32a87d2d6674c8603583df5b08f9457f45")
 
 
 @pytest.mark.gpu_cell
-@pytest.mark.skipif(os.environ.get("IMAGEGEN_GPU_CELLS") != "1", reason="GPU cells are opt-in: IMAGEGEN_GPU_CELLS=1")
 def test_large_libraries_to_sm75(tmp_path):
     """cuBLASLt, cuDNN cnn_infer (patchelf, 1,705 containers) and Paddle's libphi (673 wrappers, 7 of them
     relocatable device code) and libpaddle. Paddle's come from its wheel in imagegen's cache, which the

@@ -1,12 +1,11 @@
 """Locking real cells against the host's real pip configuration (PyPI, mirrors, find-links).
 
 Uses the machine's wheel cache ($IMAGEGEN_CACHE, default ~/.cache/imagegen) on purpose: the wheels are
-the ones builds use, and a second run must not download anything. The Paddle GPU cell (2.7 GB) runs
-only with IMAGEGEN_GPU_CELLS=1."""
+the ones builds use, and a second run must not download anything. The Paddle GPU cell (2.7 GB) is marked
+`gpu_cell`."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -72,7 +71,6 @@ def test_missing_wheel_for_the_target_python():
 
 
 @pytest.mark.gpu_cell
-@pytest.mark.skipif(os.environ.get("IMAGEGEN_GPU_CELLS") != "1", reason="2.7 GB of wheels; set IMAGEGEN_GPU_CELLS=1")
 def test_paddle_262_gpu_cu118_cell(tmp_path):
     req = L.LockRequest(["paddlepaddle-gpu==2.6.2", *NVIDIA_CU118])
     lk = _lock_twice("paddle-2.6.2-gpu-cuda11.8-py3.11", req, tmp_path)
