@@ -3,9 +3,10 @@
 Reads the dynamic section (SONAME, NEEDED, RPATH, RUNPATH) of every ELF object shipped in the
 wheels (straight from the zip members, never extracted) or in an installed tree, works out which
 NEEDED sonames neither the environment, the runtime base, the host (NVIDIA driver libraries) nor
-glibc provide, and maps each of them to the Debian package that ships it, using the suite's
-Contents index. The result is the list of packages ``imagegen/scripts/sysroot.py`` adds to the
-runtime. Nothing here is a hand-written list of libraries: only glibc's own sonames, which every
+glibc provide, and maps each of them to the Debian package that ships it: by Debian's library
+package naming from the suite's verified Packages index, each candidate confirmed from its own .deb
+(:mod:`imagegen.debarchive`), then from the suite's Contents index for the sonames naming cannot
+confirm. The result is the list of packages ``imagegen/scripts/sysroot.py`` adds to the runtime. Nothing here is a hand-written list of libraries: only glibc's own sonames, which every
 glibc base has by definition.
 
 Reading ELF from a zip member: a deflated member can only be read forward. The dynamic section of
@@ -21,23 +22,21 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import hashlib
 import io
 import json
 import os
 import re
-import shutil
-import subprocess
-import tempfile
 import time
 import zipfile
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
-from . import elf, paths
+from . import debarchive, elf
 from .console import log, warn
+from .debarchive import DEB_ARCHES, DebArch, deb_arch  # noqa: F401 (closure's API since before debarchive)
 from .errors import ImagegenError, UserInputError
+from .redact import redact_url
 
 ELF_MAGIC = b"\x7fELF"
 
@@ -63,31 +62,6 @@ GLIBC_SONAMES = frozenset(
         "ld64.so.1",
     }
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class DebArch:
-    triplet: str  # multiarch triplet: the loader's default library directories
-    machine: str  # ELF e_machine (pyelftools name)
-    elfclass: int
-
-
-#: Debian architecture -> what its native ELF objects look like.
-DEB_ARCHES: dict[str, DebArch] = {
-    "amd64": DebArch("x86_64-linux-gnu", "EM_X86_64", 64),
-    "arm64": DebArch("aarch64-linux-gnu", "EM_AARCH64", 64),
-    "ppc64el": DebArch("powerpc64le-linux-gnu", "EM_PPC64", 64),
-    "s390x": DebArch("s390x-linux-gnu", "EM_S390", 64),
-}
-
-
-def deb_arch(arch: str) -> DebArch:
-    try:
-        return DEB_ARCHES[arch]
-    except KeyError:
-        raise UserInputError(
-            f"unsupported Debian architecture {arch!r}", hint=f"one of {', '.join(sorted(DEB_ARCHES))}"
-        ) from None
 
 
 # --- scanning -----------------------------------------------------------------------------------
@@ -336,26 +310,6 @@ def needed_from_tree(root_dir: str | os.PathLike) -> ElfScan:
 
 INDEX_FORMAT = 1
 _DEV_LIKE = re.compile(r"-(dev|dbg|dbgsym|doc)$")
-_LIBNAME = re.compile(r"\.so(\.[0-9]+)*$")  # libfoo.so, libfoo.so.1, libfoo.so.1.2.3
-
-
-def _ca_bundle() -> str | bool:
-    for var in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "PIP_CERT"):
-        if os.environ.get(var) and Path(os.environ[var]).is_file():
-            return os.environ[var]
-    for path in ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"):
-        if Path(path).is_file():
-            return path
-    return True
-
-
-def _loader_dirs(arch: str) -> tuple[dict[str, int], tuple[str, ...]]:
-    """Directories (as in Contents, no leading slash) the loader searches by default, with a
-    preference rank (0 = the multiarch directory), and the ones that are never native."""
-    t = deb_arch(arch).triplet
-    ranks = {f"usr/lib/{t}": 0, f"lib/{t}": 0, "usr/lib": 1, "lib": 1, "usr/lib64": 1, "lib64": 1}
-    foreign = ("lib32/", "libx32/", "usr/lib32/", "usr/libx32/", "lib/debug/", "usr/lib/debug/")
-    return ranks, foreign
 
 
 def parse_contents(lines: Iterable[str], arch: str) -> dict:
@@ -364,18 +318,18 @@ def parse_contents(lines: Iterable[str], arch: str) -> dict:
     ``libs``: name -> [[package, rank], ...] best first, for files in the loader's default
     directories; ``elsewhere``: name -> [[path, package], ...] for library files in other library
     directories (not loadable by name without extra configuration; used for hints only)."""
-    ranks, foreign = _loader_dirs(arch)
+    ranks, foreign = debarchive.loader_dirs(arch)
     libs: dict[str, set[tuple[str, int]]] = {}
     elsewhere: dict[str, set[tuple[str, str]]] = {}
     for line in lines:
-        if ".so" not in line or not (line.startswith("lib") or line.startswith("usr/lib")):
+        if ".so" not in line or not line.startswith(("lib", "usr/lib")):
             continue
         path, _, pkgs = line.rstrip("\n").rpartition(" ")
         path = path.rstrip()
         if not path or path.startswith(foreign) or "/debug/" in path:
             continue
         d, _, name = path.rpartition("/")
-        if not _LIBNAME.search(name):
+        if not debarchive.LIBNAME.search(name):
             continue
         top = d.split("/", 2)
         if not (top[0] in ("lib", "lib64") or (top[0] == "usr" and len(top) > 1 and top[1] in ("lib", "lib64"))):
@@ -438,176 +392,59 @@ class ContentsIndex:
         return f"only found outside the loader's default directories: {shown}{more}"
 
 
-def _mirror_slug(mirror: str) -> str:
-    slug = re.sub(r"^[a-z]+://", "", mirror.rstrip("/"))
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", slug)
-
-
-def _http_get(url: str, dest: Path | None = None, timeout: float = 60.0) -> bytes | None:
-    import requests
-
-    try:
-        with requests.get(url, stream=True, timeout=timeout, verify=_ca_bundle()) as resp:
-            if resp.status_code != 200:
-                raise ImagegenError(f"GET {url}: HTTP {resp.status_code}")
-            if dest is None:
-                return resp.content
-            tmp = dest.with_name(dest.name + f".part{os.getpid()}")
-            with tmp.open("wb") as fh:
-                for chunk in resp.iter_content(1 << 20):
-                    fh.write(chunk)
-            tmp.replace(dest)
-            return None
-    except requests.Timeout:
-        raise ImagegenError(f"GET {url}: timed out after {timeout:.0f}s") from None
-    except requests.ConnectionError as exc:
-        root = exc.args[0] if exc.args else exc
-        reason = getattr(root, "reason", root)
-        raise ImagegenError(f"GET {url}: cannot connect ({type(reason).__name__})") from None
-    except requests.RequestException as exc:
-        raise ImagegenError(f"GET {url}: {str(exc).splitlines()[0][:160]}") from None
-
-
-def _release_sha256(inrelease: bytes, relpath: str) -> tuple[str, int] | None:
-    in_sha = False
-    for line in inrelease.decode("utf-8", "replace").splitlines():
-        if not line.startswith(" "):
-            in_sha = line.strip() == "SHA256:"
-            continue
-        if in_sha:
-            parts = line.split()
-            if len(parts) == 3 and parts[2] == relpath:
-                return parts[0], int(parts[1])
-    return None
-
-
-DEFAULT_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
-
-
-def _verify_inrelease(data: bytes, where: str, keyring: str | None) -> None:
-    keyring = keyring or os.environ.get("IMAGEGEN_DEBIAN_KEYRING") or DEFAULT_KEYRING
-    gpgv = shutil.which("gpgv")
-    if not gpgv or not Path(keyring).is_file():
-        warn(f"not verifying the signature of {where}: needs gpgv and {keyring} (package debian-archive-keyring)")
-        return
-    with tempfile.NamedTemporaryFile(suffix=".InRelease") as fh:
-        fh.write(data)
-        fh.flush()
-        res = subprocess.run([gpgv, "--keyring", keyring, fh.name], capture_output=True, text=True)
-    if res.returncode != 0:
-        raise ImagegenError(f"bad signature on {where}", hint=(res.stderr.strip().splitlines() or ["gpgv failed"])[-1])
-
-
 def contents_index(
     suite: str,
     arch: str = "amd64",
-    mirror: str = "http://deb.debian.org/debian",
+    mirror: str = debarchive.DEFAULT_MIRROR,
     *,
     component: str = "main",
     cache_dir: str | os.PathLike | None = None,
     max_age: float = 7 * 86400,
     refresh: bool = False,
     keyring: str | None = None,
+    release: debarchive.Release | None = None,
 ) -> ContentsIndex:
     """The compact library index of a suite's Contents file, downloaded on the host and cached.
 
-    A cached index younger than ``max_age`` seconds is used without network. Otherwise the
-    suite's InRelease is fetched (and its signature checked with gpgv when the Debian archive
-    keyring is present); the Contents file is downloaded only if its SHA256 changed, and checked
-    against InRelease. If the archive cannot be reached, a stale cached index is used with a
-    warning."""
+    A cached index is used without network when it is younger than ``max_age`` seconds or is of the
+    Contents file ``release`` lists. Otherwise the suite's InRelease is fetched (signature checked:
+    :func:`imagegen.debarchive.fetch_release`) unless ``release`` is given, and the Contents file is
+    fetched the way apt does and verified against it (:func:`imagegen.debarchive.fetch_index`: by
+    hash first, cached by SHA256). If the archive cannot be reached, a stale cached index is used
+    with a warning. Raises IndexUnavailable / IndexMismatch (a Contents file the InRelease does not
+    vouch for), FetchError, ImagegenError."""
     deb_arch(arch)
-    root = Path(cache_dir) if cache_dir else paths.cache_root()
-    d = root / "debian" / _mirror_slug(mirror) / suite / component
+    d = debarchive.suite_dir(mirror, suite, cache_dir) / component
     index_path = d / f"index-{arch}.json.gz"
     relpath = f"{component}/Contents-{arch}.gz"
-    raw_path = d / f"Contents-{arch}.gz"
     cached = _load_index(index_path)
-    if cached and not refresh and time.time() - index_path.stat().st_mtime < max_age:
+    listed = release.entry(relpath) if release else None
+    if cached and not refresh and (time.time() - index_path.stat().st_mtime < max_age
+                                   or (listed and listed[0] == cached.sha256)):
         return cached
-    d.mkdir(parents=True, exist_ok=True)
-    base = f"{mirror.rstrip('/')}/dists/{suite}"
     t0 = time.monotonic()
-    try:
-        inrelease = _http_get(f"{base}/InRelease", timeout=30)
-        assert inrelease is not None
-    except ImagegenError as exc:
-        if cached:
-            warn(f"using the cached Contents index of {suite}/{component} ({exc})")
-            return cached
-        raise
-    _verify_inrelease(inrelease, f"{base}/InRelease", keyring)
-    expected = _release_sha256(inrelease, relpath)
-    if expected is None:
-        raise ImagegenError(f"{base}/InRelease lists no {relpath}", hint="check the suite, component and architecture")
-    sha, size = expected
-    if cached and cached.sha256 == sha:
+    if release is None:
+        try:
+            release = debarchive.fetch_release(suite, mirror, keyring=keyring, cache_dir=cache_dir)
+        except debarchive.FetchError as exc:
+            if cached:
+                warn(f"using the cached Contents index of {suite}/{component} ({exc})")
+                return cached
+            raise
+        listed = release.entry(relpath)
+    if cached and listed and cached.sha256 == listed[0]:
         index_path.touch()
         return cached
-    if not (raw_path.is_file() and _sha256(raw_path) == sha):
-        log(f"downloading {base}/{relpath} ({size / 1e6:.1f} MB)")
-        _http_get(f"{base}/{relpath}", dest=raw_path, timeout=120)
-        got = _sha256(raw_path)
-        if got != sha:
-            sha = _mismatch_fallback(inrelease, mirror, suite, relpath, raw_path, got, sha, keyring)
+    raw = debarchive.fetch_index(release, relpath, cache_dir=cache_dir)
     t1 = time.monotonic()
-    with gzip.open(raw_path, "rt", encoding="utf-8", errors="replace") as fh:
+    with gzip.open(raw.path, "rt", encoding="utf-8", errors="replace") as fh:
         parsed = parse_contents(fh, arch)
-    index = ContentsIndex(suite=suite, arch=arch, mirror=mirror, component=component, sha256=sha, **parsed)
+    index = ContentsIndex(suite=suite, arch=arch, mirror=mirror, component=component, sha256=raw.sha256, **parsed)
+    d.mkdir(parents=True, exist_ok=True)
     _save_index(index_path, index)
+    (d / f"Contents-{arch}.gz").unlink(missing_ok=True)  # where the raw file lived before debarchive
     log(f"indexed {relpath} of {suite}: {len(index.libs)} library names (fetch {t1 - t0:.1f}s, parse {time.monotonic() - t1:.1f}s)")
     return index
-
-
-def _release_field(inrelease: bytes, name: str) -> str | None:
-    for line in inrelease.decode("utf-8", "replace").splitlines():
-        if line.startswith(name + ":"):
-            return line.split(":", 1)[1].strip()
-    return None
-
-
-def _mismatch_fallback(inrelease: bytes, mirror: str, suite: str, relpath: str, raw_path: Path, got: str,
-                       sha: str, keyring: str | None) -> str:
-    """A mirror caught between two syncs serves a Contents file of another archive state than its
-    InRelease (measured: trixie's InRelease of 2026-11-21 next to the Contents of the 2026-09-12 point
-    release). Like apt, fetch the file by hash when the archive offers it; else accept the served file
-    only if the signed InRelease of the suite's alias (`Suite: stable`) of the same codename lists
-    exactly its SHA256, with a warning. Returns the SHA256 accepted; raises ImagegenError otherwise."""
-    base = f"{mirror.rstrip('/')}/dists/{suite}"
-    component = relpath.split("/", 1)[0]
-    if (_release_field(inrelease, "Acquire-By-Hash") or "").lower() == "yes":
-        try:
-            _http_get(f"{base}/{component}/by-hash/SHA256/{sha}", dest=raw_path, timeout=120)
-            if _sha256(raw_path) == sha:
-                return sha
-        except ImagegenError:
-            pass
-    codename = _release_field(inrelease, "Codename")
-    alias = _release_field(inrelease, "Suite")
-    if alias and alias != suite and codename:
-        other_url = f"{mirror.rstrip('/')}/dists/{alias}/InRelease"
-        try:
-            other = _http_get(other_url, timeout=30)
-        except ImagegenError:
-            other = None
-        if other and _release_field(other, "Codename") == codename:
-            _verify_inrelease(other, other_url, keyring)
-            listed = _release_sha256(other, relpath)
-            if listed and listed[0] == got:
-                warn(f"{base}/{relpath} is from another sync of the mirror than its InRelease; its SHA256 is "
-                     f"the one the signed {other_url} ({_release_field(other, 'Date')}) lists: using it")
-                return got
-    raw_path.unlink(missing_ok=True)
-    raise ImagegenError(f"{base}/{relpath}: SHA256 {got[:12]}... does not match InRelease ({sha[:12]}...)",
-                        hint="the mirror is mid-sync; retry later or set the base's mirror to a consistent one")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _load_index(path: Path) -> ContentsIndex | None:
@@ -632,7 +469,7 @@ def soname_to_package(
     sonames: Iterable[str],
     suite: str,
     arch: str = "amd64",
-    mirror: str = "http://deb.debian.org/debian",
+    mirror: str = debarchive.DEFAULT_MIRROR,
     *,
     component: str = "main",
     cache_dir: str | os.PathLike | None = None,
@@ -665,17 +502,26 @@ class Closure:
     arch: str
     objects: int  # native ELF objects scanned
     hints: dict[str, str] = dataclasses.field(default_factory=dict)  # soname -> why unresolved
+    #: where the package names came from: {"suite", "mirror", "inrelease_date", "inrelease_verified",
+    #: "index": "main/binary-amd64/Packages.xz", "index_sha256"} ({} when nothing was looked up)
+    source: dict = dataclasses.field(default_factory=dict)
+    #: soname -> how its package was found: {"method": "packages+deb", "deb", "deb_sha256", "version",
+    #: "path"} or {"method": "contents", "index", "index_sha256"}
+    via: dict[str, dict] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
+        """Deterministic (sorted; the only date is the InRelease's): fit for a committed file."""
         return {
             "suite": self.suite,
             "arch": self.arch,
             "objects": self.objects,
             "packages": self.packages,
-            "resolved": {k: {"package": p, "needed_by": n} for k, (p, n) in sorted(self.resolved.items())},
+            "resolved": {k: {"package": p, "needed_by": n, "via": dict(sorted(self.via.get(k, {}).items()))}
+                         for k, (p, n) in sorted(self.resolved.items())},
             "unresolved": dict(sorted(self.unresolved.items())),
             "satisfied": dict(sorted(self.satisfied.items())),
             "hints": dict(sorted(self.hints.items())),
+            "source": dict(sorted(self.source.items())),
         }
 
     def to_json(self) -> str:
@@ -728,12 +574,100 @@ def resolve(
     return satisfied, missing
 
 
+RESOLVERS = ("auto", "packages", "contents")
+
+
+@dataclasses.dataclass
+class PackageMap:
+    """Result of :func:`map_packages`."""
+
+    found: dict[str, tuple[str, dict]]  # soname -> (package, via: see Closure.via)
+    hints: dict[str, str]  # soname -> why it was not found (one line)
+    source: dict  # see Closure.source
+
+
+def _contents_hint(exc: ImagegenError, suite: str, note: str | None) -> str:
+    if isinstance(exc, debarchive.IndexMismatch):
+        why = (f"Debian {suite}'s Contents index {exc.relpath} disagrees with its signed InRelease (served "
+               f"{exc.served[:12]}..., listed {exc.expected[:12]}...)")
+    else:
+        why = f"Debian {suite}'s Contents index cannot be used ({exc.message})"
+    fix = ("use a consistent mirror (the base's mirror:), or commit the closure (locks/<cell>.closure.json) "
+           "from a machine that reaches one")
+    return f"{note + '; ' if note else ''}{why}: {fix}"
+
+
+def map_packages(
+    sonames: Iterable[str],
+    suite: str,
+    arch: str = "amd64",
+    mirror: str = debarchive.DEFAULT_MIRROR,
+    *,
+    resolver: str = "auto",
+    component: str = "main",
+    cache_dir: str | os.PathLike | None = None,
+    keyring: str | None = None,
+) -> PackageMap:
+    """soname -> the Debian package that ships it in the loader's default directories.
+
+    ``resolver``: ``auto`` (default): the suite's verified Packages index and Debian's library
+    package naming, each candidate confirmed from its own .deb (:func:`imagegen.debarchive.resolve_by_name`),
+    then the Contents index for the sonames naming cannot confirm; ``packages``: the first only;
+    ``contents``: the Contents index only (the resolver before debarchive). A Contents index that
+    does not verify leaves its sonames out of ``found`` with a hint naming the mismatch and the fix.
+    Raises FetchError (the mirror cannot be reached and nothing is cached), ImagegenError."""
+    if resolver not in RESOLVERS:
+        raise UserInputError(f"unknown closure resolver {resolver!r}", hint=f"one of {', '.join(RESOLVERS)}")
+    deb_arch(arch)
+    remaining = sorted(set(sonames))
+    found: dict[str, tuple[str, dict]] = {}
+    notes: dict[str, str] = {}
+    source: dict = {}
+    release = None
+    offline = False
+    if remaining and resolver in ("auto", "packages"):
+        try:
+            release = debarchive.fetch_release(suite, mirror, keyring=keyring, cache_dir=cache_dir)
+            pkgs = debarchive.packages_index(release, arch, component=component, cache_dir=cache_dir)
+            source = {**release.source(), "index": pkgs.relpath, "index_sha256": pkgs.sha256}
+            by_name, notes = debarchive.resolve_by_name(remaining, release, pkgs, arch, cache_dir=cache_dir)
+            found.update({k: (r.package, r.via) for k, r in by_name.items()})
+        except (debarchive.FetchError, debarchive.IndexUnavailable) as exc:
+            if resolver == "packages":
+                raise
+            offline = isinstance(exc, debarchive.FetchError) and exc.status is None
+            warn(f"resolving by package name failed ({exc}); using the Contents index alone")
+            notes = {} if offline else {k: f"not resolved by package name: {exc.message}" for k in remaining}
+        remaining = [k for k in remaining if k not in found]
+    hints: dict[str, str] = {}
+    if remaining and resolver in ("auto", "contents"):
+        try:
+            index = contents_index(suite, arch, mirror, component=component, cache_dir=cache_dir, keyring=keyring,
+                                   release=release, **({"max_age": float("inf")} if offline else {}))
+        except debarchive.IndexUnavailable as exc:
+            return PackageMap(found, {k: _contents_hint(exc, suite, notes.get(k)) for k in remaining}, source)
+        relpath = f"{component}/Contents-{arch}.gz"
+        if not source:
+            base = release.source() if release else {"suite": suite, "mirror": redact_url(mirror),
+                                                     "inrelease_date": None, "inrelease_verified": False}
+            source = {**base, "index": relpath, "index_sha256": index.sha256}
+        for name in remaining:
+            pkg = index.lookup(name)
+            if pkg:
+                found[name] = (pkg, {"method": "contents", "index": relpath, "index_sha256": index.sha256})
+            elif hint := index.hint(name) or notes.get(name):
+                hints[name] = hint
+    else:
+        hints = {k: notes[k] for k in remaining if k in notes}
+    return PackageMap(found, hints, source)
+
+
 def compute_closure(
     wheels: Iterable[str | os.PathLike],
     base_sonames: Iterable[str],
     suite: str,
     arch: str = "amd64",
-    mirror: str = "http://deb.debian.org/debian",
+    mirror: str = debarchive.DEFAULT_MIRROR,
     host_provided: Iterable[str] | None = None,
     *,
     ignore: Iterable[str] = (),
@@ -741,6 +675,8 @@ def compute_closure(
     component: str = "main",
     cache_dir: str | os.PathLike | None = None,
     scan: ElfScan | None = None,
+    resolver: str = "auto",
+    keyring: str | None = None,
 ) -> Closure:
     """The Debian packages the runtime base needs for the environment made of ``wheels``.
 
@@ -748,7 +684,9 @@ def compute_closure(
     runtime base has (imagegen.bases.role_sonames). ``host_provided``: defaults to the CUDA data's
     host_provided list. With ``strict`` (the default) an unresolvable soname raises ImagegenError
     naming the soname, the library that needs it and its wheel; otherwise it is reported in
-    ``Closure.unresolved``."""
+    ``Closure.unresolved``. ``resolver`` and ``keyring``: see :func:`map_packages` (by package name
+    from the verified Packages index first, the Contents index for the rest); ``Closure.source`` and
+    ``Closure.via`` record where each package came from."""
     deb_arch(arch)
     if host_provided is None:
         from . import compat
@@ -765,17 +703,17 @@ def compute_closure(
     resolved: dict[str, tuple[str, list[str]]] = {}
     unresolved: dict[str, list[str]] = {}
     hints: dict[str, str] = {}
+    mapped = PackageMap({}, {}, {})
     if missing:
-        index = contents_index(suite, arch, mirror, component=component, cache_dir=cache_dir)
+        mapped = map_packages(missing, suite, arch, mirror, resolver=resolver, component=component,
+                              cache_dir=cache_dir, keyring=keyring)
         for name, needers in sorted(missing.items()):
-            pkg = index.lookup(name)
-            if pkg:
-                resolved[name] = (pkg, needers)
+            if name in mapped.found:
+                resolved[name] = (mapped.found[name][0], needers)
             else:
                 unresolved[name] = needers
-                hint = index.hint(name)
-                if hint:
-                    hints[name] = hint
+                if name in mapped.hints:
+                    hints[name] = mapped.hints[name]
     closure = Closure(
         packages=sorted({p for p, _ in resolved.values()}),
         resolved=resolved,
@@ -785,6 +723,8 @@ def compute_closure(
         arch=arch,
         objects=len(scan.native(arch)),
         hints=hints,
+        source=mapped.source,
+        via={k: mapped.found[k][1] for k in resolved},
     )
     if strict and (err := closure.error()):
         raise err

@@ -61,7 +61,7 @@ if [[ "${IMAGEGEN_SKIP_APT:-0}" != "1" ]]; then
   command -v apt-get >/dev/null || die "apt-get not found: this script supports Debian and Ubuntu"
   # gcc + libc6-dev: the tests compile stub shared libraries (fake CUDA libraries, ELF fixtures); iproute2: the
   # fault tests give their private dockerd its own bridge
-  wanted=(mmdebstrap binutils strace docker-registry busybox-static ca-certificates uidmap curl gcc libc6-dev iproute2)
+  wanted=(mmdebstrap binutils strace docker-registry busybox-static ca-certificates uidmap curl gcc libc6-dev iproute2 gpg gpgv debian-archive-keyring)
   # An engine from elsewhere (docker-ce, a systemd unit) is kept: docker.io would conflict with it.
   if ! command -v dockerd >/dev/null; then wanted+=(docker.io); fi
   missing=()

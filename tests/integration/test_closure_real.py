@@ -1,7 +1,8 @@
 """The closure of the real Paddle 3.3.1 CPU wheel, and a distroless-like runtime it makes importable.
 
 Downloads the wheel (and, for the image test, its dependencies) on the host with pip into
-$IMAGEGEN_CACHE/test-wheels; the Contents index comes from the host cache (or the archive).
+$IMAGEGEN_CACHE/test-wheels; the Contents and Packages indexes come from the host cache (or the
+archive, http://deb.debian.org/debian: both resolvers are checked against the real mirror).
 """
 
 from __future__ import annotations
@@ -19,8 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from imagegen import compat
-from imagegen.closure import compute_closure, contents_index, needed_from_wheels
+from imagegen import closure as closure_mod
+from imagegen import compat, debarchive
+from imagegen.closure import (
+    ElfObject,
+    ElfScan,
+    compute_closure,
+    contents_index,
+    needed_from_wheels,
+)
 from imagegen.paths import cache_root
 
 pytestmark = pytest.mark.integration
@@ -87,6 +95,70 @@ def test_paddle_cpu_wheel_closure(paddle_wheel, index):
     print(f"scanned {paddle_wheel.name}: {len(scan.objects)} ELF objects in {scan_s:.1f}s "
           f"({scan.inflated_bytes / 1e6:.0f} MB inflated)")
     assert scan_s < 60
+
+
+
+#: sonames Debian's naming rule does not give (zlib1g, libssl3): the Contents index resolves them
+NON_POLICY = ("libz.so.1", "libcrypto.so.3")
+
+
+def _with_non_policy(scan: ElfScan) -> ElfScan:
+    extra = ElfObject(origin="synthetic", path="x/_y.so", type="ET_DYN", machine="EM_X86_64", elfclass=64,
+                      soname=None, needed=NON_POLICY, rpath=(), runpath=())
+    out = ElfScan()
+    out.extend(scan)
+    out.objects.append(extra)
+    return out
+
+
+def test_bookworm_packages_path_gives_the_contents_path_closure(paddle_wheel, index):
+    """The real wheel's sonames on a libc6-only bookworm base: the same packages by package name
+    (Packages index + each .deb's file list) as by the Contents index."""
+    base = compat.bases()["bookworm"]
+    scan = _with_non_policy(needed_from_wheels([paddle_wheel]))
+    libc6 = index.sonames_of(["libc6"])
+    kw = {"scan": scan, "host_provided": []}
+    by_contents = compute_closure([], libc6, base.suite, "amd64", base.mirror, resolver="contents", **kw)
+    by_name = compute_closure([], libc6, base.suite, "amd64", base.mirror, resolver="packages", strict=False, **kw)
+    auto = compute_closure([], libc6, base.suite, "amd64", base.mirror, **kw)
+    policy = {"libgomp.so.1", "libstdc++.so.6", "libgcc_s.so.1"}  # what Paddle's libraries need beyond libc6
+    assert policy <= set(by_name.resolved) and set(by_name.unresolved) == set(NON_POLICY)
+    for name in policy:
+        assert by_name.resolved[name][0] == by_contents.resolved[name][0]
+        assert by_name.via[name]["method"] == auto.via[name]["method"] == "packages+deb"
+    assert auto.packages == by_contents.packages
+    assert {k: p for k, (p, _) in auto.resolved.items()} == {k: p for k, (p, _) in by_contents.resolved.items()}
+    assert {auto.resolved[n][0] for n in NON_POLICY} == {"zlib1g", "libssl3"}
+    assert all(auto.via[n]["method"] == "contents" for n in NON_POLICY)
+    assert by_name.source["index"] == "main/binary-amd64/Packages.xz"
+    assert by_name.source["inrelease_verified"] == Path(debarchive.DEFAULT_KEYRING).is_file()
+    assert auto.to_json() == compute_closure([], libc6, base.suite, "amd64", base.mirror, **kw).to_json()
+
+
+def test_trixie_libgomp_resolves_by_package_name_with_the_contents_index_broken(paddle_wheel, monkeypatch):
+    """trixie's Contents index (measured 2026-11-29: InRelease lists 3fb7f467..., the mirror serves
+    3d3e6930..., by-hash 404) is not needed for what Debian's naming rule resolves."""
+    trixie = compat.bases()["trixie"]
+    scan = needed_from_wheels([paddle_wheel])
+    seen = len(debarchive.transfers.urls)
+    c = compute_closure([], set(), trixie.suite, "amd64", trixie.mirror, [], scan=scan)
+    assert c.resolved["libgomp.so.1"][0] == "libgomp1" and c.via["libgomp.so.1"]["method"] == "packages+deb"
+    assert c.via["libgomp.so.1"]["deb"].startswith("pool/main/g/gcc-")
+    assert not [u for u in debarchive.transfers.urls[seen:] if "Contents" in u or "/main/by-hash/" in u]
+
+    # whatever the mirror's state now: with the Contents index failing verification, libgomp.so.1 still
+    # resolves and a soname only Contents knows is unresolved with the fix in its hint
+    def broken(suite, *args, **kwargs):
+        raise debarchive.IndexMismatch(
+            "Debian trixie main/Contents-amd64.gz does not match InRelease", suite=suite,
+            relpath="main/Contents-amd64.gz", expected="3fb7f46705de" + "0" * 52, served="3d3e6930908d" + "0" * 52,
+            hint="mid-sync")
+
+    monkeypatch.setattr(closure_mod, "contents_index", broken)
+    c = compute_closure([], set(), trixie.suite, "amd64", trixie.mirror, [], scan=_with_non_policy(scan), strict=False)
+    assert c.resolved["libgomp.so.1"][0] == "libgomp1" and set(c.unresolved) == set(NON_POLICY)
+    assert "disagrees with its signed InRelease (served 3d3e6930908d..., listed 3fb7f46705de...)" in c.hints["libz.so.1"]
+    assert "consistent mirror" in c.hints["libz.so.1"] and "\n" not in c.hints["libz.so.1"]
 
 
 MKSTATUS = """#!/bin/sh

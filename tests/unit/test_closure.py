@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from imagegen import closure
+from imagegen import closure, debarchive
 from imagegen.closure import (
     Closure,
     ContentsIndex,
@@ -273,7 +273,7 @@ def test_parse_contents_is_deterministic():
 
 def seed_index(cache: Path, mirror: str = UNREACHABLE, suite: str = "bookworm", age: float = 0.0) -> Path:
     idx = ContentsIndex(suite=suite, arch="amd64", mirror=mirror, component="main", sha256="0" * 64, **parse_contents(CONTENTS.splitlines(True), "amd64"))
-    path = cache / "debian" / closure._mirror_slug(mirror) / suite / "main" / "index-amd64.json.gz"
+    path = cache / "debian" / debarchive.mirror_slug(mirror) / suite / "main" / "index-amd64.json.gz"
     path.parent.mkdir(parents=True)
     closure._save_index(path, idx)
     if age:
@@ -315,8 +315,8 @@ def test_corrupt_cached_index_is_ignored(tmp_path):
 
 def test_release_sha256():
     text = b"Origin: Debian\nMD5Sum:\n d41d 0 main/Contents-amd64.gz\nSHA256:\n abc 10 main/Contents-amd64\n def 11629145 main/Contents-amd64.gz\n"
-    assert closure._release_sha256(text, "main/Contents-amd64.gz") == ("def", 11629145)
-    assert closure._release_sha256(text, "main/Contents-arm64.gz") is None
+    assert debarchive.release_sha256(text, "main/Contents-amd64.gz") == ("def", 11629145)
+    assert debarchive.release_sha256(text, "main/Contents-arm64.gz") is None
 
 
 def test_unknown_arch_is_user_error():
