@@ -87,6 +87,13 @@ def annotate_prune_report(cell_ref: str, report: dict | None) -> dict | None:
     if not report or "bytecode" not in (report.get("rules") or {}):
         return report
     entry = report["rules"]["bytecode"]
+    if entry.get("trace_error"):
+        # the builder could not trace the start (compile_bytecode.py): it compiled every source instead
+        from .console import warn
+
+        warn(f"{cell_ref}: the build-time bytecode trace failed ({entry['trace_error']}); every source was "
+             f"compiled instead of what the start loads (scope {entry.get('scope')!r}, "
+             f"{int(entry.get('bytes') or 0) / 1e6:,.1f} MB in the environment)")
     shipped = entry.get("mode") != "drop"
     nbytes = int(entry.get("bytes") or 0) + (int((entry.get("stdlib") or {}).get("bytes") or 0) if shipped else 0)
     t = bytecode_tradeoff(cell_ref, nbytes, shipped=shipped)

@@ -127,8 +127,10 @@ def bytecode_config(cell: Cell) -> dict:
     """What the builder's bytecode step needs (imagegen/scripts/compile_bytecode.py):
     trace: `compile` and `drop` trace what `import <framework>` loads, with the closure's
     libraries (the sysroot stage's output, copied to /tmp/sysroot) on the loader path;
-    smoke: and what the framework's CPU smoke inference loads (CPU cells whose smoke script needs
-    no host-made data; the build stages the script as imagegen/smoke.py);
+    smoke: and what the framework's CPU smoke inference loads (every cell whose smoke script needs
+    no host-made data, GPU cells too: their start on a host without a GPU, and the image test's
+    `bytecode.start_rewrites_no_bytecode`, run the CPU path; the build stages the script as
+    imagegen/smoke.py, and prune.py traces it with the NVIDIA wheels' libraries on the loader path);
     stdlib: the runtime's standard library, when the cell ships bytecode and its runtime role was
     unpacked without maintainer scripts (mmdebstrap `extract`: Debian's py3compile never ran, so
     it has no .pyc); its sources are copied to `src` in the builder."""
@@ -140,7 +142,7 @@ def bytecode_config(cell: Cell) -> dict:
     if mode in ("compile", "all") and role is not None and role.variant == "extract":
         stdlib = {"src": "/tmp/stdlib", "ddir": f"/usr/lib/python{cell.python}"}
     smoke = None
-    if trace and cell.device == "cpu" and "def host_prepare(" not in compat.smoke_script(cell.fw).read_text():
+    if trace and "def host_prepare(" not in compat.smoke_script(cell.fw).read_text():
         smoke = "/opt/imagegen-build/smoke.py"  # staged by the build (imagegen/smoke.py in the context)
     return {
         "trace": trace,

@@ -13,8 +13,9 @@ and after `COPY --from` (which may change mtimes), and nothing ever rewrites it 
 
 Imported by prune.py, last in the builder's install-and-prune RUN (so no layer holds the
 environment both with and without .pyc files). What it compiles (compile_imported): the .py files
-`import <framework>` and the framework's CPU smoke inference load, traced with the environment's
-own Python, in the venv and, from a copy
+`import <framework>` and the framework's CPU smoke inference load (the start the image test runs,
+on CPU and GPU cells alike), traced with the environment's own Python and the libraries the runtime
+loads (closure; NVIDIA wheels' directories), in the venv and, from a copy
 of the runtime base's sources, in the runtime's standard library (a base unpacked without
 maintainer scripts ships none). Sources nothing imports at start stay source-only: their .pyc
 would be bytes in every pull for no start-up time (Paddle 3.3.1: 16 of its 41 MB of bytecode).
@@ -84,6 +85,8 @@ def compile_tree(root: Path, *, mode: str = "unchecked-hash", ddir: str | None =
 
 
 TRACE_MARK = "IMAGEGEN-TRACE "
+TRACE_FAIL = "IMAGEGEN-TRACE-FAILED "
+RESULT_MARK = "IMAGEGEN-RESULT "  # the smoke scripts' result line (imagegen/data/smoke/*.py)
 TRACE_CODE = """
 import json, os, sys
 import importlib.machinery
@@ -93,42 +96,66 @@ def traced_get_code(self, fullname):  # every source compiled, even a module rem
     seen.add(self.path)                # (an import that failed and was caught: httpx._main)
     return get_code(self, fullname)
 importlib.machinery.SourceFileLoader.get_code = traced_get_code
-def report():
+def report(phase):
     files = sorted(seen | {{getattr(m, "__file__", None) or "" for m in list(sys.modules.values())}})
     sys.stdout.flush()
-    print({mark!r} + json.dumps([f for f in files if f.endswith(".py") and f != {smoke!r}]), flush=True)
+    print({mark!r} + json.dumps({{"phase": phase,
+          "files": [f for f in files if f.endswith(".py") and f != {smoke!r}]}}), flush=True)
 import {module}
-report()
+report("import")
 if {smoke!r}:
     import runpy
     sys.argv = [{smoke!r}, "cpu"]
     try:
         runpy.run_path({smoke!r}, run_name="__main__")
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            print({fail!r} + "the smoke script exited with %r" % (exc.code,), flush=True)
+            os._exit(0)
     except BaseException as exc:
-        print("smoke failed: %r" % (exc,), file=sys.stderr)
+        print({fail!r} + "%s: %s" % (type(exc).__name__, exc), flush=True)
         os._exit(0)
-    report()
+    report("smoke")
 """
+
+
+def _smoke_result_error(out: str) -> str:
+    """The error a smoke script's last `IMAGEGEN-RESULT {json}` line reports ("" when none or ok)."""
+    results = [line[len(RESULT_MARK):] for line in out.splitlines() if line.startswith(RESULT_MARK)]
+    if not results:
+        return "the smoke script printed no IMAGEGEN-RESULT line"
+    try:
+        res = json.loads(results[-1])
+    except ValueError:
+        return "the smoke script's IMAGEGEN-RESULT line is not JSON"
+    if isinstance(res, dict) and res.get("ok") is False:
+        return f"the smoke inference reported ok=false: {res.get('error') or res}"
+    return ""
 
 
 def trace_import(python: str, module: str, *, libdirs: list[str], smoke: str | None = None,
                  timeout: float = 600) -> tuple[list[str] | None, str]:
     """The .py files that starting the framework loads: `import module`, then, with `smoke`, the
-    framework's smoke script's CPU inference (its first inference's modules). Run with the
-    environment's own Python, in a scratch HOME and cwd, without writing bytecode, with the
-    closure's libraries on the loader path; a smoke script that fails or hangs leaves the import's
-    list. Returns (files, "") or (None, why) when even the import fails: the caller then compiles
-    everything, which is never wrong, only bigger."""
+    framework's smoke script's CPU inference (its first inference's modules: what the image test's
+    start runs, GPU cells included). Run with the environment's own Python, in a scratch HOME and
+    cwd, without writing bytecode, with `libdirs` (the closure's libraries and, for a GPU cell, the
+    NVIDIA wheels' directories the runtime registers with the loader) on the loader path.
+
+    Returns (files, "") or (None, why) when the import or the smoke inference fails, hangs or
+    reports a failure: the caller then compiles everything, which is never wrong, only bigger. A
+    trace that stops early never passes for a complete one: the import alone misses what the first
+    inference loads (Paddle 2.6.2 GPU: 122 bytecode paths written at every start)."""
     import signal
     import subprocess
     import tempfile
 
+    timed_out = False
     with tempfile.TemporaryDirectory(prefix="imagegen-trace-") as tmp:
         env = dict(os.environ, HOME=tmp, TMPDIR=tmp, PYTHONDONTWRITEBYTECODE="1", PYTHONNOUSERSITE="1")
         env.pop("PYTHONPATH", None)
         if libdirs:
             env["LD_LIBRARY_PATH"] = ":".join(libdirs + [env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
-        code = TRACE_CODE.format(module=module, mark=TRACE_MARK, smoke=smoke or "")
+        code = TRACE_CODE.format(module=module, mark=TRACE_MARK, fail=TRACE_FAIL, smoke=smoke or "")
         try:
             proc = subprocess.Popen([python, "-c", code], cwd=tmp, env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -139,11 +166,27 @@ def trace_import(python: str, module: str, *, libdirs: list[str], smoke: str | N
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)  # a framework's abort handler may sleep forever
             out, err = proc.communicate()
-    lists = [line[len(TRACE_MARK):] for line in out.splitlines() if line.startswith(TRACE_MARK)]
-    if lists:
-        return json.loads(lists[-1]), ""
-    tail = [x for x in (err or out).strip().splitlines() if x.strip()][-1:] or [f"exit {proc.returncode}"]
-    return None, tail[0][:300]
+            timed_out = True
+    reports = {}
+    for line in out.splitlines():
+        if line.startswith(TRACE_MARK):
+            rep = json.loads(line[len(TRACE_MARK):])
+            reports[rep["phase"]] = rep["files"]
+    want = "smoke" if smoke else "import"
+    if want in reports:
+        why = _smoke_result_error(out) if smoke else ""
+        return (None, f"smoke inference (cpu): {why}") if why else (reports[want], "")
+    failed = [line[len(TRACE_FAIL):] for line in out.splitlines() if line.startswith(TRACE_FAIL)]
+    tail = [x for x in (err or "").strip().splitlines() if x.strip()][-1:]
+    if timed_out:
+        why = f"timed out after {timeout:g} s"
+    elif failed:
+        why = failed[-1]
+    else:
+        why = tail[0] if tail else f"exit {proc.returncode}"
+    if "import" in reports:
+        return None, f"smoke inference (cpu) after `import {module}`: {why}"[:400]
+    return None, f"`import {module}`: {why}"[:400]
 
 
 def _compile_one(job: tuple[str, str, str, str]) -> int:
@@ -177,7 +220,8 @@ def compile_imported(site: Path, python: str, module: str, *, libdirs: list[str]
     """Compile what starting the framework loads: the .py files `import module` imports, in site
     (in place) and, with stdlib = (copy of the runtime's stdlib, its path in the runtime, stage
     root), the runtime standard library's (pyc files under stage root, for COPY into the runtime).
-    Falls back to everything under site when the import cannot run here.
+    Falls back to everything under site when the trace fails (the import, or the smoke inference
+    that follows it), with the reason in trace_error: never a partial trace.
 
     Returns {"scope": "import"|"all", "venv": stats, "stdlib": stats|None, "trace_error": str}."""
     files, why = trace_import(python, module, libdirs=libdirs or [], smoke=smoke)

@@ -64,6 +64,7 @@ class Pruner:
         self.protect = cfg.get("protect", [])
         self.stage = Path("/opt/imagegen-stage")  # main() sets the --stage directory
         self.report: dict[str, dict] = {}
+        self.gpu: dict = {}
 
     # -- helpers ------------------------------------------------------------------------------
     def rel(self, p: Path) -> str:
@@ -141,16 +142,23 @@ class Pruner:
         self.apply("static_libs", static)
         self.apply("caches", caches)
         self.strip()
-        self.bytecode()
+        # GPU links and loader configuration before the bytecode trace, whose loader path then gets
+        # the directories the runtime registers: the trace sees the libraries the start loads, as
+        # the runtime's loader finds them (links without those directories: FACTS.md trap 4)
+        self.gpu = cuda_setup(self.cfg, self.site, self.stage)
+        self.bytecode(libdirs=self.gpu.get("ld_so_conf", []))
         return self.report
 
-    def bytecode(self) -> None:
+    def bytecode(self, libdirs: list[str] | None = None) -> None:
         """Last, on what the other rules left (compile_bytecode.py says why, and how):
         `compile` (slim default): unchecked-hash .pyc for what `import <framework>` loads, traced
         here with the environment's own Python, in the venv and (from a copy of the runtime's
         sources, into the stage) in the runtime's standard library; `all`: every source;
         `keep` (full): timestamp-checked .pyc for every source, so an edited source is picked up;
-        `drop`: none, and the report says what `compile` would have shipped in the venv."""
+        `drop`: none, and the report says what `compile` would have shipped in the venv.
+        libdirs: directories the runtime registers with the loader (ld.so.conf.d: the NVIDIA wheels'),
+        added to the trace's loader path after the closure's.
+        A failed trace compiles everything and says so (report's trace_error, and on stderr)."""
         import compile_bytecode as bc
 
         mode = self.rules.get("bytecode") or "compile"
@@ -168,8 +176,11 @@ class Pruner:
                 bc.move_pycache(stdlib[0], stdlib[2] / stdlib[1].lstrip("/"))
         else:
             res = bc.compile_imported(self.site, spec.get("python") or str(self.venv / "bin" / "python"),
-                                      spec["import"], libdirs=spec.get("libdirs") or [], stdlib=stdlib,
-                                      smoke=spec.get("smoke"))
+                                      spec["import"], libdirs=(spec.get("libdirs") or []) + list(libdirs or []),
+                                      stdlib=stdlib, smoke=spec.get("smoke"))
+            if res["trace_error"]:
+                print(f"prune: WARNING: the bytecode trace failed ({res['trace_error']}); fell back to every "
+                      "source (scope 'all') instead of what the start loads", file=sys.stderr, flush=True)
         if mode == "drop":
             bc.remove_bytecode(self.venv)
         venv = res["venv"]
@@ -308,7 +319,7 @@ def main() -> int:
     pruner = Pruner(cfg, args.venv)
     pruner.stage = args.stage
     report = pruner.run()
-    gpu = cuda_setup(cfg, pruner.site, args.stage)
+    gpu = pruner.gpu
     after = tree_size(args.venv)
     result = {"cell": cfg["cell"], "venv_bytes_before": before, "venv_bytes_after": after, "rules": report,
               "gpu": gpu}

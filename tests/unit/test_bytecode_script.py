@@ -48,7 +48,7 @@ STDLIB = Path(json.__file__).parent.parent  # this interpreter's standard librar
 
 
 def run_prune(tmp_path: Path, venv: Path, bytecode: str, stdlib: bool = False, module: str = "tinypkg",
-              smoke: str | None = None) -> dict:
+              smoke: str | None = None, cuda: dict | None = None) -> dict:
     spec = {"trace": True, "import": module, "python": str(venv / "bin" / "python"), "libdirs": [], "stdlib": None,
             "smoke": None}
     if smoke is not None:
@@ -60,13 +60,35 @@ def run_prune(tmp_path: Path, venv: Path, bytecode: str, stdlib: bool = False, m
             shutil.copytree(STDLIB / "json", src / "json", ignore=shutil.ignore_patterns("__pycache__"))
         spec["stdlib"] = {"src": str(src), "ddir": str(STDLIB)}
     cfg = {"cell": "x:1-cpu-slim", "site_packages": str(venv / "lib" / PY / "site-packages"),
-           "rules": {"tests": True, "bytecode": bytecode, "strip": False}, "globs": {}, "protect": [], "cuda": None,
+           "rules": {"tests": True, "bytecode": bytecode, "strip": False}, "globs": {}, "protect": [], "cuda": cuda,
            "bytecode": spec}
     (tmp_path / "prune.json").write_text(json.dumps(cfg))
     stage = tmp_path / "stage"
-    subprocess.check_call([sys.executable, str(SCRIPTS / "prune.py"), "--config", str(tmp_path / "prune.json"),
-                           "--venv", str(venv), "--stage", str(stage)], stdout=subprocess.DEVNULL)
-    return json.loads((stage / "etc/imagegen/prune-report.json").read_text())["rules"]["bytecode"]
+    r = subprocess.run([sys.executable, str(SCRIPTS / "prune.py"), "--config", str(tmp_path / "prune.json"),
+                        "--venv", str(venv), "--stage", str(stage)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       text=True, check=True)
+    rep = json.loads((stage / "etc/imagegen/prune-report.json").read_text())["rules"]["bytecode"]
+    rep["_stderr"] = r.stderr
+    return rep
+
+
+RESULT_OK = "import json\nprint('IMAGEGEN-RESULT ' + json.dumps({'ok': True}))\n"
+
+
+def start_writes_bytecode(venv: Path, smoke: str, env: dict | None = None) -> list[str]:
+    """The start the image check `bytecode.start_rewrites_no_bytecode` makes, on the host venv: the
+    smoke script straight from the environment's Python, `cpu`, where Python *could* write bytecode
+    (writable tree, PYTHONDONTWRITEBYTECODE unset). Returns the .pyc files it wrote in the venv."""
+    before = set(pycs(venv))
+    script = venv.parent / "start" / "smoke.py"
+    script.parent.mkdir(exist_ok=True)
+    script.write_text(smoke)
+    run_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPATH")}
+    run_env.update(env or {})
+    r = subprocess.run([str(venv / "bin" / "python"), str(script), "cpu"], env=run_env, capture_output=True,
+                       text=True, cwd=script.parent, check=False)
+    assert r.returncode == 0 and "IMAGEGEN-RESULT" in r.stdout, r.stderr
+    return sorted(str(p.relative_to(venv)) for p in set(pycs(venv)) - before)
 
 
 def pycs(venv: Path) -> list[Path]:
@@ -132,9 +154,95 @@ def test_keep_writes_timestamp_pyc(tmp_path, venv):
 
 
 def test_compile_covers_the_smoke_inference(tmp_path, venv):
-    """What the first inference loads (here tinypkg.unused) is compiled too; a failing smoke
-    script still leaves what the import loaded."""
-    rep = run_prune(tmp_path, venv, "compile", smoke="import sys\nimport tinypkg.unused\nassert sys.argv[1] == 'cpu'\n")
-    assert rep["scope"] == "import" and {p.name.split(".")[0] for p in pycs(venv)} == {"__init__", "mod", "optional", "unused"}
-    rep = run_prune(tmp_path, venv, "compile", smoke="raise RuntimeError('no device')\n")
-    assert rep["scope"] == "import" and {p.name.split(".")[0] for p in pycs(venv)} == {"__init__", "mod", "optional"}
+    """What the first inference loads (here tinypkg.unused) is compiled too, so the start the image
+    check makes writes no bytecode."""
+    smoke = "import sys\nimport tinypkg.unused\nassert sys.argv[1] == 'cpu'\n" + RESULT_OK
+    rep = run_prune(tmp_path, venv, "compile", smoke=smoke)
+    assert rep["scope"] == "import" and rep["trace_error"] == ""
+    assert {p.name.split(".")[0] for p in pycs(venv)} == {"__init__", "mod", "optional", "unused"}
+    assert start_writes_bytecode(venv, smoke) == []
+
+
+def test_import_only_trace_misses_what_the_start_loads(tmp_path, venv):
+    """The failure the Paddle 2.6.2 GPU cells had (GPU cells traced `import paddle` only, and their
+    start, the CPU smoke inference, wrote 122 .pyc files): the start check's property on a host venv
+    fails when the trace leaves the smoke out. Guards start_writes_bytecode itself against passing
+    vacuously."""
+    smoke = "import tinypkg.unused\n" + RESULT_OK
+    rep = run_prune(tmp_path, venv, "compile")  # no smoke traced
+    assert rep["scope"] == "import"
+    unused = f"lib/{PY}/site-packages/tinypkg/__pycache__/unused.{sys.implementation.cache_tag}.pyc"
+    assert start_writes_bytecode(venv, smoke) == [unused]
+
+
+def _shared_library() -> Path:
+    """Any ELF shared object to stand in for an NVIDIA library (dlopen'd by name only, never called)."""
+    import importlib
+
+    for name in ("_ctypes", "_json", "zlib", "_struct", "math", "_socket"):
+        f = getattr(importlib.import_module(name), "__file__", None) or ""
+        if f.endswith(".so"):
+            return Path(f)
+    pytest.fail("no extension module on this Python to stand in for a shared library")
+
+
+@pytest.fixture
+def gpu_venv(venv) -> tuple[Path, dict]:
+    """The venv plus an NVIDIA-wheel-like library (nvidia/fakecudnn/lib/libfakecudnn.so.8) and the
+    prune config's `cuda` block that links libfakecudnn.so to it and registers its directory."""
+    lib = venv / "lib" / PY / "site-packages" / "nvidia" / "fakecudnn" / "lib"
+    lib.mkdir(parents=True)
+    shutil.copyfile(_shared_library(), lib / "libfakecudnn.so.8")
+    cuda = {"libdirs": ["nvidia/fakecudnn/lib"], "pruned_links": [], "loader_dirs": ["nvidia/*/lib"],
+            "ldconf": "/etc/ld.so.conf.d/imagegen-cuda.conf",
+            "links": {"libfakecudnn.so": {"dir": "nvidia/fakecudnn/lib", "target_glob": "libfakecudnn.so.*"}}}
+    return venv, cuda
+
+
+# a GPU framework's CPU inference that dlopens its CUDA library by the unversioned name (as Paddle
+# 2.6.2 does cuDNN): only the link prune.py makes and the loader directories the runtime registers find it
+GPU_SMOKE = ("import ctypes, sys\nctypes.CDLL('libfakecudnn.so')\nimport tinypkg.unused\n"
+             "assert sys.argv[1] == 'cpu'\n" + RESULT_OK)
+
+
+def test_gpu_cell_traces_the_smoke_with_the_runtime_loader_view(tmp_path, gpu_venv):
+    """A GPU cell's trace runs after the unversioned links exist, with the NVIDIA directories the
+    runtime registers (ld.so.conf.d) on the loader path: the smoke inference runs, its modules are
+    compiled, and the start (with the runtime's loader view) writes no bytecode."""
+    venv, cuda = gpu_venv
+    rep = run_prune(tmp_path, venv, "compile", smoke=GPU_SMOKE, cuda=cuda)
+    assert rep["trace_error"] == "" and rep["scope"] == "import"
+    assert {p.name.split(".")[0] for p in pycs(venv)} == {"__init__", "mod", "optional", "unused"}
+    conf = (tmp_path / "stage" / "etc/ld.so.conf.d/imagegen-cuda.conf").read_text().split("\n")
+    libdir = str(venv / "lib" / PY / "site-packages" / "nvidia" / "fakecudnn" / "lib")
+    assert libdir in conf
+    assert start_writes_bytecode(venv, GPU_SMOKE, env={"LD_LIBRARY_PATH": libdir}) == []
+
+
+def test_a_failing_smoke_is_loud_and_compiles_everything(tmp_path, venv):
+    """A smoke inference that fails, or reports a failure, in the builder never passes for a complete
+    trace: everything is compiled (bigger, never wrong), and the report and stderr say why."""
+    for smoke, why in [("raise RuntimeError('no device')\n", "RuntimeError: no device"),
+                       ("import sys\nsys.exit(3)\n", "exited with 3"),
+                       ("import tinypkg.unused\n", "no IMAGEGEN-RESULT line"),
+                       ("import json\nprint('IMAGEGEN-RESULT ' + json.dumps({'ok': False, 'error': 'mismatch'}))\n",
+                        "ok=false: mismatch")]:
+        rep = run_prune(tmp_path, venv, "compile", smoke=smoke)
+        assert rep["scope"] == "all", smoke
+        assert "smoke inference" in rep["trace_error"] and why in rep["trace_error"], rep["trace_error"]
+        assert "bytecode trace failed" in rep["_stderr"] and why in rep["_stderr"]
+        assert {p.name.split(".")[0] for p in pycs(venv)} == {"__init__", "mod", "optional", "unused"}
+
+
+def test_a_smoke_that_hangs_is_killed_and_reported(tmp_path, venv):
+    """Paddle's abort handler can sleep forever: the trace's process group is killed at the timeout,
+    and the result is a failed trace, not the import's list."""
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import compile_bytecode as bc
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    (tmp_path / "smoke.py").write_text("import time\ntime.sleep(60)\n")
+    files, why = bc.trace_import(str(venv / "bin" / "python"), "tinypkg", libdirs=[], smoke=str(tmp_path / "smoke.py"),
+                                 timeout=3)
+    assert files is None and "timed out after 3 s" in why and "smoke inference" in why

@@ -78,3 +78,26 @@ def test_prune_report_counts_the_stdlib_bytecode(tmp_path, monkeypatch):
                    '"mode": "compile", "bytes": 30000000, "stdlib": {"bytes": 12000000, "files": 600}}}}\n')
     rep = coldstart.annotate_prune_report("p:1-cpu-slim", prune_report_from_log(log))
     assert rep["rules"]["bytecode"]["tradeoff"].startswith("bytecode: drop would save 42.0 MB of .pyc")
+
+
+def test_a_failed_bytecode_trace_is_a_warning_of_the_build(tmp_path, monkeypatch):
+    """The builder fell back to compiling every source (compile_bytecode.py): the build says so."""
+    import io
+
+    from rich.console import Console
+
+    from imagegen import console
+
+    monkeypatch.setenv("IMAGEGEN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(coldstart, "repo_path", lambda: tmp_path / "none.json")
+    buf = io.StringIO()
+    monkeypatch.setattr(console, "err", Console(file=buf, no_color=True, width=400))
+    ok = {"rules": {"bytecode": {"mode": "compile", "scope": "import", "bytes": 1, "trace_error": ""}}}
+    coldstart.annotate_prune_report("p:1-gpu-slim", ok)
+    assert buf.getvalue() == ""
+    bad = {"rules": {"bytecode": {"mode": "compile", "scope": "all", "bytes": 41_000_000,
+                                  "trace_error": "smoke inference (cpu) after `import p`: timed out after 600 s"}}}
+    coldstart.annotate_prune_report("p:1-gpu-slim", bad)
+    text = buf.getvalue()
+    assert text.startswith("warning: p:1-gpu-slim: the build-time bytecode trace failed")
+    assert "timed out after 600 s" in text and "'all'" in text and "41.0 MB" in text

@@ -92,6 +92,30 @@ def test_gpu_prune_config_maps_every_dlopen_name():
     assert "paddle/libs/libflashattn.so" in cfg["globs"]["flashattn"]
 
 
+def test_every_traced_cell_traces_the_start_the_image_check_makes():
+    """The builder's bytecode trace covers the start `bytecode.start_rewrites_no_bytecode` makes (the
+    CPU smoke inference) on every cell whose smoke script runs from the image alone, GPU cells
+    included: the Paddle 2.6.2 GPU cells traced `import paddle` only, and their start wrote 122 .pyc
+    files (numpy.f2py, asyncio, ... that Paddle's jit.save loads)."""
+    from imagegen import compat
+
+    m = matrix.load(ROOT / "matrix.yaml")
+    seen = set()
+    for cell in m.active:
+        cfg = render.bytecode_config(cell)
+        if not cfg["trace"]:
+            continue
+        host_half = "def host_prepare(" in compat.smoke_script(cell.fw).read_text()
+        assert bool(cfg["smoke"]) != host_half, cell.ref
+        if cfg["smoke"]:
+            seen.add(cell.device)
+            df = render.render_cell(m, cell).files["Dockerfile"]
+            assert " imagegen/smoke.py /opt/imagegen-build/" in df, cell.ref  # the build stages it; COPY'd
+    assert seen == {"cpu", "gpu"}
+    (flagship,) = m.select(["gpu-cuda11.8-slim"])
+    assert render.bytecode_config(flagship)["smoke"] == "/opt/imagegen-build/smoke.py"
+
+
 def test_full_flavor_keeps_pip_and_owns_venv():
     m = matrix.load(ROOT / "matrix.yaml")
     (cell,) = m.select(["cpu-full"])
