@@ -204,6 +204,20 @@ def check_mirror(bases: dict[str, compat.BaseSpec]) -> Check | None:
     return Check("Debian mirror", "ok", ", ".join(mirrors))
 
 
+def check_archive_keyring() -> Check:
+    """gpgv and the Debian archive keyring: without them Debian index files (InRelease) are used
+    unverified, with a warning (imagegen.debarchive.verify_inrelease)."""
+    from . import debarchive
+
+    keyring = os.environ.get(debarchive.KEYRING_ENV) or debarchive.DEFAULT_KEYRING
+    missing = [w for w, ok in (("gpgv", shutil.which("gpgv")), (keyring, Path(keyring).is_file())) if not ok]
+    if missing:
+        return Check("Debian index signatures", "warn", f"not verified: {' and '.join(missing)} missing",
+                     f"apt-get install gpgv debian-archive-keyring (or set {debarchive.KEYRING_ENV}); or {SETUP}")
+    return Check("Debian index signatures", "ok", f"InRelease checked with gpgv against {keyring}",
+                 data={"keyring": keyring})
+
+
 def pip_cert() -> tuple[str | None, str]:
     for var in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
         if os.environ.get(var):
@@ -256,6 +270,7 @@ def run_checks(*, network: bool = True) -> list[Check]:
         m = check_mirror(bases)
         if m:
             checks.append(m)
+    checks.append(check_archive_keyring())
     checks.append(check_pip())
     return checks
 

@@ -381,3 +381,17 @@ def test_doctor_exits_1_with_json_when_engine_is_down(tmp_path):
     engine = next(c for c in report["checks"] if c["name"] == "engine")
     assert engine["status"] == "fail" and engine["required"]
     assert "required check(s) failed: engine" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_doctor_says_whether_debian_indexes_are_verified(monkeypatch, tmp_path):
+    keyring = tmp_path / "keyring.gpg"
+    keyring.write_bytes(b"")
+    monkeypatch.setenv("IMAGEGEN_DEBIAN_KEYRING", str(keyring))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no gpgv on PATH
+    c = doctor.check_archive_keyring()
+    assert c.status == "warn" and "gpgv" in c.detail and "debian-archive-keyring" in c.remedy
+    (tmp_path / "gpgv").write_text("#!/bin/sh\n")
+    (tmp_path / "gpgv").chmod(0o755)
+    assert doctor.check_archive_keyring().status == "ok"
+    keyring.unlink()
+    assert str(keyring) in doctor.check_archive_keyring().detail
