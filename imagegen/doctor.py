@@ -70,7 +70,16 @@ def check_engine(info: dict | None, version: dict | None, error: str) -> Check:
 def check_storage(info: dict | None) -> Check:
     if info is None:
         return Check("storage driver", "warn", "unknown (engine not reachable)", "start the engine")
-    drv = info.get("Driver", "?")
+    from .engine import describe
+
+    eng = describe(info)
+    if eng.image_store == "containerd":
+        return Check("image store", "warn", f"containerd image store ({eng.storage_driver} snapshotter): image IDs "
+                     "are manifest digests; build, test and audit work, `imagegen publish` does not yet",
+                     "publish from an engine on the graph-driver store, or turn the containerd-snapshotter "
+                     "feature off in /etc/docker/daemon.json", data={"driver": eng.storage_driver,
+                                                                     "image_store": eng.image_store})
+    drv = eng.storage_driver
     if drv == "overlay2":
         return Check("storage driver", "ok", "overlay2", data={"driver": drv})
     return Check("storage driver", "warn", f"{drv} (overlay2 expected: layer sizes and build speed differ)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 
@@ -28,6 +29,37 @@ def client() -> docker.DockerClient:
         raise EngineError(f"Docker engine not reachable at {where}: {short_error(exc)}", hint=START_HINT) from None
     reap_leftovers(c)
     return c
+
+
+#: `docker info` DriverStatus entry of an engine on the containerd image store (Docker 24+ opt-in, the
+#: default of fresh Docker 29 installs): image IDs there are manifest digests, not config digests
+#: (docker/docs "containerd image store"; measured here on Docker 26.1.5, ../shared/FACTS.md).
+CONTAINERD_SNAPSHOTTER = "io.containerd.snapshotter.v1"
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineInfo:
+    """What kind of engine this process talks to (from `docker info` and `docker version`)."""
+
+    server_version: str  # e.g. "20.10.24+dfsg1"
+    api_version: str  # e.g. "1.41"
+    storage_driver: str  # graph driver ("overlay2") or, on the containerd store, the snapshotter ("overlayfs")
+    image_store: str  # "graphdriver" | "containerd"
+
+    @property
+    def id_is_config_digest(self) -> bool:
+        """True when an image ID is its config digest (graph-driver store); on the containerd store it is
+        the manifest (or index) digest."""
+        return self.image_store == "graphdriver"
+
+
+def describe(info: dict, version: dict | None = None) -> EngineInfo:
+    """An :class:`EngineInfo` from the engine's `info` and `version` payloads (no engine call)."""
+    status = {str(k): str(v) for k, v in (info.get("DriverStatus") or []) if k is not None}
+    store = "containerd" if status.get("driver-type") == CONTAINERD_SNAPSHOTTER else "graphdriver"
+    return EngineInfo(server_version=(version or {}).get("Version") or info.get("ServerVersion") or "?",
+                      api_version=(version or {}).get("ApiVersion") or "?",
+                      storage_driver=info.get("Driver") or "?", image_store=store)
 
 
 def engine_key() -> str:

@@ -395,3 +395,20 @@ def test_doctor_says_whether_debian_indexes_are_verified(monkeypatch, tmp_path):
     assert doctor.check_archive_keyring().status == "ok"
     keyring.unlink()
     assert str(keyring) in doctor.check_archive_keyring().detail
+
+
+def test_engine_kind_from_its_info():
+    """Docker 26 on the containerd image store (measured here) vs Debian 12's 20.10 on overlay2."""
+    from imagegen import engine
+
+    classic = engine.describe({"Driver": "overlay2", "DriverStatus": [["Backing Filesystem", "extfs"]],
+                               "ServerVersion": "20.10.24+dfsg1"}, {"ApiVersion": "1.41"})
+    assert (classic.image_store, classic.api_version, classic.server_version) == ("graphdriver", "1.41", "20.10.24+dfsg1")
+    assert classic.id_is_config_digest
+    info = {"Driver": "overlayfs", "DriverStatus": [["driver-type", "io.containerd.snapshotter.v1"]],
+            "ServerVersion": "26.1.5+dfsg1"}
+    cstore = engine.describe(info, {"Version": "26.1.5+dfsg1", "ApiVersion": "1.45"})
+    assert cstore.image_store == "containerd" and not cstore.id_is_config_digest
+    check = doctor.check_storage(info)
+    assert check.status == "warn" and "publish" in check.detail and check.name == "image store"
+    assert doctor.check_storage({"Driver": "overlay2", "DriverStatus": []}).status == "ok"
