@@ -5,16 +5,19 @@ Per cell, in this order (nothing reaches the engine before step 1 passed for eve
    (`UserInputError`, exit 2): Docker references are lowercase;
 2. the local image must be built by imagegen and its exact image ID must have a passing test record
    (`testrecord`), unless `force` (then a warning on stderr);
-3. if the registry already holds the immutable tag: the same image (its manifest's config digest is our
-   image ID) is not pushed again; another image is refused unless `force`;
+3. if the registry already holds the immutable tag: the same image (its manifest's config digest, or on
+   the containerd image store its manifest digest, is our image ID: `same_image`) is not pushed again;
+   another image is refused unless `force`;
 4. the engine pushes the immutable tag (Docker SDK, streamed progress on stderr), retried with the
    `RetryPolicy` on transient errors (the engine retries layers, not manifests);
 5. the manifest is read back through the registry's HTTP API (`registry.Registry`); its digest must equal
-   the one the engine reported;
+   the one the engine reported (the containerd image store reports none), and it must be our image
+   (`same_image`);
 6. only then each alias gets a PUT of those exact manifest bytes (same digest, no layer upload);
 7. `reports/publish.json` (schema `imagegen.publish/1`) lists what was verified in the registry:
-   `ref`, `digest`, `aliases`, `compressed_size` (bytes: config + layers as stored), `image_id`, `cell`,
-   `pushed` (false when step 3 found it already there), `tested`.
+   `ref`, `digest`, `aliases`, `compressed_size` (bytes: config + layers as stored), `image_id`,
+   `config_digest` (the registry manifest's, verified), `cell`, `pushed` (false when step 3 found it
+   already there), `tested`.
 
 Credentials: `REGISTRY_USER` + `REGISTRY_TOKEN`, else docker's config (`~/.docker/config.json`,
 credential helpers included, read by docker-py). They go to the engine and into request headers only;
@@ -40,7 +43,7 @@ from .labels import LABEL_DIGEST
 from .console import err, log, warn
 from .errors import ImagegenError, UserInputError
 from .matrix import REGISTRY_RE, REPO_COMPONENT_RE, TAG_RE, Cell
-from .registry import Registry, RetryPolicy
+from .registry import Manifest, Registry, RetryPolicy
 
 SCHEMA = "imagegen.publish/1"
 _TRANSIENT = re.compile(r"\b5\d\d\b|connection (refused|reset)|EOF|timeout|timed out|broken pipe|"
@@ -56,6 +59,7 @@ class Published:
     aliases: list[str] = field(default_factory=list)  # full references, same digest
     compressed_size: int | None = None
     image_id: str = ""
+    config_digest: str | None = None  # the registry manifest's config digest, verified against the local image
     pushed: bool = False  # this run pushed the immutable tag (False: already there, or dry run)
     tested: bool = True
     dry_run: bool = False
@@ -191,9 +195,11 @@ class _PushProgress:
 
 
 def engine_push(repo_ref: str, tag: str, *, auth: tuple[str, str] | None, retry: RetryPolicy,
-                sleep: Callable[[float], None] = time.sleep) -> str:
-    """Push `repo_ref:tag` through the engine; returns the digest it reports. Transient failures are
-    retried per `retry`; raises ImagegenError (one line) when the push fails for good."""
+                sleep: Callable[[float], None] = time.sleep) -> str | None:
+    """Push `repo_ref:tag` through the engine; returns the manifest digest it reports, or None when a
+    successful push reports none (the containerd image store: Docker 26 measured here; the caller reads
+    the digest back from the registry). Transient failures are retried per `retry`; raises
+    ImagegenError (one line) when the push fails for good."""
     api = engine.api()
     auth_config = {"username": auth[0], "password": auth[1]} if auth else None
     delays = retry.delays()
@@ -215,16 +221,22 @@ def engine_push(repo_ref: str, tag: str, *, auth: tuple[str, str] | None, retry:
             error = str(exc.explanation or exc).strip().splitlines()[0]
         except Exception as exc:  # noqa: BLE001 - the engine connection dropped mid-stream
             error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        if error is None and digest:
-            return digest
         if error is None:
-            error = "the engine reported no digest"
+            return digest
         delay = next(delays, None) if _TRANSIENT.search(error) else None
         if delay is None:
             tries = f" after {attempt} tries" if attempt > 1 else ""
             raise ImagegenError(f"push of {repo_ref}:{tag} failed{tries}: {error}")
         warn(f"push of {repo_ref}:{tag} failed ({error}); retrying in {delay:g}s")
         sleep(delay)
+
+
+def same_image(manifest: Manifest, image_id: str) -> bool:
+    """Whether a registry manifest is the local image ``image_id``. An engine's image ID is the config
+    digest on the graph-driver image store and the manifest digest on the containerd image store (Docker
+    29's default on fresh installs; docker/docs "containerd image store"): both are content digests, so
+    either match identifies the image, on every engine, without asking which store it has."""
+    return image_id in (manifest.config_digest, manifest.digest)
 
 
 def publish_target(t: Target, *, force: bool = False, retry: RetryPolicy = RetryPolicy(),
@@ -237,7 +249,7 @@ def publish_target(t: Target, *, force: bool = False, retry: RetryPolicy = Retry
     reg = Registry(t.registry, auth=auth, retry=retry, sleep=sleep, on_retry=lambda m: warn(m))
     existing = reg.get_manifest(t.repo, t.tag)
     pushed = False
-    if existing is not None and existing.config_digest == image_id:
+    if existing is not None and same_image(existing, image_id):
         log(f"{t.ref} already holds this image ({existing.digest}); not pushed again")
         manifest = existing
     else:
@@ -259,10 +271,14 @@ def publish_target(t: Target, *, force: bool = False, retry: RetryPolicy = Retry
                 pass
         manifest = reg.get_manifest(t.repo, t.tag)
         if manifest is None:
-            raise ImagegenError(f"{t.ref}: the engine reported {pushed_digest} but the registry has no such tag")
-        if manifest.digest != pushed_digest:
+            raise ImagegenError(f"{t.ref}: the engine reported {pushed_digest or 'a push'} but the registry has no "
+                                "such tag")
+        if pushed_digest and manifest.digest != pushed_digest:
             raise ImagegenError(f"{t.ref}: the registry holds {manifest.digest}, the engine pushed {pushed_digest}; "
                                 "aliases not moved")
+        if not same_image(manifest, image_id):
+            raise ImagegenError(f"{t.ref}: the registry holds {manifest.digest} (config {manifest.config_digest}), "
+                                f"which is not the local image {image_id}; aliases not moved")
         pushed = True
     aliases = []
     for alias in t.aliases:
@@ -270,7 +286,8 @@ def publish_target(t: Target, *, force: bool = False, retry: RetryPolicy = Retry
         aliases.append(f"{t.registry}/{t.repo}:{alias}")
         log(f"  alias {aliases[-1]} -> {manifest.digest}")
     return Published(cell=t.cell.ref, ref=t.ref, digest=manifest.digest, aliases=aliases,
-                     compressed_size=manifest.compressed_size, image_id=image_id, pushed=pushed, tested=tested)
+                     compressed_size=manifest.compressed_size, image_id=image_id,
+                     config_digest=manifest.config_digest, pushed=pushed, tested=tested)
 
 
 def publish(targets: list[Target], *, force: bool = False, dry_run: bool = False,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import fnmatch
 import importlib.util
+import io
 import json
 import os
 import re
@@ -438,6 +439,65 @@ class CellScan:
         }
 
 
+#: gzip and zstd magic numbers: a layer stored compressed in a `docker save` archive
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"\x28\xb5\x2f\xfd")
+
+
+def plain_layers(archive: Path, workdir: Path) -> Path:
+    """A `docker save` archive trivy can read: ``archive`` itself when every layer is a plain tar, else a
+    copy in ``workdir`` whose compressed layers are decompressed and named by their diff_id.
+
+    Why: trivy 0.59.1 (go-containerregistry's tarball reader) decides from the first layer of a save's
+    ``manifest.json`` whether all of them are compressed. The containerd image store (the default of fresh
+    Docker 29 installs) keeps imported layers plain but the layers it built gzip-compressed, and `docker
+    save` writes them as they are: a built image on an imported base mixes both, and trivy fails with
+    "archive/tar: invalid tar header" (measured here on Docker 26.1.5 with the containerd snapshotter).
+    Raises ImagegenError on an archive without a readable manifest.json and config."""
+    import gzip
+    import tarfile
+
+    import zstandard
+
+    with tarfile.open(archive) as tf:
+        try:
+            (entry,) = json.load(tf.extractfile("manifest.json"))
+            config = json.load(tf.extractfile(entry["Config"]))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ImagegenError(f"{archive}: not a docker save archive ({exc})") from None
+        diff_ids = config.get("rootfs", {}).get("diff_ids", [])
+        compressed = {}
+        for i, name in enumerate(entry["Layers"]):
+            with tf.extractfile(name) as fh:
+                head = fh.read(4)
+            if head.startswith(_COMPRESSED_MAGIC) and i < len(diff_ids):
+                compressed[name] = (diff_ids[i], head.startswith(_COMPRESSED_MAGIC[1]))
+        if not compressed:
+            return archive
+        out = workdir / "plain-layers.tar"
+        with tarfile.open(out, "w") as dst:
+            for m in tf.getmembers():
+                if m.name in compressed or m.name == "manifest.json":
+                    continue
+                dst.addfile(m, tf.extractfile(m) if m.isfile() else None)
+            for name, (diff_id, zstd) in compressed.items():
+                plain = workdir / "layer.tar"
+                with tf.extractfile(name) as src, open(plain, "wb") as fh:
+                    reader = zstandard.ZstdDecompressor().stream_reader(src) if zstd else gzip.GzipFile(fileobj=src)
+                    shutil.copyfileobj(reader, fh, 4 << 20)
+                info = tarfile.TarInfo(f"blobs/sha256/{diff_id.split(':', 1)[1]}")
+                info.size = plain.stat().st_size
+                with open(plain, "rb") as fh:
+                    dst.addfile(info, fh)
+                plain.unlink()
+            entry["Layers"] = [f"blobs/sha256/{compressed[n][0].split(':', 1)[1]}" if n in compressed else n
+                               for n in entry["Layers"]]
+            data = json.dumps([entry]).encode()
+            info = tarfile.TarInfo("manifest.json")
+            info.size = len(data)
+            dst.addfile(info, io.BytesIO(data))
+    return out
+
+
 def scan_cell(cell, reports: Path, opts: Options = Options(), *, vuln: bool = True, ignores: list[Ignore] = (),
               ignore_unfixed: bool = False, archive: Path | None = None) -> CellScan:
     """SBOM + secrets (+ vulnerabilities) of a built cell. Files: `<reports>/sbom-<cell id>.cdx.json`.
@@ -447,7 +507,7 @@ def scan_cell(cell, reports: Path, opts: Options = Options(), *, vuln: bool = Tr
     are collected in `CellScan.problems`; the SBOM and secret scan run even when the DB is missing."""
     res = CellScan(cell.ref)
     with tempfile.TemporaryDirectory(prefix="imagegen-scan-") as tmp:
-        archive = archive or save_image(cell.local_ref, Path(tmp) / "image.tar")
+        archive = plain_layers(archive or save_image(cell.local_ref, Path(tmp) / "image.tar"), Path(tmp))
         res.sbom = sbom(archive, reports / f"sbom-{cell.id}.cdx.json", opts)
         want = expects_os(cell)
         if want and not (res.sbom.os or "").lower().startswith(want):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import gzip
 import hashlib
 import io
 import json
@@ -15,6 +16,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from imagegen import trivy
 from imagegen.matrix import load
@@ -35,36 +37,41 @@ Description: GNU C Library: Shared libraries
 """
 
 
+def _tar(files: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for path, data in files.items():
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
 @pytest.fixture
 def image(tmp_path):
-    """A one-layer image as a `docker save` archive (manifest.json, config, layer.tar); returns a cell
-    whose image is that archive."""
+    """An image as a `docker save` archive (manifest.json, config, layers); returns a cell whose image is
+    that archive. With `compress`, a second layer is stored compressed after a plain first one, as the
+    containerd image store saves an image it built on an imported base."""
     n = [0]
 
-    def make(files: dict[str, bytes]):
+    def make(files: dict[str, bytes], compress: str | None = None):
         n[0] += 1
-        layer = io.BytesIO()
-        with tarfile.open(fileobj=layer, mode="w") as tar:
-            for path, data in files.items():
-                info = tarfile.TarInfo(path)
-                info.size = len(data)
-                info.mode = 0o644
-                tar.addfile(info, io.BytesIO(data))
-        layer_bytes = layer.getvalue()
-        diff_id = hashlib.sha256(layer_bytes).hexdigest()
+        layers = [_tar(files)] + ([_tar({"opt/app/model.txt": b"weights\n"})] if compress else [])
+        diff_ids = [hashlib.sha256(b).hexdigest() for b in layers]
         config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
-                             "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_id}"]}}).encode()
+                             "rootfs": {"type": "layers", "diff_ids": [f"sha256:{d}" for d in diff_ids]}}).encode()
         cfg_id = hashlib.sha256(config).hexdigest()
         name = f"imagegen-test-trivy-{n[0]}"
+        if compress == "gzip":
+            layers[-1] = gzip.compress(layers[-1])
+        elif compress == "zstd":
+            layers[-1] = zstandard.ZstdCompressor().compress(layers[-1])
+        names = [f"blobs/sha256/{hashlib.sha256(b).hexdigest()}" for b in layers]
         manifest = json.dumps([{"Config": f"{cfg_id}.json", "RepoTags": [f"{name}:1.0.0-cpu-slim"],
-                                "Layers": [f"{diff_id}/layer.tar"]}]).encode()
+                                "Layers": names}]).encode()
         archive = tmp_path / f"{name}.tar"
-        with tarfile.open(archive, "w") as tar:
-            for path, data in ((f"{diff_id}/layer.tar", layer_bytes), (f"{cfg_id}.json", config),
-                               ("manifest.json", manifest)):
-                info = tarfile.TarInfo(path)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+        archive.write_bytes(_tar({**dict(zip(names, layers)), f"{cfg_id}.json": config, "manifest.json": manifest}))
         cell = load(ROOT / "matrix.yaml").select(["onnxruntime:cpu-slim"])[0]
         return dataclasses.replace(cell, image=name, tag="1.0.0-cpu-slim"), archive
 
@@ -81,6 +88,18 @@ def test_clean_debian_image_sbom_and_secrets(image, tmp_path):
     assert r.problems == [] and r.secrets == []
     assert r.sbom.os.startswith("debian") and r.sbom.packages["deb"] == {"libc6==2.36-9+deb12u13"}
     assert json.loads((tmp_path / f"sbom-{cell.id}.cdx.json").read_text())["bomFormat"] == "CycloneDX"
+
+
+@pytest.mark.parametrize("compress", ["gzip", "zstd"])
+def test_compressed_layers_of_the_containerd_store_are_scanned(image, tmp_path, compress):
+    """trivy decides from a save's first layer whether all are compressed: after a plain one, a compressed
+    layer (the containerd image store's own builds) fails; scan_cell hands it the layers decompressed."""
+    cell, archive = image(DEBIAN, compress=compress)
+    with pytest.raises(trivy.ImagegenError, match="failed to extract the archive"):
+        trivy.sbom(archive, tmp_path / "raw.cdx.json", trivy.Options(cache_dir=tmp_path / "cache"))
+    r = trivy.scan_cell(cell, tmp_path, trivy.Options(cache_dir=tmp_path / "cache"), vuln=False, archive=archive)
+    assert r.problems == [] and r.sbom.packages["deb"] == {"libc6==2.36-9+deb12u13"}
+    assert trivy.plain_layers(image(DEBIAN)[1], tmp_path) != tmp_path / "plain-layers.tar"  # plain: used as is
 
 
 def test_secret_scan_finds_host_ca_and_mirror_credential(image, tmp_path, monkeypatch):
