@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -45,40 +46,34 @@ def lock_command(
 
     m, cells = select_cells(matrix, variant, all_)
     run_lock(pipeline.lock_requests(m, cells), check=check, jobs=jobs, upgrade=upgrade, fetch=not no_fetch,
-             skip_unreachable=skip_unreachable_index or [], json_out=json_out)
+             skip_unreachable=skip_unreachable_index or [], json_out=json_out,
+             closures=pipeline.closure_status(m, cells) if check else ())
     if closure and not check:
         for cell in cells:
             path, packages = pipeline.ensure_closure(m, cell)
             out.print(f"closure    {path}  ({', '.join(packages) or 'no packages'})", markup=False)
-    if check:
-        rows = pipeline.closure_status(m, cells)
-        if not json_out:
-            for _cell, path, state in rows:
-                out.print(f"{state:<11} {path}", markup=False)
-        bad = [c for c, _, s in rows if s != "up-to-date"]
-        if bad:
-            raise ImagegenError(f"{len(bad)} committed closure(s) missing or stale: {', '.join(bad)}",
-                                hint="`imagegen build` of those cells resolves and writes them; commit locks/")
 
 
 def run_lock(cells: dict[str, tuple[LockRequest, Path]], *, check: bool = False, jobs: int = 2,
              upgrade: bool = False, fetch: bool = True, skip_unreachable: list[str] | tuple[str, ...] = (),
-             json_out: bool = False) -> None:
+             json_out: bool = False, closures: Iterable[tuple[str, Path, str]] = ()) -> None:
     """`imagegen lock` for {cell id: (request, lock path)}: check (no network) or lock, and print the
-    result table (or JSON) on stdout. ImagegenError when a check fails."""
+    result table (or JSON) on stdout. With ``check``, ``closures`` (cell id, path, status) are checked
+    with the locks, in the same table. ImagegenError when a check fails."""
     from ..lock import lock_cells, lock_status
 
     if check:
-        rows = [(cid, path, lock_status(req, path)) for cid, (req, path) in cells.items()]
+        rows = [("lock", cid, path, lock_status(req, path)) for cid, (req, path) in cells.items()]
+        rows += [("closure", cid, path, state) for cid, path, state in closures]
         if json_out:
-            out.print_json(data=[{"cell": c, "path": str(p), "status": s} for c, p, s in rows])
+            out.print_json(data=[{"kind": k, "cell": c, "path": str(p), "status": s} for k, c, p, s in rows])
         else:
-            for c, p, s in rows:
+            for _k, _c, p, s in rows:
                 out.print(f"{s:<11} {p}", markup=False)
-        bad = [c for c, _, s in rows if s != "up-to-date"]
+        bad = [c if k == "lock" else f"{c} (closure)" for k, c, _, s in rows if s != "up-to-date"]
         if bad:
             raise ImagegenError(f"{len(bad)} lock file(s) missing or stale: {', '.join(bad)}",
-                                hint="run `imagegen lock` and commit locks/")
+                                hint="run `imagegen lock` (with --closure for a closure) and commit locks/")
         return
     skip = ["*" if s == "all" else s for s in skip_unreachable]
     results = lock_cells({cid: req for cid, (req, _) in cells.items()}, Path("locks"), jobs, upgrade=upgrade,

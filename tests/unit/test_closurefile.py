@@ -108,3 +108,22 @@ def test_unreadable_or_unresolved_file_is_not_current(tmp_path):
     assert closurefile.status(path, inputs) == "up-to-date"
     assert closurefile.read_current(path, inputs) is None  # an unresolved soname is never a usable closure
     assert closurefile.path_for(Path("locks/a-1-cpu-slim.txt")) == Path("locks/a-1-cpu-slim.closure.json")
+
+
+def test_lock_check_fails_on_a_stale_closure_and_names_it(copied, monkeypatch):
+    """`imagegen lock --check` reports the closures with the locks: one table, one failure line."""
+    import io
+
+    from imagegen import console, errors
+    from imagegen.cli import lock_cmds
+
+    cell, lpath = copied
+    buf = io.StringIO()
+    monkeypatch.setattr(console.out, "file", buf)
+    inputs = pipeline.closure_inputs(cell, lpath)
+    path = closurefile.path_for(lpath)
+    lock_cmds.run_lock({}, check=True, closures=[(cell.id, path, closurefile.status(path, inputs))])
+    assert f"up-to-date  {path}" in buf.getvalue()
+    lpath.write_bytes(lpath.read_bytes() + b"# edited\n")
+    with pytest.raises(errors.ImagegenError, match=rf"1 lock file\(s\) missing or stale: {cell.id} \(closure\)"):
+        lock_cmds.run_lock({}, check=True, closures=[(cell.id, path, closurefile.status(path, pipeline.closure_inputs(cell, lpath)))])
