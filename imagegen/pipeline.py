@@ -322,7 +322,7 @@ def abort_cleanup(tracker: Tracker = ACTIVE) -> None:
     """Ctrl-C/SIGTERM: remove step containers still running, untagged new images and build contexts,
     and stop the host pips resolving or downloading. Best effort; the tags were never moved."""
     items = tracker.snapshot()
-    remove_created(items["containers"], items["images"], tracker.ordered("steps"))
+    remove_created(items["containers"], items["images"], tracker.ordered("steps"), tracker.ordered("inflight"))
     try:
         hostpip.terminate_children()
     except Exception:  # noqa: BLE001 - best effort while exiting

@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -241,7 +242,12 @@ def test_test_command_on_built_cells(builds, tmp_path):
     assert "passed" in proc.stdout
 
 
-def test_ctrl_c_mid_build_leaves_no_containers_and_keeps_the_tag(builds, client):
+@pytest.mark.parametrize("moment", ["a RUN step", "the final COPY --from"])
+def test_ctrl_c_mid_build_leaves_no_containers_and_keeps_the_tag(builds, client, moment):
+    """Ctrl-C during a RUN step (its container is running) or during the final `COPY --from` (no
+    container: the engine finishes the copy after imagegen's client is gone and commits it, seconds
+    later): no container, no image (counted with `docker images -a`, some seconds after the command
+    returned) and the tag where it was."""
     ref = "onnxruntime:1.23.2-cpu-slim"
     builds.get(ref)
     old_id = client.images.get(local(ref)).id
@@ -250,23 +256,31 @@ def test_ctrl_c_mid_build_leaves_no_containers_and_keeps_the_tag(builds, client)
     proc = subprocess.Popen([sys.executable, "-m", "imagegen", "build", "--variant", ref, "--force", "--no-test"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "NO_COLOR": "1", "IMAGEGEN_LOCAL_PREFIX": PREFIX})
-    # wait until a RUN step's container exists, then interrupt
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
     deadline = time.monotonic() + 300
-    new = set()
-    while time.monotonic() < deadline:
-        new = {c.id for c in client.containers.list(all=True)} - containers_before
-        if new or proc.poll() is not None:
+    seen = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        if moment == "a RUN step":  # a step container exists
+            seen = bool({c.id for c in client.containers.list(all=True)} - containers_before)
+        else:
+            seen = any("COPY --from=builder /opt/venv" in ln for ln in list(lines))
+        if seen:
             break
-        time.sleep(0.2)
-    assert new, f"no build step container appeared: {proc.poll()} {proc.stderr.read()[-500:] if proc.poll() is not None else ''}"
+        time.sleep(0.1)
+    assert seen, f"{moment} never came: {proc.poll()} {''.join(lines)[-500:]}"
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    proc.wait(timeout=180)
+    reader.join(timeout=10)
+    stderr = "".join(lines)
     assert proc.returncode == 130, stderr[-1000:]
     assert "interrupted" in stderr and "Traceback" not in stderr
-    time.sleep(2)
+    time.sleep(6)  # a step the engine commits late shows up seconds after the command returned
     left = {c.id for c in client.containers.list(all=True)} - containers_before
     assert not left, f"containers left behind: {left}"
-    # the step images the interrupted build committed (a running step holds its parent) are gone too
+    # the step images the interrupted build committed (a running step holds its parent), and the one the
+    # engine committed for the step in flight, are gone too
     made = {i.id for i in client.images.list(all=True)} - images_before
     assert not made, f"images left behind: {made}"
     assert client.images.get(local(ref)).id == old_id, "the tag moved"
