@@ -64,8 +64,7 @@ class CommittedClosure:
 
 def path_for(lock_path: Path) -> Path:
     """``locks/<cell id>.closure.json`` for ``locks/<cell id>.txt``."""
-    name = lock_path.name[:-4] if lock_path.name.endswith(".txt") else lock_path.name
-    return lock_path.with_name(name + SUFFIX)
+    return lock_path.with_name(lock_path.name.removesuffix(".txt") + SUFFIX)
 
 
 def lock_sha256(lock_path: Path) -> str:
