@@ -1,12 +1,14 @@
-"""The engine side of a build: run a prepared build context through the Docker SDK's low-level API
-(streamed, classic builder; BuildKit is never assumed), log it, and keep track of what a build in
-flight has created so an interrupt can remove it.
+"""The engine side of a build: run a prepared build context on the build path of this run (BuildKit
+through `docker buildx`, see ``imagegen.buildkit``; or the classic builder through the Docker SDK's
+streamed low-level API), log it, and keep track of what a build in flight has created so an
+interrupt can remove it. ``build_image`` is the one entry point; nothing above it branches on the path.
 
 Orchestration (what to build, when to skip, test before tag) is ``imagegen.pipeline``'s.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -24,16 +26,15 @@ from . import engine
 from .console import err, log
 from .errors import EngineError, ImagegenError
 from .labels import LABEL_CELL, LABEL_CLOSURE, LABEL_DIGEST, OCI_CREATED, OCI_REVISION, OCI_SOURCE, SOURCE_URL
+from .buildkit import ANSI as _ANSI
+from .buildkit import SCRIPT_ERROR as _SCRIPT_ERROR
+from .buildkit import BuildPath
 from .matrix import Cell
 
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 _IMAGE = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
 _RUNNING = re.compile(r"^ ---> Running in ([0-9a-f]{12,64})$")
 _CACHED = " ---> Using cache"  # the classic builder's line before the ID of a step image it reused
-# One-line errors our in-build scripts print ("install: error: ...", "sysroot: error: ..."): the cause
-# to report instead of the classic builder's "The command ... returned a non-zero code".
-_SCRIPT_ERROR = re.compile(r"^(\w+): error: (.+)$")
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # What a connection that dies mid-stream raises through docker-py (requests/urllib3)
 CONNECTION_LOST = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, ConnectionError)
 
@@ -44,7 +45,7 @@ class Tracker:
     build committed, context directories), so that an interrupt can remove it. Thread-safe; values
     are IDs or paths, kept in the order they were added (step images: parents before children)."""
 
-    KINDS = ("containers", "images", "steps", "workdirs", "inflight")
+    KINDS = ("containers", "images", "steps", "workdirs", "inflight", "buildx")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -129,12 +130,17 @@ def late_commits(inflight: list[str], *, poll: float = 0.5) -> list[str]:
 
 
 def remove_created(containers: set[str], images: set[str], steps: list[str] = (),
-                   inflight: list[str] = ()) -> None:
-    """Best effort: remove step containers (first: a running step holds its parent image), the images
-    the engine commits for the steps it was still running (``inflight``, see late_commits), untagged
-    new images, then the step images the builds committed (``steps``, oldest first; removed newest
-    first, with noprune, see remove_images). An unreachable engine is ignored."""
+                   inflight: list[str] = (), buildx: list[str] = ()) -> None:
+    """Best effort: cancel the buildx builds in flight (``buildx``) and remove what their exporters
+    wrote (buildkit.cancel_builds), remove step containers (first: a running step holds its parent
+    image), the images the engine commits for the steps it was still running (``inflight``, see
+    late_commits), untagged new images, then the step images the builds committed (``steps``, oldest
+    first; removed newest first, with noprune, see remove_images). An unreachable engine is ignored."""
     try:
+        if buildx:
+            from . import buildkit
+
+            images = set(images) | set(buildkit.cancel_builds(list(buildx)))
         api = engine.api()
         for cid in containers:
             try:
@@ -189,18 +195,12 @@ class Progress:
                 self.progress.update(task, step=text, completed=1, total=1)
 
 
-def docker_build(cell: Cell, context: Path, digest: str, closure: list[str], log_path: Path, progress: Progress,
-                 *, no_cache: bool = False, tracker: Tracker = ACTIVE,
-                 extra_labels: dict[str, str] | None = None,
-                 step_images: list[str] | None = None) -> tuple[str, list[str]]:
-    """Build ``context`` (its Dockerfile gets one LABEL instruction with the inputs ``digest``, the cell,
-    the closure packages, the git revision, creation time and source); return (image ID, step image IDs).
-
-    The step image IDs are only those this build committed, in build order: neither the ``FROM``
-    images nor the step images it reused from the engine's cache ("Using cache"), which belong to
-    earlier builds (another cell's, a user's) and must outlive this one.
-    The full log goes to ``log_path``. Raises ImagegenError with the log's last lines on stderr."""
-    api = engine.api()
+def stamp_labels(cell: Cell, context: Path, digest: str, closure: list[str],
+                 extra_labels: dict[str, str] | None = None) -> None:
+    """Append one LABEL instruction to the context's Dockerfile (the API's `labels` would add one build
+    step per label): the inputs ``digest`` (computed before, over the rendered file), the cell, the
+    closure packages, the git revision, creation time and source, and ``extra_labels``. Both build
+    paths build the same file."""
     labels = {
         LABEL_DIGEST: digest,
         LABEL_CELL: cell.ref,
@@ -210,11 +210,90 @@ def docker_build(cell: Cell, context: Path, digest: str, closure: list[str], log
         LABEL_CLOSURE: ",".join(closure),
         **(extra_labels or {}),
     }
-    # One LABEL instruction appended to the context's Dockerfile (the API's `labels` would add one
-    # build step per label); the inputs digest was computed before, over the rendered file.
     dockerfile = context / "Dockerfile"
     dockerfile.write_text(dockerfile.read_text() + "LABEL " + " \\\n      ".join(
         f"{k}={json.dumps(v)}" for k, v in sorted(labels.items())) + "\n")
+
+
+@dataclasses.dataclass(frozen=True)
+class Built:
+    """A build's result: the image ID in the engine, its config digest when the build path knows it
+    (BuildKit's metadata; the classic builder on the graph-driver store, where they are equal), and the
+    step images this build committed (classic path only, build order)."""
+
+    image_id: str
+    config_digest: str | None
+    step_images: list[str]
+
+
+def build_image(path: BuildPath, cell: Cell, context: Path, digest: str, closure: list[str], log_path: Path,
+                progress: Progress, *, no_cache: bool = False, tracker: Tracker = ACTIVE,
+                extra_labels: dict[str, str] | None = None, step_images: list[str] | None = None) -> Built:
+    """Build ``context`` on ``path`` (see buildkit.choose): the same Dockerfile, labels, progress lines,
+    one-line errors and interrupt records on both paths. ``step_images`` (classic path) fills as the
+    steps complete, so a caller still holds them when the build fails mid-way. Raises ImagegenError
+    (EngineError when the engine stopped answering) with the log's last lines on stderr."""
+    if path.kind != "buildkit":
+        image_id, steps = docker_build(cell, context, digest, closure, log_path, progress, no_cache=no_cache,
+                                       tracker=tracker, extra_labels=extra_labels, step_images=step_images)
+        return Built(image_id, image_id if _id_is_config_digest() else None, steps)
+    from . import buildkit
+
+    stamp_labels(cell, context, digest, closure, extra_labels)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    failure, image_id, config_digest, tail, script_error = buildkit.run(
+        path, cell.ref, context, digest, log_path,
+        lambda text, n, m: progress.update(cell, text, None if n is None else n - 1, m), no_cache=no_cache,
+        tracker=tracker)
+    if failure or not image_id:
+        lost = None
+        if not engine.answers():
+            lost = failure or "no answer"
+        _raise_build_failure(cell, failure or "the build produced no image", script_error, tail, log_path, lost)
+    if current_image_id(image_id) is None:
+        raise ImagegenError(f"{cell.ref}: buildx builder {path.builder} ({path.driver} driver) built {image_id[:19]} "
+                            f"but did not load it into the engine at {engine.engine_key()}: use a builder of this "
+                            f"engine (`--builder default`) or one whose --load reaches it; log: {log_path}")
+    return Built(image_id, config_digest or (image_id if _id_is_config_digest() else None), [])
+
+
+def _id_is_config_digest() -> bool:
+    """Whether this engine's image IDs are config digests (the graph-driver store)."""
+    api = engine.api()
+    return engine.describe(api.info(), api.version()).id_is_config_digest
+
+
+def _raise_build_failure(cell: Cell, reason: str, script_error: str | None, tail, log_path: Path,
+                         lost: str | None) -> None:
+    """The one error line of a failed build (both paths)."""
+    if lost is not None:
+        raise EngineError(f"{cell.ref}: the Docker engine at {engine.engine_key()} stopped answering mid-build "
+                          f"({lost}); nothing was tagged; log: {log_path}")
+    if any("no space left on device" in (text or "").lower() for text in (reason, script_error)):
+        raise ImagegenError(f"{cell.ref}: disk full while building (free space with `docker system prune`); "
+                            f"log: {log_path}")
+    if script_error:  # our own script named the cause: report that, not the builder's exit code
+        reason = script_error
+    else:
+        err.print(f"--- last lines of {log_path} ---", markup=False)
+        for line in tail:
+            err.print(line, markup=False)
+    raise ImagegenError(f"{cell.ref}: build failed: {reason[:300]}; full log: {log_path}")
+
+
+def docker_build(cell: Cell, context: Path, digest: str, closure: list[str], log_path: Path, progress: Progress,
+                 *, no_cache: bool = False, tracker: Tracker = ACTIVE,
+                 extra_labels: dict[str, str] | None = None,
+                 step_images: list[str] | None = None) -> tuple[str, list[str]]:
+    """The classic path: build ``context`` through the Docker SDK (labels stamped, see stamp_labels);
+    return (image ID, step image IDs).
+
+    The step image IDs are only those this build committed, in build order: neither the ``FROM``
+    images nor the step images it reused from the engine's cache ("Using cache"), which belong to
+    earlier builds (another cell's, a user's) and must outlive this one.
+    The full log goes to ``log_path``. Raises ImagegenError with the log's last lines on stderr."""
+    api = engine.api()
+    stamp_labels(cell, context, digest, closure, extra_labels)
     tail: deque[str] = deque(maxlen=25)
     # filled as the steps complete, so a caller still holds them when the build fails mid-way
     step_images = step_images if step_images is not None else []
@@ -296,20 +375,9 @@ def docker_build(cell: Cell, context: Path, digest: str, closure: list[str], log
         engine.remember_leftovers(mine)
         for cid in mine:
             tracker.discard("containers", cid)
-        raise EngineError(f"{cell.ref}: the Docker engine at {engine.engine_key()} stopped answering mid-build "
-                          f"({lost}); nothing was tagged; log: {log_path}")
+        _raise_build_failure(cell, lost, script_error, tail, log_path, lost)
     if error or not image_id:
-        reason = error or "the build produced no image"
-        if any("no space left on device" in (text or "").lower() for text in (reason, script_error)):
-            raise ImagegenError(f"{cell.ref}: disk full while building (free space with `docker system prune`); "
-                                f"log: {log_path}")
-        if script_error:  # our own script named the cause: report that, not the builder's exit code
-            reason = script_error
-        else:
-            err.print(f"--- last lines of {log_path} ---", markup=False)
-            for line in tail:
-                err.print(line, markup=False)
-        raise ImagegenError(f"{cell.ref}: build failed: {reason[:300]}; full log: {log_path}")
+        _raise_build_failure(cell, error or "the build produced no image", script_error, tail, log_path, None)
     return image_id, step_images
 
 
@@ -360,10 +428,11 @@ def prune_report_from_log(log_path: Path) -> dict | None:
     report = fat = None
     try:
         for line in log_path.read_text(errors="replace").splitlines():
-            if line.startswith("IMAGEGEN-PRUNE-REPORT ") and report is None:
-                report = json.loads(line.split(" ", 1)[1])
-            elif line.startswith("IMAGEGEN-FATPRUNE-REPORT "):
-                fat = json.loads(line.split(" ", 1)[1])
+            # classic: the line itself; BuildKit's plain progress: "#12 3.456 " before it
+            if "IMAGEGEN-PRUNE-REPORT " in line and report is None:
+                report = json.loads(line.split("IMAGEGEN-PRUNE-REPORT ", 1)[1])
+            elif "IMAGEGEN-FATPRUNE-REPORT " in line:
+                fat = json.loads(line.split("IMAGEGEN-FATPRUNE-REPORT ", 1)[1])
     except (OSError, ValueError):
         return None
     if report is not None and fat is not None:

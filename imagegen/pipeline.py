@@ -24,8 +24,9 @@ from pathlib import Path
 
 import docker.errors
 
-from . import bases, closure, closurefile, coldstart, compat, engine, flock, hostpip, lockfile, paths, render, wheelhouse
+from . import bases, buildkit, closure, closurefile, coldstart, compat, engine, flock, hostpip, lockfile, paths, render, wheelhouse
 from . import lock as lock_stage
+from .buildkit import CLASSIC, BuildPath
 from .build import (
     CONNECTION_LOST,
     current_image_id,
@@ -33,7 +34,7 @@ from .build import (
     Progress,
     Tracker,
     current_digest,
-    docker_build,
+    build_image,
     prune_report_from_log,
     remove_created,
     remove_images,
@@ -322,7 +323,8 @@ def abort_cleanup(tracker: Tracker = ACTIVE) -> None:
     """Ctrl-C/SIGTERM: remove step containers still running, untagged new images and build contexts,
     and stop the host pips resolving or downloading. Best effort; the tags were never moved."""
     items = tracker.snapshot()
-    remove_created(items["containers"], items["images"], tracker.ordered("steps"), tracker.ordered("inflight"))
+    remove_created(items["containers"], items["images"], tracker.ordered("steps"), tracker.ordered("inflight"),
+                   tracker.ordered("buildx"))
     try:
         hostpip.terminate_children()
     except Exception:  # noqa: BLE001 - best effort while exiting
@@ -382,7 +384,8 @@ def _evict_and_raise(m: Matrix, cell: Cell, exc: ImagegenError) -> None:
 
 
 def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: Progress,
-              keep_cache: bool = False, junit_dir: Path | None = None, no_cache: bool = False) -> BuildResult:
+              keep_cache: bool = False, junit_dir: Path | None = None, no_cache: bool = False,
+              path: BuildPath = CLASSIC) -> BuildResult:
     t0 = time.monotonic()
     progress.start(cell)
     rendered = render.render_cell(m, cell)  # once per build
@@ -407,8 +410,9 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
             write_stamp(cell, quick, prep.digest)
             return _unchanged(cell, run_tests=run_tests, progress=progress, junit_dir=junit_dir, t0=t0)
         try:
-            image_id, _ = docker_build(cell, prep.context, prep.digest, prep.closure, log_path, progress,
-                                       extra_labels=prep.labels, no_cache=no_cache, step_images=step_images)
+            built = build_image(path, cell, prep.context, prep.digest, prep.closure, log_path, progress,
+                                extra_labels=prep.labels, no_cache=no_cache, step_images=step_images)
+            image_id = built.image_id
         except ImagegenError as exc:
             if "install: " in str(exc):  # a wheel that fails to install may be a corrupt cache copy
                 _evict_and_raise(m, cell, exc)
@@ -452,35 +456,41 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
 
 
 def build_cells(m: Matrix, cells: list[Cell], *, jobs: int = 1, force: bool = False, run_tests: bool = True,
-                keep_cache: bool = False, junit_dir: Path | None = None, no_cache: bool = False) -> list[BuildResult]:
-    """Build ``cells`` (``jobs`` at a time), in matrix order; a failed cell is a "failed" result, not an error."""
+                keep_cache: bool = False, junit_dir: Path | None = None, no_cache: bool = False,
+                builder: str | None = None) -> list[BuildResult]:
+    """Build ``cells`` (``jobs`` at a time), in matrix order; a failed cell is a "failed" result, not an error.
+    ``builder``: a buildx builder name (None: the build path buildkit.choose picks). Raises
+    UserInputError (exit 2, before anything is built) when the requested path cannot be had."""
     from rich.progress import Progress as RichProgress
     from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
     engine.client()  # fail fast, with the remedy, when the daemon is down
+    info = engine.describe(engine.api().info(), engine.api().version())
+    path = buildkit.choose(builder, engine_version=f"Docker {info.server_version}, API {info.api_version}")
+    log(f"building with {path.describe()} on Docker {info.server_version} ({info.image_store} image store)")
     results: list[BuildResult] = []
     columns = [SpinnerColumn(), TextColumn("{task.description}"), TextColumn("[dim]{task.fields[step]}"),
                TimeElapsedColumn()]
+    options = dict(force=force, run_tests=run_tests, keep_cache=keep_cache, junit_dir=junit_dir, no_cache=no_cache,
+                   path=path)
     with RichProgress(*columns, console=err, transient=False, disable=not err.is_terminal) as prog:
         progress = Progress(prog if err.is_terminal else None)
         if jobs <= 1 or len(cells) == 1:
             for cell in cells:
-                results.append(_guarded(m, cell, force, run_tests, progress, keep_cache, junit_dir, no_cache))
+                results.append(_guarded(m, cell, progress, **options))
         else:
             with ThreadPoolExecutor(max_workers=jobs) as pool:
-                futures = {pool.submit(_guarded, m, c, force, run_tests, progress, keep_cache, junit_dir, no_cache): c
-                           for c in cells}
+                futures = {pool.submit(_guarded, m, c, progress, **options): c for c in cells}
                 for fut in as_completed(futures):
                     results.append(fut.result())
     order = {c.id: i for i, c in enumerate(cells)}
     return sorted(results, key=lambda r: order[r.cell.id])
 
 
-def _guarded(m, cell, force, run_tests, progress, keep_cache, junit_dir, no_cache=False) -> BuildResult:
+def _guarded(m: Matrix, cell: Cell, progress: Progress, **options) -> BuildResult:
     t0 = time.monotonic()
     try:
-        return build_one(m, cell, force=force, run_tests=run_tests, progress=progress, keep_cache=keep_cache,
-                         junit_dir=junit_dir, no_cache=no_cache)
+        return build_one(m, cell, progress=progress, **options)
     except ImagegenError as exc:
         progress.finish(cell, "failed")
         return BuildResult(cell, "failed", seconds=time.monotonic() - t0, message=str(exc),

@@ -30,6 +30,10 @@ def build(
                                                             callback=userpaths.output_dir)] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not reuse the engine's layer cache (cold build).")]
     = False,
+    builder: Annotated[Optional[str], typer.Option("--builder", help="Build with this buildx builder (BuildKit; a "
+                                                   "remote or kubernetes builder scales builds past this machine). "
+                                                   "Default: BuildKit when `docker buildx` answers, else the classic "
+                                                   "builder; DOCKER_BUILDKIT=0 forces the classic one.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Build cells: lock, bootstrap bases, stage the wheelhouse, build, test, then tag.
@@ -44,7 +48,7 @@ def build(
     m, cells = select_cells(matrix, variant, all_)
     _install_interrupt_handler()
     results = pipeline.build_cells(m, cells, jobs=jobs, force=force, run_tests=not no_test,
-                                    keep_cache=keep_cache, junit_dir=junit, no_cache=no_cache)
+                                    keep_cache=keep_cache, junit_dir=junit, no_cache=no_cache, builder=builder)
     if json_out:
         out.print_json(data=[{"ref": r.cell.ref, "local_ref": r.cell.local_ref, "status": r.status,
                               "image_id": r.image_id,
@@ -67,8 +71,10 @@ def build(
 
 
 def _install_interrupt_handler() -> None:
-    """Ctrl-C during a build: the daemon cancels the build when the connection drops; the tag was never
-    moved (images are tagged only after their tests pass). Remove our temporary contexts and leave."""
+    """Ctrl-C or SIGTERM during a build: cancel the builds in flight (buildx is sent SIGINT; the classic
+    builder's daemon cancels when the connection drops) and remove what they made (step containers and
+    images, images an exporter or a late commit wrote, temporary contexts). The tag was never moved
+    (images are tagged only after their tests pass)."""
 
     def handler(signum, frame):
         from .. import pipeline
