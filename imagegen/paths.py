@@ -18,6 +18,9 @@ Layout (all under the root)::
     sonames/<image id>.json              library names of a base image
     locks/<ref>.lock                     base bootstrap serialisation (flock)
     stamps/<cell>.json                   quick no-op-rebuild stamps
+    test-records/<hex>.json              test records, by the image's config digest (testrecord)
+    config-digests.json                  image ID -> config digest, for the containerd image store (engine)
+    engine-leftovers.json                containers an engine that stopped answering still holds (engine)
     logs/<cell>.log                      full build logs
     reports/                             JUnit XML of builds' test runs
     imagegen-ctx-<pid>-<id>/             a build's context while it runs [owned]
@@ -92,6 +95,17 @@ def base_flocks() -> Path:
 
 def stamps_dir() -> Path:
     return cache_root() / "stamps"
+
+
+def test_records_dir() -> Path:
+    """Test records, one file per config digest (imagegen.testrecord)."""
+    return cache_root() / "test-records"
+
+
+def config_digest_index() -> Path:
+    """Image ID -> config digest of images on a containerd-store engine, whose image ID is the
+    manifest digest (engine.config_digest; flock on a ``.lock`` beside it while written)."""
+    return cache_root() / "config-digests.json"
 
 
 def engine_leftovers() -> Path:

@@ -3,21 +3,24 @@
 Per cell, in this order (nothing reaches the engine before step 1 passed for every cell):
 1. validate the registry, namespace, image name, immutable tag and every alias with the matrix's rules
    (`UserInputError`, exit 2): Docker references are lowercase;
-2. the local image must be built by imagegen and its exact image ID must have a passing test record
+2. the local image must be built by imagegen and its config digest (`engine.config_digest`: the image ID
+   on the graph-driver image store; on the containerd store, whose image ID is the manifest digest, from
+   the engine's save stream or the index kept under the cache root) must have a passing test record
    (`testrecord`), unless `force` (then a warning on stderr);
-3. if the registry already holds the immutable tag: the same image (its manifest's config digest, or on
-   the containerd image store its manifest digest, is our image ID: `same_image`) is not pushed again;
-   another image is refused unless `force`;
+3. if the registry already holds the immutable tag: the same image (its manifest's config digest is the
+   local image's config digest: `same_image`, on every store) is not pushed again; another image is
+   refused unless `force`;
 4. the engine pushes the immutable tag (Docker SDK, streamed progress on stderr), retried with the
    `RetryPolicy` on transient errors (the engine retries layers, not manifests);
 5. the manifest is read back through the registry's HTTP API (`registry.Registry`); its digest must equal
-   the one the engine reported (the containerd image store reports none), and it must be our image
-   (`same_image`);
+   the one the engine reported (the containerd image store reports none), and its config digest must be
+   the local image's (`same_image`);
 6. only then each alias gets a PUT of those exact manifest bytes (same digest, no layer upload);
 7. `reports/publish.json` (schema `imagegen.publish/1`) lists what was verified in the registry:
-   `ref`, `digest`, `aliases`, `compressed_size` (bytes: config + layers as stored), `image_id`,
-   `config_digest` (the registry manifest's, verified), `cell`, `pushed` (false when step 3 found it
-   already there), `tested`.
+   `ref`, `digest` (the registry's manifest digest), `aliases`, `compressed_size` (bytes: config + layers
+   as stored), `image_id` (the engine's), `config_digest` (the registry manifest's, verified equal to
+   `local_config_digest`, the local image's), `cell`, `pushed` (false when step 3 found it already
+   there), `tested`.
 
 Credentials: `REGISTRY_USER` + `REGISTRY_TOKEN`, else docker's config (`~/.docker/config.json`,
 credential helpers included, read by docker-py). They go to the engine and into request headers only;
@@ -60,6 +63,7 @@ class Published:
     compressed_size: int | None = None
     image_id: str = ""
     config_digest: str | None = None  # the registry manifest's config digest, verified against the local image
+    local_config_digest: str = ""  # the local image's config digest (engine.config_digest), also in a dry run
     pushed: bool = False  # this run pushed the immutable tag (False: already there, or dry run)
     tested: bool = True
     dry_run: bool = False
@@ -145,9 +149,10 @@ def _local_image(cell: Cell) -> dict:
     return info
 
 
-def check_tested(cell: Cell, image_id: str, *, force: bool) -> bool:
-    """True if `image_id` has a passing test record; without one: refuse, or warn with `force`."""
-    if testrecord.find(image_id):
+def check_tested(cell: Cell, image_id: str, *, force: bool, config_digest: str | None = None) -> bool:
+    """True if the image `image_id` (whose config digest is `config_digest`, asked of the engine when not
+    given) has a passing test record; without one: refuse, or warn with `force`."""
+    if testrecord.find_by_config(config_digest) if config_digest else testrecord.find(image_id):
         return True
     if not force:
         raise ImagegenError(f"{cell.ref} ({image_id[:19]}) has no passing test record: run `imagegen test "
@@ -231,12 +236,12 @@ def engine_push(repo_ref: str, tag: str, *, auth: tuple[str, str] | None, retry:
         sleep(delay)
 
 
-def same_image(manifest: Manifest, image_id: str) -> bool:
-    """Whether a registry manifest is the local image ``image_id``. An engine's image ID is the config
-    digest on the graph-driver image store and the manifest digest on the containerd image store (Docker
-    29's default on fresh installs; docker/docs "containerd image store"): both are content digests, so
-    either match identifies the image, on every engine, without asking which store it has."""
-    return image_id in (manifest.config_digest, manifest.digest)
+def same_image(manifest: Manifest, config_digest: str) -> bool:
+    """Whether a registry manifest is the local image whose config digest (`engine.config_digest`) is
+    `config_digest`. The config digest names an image on every engine and in every registry; the
+    manifest digest does not (the graph-driver store writes a new manifest when it pushes), and the
+    engine's image ID is the config digest only on the graph-driver store."""
+    return manifest.config_digest is not None and manifest.config_digest == config_digest
 
 
 def publish_target(t: Target, *, force: bool = False, retry: RetryPolicy = RetryPolicy(),
@@ -244,12 +249,13 @@ def publish_target(t: Target, *, force: bool = False, retry: RetryPolicy = Retry
     """Steps 2-6 for one validated target; returns only what the registry was seen to hold."""
     info = _local_image(t.cell)
     image_id = info["Id"]
-    tested = check_tested(t.cell, image_id, force=force)
+    local_config = engine.config_digest(image_id)
+    tested = check_tested(t.cell, image_id, force=force, config_digest=local_config)
     auth = credentials(t.registry)
     reg = Registry(t.registry, auth=auth, retry=retry, sleep=sleep, on_retry=lambda m: warn(m))
     existing = reg.get_manifest(t.repo, t.tag)
     pushed = False
-    if existing is not None and same_image(existing, image_id):
+    if existing is not None and same_image(existing, local_config):
         log(f"{t.ref} already holds this image ({existing.digest}); not pushed again")
         manifest = existing
     else:
@@ -276,9 +282,9 @@ def publish_target(t: Target, *, force: bool = False, retry: RetryPolicy = Retry
         if pushed_digest and manifest.digest != pushed_digest:
             raise ImagegenError(f"{t.ref}: the registry holds {manifest.digest}, the engine pushed {pushed_digest}; "
                                 "aliases not moved")
-        if not same_image(manifest, image_id):
+        if not same_image(manifest, local_config):
             raise ImagegenError(f"{t.ref}: the registry holds {manifest.digest} (config {manifest.config_digest}), "
-                                f"which is not the local image {image_id}; aliases not moved")
+                                f"which is not the local image {image_id} (config {local_config}); aliases not moved")
         pushed = True
     aliases = []
     for alias in t.aliases:
@@ -287,7 +293,8 @@ def publish_target(t: Target, *, force: bool = False, retry: RetryPolicy = Retry
         log(f"  alias {aliases[-1]} -> {manifest.digest}")
     return Published(cell=t.cell.ref, ref=t.ref, digest=manifest.digest, aliases=aliases,
                      compressed_size=manifest.compressed_size, image_id=image_id,
-                     config_digest=manifest.config_digest, pushed=pushed, tested=tested)
+                     config_digest=manifest.config_digest, local_config_digest=local_config, pushed=pushed,
+                     tested=tested)
 
 
 def publish(targets: list[Target], *, force: bool = False, dry_run: bool = False,
@@ -300,10 +307,12 @@ def publish(targets: list[Target], *, force: bool = False, dry_run: bool = False
         for t in targets:
             if dry_run:
                 info = _local_image(t.cell)
-                tested = check_tested(t.cell, info["Id"], force=force)
+                local_config = engine.config_digest(info["Id"])
+                tested = check_tested(t.cell, info["Id"], force=force, config_digest=local_config)
                 done.append(Published(cell=t.cell.ref, ref=t.ref, digest=None,
                                       aliases=[f"{t.registry}/{t.repo}:{a}" for a in t.aliases],
-                                      image_id=info["Id"], tested=tested, dry_run=True))
+                                      image_id=info["Id"], local_config_digest=local_config, tested=tested,
+                                      dry_run=True))
                 continue
             done.append(publish_target(t, force=force, retry=retry, sleep=sleep))
     finally:

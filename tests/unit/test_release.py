@@ -205,7 +205,9 @@ def test_retry_policy_is_bounded_exponential():
 
 
 def test_test_record_is_keyed_by_exact_image_id(tmp_path, monkeypatch):
+    """Graph-driver store: the image ID is the config digest (engine.config_digest returns it)."""
     monkeypatch.setenv("IMAGEGEN_CACHE", str(tmp_path))
+    monkeypatch.setattr("imagegen.engine.config_digest", lambda image: image)
     a, b = "sha256:" + "a" * 64, "sha256:" + "b" * 64
     assert testrecord.find(a) is None
     rec = testrecord.write(a, "paddle:3.3.1-cpu-slim", "sha256:in", passed=24, skipped=1, seconds=31.0)
@@ -213,6 +215,7 @@ def test_test_record_is_keyed_by_exact_image_id(tmp_path, monkeypatch):
     assert testrecord.find(b) is None
     data = json.loads(testrecord.path_for(a).read_text())
     assert data["image_id"] == a and data["inputs_digest"] == "sha256:in" and data["cell"] == "paddle:3.3.1-cpu-slim"
+    assert data["config_digest"] == a and data["schema"] == "imagegen.test-record/2"
     testrecord.path_for(b).write_text(json.dumps(dict(data)))  # a record copied under another ID is not trusted
     assert testrecord.find(b) is None
     with pytest.raises(ValueError):
@@ -223,6 +226,7 @@ def test_record_summary_skips_failed_images(tmp_path, monkeypatch):
     from imagegen.imagetest.runner import CheckResult, Summary
 
     monkeypatch.setenv("IMAGEGEN_CACHE", str(tmp_path))
+    monkeypatch.setattr("imagegen.engine.config_digest", lambda image: image)
     ok, bad = "sha256:" + "1" * 64, "sha256:" + "2" * 64
     s = Summary([CheckResult("x", "smoke", "passed", 1.0), CheckResult("x", "gpu", "skipped", 0.0),
                  CheckResult("y", "smoke", "failed", 1.0)], None, 1, 2.0)
