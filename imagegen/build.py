@@ -236,7 +236,7 @@ def build_image(path: BuildPath, cell: Cell, context: Path, digest: str, closure
     if path.kind != "buildkit":
         image_id, steps = docker_build(cell, context, digest, closure, log_path, progress, no_cache=no_cache,
                                        tracker=tracker, extra_labels=extra_labels, step_images=step_images)
-        return Built(image_id, image_id if _id_is_config_digest() else None, steps)
+        return Built(image_id, image_id if engine.current().id_is_config_digest else None, steps)
     from . import buildkit
 
     stamp_labels(cell, context, digest, closure, extra_labels)
@@ -254,13 +254,9 @@ def build_image(path: BuildPath, cell: Cell, context: Path, digest: str, closure
         raise ImagegenError(f"{cell.ref}: buildx builder {path.builder} ({path.driver} driver) built {image_id[:19]} "
                             f"but did not load it into the engine at {engine.engine_key()}: use a builder of this "
                             f"engine (`--builder default`) or one whose --load reaches it; log: {log_path}")
-    return Built(image_id, config_digest or (image_id if _id_is_config_digest() else None), [])
-
-
-def _id_is_config_digest() -> bool:
-    """Whether this engine's image IDs are config digests (the graph-driver store)."""
-    api = engine.api()
-    return engine.describe(api.info(), api.version()).id_is_config_digest
+    if config_digest and config_digest != image_id:  # the containerd store: remember what inspect cannot say
+        engine.remember_config_digest(image_id, config_digest)
+    return Built(image_id, config_digest or (image_id if engine.current().id_is_config_digest else None), [])
 
 
 def _raise_build_failure(cell: Cell, reason: str, script_error: str | None, tail, log_path: Path,
@@ -420,6 +416,11 @@ def remove_images(ids: list[str], keep: set[str]) -> None:
             return  # the engine is gone (it stopped mid-build): nothing can be removed now
 
 
+# A report line of the prune step: the line itself (classic builder), or BuildKit's plain-progress
+# prefix "#12 3.456 " before it
+_REPORT_LINE = re.compile(r"^(?:#\d+ \d+\.\d+ )?IMAGEGEN-(PRUNE|FATPRUNE)-REPORT (.*)$")
+
+
 def prune_report_from_log(log_path: Path) -> dict | None:
     """The prune step's report (bytes saved per slimming rule; the bytecode entry also names what
     was compiled, venv and runtime standard library) from a build log, or None. With
@@ -428,11 +429,11 @@ def prune_report_from_log(log_path: Path) -> dict | None:
     report = fat = None
     try:
         for line in log_path.read_text(errors="replace").splitlines():
-            # classic: the line itself; BuildKit's plain progress: "#12 3.456 " before it
-            if "IMAGEGEN-PRUNE-REPORT " in line and report is None:
-                report = json.loads(line.split("IMAGEGEN-PRUNE-REPORT ", 1)[1])
-            elif "IMAGEGEN-FATPRUNE-REPORT " in line:
-                fat = json.loads(line.split("IMAGEGEN-FATPRUNE-REPORT ", 1)[1])
+            m = _REPORT_LINE.match(line)
+            if m and m.group(1) == "PRUNE" and report is None:
+                report = json.loads(m.group(2))
+            elif m and m.group(1) == "FATPRUNE":
+                fat = json.loads(m.group(2))
     except (OSError, ValueError):
         return None
     if report is not None and fat is not None:

@@ -39,6 +39,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -101,12 +102,13 @@ def _env() -> dict[str, str]:
 def _docker(*args: str, timeout: float = 30) -> tuple[int, str, str]:
     """Run `docker ARGS`; (exit code, stdout, stderr). A missing docker CLI is exit code 127."""
     from plumbum import local
-    from plumbum.commands.processes import CommandNotFound, ProcessTimedOut
+    from plumbum.commands.processes import ProcessTimedOut
 
-    try:
-        rc, out, err = local["docker"][list(args)].run(retcode=None, timeout=timeout, env=_env())
-    except CommandNotFound:
+    exe = shutil.which("docker", path=os.environ.get("PATH"))  # this process's PATH, not plumbum's copy
+    if exe is None:
         return 127, "", "the docker CLI is not installed"
+    try:
+        rc, out, err = local[exe][list(args)].run(retcode=None, timeout=timeout, env=_env())
     except ProcessTimedOut:
         return 124, "", f"`docker {' '.join(args)}` did not answer within {timeout:.0f} s"
     return rc, out, err

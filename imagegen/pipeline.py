@@ -405,6 +405,9 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
     try:
         progress.update(cell, "preparing: lock, bases, wheelhouse, closure")
         prep = prepare(m, cell, workdir, rendered)
+        if path.kind != "buildkit":  # the same recipe in the classic builder's syntax (no RUN --mount)
+            classic = render.render_cell(m, cell, buildkit=False).files["Dockerfile"]
+            (prep.context / "Dockerfile").write_text(classic)
         quick = quick_key(rendered, prep.base_ids, prep.lock_path.read_bytes(), committed_label(cell, prep.lock_path))
         if up_to_date(prep.digest, current_digest(cell.local_ref), force=force):
             write_stamp(cell, quick, prep.digest)
@@ -465,7 +468,7 @@ def build_cells(m: Matrix, cells: list[Cell], *, jobs: int = 1, force: bool = Fa
     from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
     engine.client()  # fail fast, with the remedy, when the daemon is down
-    info = engine.describe(engine.api().info(), engine.api().version())
+    info = engine.current()
     path = buildkit.choose(builder, engine_version=f"Docker {info.server_version}, API {info.api_version}")
     log(f"building with {path.describe()} on Docker {info.server_version} ({info.image_store} image store)")
     results: list[BuildResult] = []

@@ -194,7 +194,11 @@ class Rendered:
     files: dict[str, str]  # relative path -> content
 
 
-def render_cell(m: Matrix, cell: Cell, tdir: Path | None = None) -> Rendered:
+def render_cell(m: Matrix, cell: Cell, tdir: Path | None = None, *, buildkit: bool = True) -> Rendered:
+    """The files of ``cell``'s build: its Dockerfile and prune.json. ``buildkit``: the Dockerfile for
+    BuildKit (committed in dockerfiles/; the wheelhouse is bind-mounted, `RUN --mount`), else the classic
+    builder's form (the wheelhouse is copied into the builder stage, then removed). Both give the same
+    files in the image. Raises UserInputError on a template error."""
     tdir = tdir or templates_dir(m.path)
     env = _env(tdir)
     base = cell.base_spec
@@ -217,6 +221,7 @@ def render_cell(m: Matrix, cell: Cell, tdir: Path | None = None) -> Rendered:
         "driver_min": compat.cuda().releases[cell.cuda].driver_min if cell.cuda else None,
         "env": [f"{k}={shlex.quote(v)}" for k, v in runtime_env(cell)],
         "bytecode": cfg["bytecode"],
+        "buildkit": buildkit,
     }
     try:
         dockerfile = env.get_template("Dockerfile.j2").render(**ctx)
