@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import docker.errors
 
@@ -385,7 +388,9 @@ def _evict_and_raise(m: Matrix, cell: Cell, exc: ImagegenError) -> None:
 
 def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: Progress,
               keep_cache: bool = False, junit_dir: Path | None = None, no_cache: bool = False,
-              path: BuildPath = CLASSIC) -> BuildResult:
+              path: BuildPath | Callable[[], BuildPath] = CLASSIC) -> BuildResult:
+    """Build one cell unless its tag holds the same inputs; test it; tag it. ``path``: the build path, or
+    a callable that chooses it (called only when a build is needed)."""
     t0 = time.monotonic()
     progress.start(cell)
     rendered = render.render_cell(m, cell)  # once per build
@@ -405,13 +410,15 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
     try:
         progress.update(cell, "preparing: lock, bases, wheelhouse, closure")
         prep = prepare(m, cell, workdir, rendered)
-        if path.kind != "buildkit":  # the same recipe in the classic builder's syntax (no RUN --mount)
-            classic = render.render_cell(m, cell, buildkit=False).files["Dockerfile"]
-            (prep.context / "Dockerfile").write_text(classic)
         quick = quick_key(rendered, prep.base_ids, prep.lock_path.read_bytes(), committed_label(cell, prep.lock_path))
         if up_to_date(prep.digest, current_digest(cell.local_ref), force=force):
             write_stamp(cell, quick, prep.digest)
             return _unchanged(cell, run_tests=run_tests, progress=progress, junit_dir=junit_dir, t0=t0)
+        if callable(path):
+            path = path()
+        if path.kind != "buildkit":  # the same recipe in the classic builder's syntax (no RUN --mount)
+            classic = render.render_cell(m, cell, buildkit=False).files["Dockerfile"]
+            (prep.context / "Dockerfile").write_text(classic)
         try:
             built = build_image(path, cell, prep.context, prep.digest, prep.closure, log_path, progress,
                                 extra_labels=prep.labels, no_cache=no_cache, step_images=step_images)
@@ -468,9 +475,9 @@ def build_cells(m: Matrix, cells: list[Cell], *, jobs: int = 1, force: bool = Fa
     from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
     engine.client()  # fail fast, with the remedy, when the daemon is down
-    info = engine.current()
-    path = buildkit.choose(builder, engine_version=f"Docker {info.server_version}, API {info.api_version}")
-    log(f"building with {path.describe()} on Docker {info.server_version} ({info.image_store} image store)")
+    path = _PathOnce(builder)
+    if builder or os.environ.get(buildkit.ENV_SWITCH) or os.environ.get("BUILDX_BUILDER"):
+        path()  # asked for: a path that cannot be had is exit 2 before anything runs
     results: list[BuildResult] = []
     columns = [SpinnerColumn(), TextColumn("{task.description}"), TextColumn("[dim]{task.fields[step]}"),
                TimeElapsedColumn()]
@@ -488,6 +495,26 @@ def build_cells(m: Matrix, cells: list[Cell], *, jobs: int = 1, force: bool = Fa
                     results.append(fut.result())
     order = {c.id: i for i, c in enumerate(cells)}
     return sorted(results, key=lambda r: order[r.cell.id])
+
+
+class _PathOnce:
+    """The run's build path, chosen once, when the first cell needs a build (a run whose cells are all
+    up to date never asks buildx: the no-op rebuild stays under a second). Thread-safe."""
+
+    def __init__(self, builder: str | None) -> None:
+        self.builder = builder
+        self._path: BuildPath | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> BuildPath:
+        with self._lock:
+            if self._path is None:
+                info = engine.current()
+                self._path = buildkit.choose(self.builder, engine_version=f"Docker {info.server_version}, "
+                                                                          f"API {info.api_version}")
+                log(f"building with {self._path.describe()} on Docker {info.server_version} "
+                    f"({info.image_store} image store)")
+            return self._path
 
 
 def _guarded(m: Matrix, cell: Cell, progress: Progress, **options) -> BuildResult:
