@@ -236,6 +236,7 @@ def build_image(path: BuildPath, cell: Cell, context: Path, digest: str, closure
     if path.kind != "buildkit":
         image_id, steps = docker_build(cell, context, digest, closure, log_path, progress, no_cache=no_cache,
                                        tracker=tracker, extra_labels=extra_labels, step_images=step_images)
+        image_id = current_image_id(image_id) or image_id  # the full "sha256:<64 hex>" ID, as BuildKit gives
         return Built(image_id, image_id if engine.current().id_is_config_digest else None, steps)
     from . import buildkit
 

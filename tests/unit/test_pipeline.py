@@ -6,13 +6,15 @@ socket that does not exist, so the engine really is unreachable)."""
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from imagegen import build, engine, hostpip, matrix, paths, pipeline, render
+from imagegen import build, buildkit, engine, hostpip, matrix, paths, pipeline, render
 
 pytestmark = pytest.mark.unit
 
@@ -194,6 +196,9 @@ def test_abort_cleanup_removes_contexts_and_stops_pips_even_without_an_engine(tm
     t.add("workdirs", str(ctx))
     t.add("containers", "0123456789ab")  # unreachable engine: nothing to remove, no error
     t.add("images", "sha256:" + "0" * 64)
+    # a "buildx" in flight, in its own session as buildkit.run starts it: cancelled (SIGINT to its group)
+    buildx = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    t.add("buildx", buildkit.tracker_value(buildx.pid, "sha256:" + "1" * 64, time.time()))
     # a "pip" that would run for a minute, started the way the lock stage starts pips
     monkeypatch.setenv("IMAGEGEN_PIP", "sleep")
     done: list = []
@@ -209,3 +214,4 @@ def test_abort_cleanup_removes_contexts_and_stops_pips_even_without_an_engine(tm
     assert not runner.is_alive() and time.monotonic() - started < 10
     assert done and done[0].returncode != 0  # terminated, not finished
     assert not ctx.exists()
+    assert buildx.poll() is not None, "the buildx process still runs"
