@@ -62,9 +62,25 @@ def check_engine(info: dict | None, version: dict | None, error: str) -> Check:
         return Check("engine", "fail", error or "Docker engine not reachable", START_HINT, required=True)
     server = (version or {}).get("Version") or info.get("ServerVersion", "?")
     api_v = (version or {}).get("ApiVersion", "?")
-    return Check("engine", "ok", f"Docker {server} (API {api_v}) at {info.get('DockerRootDir', '?')}; "
-                 "imagegen uses the classic builder (no BuildKit needed)", required=True,
-                 data={"version": server, "api": api_v})
+    return Check("engine", "ok", f"Docker {server} (API {api_v}) at {info.get('DockerRootDir', '?')}",
+                 required=True, data={"version": server, "api": api_v})
+
+
+def check_builder() -> Check:
+    """The build path a build would take here (buildkit.choose): BuildKit through buildx, or the classic
+    builder (ok either way; a note says what BuildKit would bring)."""
+    from . import buildkit
+
+    try:
+        path = buildkit.choose(None)
+    except ImagegenError as exc:  # DOCKER_BUILDKIT=1 or BUILDX_BUILDER asks for what is not there
+        return Check("builder", "fail", str(exc), "unset DOCKER_BUILDKIT/BUILDX_BUILDER or install docker-buildx")
+    if path.kind == "buildkit":
+        return Check("builder", "ok", f"builds use {path.describe()}", data={"path": "buildkit",
+                     "builder": path.builder, "driver": path.driver, "buildkit": path.buildkit_version})
+    return Check("builder", "note", f"builds use {path.describe()}",
+                 "with the docker buildx plugin builds use BuildKit: the wheelhouse is bind-mounted, not copied "
+                 "(install docker-buildx, or Docker's docker-buildx-plugin)", data={"path": "classic"})
 
 
 def check_storage(info: dict | None) -> Check:
@@ -257,6 +273,8 @@ def run_checks(*, network: bool = True) -> list[Check]:
     checks: list[Check] = []
     info, version, error = _engine_info()
     checks.append(check_engine(info, version, error))
+    if info is not None:
+        checks.append(check_builder())
     checks.append(check_storage(info))
     root = Path(info["DockerRootDir"]) if info and info.get("DockerRootDir") else None
     checks.append(check_disk("docker root", root))

@@ -339,7 +339,7 @@ def test_doctor_engine_and_gpu_checks():
     c = doctor.check_engine(None, None, "Docker engine not reachable at unix:///x")
     assert c.status == "fail" and c.required and "dockerd" in c.remedy
     ok = doctor.check_engine({"DockerRootDir": "/var/lib/docker"}, {"Version": "20.10.24", "ApiVersion": "1.41"}, "")
-    assert ok.status == "ok" and "classic builder" in ok.detail
+    assert ok.status == "ok" and "Docker 20.10.24 (API 1.41)" in ok.detail
     assert doctor.check_storage({"Driver": "vfs"}).status == "warn"
     assert doctor.check_storage({"Driver": "overlay2"}).status == "ok"
     if not shutil.which("nvidia-smi"):

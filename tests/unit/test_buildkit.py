@@ -178,6 +178,19 @@ def test_choice_of_path(tmp_path, monkeypatch):
         buildkit.choose("default")
 
 
+def test_doctor_names_the_build_path(tmp_path, monkeypatch):
+    from imagegen import doctor
+
+    for key in ("DOCKER_BUILDKIT", "BUILDX_BUILDER"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("PATH", _docker_stub(tmp_path, WITH_BUILDX)["PATH"])
+    c = doctor.check_builder()
+    assert c.status == "ok" and c.data["path"] == "buildkit" and "BuildKit v0.8+unknown" in c.detail
+    monkeypatch.setenv("DOCKER_BUILDKIT", "0")
+    c = doctor.check_builder()
+    assert c.status == "note" and c.data["path"] == "classic" and "DOCKER_BUILDKIT=0" in c.detail
+
+
 def test_without_buildx_the_classic_builder_unless_buildkit_is_asked_for(tmp_path, monkeypatch):
     for key in ("DOCKER_BUILDKIT", "BUILDX_BUILDER"):
         monkeypatch.delenv(key, raising=False)
