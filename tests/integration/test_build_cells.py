@@ -244,7 +244,7 @@ def test_test_command_on_built_cells(builds, tmp_path):
 
 @pytest.mark.parametrize("moment", ["a RUN step", "the final COPY --from"])
 def test_ctrl_c_mid_build_leaves_no_containers_and_keeps_the_tag(builds, client, moment):
-    """Ctrl-C during a RUN step (its container is running) or during the final `COPY --from` (no
+    """Classic builder: Ctrl-C during a RUN step (its container is running) or during the final `COPY --from` (no
     container: the engine finishes the copy after imagegen's client is gone and commits it, seconds
     later): no container, no image (counted with `docker images -a`, some seconds after the command
     returned) and the tag where it was."""
@@ -253,9 +253,12 @@ def test_ctrl_c_mid_build_leaves_no_containers_and_keeps_the_tag(builds, client,
     old_id = client.images.get(local(ref)).id
     containers_before = {c.id for c in client.containers.list(all=True)}
     images_before = {i.id for i in client.images.list(all=True)}
+    # the classic builder's own behaviour (step containers, late commits), wherever buildx is installed;
+    # BuildKit's interrupts: tests/integration/test_engines.py
     proc = subprocess.Popen([sys.executable, "-m", "imagegen", "build", "--variant", ref, "--force", "--no-test"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "NO_COLOR": "1", "IMAGEGEN_LOCAL_PREFIX": PREFIX})
+                            env={**os.environ, "NO_COLOR": "1", "IMAGEGEN_LOCAL_PREFIX": PREFIX,
+                                 "DOCKER_BUILDKIT": "0"})
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
     reader.start()
