@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -46,12 +45,9 @@ from .labels import LABEL_DIGEST
 from .console import err, log, warn
 from .errors import ImagegenError, UserInputError
 from .matrix import REGISTRY_RE, REPO_COMPONENT_RE, TAG_RE, Cell
-from .registry import Manifest, Registry, RetryPolicy
+from .registry import Manifest, Registry, RetryPolicy, classify_engine_error, one_line
 
 SCHEMA = "imagegen.publish/1"
-_TRANSIENT = re.compile(r"\b5\d\d\b|connection (refused|reset)|EOF|timeout|timed out|broken pipe|"
-                        r"service unavailable|internal server error|bad gateway|too many requests|\b429\b|"
-                        r"no route to host|TLS handshake", re.I)
 
 
 @dataclass
@@ -200,37 +196,40 @@ class _PushProgress:
 
 
 def engine_push(repo_ref: str, tag: str, *, auth: tuple[str, str] | None, retry: RetryPolicy,
-                sleep: Callable[[float], None] = time.sleep) -> str | None:
+                sleep: Callable[[float], None] = time.sleep,
+                clock: Callable[[], float] = time.monotonic) -> str | None:
     """Push `repo_ref:tag` through the engine; returns the manifest digest it reports, or None when a
     successful push reports none (the containerd image store: Docker 26 measured here; the caller reads
-    the digest back from the registry). Transient failures are retried per `retry`; raises
-    ImagegenError (one line) when the push fails for good."""
+    the digest back from the registry). A failure is classified by `registry.classify_engine_error`
+    (the registry's error code in the stream's `errorDetail`/`error`, an HTTP status, else retried) and
+    retried within `retry`'s bound; the engine does not pass `Retry-After` on, so a 429 waits at least
+    `retry.throttle_floor`. Raises ImagegenError (one line) when the push fails for good."""
     api = engine.api()
     auth_config = {"username": auth[0], "password": auth[1]} if auth else None
-    delays = retry.delays()
-    attempt = 0
+    retries = retry.start(clock)
     while True:
-        attempt += 1
-        digest, error = None, None
+        digest, failure = None, None
         try:
             with _PushProgress(f"{repo_ref}:{tag}") as progress:
                 for chunk in api.push(repo_ref, tag=tag, stream=True, decode=True, auth_config=auth_config):
-                    if "error" in chunk:
-                        error = str(chunk.get("error", "")).strip().splitlines()[0]
+                    if "error" in chunk or "errorDetail" in chunk:
+                        detail = chunk.get("errorDetail") if isinstance(chunk.get("errorDetail"), dict) else None
+                        failure = classify_engine_error(str(chunk.get("error") or ""), detail)
                         break
                     progress.feed(chunk)
                     aux = chunk.get("aux") or {}
                     if "Digest" in aux:
                         digest = aux["Digest"]
         except docker.errors.APIError as exc:
-            error = str(exc.explanation or exc).strip().splitlines()[0]
+            failure = classify_engine_error(str(exc.explanation or exc), api_status=exc.status_code)
         except Exception as exc:  # noqa: BLE001 - the engine connection dropped mid-stream
-            error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        if error is None:
+            failure = classify_engine_error(f"{type(exc).__name__}: {one_line(str(exc))}")
+        if failure is None:
             return digest
-        delay = next(delays, None) if _TRANSIENT.search(error) else None
+        error = failure.reason
+        delay = retries.next_delay(failure)
         if delay is None:
-            tries = f" after {attempt} tries" if attempt > 1 else ""
+            tries = f" {retries.summary()}" if retries.tries > 1 or retries.stop == "time" else ""
             raise ImagegenError(f"push of {repo_ref}:{tag} failed{tries}: {error}")
         warn(f"push of {repo_ref}:{tag} failed ({error}); retrying in {delay:g}s")
         sleep(delay)

@@ -10,18 +10,60 @@ Authentication: anonymous, HTTP basic, or the bearer-token flow (`WWW-Authentica
 with the same credentials. Credentials come from the caller (`publish.credentials`); they are sent
 in headers only and never appear in a message, a log line or `repr`.
 
-Retries: connection errors, timeouts, 429 and 5xx are retried with exponential backoff
-(`RetryPolicy`); anything else fails at once. Errors raised: `RegistryError` (an ImagegenError,
-exit 1), one line, without credentials.
+Retries (`RetryPolicy`, `Failure`): a failure is classified by its structure (the registry's error
+codes, the HTTP status, the exception's type), by free wording only where the engine gives nothing
+else (below), and every failure that is not definitely the client's is retried within a bound.
+
+- HTTP answers of the registry: the error codes of the JSON body (`{"errors": [{"code": ...}]}`,
+  distribution-spec "Error Codes", https://github.com/opencontainers/distribution-spec/blob/main/spec.md#error-codes,
+  and the registry's own extensions in distribution's `registry/api/errcode` and `registry/api/v2/errors.go`),
+  then the HTTP status:
+  1. a code of `CLIENT_CODES` (UNAUTHORIZED, DENIED, NAME_UNKNOWN, NAME_INVALID, MANIFEST_INVALID,
+     MANIFEST_UNVERIFIED, MANIFEST_UNKNOWN, TAG_INVALID, UNSUPPORTED, PAGINATION_NUMBER_INVALID) is the
+     client's: no retry (MANIFEST_UNKNOWN and NAME_UNKNOWN on a GET are an answer: "no such tag");
+  2. a code of `TRANSIENT_CODES` (BLOB_UNKNOWN: a blob the registry acknowledged but never stored,
+     BLOB_UPLOAD_UNKNOWN, BLOB_UPLOAD_INVALID, MANIFEST_BLOB_UNKNOWN, DIGEST_INVALID, SIZE_INVALID,
+     RANGE_INVALID, TOOMANYREQUESTS, UNKNOWN, UNAVAILABLE) is retried, whatever the status;
+  3. otherwise (no code, or a vendor's code) the status decides: 408, 429 and 5xx are retried; 401, 403
+     and every other 4xx are the client's (a 404 is the answer "not there").
+- Exceptions of `requests`: a malformed URL or header, too many redirects, and a TLS certificate the
+  client does not trust are the client's; every other one (connection refused or reset, timeouts, a
+  body cut off) is retried.
+- The engine's push stream (`classify_engine_error`, used by `publish.engine_push`): docker-py yields
+  `{"error": text, "errorDetail": {"message": text, "code": int?}}`. The engine formats a registry error
+  code as the distribution's Go client does (`errcode.ErrorCode.Error()`: the JSON code lowercased,
+  `_` as a space, then `: <message>`; several as `errors:\n<one per line>`), so the text is parsed for
+  those codes at the start of the text, of a line, or after `: ` (`toomanyrequests: ...`,
+  `blob unknown: blob unknown to registry`, `denied: ...`), for the distribution client's own
+  `unknown blob`, for an HTTP status (`errorDetail.code`, `HTTP 503`, `status: 429`,
+  `429 Too Many Requests`), and for a few fixed texts that are the client's: the messages of DENIED
+  and UNAUTHORIZED without their code (`requested access to the resource is denied`, `authentication
+  required`, `insufficient_scope`) and the engine's own (`no basic auth credentials`, `x509: ...`,
+  `server gave HTTP response to HTTPS client`, `does not exist locally`). Same rule as above; text with none of
+  these (a dropped connection, EOF, a timeout) is retried; an error of the engine's own API with a 4xx
+  status (no such local image) is not.
+
+Bound: `RetryPolicy.attempts` tries in all, and no retry starts more than `max_total` seconds after the
+first try began (default 4 tries, 120 s). The wait before try i+2 is `backoff * 2**i` (at most
+`max_delay`), or longer: a `Retry-After` header (seconds or an HTTP-date, RFC 9110 10.2.3) is
+honoured in full (it may exceed `max_delay`); a wait that would cross `max_total` is not started and
+the operation fails at once. A 429/TOOMANYREQUESTS without `Retry-After` (the engine never passes the
+header on) waits at least `throttle_floor` seconds (default 10).
+
+Errors raised: `RegistryError` (an ImagegenError, exit 1), one line, without credentials.
 """
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import ipaddress
+import json
 import re
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from http import HTTPStatus
 from typing import Callable
 
 import requests
@@ -42,16 +84,240 @@ class RegistryError(ImagegenError):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Bounded exponential backoff: `attempts` tries in all, waiting `backoff * 2**i` seconds
-    (at most `max_delay`) before try i+2. Applies to the engine push and to every HTTP request."""
+    """The retry bound: `attempts` tries in all, none started more than `max_total` seconds after the
+    first began; waiting `backoff * 2**i` seconds (at most `max_delay`) before try i+2, or as long as
+    the server's `Retry-After` asks, or at least `throttle_floor` after a 429 that names no wait.
+    Applies to the engine push and to every HTTP request (see the module docstring)."""
 
     attempts: int = 4
     backoff: float = 1.0
     max_delay: float = 30.0
+    max_total: float = 120.0
+    throttle_floor: float = 10.0
 
     def delays(self):
+        """The plain exponential waits (no Retry-After, no throttling)."""
         for i in range(max(self.attempts, 1) - 1):
             yield min(self.backoff * (2 ** i), self.max_delay)
+
+    def start(self, clock: Callable[[], float] = time.monotonic) -> "Retries":
+        """The retry state of one operation, from its first try (now)."""
+        return Retries(self, clock)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed try, classified: `transient` (worth another try), `throttled` (a 429 or
+    TOOMANYREQUESTS), `retry_after` (seconds the server asked for, when it said), `reason` (one line,
+    no credentials)."""
+
+    transient: bool
+    reason: str
+    throttled: bool = False
+    retry_after: float | None = None
+
+
+class Retries:
+    """Counts the tries of one operation against a `RetryPolicy`."""
+
+    def __init__(self, policy: RetryPolicy, clock: Callable[[], float] = time.monotonic):
+        self.policy = policy
+        self._clock = clock
+        self._start = clock()
+        self.tries = 0  # failed tries so far
+        self.waited = 0.0
+        self.stop = ""  # why the last `next_delay` returned None: "", "attempts" or "time"
+
+    def next_delay(self, failure: Failure) -> float | None:
+        """After the failed try `failure`: seconds to wait before the next try, or None when there is none
+        (not transient, `attempts` reached, or the wait would end past `max_total`)."""
+        p = self.policy
+        self.tries += 1
+        if not failure.transient:
+            self.stop = ""
+            return None
+        if self.tries >= max(p.attempts, 1):
+            self.stop = "attempts"
+            return None
+        delay = min(p.backoff * (2 ** (self.tries - 1)), p.max_delay)
+        if failure.retry_after is not None:
+            delay = max(delay, failure.retry_after)
+        elif failure.throttled:
+            delay = max(delay, p.throttle_floor)
+        elapsed = max(self._clock() - self._start, self.waited)
+        if elapsed + delay > p.max_total:
+            self.stop = "time"
+            return None
+        self.waited += delay
+        return delay
+
+    def summary(self) -> str:
+        """`after N tries` plus, when the time bound stopped the retries, which bound."""
+        text = f"after {self.tries} {'try' if self.tries == 1 else 'tries'}"
+        if self.stop == "time":
+            text += f" (the next wait would pass the {self.policy.max_total:g} s retry bound)"
+        return text
+
+
+# --- classification -----------------------------------------------------------------------------
+
+#: distribution-spec error codes (and the registry's extensions) that are the client's: never retried.
+CLIENT_CODES = frozenset({
+    "UNAUTHORIZED", "DENIED", "NAME_UNKNOWN", "NAME_INVALID", "MANIFEST_INVALID", "MANIFEST_UNVERIFIED",
+    "MANIFEST_UNKNOWN", "TAG_INVALID", "UNSUPPORTED", "PAGINATION_NUMBER_INVALID",
+})
+#: codes that name a registry-side or passing condition: retried (so is any code not listed anywhere).
+TRANSIENT_CODES = frozenset({
+    "BLOB_UNKNOWN", "BLOB_UPLOAD_UNKNOWN", "BLOB_UPLOAD_INVALID", "MANIFEST_BLOB_UNKNOWN", "DIGEST_INVALID",
+    "SIZE_INVALID", "RANGE_INVALID", "TOOMANYREQUESTS", "UNKNOWN", "UNAVAILABLE",
+})
+_KNOWN_CODES = CLIENT_CODES | TRANSIENT_CODES
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """`Retry-After` as seconds from now: delay-seconds or an HTTP-date (RFC 9110 10.2.3); None if absent
+    or unreadable. A date in the past is 0."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(int(value))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
+
+
+def error_codes(body: bytes | str | None) -> list[str]:
+    """The `code`s of a distribution-spec error body (`{"errors": [{"code", "message", "detail"}]}`)."""
+    if not body:
+        return []
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return []
+    errs = data.get("errors") if isinstance(data, dict) else None
+    if not isinstance(errs, list):
+        return []
+    return [str(e["code"]).upper() for e in errs if isinstance(e, dict) and e.get("code")]
+
+
+def classify_codes_status(codes: list[str], status: int | None) -> tuple[bool, bool]:
+    """`(transient, throttled)` for a failure with these registry error codes and HTTP status (None: not
+    known). A client code wins, then a transient code; a code listed in neither counts as its status."""
+    throttled = status == 429 or "TOOMANYREQUESTS" in codes
+    if any(c in CLIENT_CODES for c in codes):
+        return False, throttled
+    if any(c in TRANSIENT_CODES for c in codes) or status is None:
+        return True, throttled
+    return (status in (408, 429) or status >= 500), throttled
+
+
+def classify_response(resp: requests.Response) -> Failure | None:
+    """None for an answer (any status below 400), else the failure it is."""
+    status = resp.status_code
+    if status < 400:
+        return None
+    try:
+        codes = error_codes(resp.content)
+    except requests.RequestException:
+        codes = []
+    transient, throttled = classify_codes_status(codes, status)
+    reason = f"HTTP {status}" + (f" {','.join(codes)}" if codes else "")
+    return Failure(transient, reason, throttled, parse_retry_after(resp.headers.get("Retry-After")))
+
+
+_CLIENT_EXCEPTIONS = (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
+                      requests.exceptions.MissingSchema, requests.exceptions.InvalidHeader,
+                      requests.exceptions.URLRequired, requests.exceptions.TooManyRedirects)
+
+
+def classify_exception(exc: Exception) -> Failure:
+    """A `requests` exception (or any other raised while talking to the registry)."""
+    reason = type(exc).__name__
+    if isinstance(exc, _CLIENT_EXCEPTIONS):
+        return Failure(False, reason)
+    if isinstance(exc, requests.exceptions.SSLError) and re.search(r"certificate|hostname", str(exc), re.I) \
+            and not re.search(r"timed? ?out", str(exc), re.I):
+        return Failure(False, reason)
+    return Failure(isinstance(exc, (requests.RequestException, OSError)), reason)
+
+
+def _code_text(code: str) -> str:
+    return code.lower().replace("_", " ")
+
+
+# the engine's rendering of a code ("blob unknown", "toomanyrequests"), longest first so "manifest blob
+# unknown" is not read as "blob unknown"; at the start of the text or a line, after "errors:" or ": "
+_LONGEST_FIRST = sorted(_KNOWN_CODES, key=len, reverse=True)
+_ENGINE_CODE = re.compile(
+    r"(?:^|\n|errors:\s*|:\s)(" + "|".join(re.escape(_code_text(c)) for c in _LONGEST_FIRST) + r"):", re.I)
+_UPPER_CODE = re.compile(r"\b(" + "|".join(_LONGEST_FIRST) + r")\b")
+# "HTTP 503", "status: 429", "status code 401", or Go's resp.Status ("429 Too Many Requests", phrase checked)
+_ENGINE_STATUS = re.compile(r"\b(?:HTTP|status(?: code)?)[: ]+([1-5]\d\d)\b|"
+                            r"\b([1-5]\d\d) ([A-Z][A-Za-z-]*(?: [A-Z][A-Za-z-]*)*)")
+# texts with no code that name a code's condition, or the engine's client-side configuration
+_ENGINE_CLIENT = re.compile(r"no basic auth credentials|requested access to the resource is denied|"
+                            r"authentication required|insufficient_scope|\bx509: |"
+                            r"server gave HTTP response to HTTPS client|does not exist locally", re.I)
+_ENGINE_BLOB = re.compile(r"\bunknown blob\b", re.I)  # distribution's ErrBlobUnknown, its client's own text
+
+
+def _statuses(text: str) -> list[int]:
+    found = []
+    for m in _ENGINE_STATUS.finditer(text):
+        if m.group(1):
+            found.append(int(m.group(1)))
+            continue
+        n = int(m.group(2))
+        try:
+            if HTTPStatus(n).phrase.lower() == m.group(3).lower():
+                found.append(n)
+        except ValueError:
+            pass
+    return found
+
+
+def classify_engine_error(message: str, detail: dict | None = None, api_status: int | None = None) -> Failure:
+    """A failed engine push: the stream's `error` text and `errorDetail`, or an error of the engine's API
+    (`api_status`: docker.errors.APIError's HTTP status). The rule is in the module docstring."""
+    text = "\n".join(t for t in ((detail or {}).get("message"), message) if t) or ""
+    codes = [m.group(1).upper().replace(" ", "_") for m in _ENGINE_CODE.finditer(text)]
+    codes += _UPPER_CODE.findall(text)
+    if _ENGINE_BLOB.search(text):
+        codes.append("BLOB_UNKNOWN")
+    codes = list(dict.fromkeys(codes))
+    statuses = _statuses(text)
+    code_num = (detail or {}).get("code")
+    if isinstance(code_num, int) and 400 <= code_num <= 599:
+        statuses.insert(0, code_num)
+    reason = one_line(message or (detail or {}).get("message") or "")
+    throttled = "TOOMANYREQUESTS" in codes or 429 in statuses
+    if any(c in CLIENT_CODES for c in codes) or _ENGINE_CLIENT.search(text):
+        return Failure(False, reason, throttled)
+    if codes:
+        transient, throttled = classify_codes_status(codes, statuses[0] if statuses else None)
+        return Failure(transient, reason, throttled)
+    if statuses:
+        transient = all(s in (408, 429) or s >= 500 for s in statuses)
+        return Failure(transient, reason, throttled)
+    if api_status is not None and 400 <= api_status < 500:
+        return Failure(False, reason)
+    return Failure(True, reason)
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """A multi-line engine error as one line (`errors:` header dropped, lines joined with `; `)."""
+    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
+    if len(lines) > 1 and lines[0].rstrip(":").lower() == "errors":
+        lines = lines[1:]
+    out = "; ".join(lines)
+    return out if len(out) <= limit else out[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -62,8 +328,6 @@ class Manifest:
 
     @property
     def json(self) -> dict:
-        import json
-
         return json.loads(self.raw)
 
     @property
@@ -80,12 +344,6 @@ class Manifest:
         return int((data.get("config") or {}).get("size", 0)) + sum(int(x.get("size", 0)) for x in data["layers"])
 
 
-def _transient(exc: Exception | None, status: int | None) -> bool:
-    if exc is not None:
-        return isinstance(exc, (requests.ConnectionError, requests.Timeout))
-    return status is not None and (status == 429 or status >= 500)
-
-
 def is_loopback(registry: str) -> bool:
     host = registry.rsplit(":", 1)[0] if registry.count(":") == 1 else registry
     if host == "localhost":
@@ -96,12 +354,21 @@ def is_loopback(registry: str) -> bool:
         return False
 
 
+class _TokenFailure(Exception):
+    """A transient failure of the bearer-token endpoint, retried like the request that needed it."""
+
+    def __init__(self, failure: Failure):
+        super().__init__(failure.reason)
+        self.failure = failure
+
+
 class Registry:
     """One registry host. `auth` is `(username, secret)` or None; never exposed."""
 
     def __init__(self, host: str, *, auth: tuple[str, str] | None = None, retry: RetryPolicy = RetryPolicy(),
                  timeout: float = 30.0, scheme: str | None = None,
-                 sleep: Callable[[float], None] = time.sleep, on_retry: Callable[[str], None] | None = None):
+                 sleep: Callable[[float], None] = time.sleep, on_retry: Callable[[str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.host = host
         self.base = f"{scheme or ('http' if is_loopback(host) else 'https')}://{host}"
         self._auth = auth
@@ -109,6 +376,7 @@ class Registry:
         self.retry = retry
         self.timeout = timeout
         self._sleep = sleep
+        self._clock = clock
         self._on_retry = on_retry
         self._session = requests.Session()
         self._session.trust_env = False  # a registry on loopback must not go through an HTTP proxy
@@ -126,10 +394,11 @@ class Registry:
 
     def _send(self, method: str, path: str, *, what: str, headers: dict | None = None,
               data: bytes | None = None) -> requests.Response:
+        """One request, retried per `self.retry` while it fails transiently (module docstring). Returns
+        the response (a success, or a failure that is the client's, for the caller to report)."""
         url = self.base + path
-        delays = self.retry.delays()
+        retries = self.retry.start(self._clock)
         while True:
-            exc: Exception | None = None
             resp = None
             try:
                 resp = self._session.request(method, url, headers=self._headers(headers), data=data,
@@ -138,19 +407,23 @@ class Registry:
                 if resp.status_code == 401 and self._auth and self._login(resp):
                     resp = self._session.request(method, url, headers=self._headers(headers), data=data,
                                                  timeout=self.timeout, auth=self._basic() if not self._token else None)
+                failure = classify_response(resp)
+            except _TokenFailure as e:
+                failure = e.failure
             except requests.RequestException as e:
-                exc = e
-            status = resp.status_code if resp is not None else None
-            if not _transient(exc, status):
-                if exc is not None:
-                    raise RegistryError(f"{what}: {type(exc).__name__}") from None
+                failure = classify_exception(e)
+            if failure is None:
                 return resp
-            reason = type(exc).__name__ if exc is not None else f"HTTP {status}"
-            delay = next(delays, None)
+            delay = retries.next_delay(failure)
             if delay is None:
-                raise RegistryError(f"{what} failed after {self.retry.attempts} tries: {reason} from {self.host}")
+                if resp is not None and not failure.transient:
+                    return resp
+                if not failure.transient:
+                    raise RegistryError(f"{what}: {failure.reason}")
+                raise RegistryError(f"{what} failed {retries.summary()}: {failure.reason} from {self.host}")
             if self._on_retry:
-                self._on_retry(f"{what}: {reason}; retrying in {delay:g}s")
+                asked = f" (Retry-After {failure.retry_after:g}s)" if failure.retry_after is not None else ""
+                self._on_retry(f"{what}: {failure.reason}{asked}; retrying in {delay:g}s")
             self._sleep(delay)
 
     def _basic(self):
@@ -165,10 +438,18 @@ class Registry:
         realm = params.pop("realm", None)
         if not realm:
             return False
+        where = f"token request to {realm.split('?')[0]}"
         try:
             tr = self._session.get(realm, params=params, auth=self._basic(), timeout=self.timeout)
         except requests.RequestException as e:
-            raise RegistryError(f"token request to {realm.split('?')[0]}: {type(e).__name__}") from None
+            failure = classify_exception(e)
+            if failure.transient:
+                raise _TokenFailure(Failure(True, f"{where}: {failure.reason}")) from None
+            raise RegistryError(f"{where}: {failure.reason}") from None
+        failure = classify_response(tr)
+        if failure is not None and failure.transient:
+            raise _TokenFailure(Failure(True, f"{where}: {failure.reason}", failure.throttled,
+                                        failure.retry_after))
         if tr.status_code != 200:
             raise RegistryError(f"{self.host} refused the credentials (token endpoint answered {tr.status_code})")
         body = tr.json()
@@ -211,8 +492,6 @@ class Registry:
         media = (resp.headers.get("Content-Type") or "").split(";")[0].strip()
         if media not in MANIFEST_TYPES:
             try:
-                import json
-
                 media = json.loads(raw).get("mediaType") or media
             except ValueError:
                 pass
