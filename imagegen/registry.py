@@ -336,6 +336,34 @@ class Manifest:
         return (self.json.get("config") or {}).get("digest")
 
     @property
+    def is_index(self) -> bool:
+        """An OCI image index or a Docker manifest list (children by platform), not one image."""
+        return self.media_type in (OCI_INDEX, DOCKER_LIST)
+
+    def platform_children(self, platform: tuple[str, str, str | None]) -> list[dict]:
+        """An index's descriptors for ``platform`` (os, architecture, variant or None: any), image
+        manifests only: attestation manifests are skipped (BuildKit's: platform `unknown/unknown` and the
+        annotation `vnd.docker.reference.type: attestation-manifest`, moby/buildkit docs/attestations/
+        attestation-storage.md). [] for a single-image manifest."""
+        if not self.is_index:
+            return []
+        os_, arch, variant = platform
+        out = []
+        for desc in self.json.get("manifests") or []:
+            plat = desc.get("platform") or {}
+            annotations = desc.get("annotations") or {}
+            if annotations.get("vnd.docker.reference.type") == "attestation-manifest":
+                continue
+            if (plat.get("os"), plat.get("architecture")) == ("unknown", "unknown"):
+                continue
+            if plat.get("os") != os_ or plat.get("architecture") != arch:
+                continue
+            if variant and plat.get("variant") and plat.get("variant") != variant:
+                continue
+            out.append(desc)
+        return out
+
+    @property
     def compressed_size(self) -> int | None:
         """Bytes a pull downloads: config + layers as stored (compressed), from the manifest."""
         data = self.json
@@ -498,6 +526,27 @@ class Registry:
         if media not in MANIFEST_TYPES:
             raise RegistryError(f"{what}: unsupported manifest media type '{media}'")
         return Manifest(digest, media, raw)
+
+    def image_for(self, repo: str, manifest: Manifest,
+                  platform: tuple[str, str, str | None] = ("linux", "amd64", None)) -> Manifest | None:
+        """The single-image manifest ``manifest`` stands for on ``platform``: itself, or (for an index or
+        a manifest list) its child for that platform, fetched by digest (nested indexes followed, at most
+        4 deep); None when the index has no image for the platform. Raises RegistryError when a child's
+        bytes do not hash to the digest the index names."""
+        seen = 0
+        while manifest.is_index:
+            seen += 1
+            children = manifest.platform_children(platform)
+            if not children or seen > 4:
+                return None
+            digest = children[0]["digest"]
+            child = self.get_manifest(repo, digest)
+            if child is None:
+                return None
+            if child.digest != digest:
+                raise RegistryError(f"{self.host}/{repo}@{digest}: the registry served bytes hashing to {child.digest}")
+            manifest = child
+        return manifest
 
     def put_manifest(self, repo: str, tag: str, manifest: Manifest) -> str:
         """PUT the exact manifest bytes under `tag`; returns the digest the registry reports."""
