@@ -559,3 +559,19 @@ class Registry:
         if got != manifest.digest:
             raise RegistryError(f"{what}: the registry stored {got}, not {manifest.digest}")
         return got
+
+    def get_blob(self, repo: str, digest: str, *, limit: int = 4 * 1024 * 1024) -> bytes:
+        """The blob `repo@digest` (e.g. an image config), checked against its digest. Raises RegistryError
+        (one line) when the registry has no such blob, refuses, answers more than `limit` bytes, or its
+        bytes do not hash to `digest`."""
+        what = f"GET blob {self.host}/{repo}@{digest}"
+        resp = self._send("GET", f"/v2/{repo}/blobs/{digest}", what=what)
+        if resp.status_code != 200:
+            raise self._fail(resp, what)
+        raw = resp.content
+        if len(raw) > limit:
+            raise RegistryError(f"{what}: {len(raw)} bytes, more than the {limit} expected")
+        got = "sha256:" + hashlib.sha256(raw).hexdigest()
+        if digest.startswith("sha256:") and got != digest:
+            raise RegistryError(f"{what}: its bytes hash to {got}")
+        return raw
