@@ -14,9 +14,10 @@ to the Docker socket, and the scan is the same for shell-less images. Per image:
   installed packages are allowed only by an entry of `imagegen/data/secrets-allow.yaml` (rule, path
   glob, reason);
 - **vulnerabilities**: `--scanners vuln` gated by `--fail-on SEVERITY`, with an ignore file whose
-  entries carry a reason and an expiry (`load_ignores`; an expired entry fails the gate). Without a DB
-  (`<cache-dir>/db/trivy.db`) and with `--skip-db-update`/`--offline-scan`, the scan says what is
-  missing and how to provide it (`VulnDbMissing`); the SBOM and the secret scan still run.
+  entries carry a reason and an expiry (`load_ignores`; expired: fails; matching nothing: reported).
+  No DB and no download: `missing_db` names the files looked for; a stale DB: `db_info`;
+- **only what is installed** (`Installed`, `keep_installed`): trivy reports the packages of SBOM files
+  shipped in the image (pip's `pip/_vendor/bom.cdx.json`) as installed; they are dropped and reported.
 - **OS detection**: a Debian-based image in which trivy detected no OS (trivy then silently scans no
   OS package and exits 0: shared/FACTS.md) is a failure.
 """
@@ -46,6 +47,8 @@ SEVERITIES = ("UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL")
 DB_HELP = ("trivy's vulnerability DB is missing from {cache}: on a connected machine run `trivy image "
            "--download-db-only --cache-dir DIR` and copy DIR here (--cache-dir DIR), or point --db-repository "
            "at an OCI mirror of ghcr.io/aquasecurity/trivy-db (without --skip-db-update / --offline-scan)")
+#: days after which a vulnerability DB counts as stale even before its NextUpdate
+MAX_DB_AGE_DAYS = 30
 
 
 def valid_repository(ref: str) -> bool:
@@ -99,6 +102,7 @@ class Options:
     offline_scan: bool = False
     db_repository: str | None = None
     timeout: int = 1800
+    max_db_age: int = MAX_DB_AGE_DAYS  # days
 
     def common(self) -> list[str]:
         args = []
@@ -109,8 +113,16 @@ class Options:
         return args
 
     @property
+    def cache(self) -> Path:  # --cache-dir, else trivy's default
+        return self.cache_dir or Path.home() / ".cache" / "trivy"
+
+    @property
     def db_path(self) -> Path:
-        return (self.cache_dir or Path.home() / ".cache" / "trivy") / "db" / "trivy.db"
+        return self.cache / "db" / "trivy.db"
+
+    @property
+    def metadata_path(self) -> Path:
+        return self.cache / "db" / "metadata.json"
 
 
 def _run(args: list[str], opts: Options, what: str) -> str:
@@ -143,6 +155,175 @@ def save_image(ref: str, dest: Path) -> Path:
     return dest
 
 
+# --- what the image has installed ----------------------------------------------------------------
+
+#: names of the SBOM files trivy's `sbom` analyzer reads inside an image (and reports as installed)
+SBOM_FILE = re.compile(r"\.(?:cdx|spdx)(?:\.json)?$")
+_META_DIR = re.compile(r"/([^/]+)\.(dist|egg)-info(?:/|$)")
+SBOM_FILE_MAX = 64 << 20  # bytes: embedded SBOM files larger than this are not read
+
+
+def canonical_name(name: str) -> str:
+    """PEP 503 name: `Foo_Bar.baz` -> `foo-bar-baz`."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def canonical_version(version: str) -> str:
+    """PEP 440 canonical form (`1.0.0` and `1.0` -> `1`, `1.0-RC1` -> `1rc1`); the raw string, lowercased,
+    when it is not a PEP 440 version."""
+    from packaging.utils import canonicalize_version
+
+    return str(canonicalize_version(version.strip())).lower()
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A package trivy reported that the image does not have installed. kind: purl type (pypi, deb);
+    source: image path of the SBOM file shipped in the image that lists it (or None); reason: a line."""
+    kind: str
+    name: str
+    version: str
+    source: str | None
+    reason: str
+
+
+@dataclass
+class Installed:
+    """What the image records as installed (final filesystem). pypi: `(PEP 503 name, canonical version)` of
+    each `*.dist-info`/`*.egg-info` (`pypi_unversioned`: `name.egg-info`); deb: `(package, version)` dpkg's
+    status (or status.d) lists as installed (`audit.packages.ownership`); sboms: image path of each SBOM file
+    shipped in the image (`*.cdx.json`, `*.spdx.json`, ...) -> the `(purl type, name, version)` it lists."""
+    pypi: set[tuple[str, str]] = field(default_factory=set)
+    deb: set[tuple[str, str]] = field(default_factory=set)
+    pypi_unversioned: set[str] = field(default_factory=set)
+    sboms: dict[str, set[tuple[str, str, str]]] = field(default_factory=dict)
+
+    @staticmethod
+    def _key(kind: str, name: str, version: str) -> tuple[str, str, str]:
+        return (kind, canonical_name(name), canonical_version(version)) if kind == "pypi" else (kind, name, version)
+
+    def has(self, kind: str, name: str, version: str) -> bool:
+        """Whether the image has `name` `version` installed; True for purl types other than pypi/deb."""
+        _, n, v = self._key(kind, name, version)
+        if kind == "pypi":
+            return (n, v) in self.pypi or n in self.pypi_unversioned
+        if kind == "deb":
+            return (n, v) in self.deb
+        return True
+
+    def dropped(self, kind: str, name: str, version: str) -> Dropped | None:
+        """None when the package counts; else what to report, with the first SBOM file (by path) listing it."""
+        if self.has(kind, name, version):
+            return None
+        why = (f"no *.dist-info or *.egg-info for {name} {version} in the image" if kind == "pypi"
+               else f"dpkg's status does not list {name} {version}")
+        key = self._key(kind, name, version)
+        src = next((path for path in sorted(self.sboms) if key in self.sboms[path]), None)
+        return Dropped(kind, name, version, src, why + (f"; listed by {src}, an SBOM file in the image" if src else ""))
+
+
+def sbom_entries(data: dict) -> set[tuple[str, str, str]]:
+    """`(purl type, name, version)` of every package a CycloneDX (components, nested) or SPDX JSON
+    (packages' purl external refs) document lists; pypi names and versions canonical."""
+    out: set[tuple[str, str, str]] = set()
+
+    def add(purl: str, name: str | None, version: str | None) -> None:
+        from urllib.parse import unquote
+
+        m = re.match(r"pkg:([a-zA-Z0-9.+-]+)/(?:[^@?#]*/)?([^/@?#]+)@([^?#]+)", purl or "")
+        if m:
+            out.add(Installed._key(m.group(1).lower(), name or unquote(m.group(2)), version or unquote(m.group(3))))
+
+    def walk(comps) -> None:
+        for c in comps or []:
+            if isinstance(c, dict):
+                add(c.get("purl") or "", c.get("name"), c.get("version"))
+                walk(c.get("components"))
+
+    if isinstance(data, dict):
+        walk(data.get("components"))
+        for pkg in data.get("packages") or []:
+            for ref in (pkg.get("externalRefs") or []) if isinstance(pkg, dict) else []:
+                if isinstance(ref, dict) and ref.get("referenceType") == "purl":
+                    add(ref.get("referenceLocator") or "", pkg.get("name"), pkg.get("versionInfo"))
+    return out
+
+
+def installed_from_view(view, read_file=None) -> Installed:
+    """`Installed` from a savestream `View` (the image's final filesystem). `read_file(rec)` returns a
+    file's bytes (for the SBOM files shipped in the image; None skips them)."""
+    from .audit.packages import ownership
+
+    inst = Installed()
+    for path, rec in view.index.items():
+        for m in _META_DIR.finditer(path):
+            name, _, version = m.group(1).partition("-")
+            if version.split("-")[0]:
+                inst.pypi.add((canonical_name(name), canonical_version(version.split("-")[0])))
+            else:
+                inst.pypi_unversioned.add(canonical_name(name))
+        if read_file is not None and SBOM_FILE.search(path) and getattr(rec, "kind", None) == "f" \
+                and rec.size <= SBOM_FILE_MAX:
+            try:
+                inst.sboms[path] = sbom_entries(json.loads(read_file(rec)))
+            except (ValueError, OSError, KeyError, TypeError):
+                inst.sboms[path] = set()
+    for pkg in ownership(view).packages.values():
+        if pkg.manager == "deb":
+            inst.deb.add((pkg.name.split("#")[0], pkg.version))
+    return inst
+
+
+def installed(archive: Path) -> Installed:
+    """`Installed` of a `docker save` archive with plain layers (`plain_layers`): one pass of the audit's
+    save-stream reader (`savestream`); the SBOM files shipped in the image are then read from their layers."""
+    import tarfile
+
+    from .savestream import apply_layers
+    from .savestream.layers import read_save_stream
+    from .savestream.prefetch import prefetch
+    from .savestream.source import file_chunks
+    from .savestream.tar import ChunkSource, StreamError, normalize
+
+    try:
+        scan = read_save_stream(ChunkSource(prefetch(file_chunks(str(archive)))), want_gzip=lambda n: False,
+                                verify=False)
+    except StreamError as exc:
+        raise ImagegenError(f"{archive}: cannot read the image's files ({exc})") from None
+    view, layer_keys = apply_layers(scan), list(scan.manifest.get("Layers") or [])
+
+    def read_file(rec) -> bytes:
+        with tarfile.open(archive) as tf, tarfile.open(fileobj=tf.extractfile(layer_keys[rec.layer])) as lt:
+            for m in lt:
+                if "/" + normalize(m.name) == rec.path and m.isfile():
+                    return lt.extractfile(m).read()
+        raise KeyError(rec.path)
+
+    return installed_from_view(view, read_file)
+
+
+def keep_installed(data: dict, inst: Installed) -> list[Dropped]:
+    """Remove from a CycloneDX document (trivy's SBOM, in place) the pypi and deb components the image
+    does not have installed (`Installed.has`), and their references in `dependencies`. Returns what
+    was removed, in document order."""
+    dropped: list[Dropped] = []
+    refs: set[str] = set()
+    keep = []
+    for comp in data.get("components") or []:
+        m = re.match(r"pkg:([a-z0-9]+)/", comp.get("purl") or "")
+        d = inst.dropped(m.group(1), str(comp.get("name")), str(comp.get("version", ""))) if m else None
+        (keep if d is None else dropped).append(comp if d is None else d)
+        refs |= {comp.get("bom-ref") or comp.get("purl")} if d else set()
+    if dropped:
+        data["components"] = keep
+        for dep in data.get("dependencies") or []:
+            if dep.get("dependsOn"):
+                dep["dependsOn"] = [r for r in dep["dependsOn"] if r not in refs]
+        if "dependencies" in data:
+            data["dependencies"] = [dep for dep in data["dependencies"] if dep.get("ref") not in refs]
+    return dropped
+
+
 # --- SBOM ---------------------------------------------------------------------------------------
 
 
@@ -151,6 +332,8 @@ class Sbom:
     path: Path
     os: str | None  # e.g. "debian 12.12"; None when trivy detected no OS
     packages: dict[str, set[str]]  # purl type (deb, pypi, ...) -> {name==version}
+    image_id: str | None = None  # sha256:<hex> of the image config (trivy's ImageID property)
+    dropped: list[Dropped] = field(default_factory=list)  # packages trivy reported, not installed
 
     def count(self, kind: str) -> int:
         return len(self.packages.get(kind, ()))
@@ -169,15 +352,28 @@ def parse_sbom(data: dict, path: Path) -> Sbom:
         m = re.match(r"pkg:([a-z0-9]+)/", purl)
         if m:
             pkgs.setdefault(m.group(1), set()).add(f"{comp.get('name')}=={comp.get('version')}")
-    return Sbom(path, os_name, pkgs)
+    props = ((data.get("metadata") or {}).get("component") or {}).get("properties") or []
+    image_id = next((p.get("value") for p in props if p.get("name") == "aquasecurity:trivy:ImageID"), None)
+    return Sbom(path, os_name, pkgs, image_id)
 
 
-def sbom(archive: Path, out: Path, opts: Options = Options()) -> Sbom:
-    """Write the CycloneDX SBOM of a saved image to `out`. Needs no vulnerability DB."""
+def sbom(archive: Path, out: Path, opts: Options = Options(), *, installed: Installed | None = None,
+         target: str | None = None) -> Sbom:
+    """Write the CycloneDX SBOM of a saved image to `out`. Needs no vulnerability DB. installed: keep only
+    what is installed (`keep_installed`; `Sbom.dropped`). target: `metadata.component.name` (else the archive)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     _run(["image", "--quiet", "--format", "cyclonedx", "--output", str(out), "--input", str(archive),
           *opts.common()], opts, "writing the SBOM")
-    return parse_sbom(json.loads(out.read_text()), out)
+    data = json.loads(out.read_text())
+    dropped = keep_installed(data, installed) if installed is not None else []
+    comp = (data.get("metadata") or {}).get("component")
+    if target and isinstance(comp, dict):
+        comp["name"] = target
+    if dropped or target:
+        out.write_text(json.dumps(data, indent=2) + "\n")
+    res = parse_sbom(data, out)
+    res.dropped = dropped
+    return res
 
 
 # --- secrets ------------------------------------------------------------------------------------
@@ -289,10 +485,89 @@ class Finding:
 
 
 @dataclass
+class DbInfo:
+    """trivy's DB, from `<cache>/db/metadata.json`: `version` (DB schema), `updated_at` (DB built),
+    `next_update` (newer one due), `downloaded_at`: RFC 3339 UTC strings as trivy wrote them; `age_days`:
+    days from `updated_at` to the scan; `stale`: past `next_update` or `max_age_days` old; `warning`: a line."""
+    path: str
+    version: int | None = None
+    updated_at: str | None = None
+    next_update: str | None = None
+    downloaded_at: str | None = None
+    age_days: float | None = None
+    max_age_days: int = MAX_DB_AGE_DAYS
+    stale: bool = False
+    warning: str | None = None
+
+
+def _when(text) -> dt.datetime | None:
+    """An RFC 3339 time as trivy writes it (Go: nanoseconds, `Z`) -> aware UTC datetime; None if unreadable."""
+    try:
+        when = dt.datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", text.strip()).replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+
+
+def db_info(opts: Options, now: dt.datetime | None = None) -> DbInfo | None:
+    """The DB's age and due date from `<cache>/db/metadata.json` (None without it); `now`: aware datetime."""
+    meta = opts.metadata_path
+    if not meta.is_file():
+        return None
+    now = now or dt.datetime.now(dt.timezone.utc)
+    info = DbInfo(str(opts.db_path), max_age_days=opts.max_db_age)
+    try:
+        data = json.loads(meta.read_text())
+        assert isinstance(data, dict), "not a JSON object"
+    except (OSError, ValueError, AssertionError) as exc:
+        info.stale, info.warning = True, f"{meta} is unreadable ({exc}); the DB's age is unknown"
+        return info
+    info.version = data.get("Version") if isinstance(data.get("Version"), int) else None
+    info.updated_at, info.next_update, info.downloaded_at = (str(data[k]) if data.get(k) else None
+                                                             for k in ("UpdatedAt", "NextUpdate", "DownloadedAt"))
+    updated, due = _when(info.updated_at), _when(info.next_update)
+    if updated is not None:
+        info.age_days = round((now - updated).total_seconds() / 86400, 2)
+    why = []
+    if due is not None and now > due:
+        why.append(f"past its NextUpdate {info.next_update}")
+    if info.age_days is not None and info.age_days >= opts.max_db_age:
+        why.append(f"over {opts.max_db_age} days old")
+    if updated is None:
+        why.append("its age is unknown (no readable UpdatedAt)")
+    if why:
+        info.stale, age = True, f"{info.age_days:.1f} days old" if info.age_days is not None else "of unknown age"
+        info.warning = (f"trivy's vulnerability DB {opts.db_path} is {age} (UpdatedAt {info.updated_at}, NextUpdate "
+                        f"{info.next_update}): {' and '.join(why)}; findings published since are not reported. "
+                        "Refresh it: `trivy image --download-db-only --cache-dir DIR` on a connected machine")
+    return info
+
+
+def missing_db(opts: Options) -> str | None:
+    """None when `<cache>/db/trivy.db` and `<cache>/db/metadata.json` are both there; else one line that
+    names both files, which is missing, a DB found one level too high (`<cache>/trivy.db`), and the remedy."""
+    db, meta = opts.db_path, opts.metadata_path
+    missing = [p.name for p in (db, meta) if not p.is_file()]
+    if not missing:
+        return None
+    looked = f"looked for {db} and {meta}, {' and '.join(missing)} missing"
+    high = [p for p in (opts.cache / "trivy.db", opts.cache / "metadata.json") if p.is_file()]
+    if high:
+        return (f"trivy's vulnerability DB is one level too high: found {' and '.join(map(str, high))} ({looked}); "
+                f"move trivy.db and metadata.json into {opts.cache / 'db'}/")
+    return f"{DB_HELP.format(cache=opts.cache)} ({looked})"
+
+
+@dataclass
 class ScanResult:
     image: str
     findings: list[Finding] = field(default_factory=list)
     os: str | None = None
+    #: findings on packages the image does not have installed (`Installed`), left out of the gate
+    dropped: list[Finding] = field(default_factory=list)
+    #: live ignore entries that matched no finding
+    unused_ignores: list["Ignore"] = field(default_factory=list)
+    db: DbInfo | None = None
 
     def count(self, severity: str) -> int:
         return sum(1 for f in self.findings if f.severity == severity and not f.ignored)
@@ -347,33 +622,53 @@ def expired(ignores: list[Ignore], today: dt.date | None = None) -> list[Ignore]
     return [i for i in ignores if i.expires < today]
 
 
-def parse_report(data: dict, image: str, ignores: list[Ignore] = ()) -> ScanResult:
-    """trivy's JSON report (SchemaVersion 2) -> findings, with active ignore entries applied."""
+#: trivy result Type -> purl type, for the results whose packages `Installed` can check
+_RESULT_KINDS = {"python-pkg": "pypi", "debian": "deb", "ubuntu": "deb"}
+
+
+def parse_report(data: dict, image: str, ignores: list[Ignore] = (), *, installed: Installed | None = None,
+                 target: str | None = None) -> ScanResult:
+    """trivy's JSON report (SchemaVersion 2) -> findings, with active ignore entries applied (those matching
+    nothing: `unused_ignores`). installed: findings on pypi/deb packages not installed go to `dropped`, not
+    the gate. target: replaces the archive's path (`ArtifactName`) that starts a result's Target."""
     today = dt.date.today()
     live = [i for i in ignores if i.expires >= today]
+    used: set[int] = set()
     os_meta = (data.get("Metadata") or {}).get("OS") or {}
+    artifact = str(data.get("ArtifactName") or "")
     result = ScanResult(image, os=f"{os_meta.get('Family', '')} {os_meta.get('Name', '')}".strip() or None)
     for res in data.get("Results") or []:
+        where = str(res.get("Target", ""))
+        if target and artifact and where.startswith(artifact):
+            where = target + where[len(artifact):]
+        kind = _RESULT_KINDS.get(str(res.get("Type", "")))
         for v in res.get("Vulnerabilities") or []:
             sev = str(v.get("Severity", "UNKNOWN")).upper()
             f = Finding(id=v.get("VulnerabilityID", "?"), severity=sev if sev in SEVERITIES else "UNKNOWN",
                         package=v.get("PkgName", "?"), installed=v.get("InstalledVersion", ""),
-                        fixed=v.get("FixedVersion", ""), target=res.get("Target", ""))
-            for i in live:
+                        fixed=v.get("FixedVersion", ""), target=where)
+            if installed is not None and kind and not installed.has(kind, f.package, f.installed):
+                result.dropped.append(f)
+                continue
+            for n, i in enumerate(live):
                 if i.id == f.id and (i.package is None or i.package == f.package):
                     f.ignored = i.reason
+                    used.add(n)
             result.findings.append(f)
     result.findings.sort(key=lambda f: (-SEVERITIES.index(f.severity), f.package, f.id))
+    result.unused_ignores = [i for n, i in enumerate(live) if n not in used]
     return result
 
 
 def vulns(archive: Path, image: str, opts: Options = Options(), *, ignores: list[Ignore] = (),
-          ignore_unfixed: bool = False) -> ScanResult:
-    """Known vulnerabilities of a saved image. Raises VulnDbMissing when no DB is there and none may be
-    downloaded."""
+          ignore_unfixed: bool = False, installed: Installed | None = None, target: str | None = None) -> ScanResult:
+    """Known vulnerabilities of a saved image; `.db`: `db_info`. Raises VulnDbMissing when no DB is there and
+    none may be downloaded (`missing_db`). `installed`, `target`: as for `parse_report`."""
     no_download = opts.skip_db_update or opts.offline_scan
-    if no_download and not opts.db_path.exists():
-        raise VulnDbMissing(DB_HELP.format(cache=opts.db_path.parent.parent))
+    if no_download:
+        missing = missing_db(opts)
+        if missing:
+            raise VulnDbMissing(missing)
     with tempfile.TemporaryDirectory(prefix="imagegen-trivy-") as tmp:
         report = Path(tmp) / "vuln.json"
         args = ["image", "--quiet", "--format", "json", "--output", str(report), "--input", str(archive),
@@ -388,9 +683,12 @@ def vulns(archive: Path, image: str, opts: Options = Options(), *, ignores: list
             _run(args, opts, f"scanning {image} for vulnerabilities")
         except ImagegenError as exc:
             if re.search(r"(?i)db|download|skip-update|first run", str(exc)):
-                raise VulnDbMissing(f"{exc}; " + DB_HELP.format(cache=opts.db_path.parent.parent)) from None
+                raise VulnDbMissing(f"{exc}; " + (missing_db(opts) or DB_HELP.format(cache=opts.cache))) from None
             raise
-        return parse_report(json.loads(report.read_text()), image, list(ignores))
+        result = parse_report(json.loads(report.read_text()), image, list(ignores), installed=installed,
+                              target=target)
+    result.db = db_info(opts)
+    return result
 
 
 def gate(results: list[ScanResult], fail_on: str | None, ignores: list[Ignore] = ()) -> None:
@@ -419,6 +717,12 @@ def expects_os(cell) -> str | None:
     return "debian" if spec is not None and spec.suite else None
 
 
+def unused_ignores(results: list[ScanResult], ignores: list[Ignore]) -> list[Ignore]:
+    """Live ignore entries that matched no finding in any of `results` (each ScanResult lists its own)."""
+    live = [i for i in ignores if i.expires >= dt.date.today()]
+    return [i for i in live if all(i in r.unused_ignores for r in results)] if results else []
+
+
 @dataclass
 class CellScan:
     image: str
@@ -426,16 +730,24 @@ class CellScan:
     secrets: list[Secret] = field(default_factory=list)
     vulns: ScanResult | None = None
     problems: list[str] = field(default_factory=list)  # each fails the scan
+    warnings: list[str] = field(default_factory=list)  # printed, do not fail the scan
+    target: str | None = None  # what was scanned: "<local ref> (<image id>)"
 
     def as_dict(self) -> dict:
+        """The scan report (`reports/scan-<cell>.json`)."""
+        v, sb = self.vulns, self.sbom
         return {
-            "image": self.image,
-            "sbom": str(self.sbom.path) if self.sbom else None,
-            "os": self.sbom.os if self.sbom else None,
-            "packages": {k: len(v) for k, v in (self.sbom.packages.items() if self.sbom else [])},
+            "image": self.image, "target": self.target or self.image, "image_id": sb.image_id if sb else None,
+            "sbom": str(sb.path) if sb else None, "os": sb.os if sb else None,
+            "packages": {k: len(p) for k, p in (sb.packages.items() if sb else [])},
+            "dropped": [d.__dict__ for d in sb.dropped] if sb else [],
             "secrets": [s.__dict__ for s in self.secrets],
-            "vulnerabilities": None if self.vulns is None else [f.__dict__ for f in self.vulns.findings],
-            "problems": self.problems,
+            "vulnerabilities": None if v is None else [f.__dict__ for f in v.findings],
+            "vulnerabilities_dropped": None if v is None else [f.__dict__ for f in v.dropped],
+            "unused_ignores": None if v is None else [{**i.__dict__, "expires": i.expires.isoformat()}
+                                                      for i in v.unused_ignores],
+            "vuln_db": None if v is None or v.db is None else dict(v.db.__dict__),
+            "problems": self.problems, "warnings": self.warnings,
         }
 
 
@@ -504,11 +816,20 @@ def scan_cell(cell, reports: Path, opts: Options = Options(), *, vuln: bool = Tr
 
     `archive`: an existing `docker save` tarball of the image (default: saved from the engine).
     Problems (no OS detected on a Debian-based image, a secret not allowed, a missing vulnerability DB)
-    are collected in `CellScan.problems`; the SBOM and secret scan run even when the DB is missing."""
+    are collected in `CellScan.problems`; the SBOM and secret scan run even when the DB is missing.
+    Warnings (packages trivy reported that are not installed, a stale DB) in `CellScan.warnings`;
+    ignore entries unused across cells: `unused_ignores`."""
     res = CellScan(cell.ref)
     with tempfile.TemporaryDirectory(prefix="imagegen-scan-") as tmp:
         archive = plain_layers(archive or save_image(cell.local_ref, Path(tmp) / "image.tar"), Path(tmp))
-        res.sbom = sbom(archive, reports / f"sbom-{cell.id}.cdx.json", opts)
+        inst = installed(archive)
+        res.sbom = sbom(archive, reports / f"sbom-{cell.id}.cdx.json", opts, installed=inst, target=cell.local_ref)
+        res.target = f"{cell.local_ref} ({res.sbom.image_id})" if res.sbom.image_id else cell.local_ref
+        if res.sbom.dropped:
+            res.warnings.append(f"{cell.ref}: {len(res.sbom.dropped)} package(s) trivy reported are not installed, "
+                                "left out of the SBOM and the vulnerability gate (scan report: dropped): " + ", ".join(
+                                    f"{d.kind}:{d.name} {d.version}" + (f" (from {d.source})" if d.source else "")
+                                    for d in res.sbom.dropped))
         want = expects_os(cell)
         if want and not (res.sbom.os or "").lower().startswith(want):
             res.problems.append(f"{cell.ref}: trivy detected no OS (expected {want}), so no OS package was "
@@ -519,7 +840,11 @@ def scan_cell(cell, reports: Path, opts: Options = Options(), *, vuln: bool = Tr
                 res.problems.append(f"{cell.ref}: secret {s.rule} ({s.title}) in {s.path}:{s.line}")
         if vuln:
             try:
-                res.vulns = vulns(archive, cell.ref, opts, ignores=ignores, ignore_unfixed=ignore_unfixed)
+                res.vulns = vulns(archive, cell.ref, opts, ignores=ignores, ignore_unfixed=ignore_unfixed,
+                                  installed=inst, target=res.target)
             except VulnDbMissing as exc:
                 res.problems.append(f"{cell.ref}: vulnerability scan not run: {exc}")
+            else:
+                if res.vulns.db is not None and res.vulns.db.warning:
+                    res.warnings.append(f"{cell.ref}: {res.vulns.db.warning}")
     return res

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..console import err, out
+from ..console import err, out, warn
 from ..errors import GateFailed, UserInputError
 from . import userpaths
 from .app import AllOpt, JsonOpt, MatrixOpt, VariantOpt, app, select_cells
@@ -39,6 +39,9 @@ def scan(
     db_repository: Annotated[Optional[str], typer.Option("--db-repository", help="OCI mirror of trivy's DB "
                                                          "(default ghcr.io/aquasecurity/trivy-db).")] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Same as --skip-db-update --offline-scan.")] = False,
+    db_max_age: Annotated[int, typer.Option("--db-max-age", min=1, max=3650, help="Warn (scan report: vuln_db) "
+                                            "when the vulnerability DB is this many days old or past its "
+                                            "NextUpdate.")] = 30,
     reports: Annotated[Path, typer.Option("--reports", help="Where the SBOMs (sbom-<cell>.cdx.json) and scan "
                                           "reports (scan-<cell>.json) go.", callback=userpaths.output_dir)] = Path("reports"),
     json_out: JsonOpt = False,
@@ -56,13 +59,20 @@ def scan(
     m, cells = select_cells(matrix, variant, all_)
     trivy.locate()  # one clear line when trivy is missing, before anything is saved
     opts = trivy.Options(cache_dir=cache_dir, skip_db_update=skip_db_update or offline,
-                         offline_scan=offline_scan or offline, db_repository=db_repository)
+                         offline_scan=offline_scan or offline, db_repository=db_repository, max_db_age=db_max_age)
     results = []
     for c in cells:
         err.print(f"scanning {c.ref}", markup=False)
         r = trivy.scan_cell(c, reports, opts, vuln=not no_vuln, ignores=ignores, ignore_unfixed=ignore_unfixed)
         (reports / f"scan-{c.id}.json").write_text(json.dumps(r.as_dict(), indent=2) + "\n")
+        for w in r.warnings:
+            warn(w)
         results.append(r)
+    unused = trivy.unused_ignores([r.vulns for r in results if r.vulns], ignores)
+    if unused:
+        warn(f"{len(unused)} ignore entr{'y' if len(unused) == 1 else 'ies'} in {ignore_file} matched no finding "
+             "(scan reports: unused_ignores): " + ", ".join(i.id + (f" ({i.package})" if i.package else "")
+                                                           for i in unused))
     if json_out:
         out.print_json(data=[r.as_dict() for r in results])
     else:
