@@ -6,21 +6,25 @@ Per cell, in this order (nothing reaches the engine before step 1 passed for eve
 2. the local image must be built by imagegen and its config digest (`engine.config_digest`: the image ID
    on the graph-driver image store; on the containerd store, whose image ID is the manifest digest, from
    the engine's save stream or the index kept under the cache root) must have a passing test record
-   (`testrecord`), unless `force` (then a warning on stderr);
+   (`testrecord`), unless `skip_test_check` (`--skip-test-check`: a warning on stderr; it never implies
+   `replace`);
 3. if the registry already holds the immutable tag: the same image (its manifest's config digest is the
-   local image's config digest: `same_image`, on every store) is not pushed again; another image is
-   refused unless `force`;
+   local image's config digest: `same_image`, on every store) is not pushed again; another image is a
+   conflict, refused unless `replace` (`--replace`);
 4. the engine pushes the immutable tag (Docker SDK, streamed progress on stderr), retried with the
    `RetryPolicy` on transient errors (the engine retries layers, not manifests);
 5. the manifest is read back through the registry's HTTP API (`registry.Registry`); its digest must equal
    the one the engine reported (the containerd image store reports none), and its config digest must be
    the local image's (`same_image`);
-6. only then each alias gets a PUT of those exact manifest bytes (same digest, no layer upload);
-7. `reports/publish.json` (schema `imagegen.publish/1`) lists what was verified in the registry:
-   `ref`, `digest` (the registry's manifest digest), `aliases`, `compressed_size` (bytes: config + layers
-   as stored), `image_id` (the engine's), `config_digest` (the registry manifest's, verified equal to
-   `local_config_digest`, the local image's), `cell`, `pushed` (false when step 3 found it already
-   there), `tested`.
+6. only then each alias: its current target is read from the registry (manifest; for an index, the
+   child for linux/amd64; then its config's labels: `io.imagegen.framework.version`, else the leading
+   version of `org.opencontainers.image.version`); an alias already on this manifest is left
+   (`unchanged`); one on a newer version (`packaging.version`) is kept (`skipped`, with the reason) unless
+   `allow_alias_downgrade`; otherwise it gets a PUT of those exact manifest bytes (`moved`: same digest,
+   no layer upload). The first alias that fails stops the run (the rest: `skipped`);
+7. `reports/publish.json` (schema `imagegen.publish/2`, `write_report`) is written at the end of EVERY
+   run that got past step 1: success, failure, refusal, conflict, an unexpected exception or Ctrl-C
+   (`exit_code` 130); see `write_report` for its shape. A dry run writes none.
 
 Credentials: `REGISTRY_USER` + `REGISTRY_TOKEN`, else docker's config (`~/.docker/config.json`,
 credential helpers included, read by docker-py). They go to the engine and into request headers only;
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -39,23 +44,51 @@ from pathlib import Path
 from typing import Callable
 
 import docker.errors
+from packaging.version import InvalidVersion, Version
 
 from . import engine, testrecord
-from .labels import LABEL_DIGEST
+from .labels import FRAMEWORK_VERSION, LABEL_DIGEST, OCI_VERSION
 from .console import err, log, warn
 from .errors import ImagegenError, UserInputError
 from .matrix import REGISTRY_RE, REPO_COMPONENT_RE, TAG_RE, Cell
 from .registry import Manifest, Registry, RetryPolicy, classify_engine_error, one_line
 
-SCHEMA = "imagegen.publish/1"
+SCHEMA = "imagegen.publish/2"
+
+#: a cell's `status` in the report: `pushed` (this run pushed and verified it), `exists` (the registry
+#: already held this image under the tag), `conflict` (the tag holds another image, no `replace`),
+#: `refused` (not built here, not built by imagegen, or no passing test record), `failed` (anything else,
+#: Ctrl-C included), `not_run` (an earlier cell stopped the run); `dry_run` only in a dry run's result.
+CELL_STATUSES = ("pushed", "exists", "conflict", "refused", "failed", "not_run", "dry_run")
+#: an alias's `action`: `moved` (PUT to this run's manifest), `unchanged` (already on it), `skipped`
+#: (kept where it is: `reason` says why), `failed` (`reason` is the error).
+ALIAS_ACTIONS = ("moved", "unchanged", "skipped", "failed")
+
+
+@dataclass
+class AliasResult:
+    """One alias of a cell: `digest` is the manifest this run points it at, `previous` the one it held
+    before (None: no such tag), `version`/`previous_version` the image versions compared."""
+
+    tag: str
+    ref: str  # registry/namespace/image:alias
+    action: str = "skipped"
+    digest: str | None = None
+    previous: str | None = None
+    version: str | None = None
+    previous_version: str | None = None
+    reason: str = ""
 
 
 @dataclass
 class Published:
+    """One cell's outcome (see `CELL_STATUSES`); `digest`, `config_digest`, `media_type` are what the
+    registry was seen to hold under `tag` (read back), `verified` whether that is the local image."""
+
     cell: str
     ref: str  # registry/namespace/image:tag
     digest: str | None
-    aliases: list[str] = field(default_factory=list)  # full references, same digest
+    aliases: list[AliasResult] = field(default_factory=list)
     compressed_size: int | None = None
     image_id: str = ""
     config_digest: str | None = None  # the registry manifest's config digest, verified against the local image
@@ -63,6 +96,13 @@ class Published:
     pushed: bool = False  # this run pushed the immutable tag (False: already there, or dry run)
     tested: bool = True
     dry_run: bool = False
+    tag: str = ""
+    status: str = "failed"
+    verified: bool = False
+    media_type: str | None = None
+    attempts: int = 0  # engine push tries (0: nothing pushed)
+    error: str | None = None  # the last error seen (a retried one too), one line
+    previous: str | None = None  # what the immutable tag held before, when it held another image
 
 
 @dataclass(frozen=True)
@@ -145,15 +185,16 @@ def _local_image(cell: Cell) -> dict:
     return info
 
 
-def check_tested(cell: Cell, image_id: str, *, force: bool, config_digest: str | None = None) -> bool:
+def check_tested(cell: Cell, image_id: str, *, skip_test_check: bool, config_digest: str | None = None) -> bool:
     """True if the image `image_id` (whose config digest is `config_digest`, asked of the engine when not
-    given) has a passing test record; without one: refuse, or warn with `force`."""
+    given) has a passing test record; without one: raise ImagegenError (one line), or with
+    `skip_test_check` warn on stderr and return False."""
     if testrecord.find_by_config(config_digest) if config_digest else testrecord.find(image_id):
         return True
-    if not force:
+    if not skip_test_check:
         raise ImagegenError(f"{cell.ref} ({image_id[:19]}) has no passing test record: run `imagegen test "
-                            f"--variant {cell.ref}` (or `imagegen build`) first, or publish with --force")
-    warn(f"--force: publishing {cell.ref} ({image_id[:19]}), which has no passing test record")
+                            f"--variant {cell.ref}` (or `imagegen build`) first, or publish with --skip-test-check")
+    warn(f"--skip-test-check: publishing {cell.ref} ({image_id[:19]}), which has no passing test record")
     return False
 
 
@@ -195,20 +236,31 @@ class _PushProgress:
             self._prog.stop()
 
 
+@dataclass
+class Tries:
+    """What `engine_push` tried: `count` tries, `last_error` the last failure seen (one line)."""
+
+    count: int = 0
+    last_error: str | None = None
+
+
 def engine_push(repo_ref: str, tag: str, *, auth: tuple[str, str] | None, retry: RetryPolicy,
                 sleep: Callable[[float], None] = time.sleep,
-                clock: Callable[[], float] = time.monotonic) -> str | None:
+                clock: Callable[[], float] = time.monotonic, tries: Tries | None = None) -> str | None:
     """Push `repo_ref:tag` through the engine; returns the manifest digest it reports, or None when a
     successful push reports none (the containerd image store: Docker 26 measured here; the caller reads
     the digest back from the registry). A failure is classified by `registry.classify_engine_error`
     (the registry's error code in the stream's `errorDetail`/`error`, an HTTP status, else retried) and
     retried within `retry`'s bound; the engine does not pass `Retry-After` on, so a 429 waits at least
-    `retry.throttle_floor`. Raises ImagegenError (one line) when the push fails for good."""
+    `retry.throttle_floor`. `tries`, when given, counts the tries and keeps the last error. Raises
+    ImagegenError (one line) when the push fails for good."""
     api = engine.api()
+    tries = tries if tries is not None else Tries()
     auth_config = {"username": auth[0], "password": auth[1]} if auth else None
     retries = retry.start(clock)
     while True:
         digest, failure = None, None
+        tries.count += 1
         try:
             with _PushProgress(f"{repo_ref}:{tag}") as progress:
                 for chunk in api.push(repo_ref, tag=tag, stream=True, decode=True, auth_config=auth_config):
@@ -227,6 +279,7 @@ def engine_push(repo_ref: str, tag: str, *, auth: tuple[str, str] | None, retry:
         if failure is None:
             return digest
         error = failure.reason
+        tries.last_error = error
         delay = retries.next_delay(failure)
         if delay is None:
             tries = f" {retries.summary()}" if retries.tries > 1 or retries.stop == "time" else ""
@@ -243,87 +296,231 @@ def same_image(manifest: Manifest, config_digest: str) -> bool:
     return manifest.config_digest is not None and manifest.config_digest == config_digest
 
 
-def publish_target(t: Target, *, force: bool = False, retry: RetryPolicy = RetryPolicy(),
-                   sleep: Callable[[float], None] = time.sleep) -> Published:
-    """Steps 2-6 for one validated target; returns only what the registry was seen to hold."""
+def _version_of(labels: dict | None) -> str | None:
+    """An image's version from its labels: `io.imagegen.framework.version`, else the leading version of
+    `org.opencontainers.image.version` (imagegen writes the tag there, e.g. `3.3.1-cpu-slim`); None."""
+    labels = labels or {}
+    if labels.get(FRAMEWORK_VERSION):
+        return str(labels[FRAMEWORK_VERSION])
+    m = re.match(r"v?(\d+(?:\.\d+)*)", str(labels.get(OCI_VERSION) or ""))
+    return m.group(1) if m else None
+
+
+def _older(new: str | None, old: str | None) -> bool:
+    """`new` is an older version than `old` (`packaging.version`); False when either is unknown or not a
+    version (then nothing can be said)."""
+    try:
+        return new is not None and old is not None and Version(new) < Version(old)
+    except InvalidVersion:
+        return False
+
+
+def registry_version(reg: Registry, repo: str, manifest: Manifest) -> str | None:
+    """The version of the image `manifest` (a tag's manifest in `repo`) stands for, from its config's
+    labels (`_version_of`); an index is resolved to its linux/amd64 child (`Registry.image_for`). None when
+    it has no config or no version label. Raises RegistryError when the registry fails to answer."""
+    image = reg.image_for(repo, manifest)
+    if image is None or not image.config_digest:
+        return None
+    try:
+        config = json.loads(reg.get_blob(repo, image.config_digest))
+    except ValueError:
+        return None
+    return _version_of((config.get("config") or {}).get("Labels") if isinstance(config, dict) else None)
+
+
+def move_aliases(reg: Registry, t: Target, manifest: Manifest, version: str | None, rec: Published, *,
+                 allow_alias_downgrade: bool = False) -> None:
+    """Step 6: each alias of `t`, in order, appended to `rec.aliases` as it is decided (an `AliasResult`).
+    Raises the first failure (RegistryError) after marking that alias `failed` and the rest `skipped`."""
+    for i, alias in enumerate(t.aliases):
+        a = AliasResult(tag=alias, ref=f"{t.registry}/{t.repo}:{alias}", digest=manifest.digest, version=version)
+        rec.aliases.append(a)
+        try:
+            current = reg.get_manifest(t.repo, alias)
+            if current is not None:
+                a.previous = current.digest
+                if current.digest == manifest.digest:
+                    a.action, a.previous_version = "unchanged", version
+                    log(f"  alias {a.ref} already -> {manifest.digest}")
+                    continue
+                a.previous_version = registry_version(reg, t.repo, current)
+                if _older(version, a.previous_version):
+                    if not allow_alias_downgrade:
+                        a.action = "skipped"
+                        a.reason = (f"holds {a.previous_version} ({current.digest[:19]}), newer than {version}: "
+                                    "kept (--allow-alias-downgrade moves it back)")
+                        warn(f"alias {a.ref} {a.reason}")
+                        continue
+                    a.reason = f"moved back from {a.previous_version} (--allow-alias-downgrade)"
+                elif a.previous_version is None:
+                    a.reason = "its current target names no version"
+            reg.put_manifest(t.repo, alias, manifest)
+            a.action = "moved"
+            log(f"  alias {a.ref} -> {manifest.digest}" + (f" ({a.reason})" if a.reason else ""))
+        except BaseException as exc:
+            a.action = "failed"
+            a.reason = one_line(str(exc)) or type(exc).__name__
+            for rest in t.aliases[i + 1:]:
+                rec.aliases.append(AliasResult(tag=rest, ref=f"{t.registry}/{t.repo}:{rest}", digest=manifest.digest,
+                                               version=version, reason=f"not tried: alias {alias} failed"))
+            raise
+
+
+def _record(t: Target) -> Published:
+    return Published(cell=t.cell.ref, ref=t.ref, tag=t.tag, digest=None, status="not_run", tested=False)
+
+
+def publish_target(t: Target, *, skip_test_check: bool = False, replace: bool = False,
+                   allow_alias_downgrade: bool = False, retry: RetryPolicy = RetryPolicy(),
+                   sleep: Callable[[float], None] = time.sleep, record: Published | None = None) -> Published:
+    """Steps 2-6 for one validated target. Fills `record` (a new one when None) as it goes, so that on
+    failure it holds what was seen so far with `status` `refused` (UserInputError when the image is not
+    built here or not by imagegen, ImagegenError when untested), `conflict` (ImagegenError) or `failed`
+    (the error raised); returns it with `status` `pushed` or `exists`."""
+    rec = record if record is not None else _record(t)
+    rec.status = "refused"
     info = _local_image(t.cell)
     image_id = info["Id"]
+    rec.image_id = image_id
+    labels = (info.get("Config") or {}).get("Labels") or {}
+    version = _version_of(labels) or t.cell.version
+    rec.status = "failed"
     local_config = engine.config_digest(image_id)
-    tested = check_tested(t.cell, image_id, force=force, config_digest=local_config)
+    rec.local_config_digest = local_config
+    rec.status = "refused"
+    rec.tested = check_tested(t.cell, image_id, skip_test_check=skip_test_check, config_digest=local_config)
+    rec.status = "failed"
     auth = credentials(t.registry)
     reg = Registry(t.registry, auth=auth, retry=retry, sleep=sleep, on_retry=lambda m: warn(m))
     existing = reg.get_manifest(t.repo, t.tag)
-    pushed = False
     if existing is not None and same_image(existing, local_config):
         log(f"{t.ref} already holds this image ({existing.digest}); not pushed again")
         manifest = existing
+        rec.status = "exists"
     else:
         if existing is not None:
-            if not force:
+            rec.previous = existing.digest
+            if not replace:
+                rec.status = "conflict"
+                rec.digest, rec.media_type, rec.config_digest = existing.digest, existing.media_type, existing.config_digest
                 raise ImagegenError(f"{t.ref} already exists in the registry with another image ({existing.digest}); "
-                                    "immutable tags are not overwritten (use --force to replace it)")
-            warn(f"--force: replacing {t.ref} (was {existing.digest})")
+                                    "immutable tags are not overwritten (--replace replaces it)")
+            warn(f"--replace: replacing {t.ref} (was {existing.digest})")
         repo_ref = f"{t.registry}/{t.repo}"
         api = engine.api()
         api.tag(image_id, repo_ref, t.tag, force=True)
+        tries = Tries()
         try:
             log(f"pushing {t.ref}")
-            pushed_digest = engine_push(repo_ref, t.tag, auth=auth, retry=retry, sleep=sleep)
+            pushed_digest = engine_push(repo_ref, t.tag, auth=auth, retry=retry, sleep=sleep, tries=tries)
         finally:
+            rec.attempts, rec.error = tries.count, tries.last_error
             try:  # untag our temporary remote-named reference; the image itself stays
                 api.remove_image(f"{repo_ref}:{t.tag}", noprune=True)
             except docker.errors.APIError:
                 pass
+        rec.pushed = True  # the engine says so; what the registry holds is checked next
         manifest = reg.get_manifest(t.repo, t.tag)
         if manifest is None:
             raise ImagegenError(f"{t.ref}: the engine reported {pushed_digest or 'a push'} but the registry has no "
                                 "such tag")
+        rec.digest, rec.media_type, rec.config_digest = manifest.digest, manifest.media_type, manifest.config_digest
         if pushed_digest and manifest.digest != pushed_digest:
             raise ImagegenError(f"{t.ref}: the registry holds {manifest.digest}, the engine pushed {pushed_digest}; "
                                 "aliases not moved")
         if not same_image(manifest, local_config):
             raise ImagegenError(f"{t.ref}: the registry holds {manifest.digest} (config {manifest.config_digest}), "
                                 f"which is not the local image {image_id} (config {local_config}); aliases not moved")
-        pushed = True
-    aliases = []
-    for alias in t.aliases:
-        reg.put_manifest(t.repo, alias, manifest)
-        aliases.append(f"{t.registry}/{t.repo}:{alias}")
-        log(f"  alias {aliases[-1]} -> {manifest.digest}")
-    return Published(cell=t.cell.ref, ref=t.ref, digest=manifest.digest, aliases=aliases,
-                     compressed_size=manifest.compressed_size, image_id=image_id,
-                     config_digest=manifest.config_digest, local_config_digest=local_config, pushed=pushed,
-                     tested=tested)
+        rec.status = "pushed"
+    rec.digest, rec.media_type, rec.config_digest = manifest.digest, manifest.media_type, manifest.config_digest
+    rec.compressed_size = manifest.compressed_size
+    rec.verified = True
+    done_status = rec.status
+    rec.status = "failed"  # until every alias is decided
+    move_aliases(reg, t, manifest, version, rec, allow_alias_downgrade=allow_alias_downgrade)
+    rec.status = done_status
+    return rec
 
 
-def publish(targets: list[Target], *, force: bool = False, dry_run: bool = False,
+def exit_code_of(exc: BaseException | None) -> int:
+    """The CLI's exit code for a run that ended with `exc` (None: 0; Ctrl-C: 130; ImagegenError: its
+    `exit_code`; anything else: 1)."""
+    if exc is None:
+        return 0
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    return exc.exit_code if isinstance(exc, ImagegenError) else 1
+
+
+def publish(targets: list[Target], *, skip_test_check: bool = False, replace: bool = False,
+            allow_alias_downgrade: bool = False, dry_run: bool = False,
             retry: RetryPolicy = RetryPolicy(), report: Path | None = Path("reports/publish.json"),
             sleep: Callable[[float], None] = time.sleep) -> list[Published]:
-    """Publish every target in order; stop at the first failure. The report (if any) is written with
-    what was verified so far, also when a later cell fails, then the error is raised."""
-    done: list[Published] = []
+    """Publish every target in order; stop at the first failure (the later cells: `not_run`). Unless
+    `dry_run`, the report (if any) is written at the end whatever happened, with every cell's record and
+    the run's exit code (`exit_code_of`); then the error, if any, is raised again (KeyboardInterrupt
+    included). Returns one `Published` per target."""
+    records = [_record(t) for t in targets]
+    failure: BaseException | None = None
     try:
-        for t in targets:
+        for t, rec in zip(targets, records):
             if dry_run:
                 info = _local_image(t.cell)
                 local_config = engine.config_digest(info["Id"])
-                tested = check_tested(t.cell, info["Id"], force=force, config_digest=local_config)
-                done.append(Published(cell=t.cell.ref, ref=t.ref, digest=None,
-                                      aliases=[f"{t.registry}/{t.repo}:{a}" for a in t.aliases],
-                                      image_id=info["Id"], local_config_digest=local_config, tested=tested,
-                                      dry_run=True))
+                tested = check_tested(t.cell, info["Id"], skip_test_check=skip_test_check, config_digest=local_config)
+                rec.status, rec.dry_run, rec.image_id = "dry_run", True, info["Id"]
+                rec.local_config_digest, rec.tested = local_config, tested
+                rec.aliases = [AliasResult(tag=a, ref=f"{t.registry}/{t.repo}:{a}", reason="dry run")
+                               for a in t.aliases]
                 continue
-            done.append(publish_target(t, force=force, retry=retry, sleep=sleep))
+            try:
+                publish_target(t, skip_test_check=skip_test_check, replace=replace,
+                               allow_alias_downgrade=allow_alias_downgrade, retry=retry, sleep=sleep, record=rec)
+            except BaseException as exc:
+                if rec.status not in ("refused", "conflict"):
+                    rec.status = "failed"
+                rec.error = (one_line(str(exc)) or type(exc).__name__) if not isinstance(exc, KeyboardInterrupt) \
+                    else "interrupted"
+                raise
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
-        if report is not None and not dry_run and done:
-            write_report(report, done)
-    return done
+        if report is not None and not dry_run:
+            try:
+                write_report(report, records, exit_code=exit_code_of(failure),
+                             error=(records_error(records) if failure is not None else None),
+                             options={"skip_test_check": skip_test_check, "replace": replace,
+                                      "allow_alias_downgrade": allow_alias_downgrade})
+            except OSError as exc:
+                if failure is None:
+                    raise
+                warn(f"could not write {report}: {exc.strerror or exc}")
+    return records
 
 
-def write_report(path: Path, items: list[Published]) -> None:
-    """`reports/publish.json`: the input for release notes. Atomic; never contains credentials."""
+def records_error(records: list[Published]) -> str | None:
+    """The error that stopped a run: the first cell's with one."""
+    return next((r.error for r in records if r.status in ("refused", "conflict", "failed") and r.error), None)
+
+
+def write_report(path: Path, items: list[Published], *, exit_code: int = 0, error: str | None = None,
+                 options: dict | None = None) -> None:
+    """`reports/publish.json` (schema `imagegen.publish/2`), the input for release notes and the record of
+    every run. Atomic; never contains credentials. Shape:
+
+    `{"schema", "time", "exit_code", "error" (the one line that stopped the run, or null), "options"
+    ({skip_test_check, replace, allow_alias_downgrade}), "images": [...]}`, one image per target in order:
+    `cell`, `ref`, `tag`, `status` (`CELL_STATUSES`), `digest` (the manifest read back from the registry),
+    `config_digest` (its config), `local_config_digest`, `image_id` (the engine's), `verified`,
+    `media_type`, `compressed_size`, `pushed`, `previous` (what the tag held before, when another image),
+    `tested`, `attempts` (engine push tries), `error` (the last error seen, one line), `aliases`: per alias
+    `tag`, `ref`, `action` (`ALIAS_ACTIONS`), `digest` (the manifest it is pointed at), `previous` (what it
+    held before), `version`, `previous_version`, `reason`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"schema": SCHEMA, "time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "exit_code": exit_code, "error": error, "options": options or {},
             "images": [{k: v for k, v in asdict(p).items() if k != "dry_run"} for p in items]}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".publish-")
     with os.fdopen(fd, "w") as fh:

@@ -107,9 +107,15 @@ def publish(
                                                        "cell (repeatable), besides the matrix's.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and show what would be pushed; touch no "
                                                            "registry.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Publish an image without a passing test record, and "
-                                                       "replace an immutable tag that holds another image "
-                                                       "(each said on stderr).")] = False,
+    skip_test_check: Annotated[bool, typer.Option("--skip-test-check", help="Publish an image without a passing "
+                                                  "test record (said on stderr and in the report); never "
+                                                  "replaces a tag.")] = False,
+    replace: Annotated[bool, typer.Option("--replace", help="Replace a released immutable tag that holds another "
+                                          "image (said on stderr; the report keeps the old digest).")] = False,
+    allow_alias_downgrade: Annotated[bool, typer.Option("--allow-alias-downgrade", help="Move an alias even when "
+                                                        "the registry's target is a newer version.")] = False,
+    force: Annotated[bool, typer.Option("--force", hidden=True, help="Removed: use --skip-test-check and/or "
+                                        "--replace.")] = False,
     retries: Annotated[int, typer.Option("--retries", min=0, max=20, help="Retries after a transient failure "
                                          "(5xx, 429, reset, timeout) of the push or of a registry request.")] = 3,
     retry_backoff: Annotated[float, typer.Option("--retry-backoff", min=0.0, max=300.0, help="First retry delay "
@@ -124,9 +130,13 @@ def publish(
     from .. import publish as publish_mod
     from ..registry import RetryPolicy
 
+    if force:
+        raise UserInputError("--force is gone: --skip-test-check publishes without a passing test record, --replace "
+                             "replaces an immutable tag holding another image")
     m, cells = select_cells(matrix, variant, all_)
     targets = publish_mod.plan(cells, registry=registry, namespace=namespace, extra_aliases=alias)
-    done = publish_mod.publish(targets, force=force, dry_run=dry_run,
+    done = publish_mod.publish(targets, skip_test_check=skip_test_check, replace=replace,
+                               allow_alias_downgrade=allow_alias_downgrade, dry_run=dry_run,
                                retry=RetryPolicy(attempts=retries + 1, backoff=retry_backoff), report=report)
     if json_out:
         import dataclasses
@@ -135,7 +145,8 @@ def publish(
         return
     for p in done:
         line = f"{p.ref}@{p.digest}" if p.digest else f"{p.ref}  (dry run)"
-        out.print(line + "".join(f"\n  alias {a}" for a in p.aliases), markup=False)
+        out.print(line + "".join(f"\n  alias {a.ref}" + ("" if a.action == "moved" or dry_run else f"  ({a.action}"
+                                 + (f": {a.reason}" if a.reason else "") + ")") for a in p.aliases), markup=False)
     if not dry_run:
         err.print(f"wrote {report}", markup=False)
 

@@ -59,9 +59,10 @@ def errlog(monkeypatch):
 def images():
     made: list[str] = []
 
-    def make(payload: bytes | None = None) -> tuple[str, str]:
-        """A one-layer image with imagegen's labels; returns (ref, image id)."""
-        name = f"imagegen-test-pub-{uuid.uuid4().hex[:10]}"
+    def make(payload: bytes | None = None, *, tag: str = "1.0.0-cpu-slim", labels: dict | None = None,
+             name: str | None = None) -> tuple[str, str]:
+        """A one-layer image with imagegen's labels (and `labels`); returns (ref, image id)."""
+        name = name or f"imagegen-test-pub-{uuid.uuid4().hex[:10]}"
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
             data = payload or os.urandom(64 * 1024)
@@ -69,9 +70,10 @@ def images():
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
         api = engine.api()
-        api.import_image_from_data(buf.getvalue(), repository=name, tag="1.0.0-cpu-slim",
-                                   changes=[f"LABEL {LABEL_DIGEST}=sha256:test imagegen.test=1"])
-        ref = f"{name}:1.0.0-cpu-slim"
+        extra = "".join(f" {k}={v}" for k, v in (labels or {}).items())
+        api.import_image_from_data(buf.getvalue(), repository=name, tag=tag,
+                                   changes=[f"LABEL {LABEL_DIGEST}=sha256:test imagegen.test=1{extra}"])
+        ref = f"{name}:{tag}"
         made.append(api.inspect_image(ref)["Id"])
         return ref, made[-1]
 
@@ -119,7 +121,11 @@ def test_publish_verifies_digest_moves_aliases_and_reruns_without_pushing(images
         data = json.loads(report.read_text())
         (entry,) = data["images"]
         assert entry["ref"] == f"{reg.host}/{repo}:{cell.tag}" and entry["digest"] == done.digest
-        assert entry["aliases"] == [f"{reg.host}/{repo}:{a}" for a in cell.aliases]
+        assert [a["ref"] for a in entry["aliases"]] == [f"{reg.host}/{repo}:{a}" for a in cell.aliases]
+        assert [(a["action"], a["digest"], a["previous"]) for a in entry["aliases"]] == [("moved", done.digest, None)] * 2
+        assert (data["schema"], data["exit_code"], data["error"]) == ("imagegen.publish/2", 0, None)
+        assert (entry["status"], entry["verified"], entry["attempts"], entry["tag"]) == ("pushed", True, 1, cell.tag)
+        assert entry["config_digest"] == image_id and entry["media_type"].startswith("application/vnd.")
         assert 64 * 1024 < entry["compressed_size"] < 200 * 1024
         # the temporary remote-named tag is gone; the image stays
         with pytest.raises(docker.errors.ImageNotFound):
@@ -130,20 +136,30 @@ def test_publish_verifies_digest_moves_aliases_and_reruns_without_pushing(images
             (again,) = publish.publish([t2], retry=FAST, report=report)
         assert not again.pushed and again.digest == done.digest
         puts = [(m, p) for m, p, _ in proxy.log if m in ("PUT", "PATCH", "POST")]
-        assert all("/manifests/1.0.0-cpu-slim" not in p and "/blobs/" not in p for _, p in puts), puts
+        assert puts == [], puts  # the immutable tag is there, and so are the aliases: nothing is written
+        (entry,) = json.loads(report.read_text())["images"]
+        assert entry["status"] == "exists" and entry["attempts"] == 0 and entry["verified"]
+        assert [a["action"] for a in entry["aliases"]] == ["unchanged", "unchanged"]
+        assert [a["previous"] for a in entry["aliases"]] == [done.digest, done.digest]
 
 
-def test_untested_image_is_refused_unless_forced(images, tmp_path, errlog):
+def test_untested_image_is_refused_unless_skip_test_check(images, tmp_path, errlog):
     ref, image_id = images()
     with LocalRegistry() as reg:
         (target,) = publish.plan([_cell(ref, reg.host)])
         with pytest.raises(ImagegenError, match="no passing test record"):
             publish.publish([target], retry=FAST, report=tmp_path / "p.json")
-        assert not (tmp_path / "p.json").exists()
+        data = json.loads((tmp_path / "p.json").read_text())  # the refusal is recorded
+        assert data["exit_code"] == 1 and "no passing test record" in data["error"]
+        (entry,) = data["images"]
+        assert (entry["status"], entry["image_id"], entry["digest"], entry["attempts"]) == ("refused", image_id, None, 0)
+        assert "no passing test record" in entry["error"] and entry["aliases"] == []
         assert _remote(reg.host, target.repo, target.tag).status_code == 404
-        (done,) = publish.publish([target], force=True, retry=FAST, report=tmp_path / "p.json")
-        assert "--force: publishing" in errlog.getvalue() and not done.tested
-        assert json.loads((tmp_path / "p.json").read_text())["images"][0]["tested"] is False
+        (done,) = publish.publish([target], skip_test_check=True, retry=FAST, report=tmp_path / "p.json")
+        assert "--skip-test-check: publishing" in errlog.getvalue() and not done.tested
+        data = json.loads((tmp_path / "p.json").read_text())
+        assert data["images"][0]["tested"] is False and data["images"][0]["status"] == "pushed"
+        assert data["options"]["skip_test_check"] is True and data["exit_code"] == 0
 
 
 def test_immutable_tag_holding_another_image_is_refused(images, tmp_path):
@@ -157,13 +173,23 @@ def test_immutable_tag_holding_another_image_is_refused(images, tmp_path):
         (done,) = publish.publish([ta], retry=FAST, report=None)
         engine.api().tag(id_b, a.image, a.tag, force=True)  # the same cell, rebuilt into another image
         (tb,) = publish.plan([dataclasses.replace(a, aliases=("other",))])
-        with pytest.raises(ImagegenError, match="already exists in the registry with another image"):
-            publish.publish([tb], retry=FAST, report=None)
-        assert _remote(reg.host, ta.repo, a.tag).headers["Docker-Content-Digest"] == done.digest
-        assert _remote(reg.host, ta.repo, "other").status_code == 404  # no alias moved
-        (forced,) = publish.publish([tb], force=True, retry=FAST, report=None)
-        assert forced.digest != done.digest and forced.pushed
-        assert _remote(reg.host, ta.repo, "other").headers["Docker-Content-Digest"] == forced.digest
+        report = tmp_path / "p.json"
+        # --skip-test-check is no licence to replace a released tag
+        for kw in ({}, {"skip_test_check": True}):
+            with pytest.raises(ImagegenError, match="already exists in the registry with another image"):
+                publish.publish([tb], retry=FAST, report=report, **kw)
+            data = json.loads(report.read_text())
+            (entry,) = data["images"]
+            assert (entry["status"], entry["digest"], entry["previous"]) == ("conflict", done.digest, done.digest)
+            assert entry["image_id"] == id_b and data["exit_code"] == 1 and "--replace" in data["error"]
+            assert _remote(reg.host, ta.repo, a.tag).headers["Docker-Content-Digest"] == done.digest
+            assert _remote(reg.host, ta.repo, "other").status_code == 404  # no alias moved
+        (replaced,) = publish.publish([tb], replace=True, retry=FAST, report=report)
+        assert replaced.digest != done.digest and replaced.pushed
+        assert _remote(reg.host, ta.repo, a.tag).headers["Docker-Content-Digest"] == replaced.digest
+        assert _remote(reg.host, ta.repo, "other").headers["Docker-Content-Digest"] == replaced.digest
+        (entry,) = json.loads(report.read_text())["images"]
+        assert (entry["status"], entry["previous"], entry["digest"]) == ("pushed", done.digest, replaced.digest)
 
 
 def test_basic_auth_and_the_token_never_written(images, tmp_path, monkeypatch, capfd, cache, errlog):
@@ -218,7 +244,11 @@ def test_500s_beyond_the_retry_budget_fail_cleanly(images, tmp_path):
             (target,) = publish.plan([_cell(ref, proxy.host)])
             with pytest.raises(ImagegenError, match="failed after 2 tries"):
                 publish.publish([target], retry=RetryPolicy(attempts=2, backoff=0.05), report=tmp_path / "p.json")
-        assert not (tmp_path / "p.json").exists()
+        data = json.loads((tmp_path / "p.json").read_text())
+        (entry,) = data["images"]
+        assert data["exit_code"] == 1 and "failed after 2 tries" in data["error"]
+        assert (entry["status"], entry["attempts"], entry["verified"], entry["aliases"]) == ("failed", 2, False, [])
+        assert "failed after 2 tries" in entry["error"]
         for tag in ("1.0.0-cpu-slim", "latest-cpu", "1.0-cpu-slim"):
             assert _remote(reg.host, target.repo, tag).status_code == 404
 
@@ -234,9 +264,114 @@ def test_registry_killed_mid_push_fails_cleanly_and_moves_no_alias(images, tmp_p
             with pytest.raises(ImagegenError, match="push of .* failed after 3 tries"):
                 publish.publish([target], retry=FAST, report=tmp_path / "p.json")
         assert proxy.rules[0]["seen"] == 1
-        assert not (tmp_path / "p.json").exists()
+        data = json.loads((tmp_path / "p.json").read_text())
+        assert data["exit_code"] == 1 and data["images"][0]["status"] == "failed"
+        assert data["images"][0]["attempts"] == 3 and data["images"][0]["digest"] is None
         reg.start()  # same storage: the immutable tag and the aliases are not there
         for tag in ("1.0.0-cpu-slim", "latest-cpu", "1.0-cpu-slim"):
             assert _remote(reg.host, target.repo, tag).status_code == 404
     finally:
         reg.stop()
+
+
+# --- the report of every run, alias versions (tests/engine/fault_proxy.py logs the requests) ----------
+
+from fault_proxy import Fault  # noqa: E402
+from fault_proxy import FaultProxy as LoggingProxy  # noqa: E402
+
+VERSION = "io.imagegen.framework.version"
+
+
+def _digest(registry: str, repo: str, tag: str) -> str | None:
+    r = _remote(registry, repo, tag)
+    return r.headers["Docker-Content-Digest"] if r.status_code == 200 else None
+
+
+def test_alias_never_moves_to_an_older_version_unless_allowed(images, tmp_path, errlog):
+    name = f"imagegen-test-pub-{uuid.uuid4().hex[:10]}"
+    new_ref, new_id = images(tag="3.3.1-cpu-slim", labels={VERSION: "3.3.1"}, name=name)
+    old_ref, old_id = images(tag="2.6.2-cpu-slim", labels={VERSION: "2.6.2"}, name=name)
+    _record(new_ref, new_id)
+    _record(old_ref, old_id)
+    report = tmp_path / "publish.json"
+    with LocalRegistry() as reg:
+        (t_new,) = publish.plan([_cell(new_ref, reg.host, aliases=("latest-cpu",))])
+        (t_old,) = publish.plan([_cell(old_ref, reg.host, aliases=("latest-cpu",))])
+        (new,) = publish.publish([t_new], retry=FAST, report=report)
+        assert _digest(reg.host, t_new.repo, "latest-cpu") == new.digest
+        # the matrix no longer lists 3.3.1: publishing 2.6.2 keeps latest-cpu on 3.3.1, and says why
+        with LoggingProxy(reg.host) as proxy:
+            (t_old_p,) = publish.plan([_cell(old_ref, proxy.host, aliases=("latest-cpu",))])
+            (old,) = publish.publish([t_old_p], retry=FAST, report=report)
+        assert old.pushed and _digest(reg.host, t_old.repo, "2.6.2-cpu-slim") == old.digest != new.digest
+        assert _digest(reg.host, t_old.repo, "latest-cpu") == new.digest
+        assert proxy.requests("PUT", r"/manifests/latest-cpu$") == []
+        assert len(proxy.requests("GET", r"/manifests/latest-cpu$")) == 1
+        assert len(proxy.requests("GET", rf"/blobs/{new_id}$")) == 1  # the current target's config, for its version
+        data = json.loads(report.read_text())
+        (alias,) = data["images"][0]["aliases"]
+        assert (alias["action"], alias["digest"], alias["previous"]) == ("skipped", old.digest, new.digest)
+        assert (alias["version"], alias["previous_version"]) == ("2.6.2", "3.3.1")
+        assert "newer than 2.6.2" in alias["reason"] and "--allow-alias-downgrade" in alias["reason"]
+        assert data["exit_code"] == 0 and data["images"][0]["status"] == "pushed"
+        assert "latest-cpu holds 3.3.1" in errlog.getvalue()
+        # asked for: it moves back, and the report says from what
+        (again,) = publish.publish([t_old], allow_alias_downgrade=True, retry=FAST, report=report)
+        assert not again.pushed and _digest(reg.host, t_old.repo, "latest-cpu") == old.digest
+        (alias,) = json.loads(report.read_text())["images"][0]["aliases"]
+        assert (alias["action"], alias["previous"], alias["previous_version"]) == ("moved", new.digest, "3.3.1")
+        # forward is always allowed
+        publish.publish([t_new], retry=FAST, report=report)
+        assert _digest(reg.host, t_new.repo, "latest-cpu") == new.digest
+        (alias,) = json.loads(report.read_text())["images"][0]["aliases"]
+        assert (alias["action"], alias["previous"], alias["previous_version"]) == ("moved", old.digest, "2.6.2")
+
+
+def test_alias_put_refused_is_recorded_with_what_the_registry_holds(images, tmp_path):
+    ref, image_id = images()
+    _record(ref, image_id)
+    report = tmp_path / "publish.json"
+    with LocalRegistry() as reg:
+        denied = Fault("PUT", r"/manifests/latest-cpu$", status=403, code="DENIED", times=99)
+        with LoggingProxy(reg.host, [denied]) as proxy:
+            (target,) = publish.plan([_cell(ref, proxy.host, aliases=("1.0-cpu-slim", "latest-cpu", "stable"))])
+            with pytest.raises(ImagegenError, match="latest-cpu.*403"):
+                publish.publish([target], retry=FAST, report=report)
+        assert len(proxy.requests("PUT", r"/manifests/latest-cpu$")) == 1  # DENIED is not retried
+        assert proxy.requests(None, r"/manifests/stable$") == []  # nothing after the failed alias
+        digest = _digest(reg.host, target.repo, "1.0.0-cpu-slim")
+        assert digest and _digest(reg.host, target.repo, "1.0-cpu-slim") == digest
+        assert _digest(reg.host, target.repo, "latest-cpu") is None and _digest(reg.host, target.repo, "stable") is None
+        data = json.loads(report.read_text())
+        (entry,) = data["images"]
+        assert data["exit_code"] == 1 and "403" in data["error"]
+        assert (entry["status"], entry["pushed"], entry["verified"], entry["digest"]) == ("failed", True, True, digest)
+        assert entry["config_digest"] == image_id and "403" in entry["error"]
+        got = [(a["tag"], a["action"], a["previous"]) for a in entry["aliases"]]
+        assert got == [("1.0-cpu-slim", "moved", None), ("latest-cpu", "failed", None), ("stable", "skipped", None)]
+        assert "403" in entry["aliases"][1]["reason"] and "latest-cpu failed" in entry["aliases"][2]["reason"]
+
+
+def test_ctrl_c_mid_push_still_writes_the_report(images, tmp_path, monkeypatch):
+    ref_a, id_a = images()
+    ref_b, id_b = images()
+    _record(ref_a, id_a)
+    _record(ref_b, id_b)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(publish, "engine_push", interrupted)
+    report = tmp_path / "publish.json"
+    with LocalRegistry() as reg:
+        targets = publish.plan([_cell(ref_a, reg.host), _cell(ref_b, reg.host)])
+        with pytest.raises(KeyboardInterrupt):
+            publish.publish(targets, retry=FAST, report=report)
+        for t in targets:
+            assert _remote(reg.host, t.repo, t.tag).status_code == 404
+        with pytest.raises(docker.errors.ImageNotFound):  # the temporary remote-named tag is gone
+            engine.api().inspect_image(targets[0].ref)
+    data = json.loads(report.read_text())
+    assert data["exit_code"] == 130 and data["error"] == "interrupted"
+    assert [(i["ref"], i["status"]) for i in data["images"]] == [(targets[0].ref, "failed"), (targets[1].ref, "not_run")]
+    assert data["images"][0]["image_id"] == id_a and data["images"][1]["image_id"] == ""

@@ -117,15 +117,19 @@ def test_publish_with_aliases_to_a_registry_with_basic_auth(built, tmp_path):
         bad = _ig("publish", "--variant", CELL, "--registry", reg.host, "--namespace", "imagegen-test",
                   "--report", str(report), "--retries", "0", env={"REGISTRY_USER": "ci", "REGISTRY_TOKEN": "nope"},
                   check=False)
-        assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()[-1:]) == 1 and not report.exists()
+        assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()[-1:]) == 1
+        failed = json.loads(report.read_text())  # a failed run is recorded too
+        assert failed["exit_code"] == 1 and failed["images"][0]["status"] == "failed"
+        assert failed["images"][0]["digest"] is None and token not in report.read_text()
         r = _ig("publish", "--variant", CELL, "--registry", reg.host, "--namespace", "imagegen-test",
                 "--report", str(report), env={"REGISTRY_USER": "ci", "REGISTRY_TOKEN": token})
         (entry,) = json.loads(report.read_text())["images"]
         assert entry["ref"] == f"{reg.host}/imagegen-test/onnxruntime:1.23.2-cpu-slim" and entry["pushed"]
         assert entry["image_id"] == built and entry["tested"]
-        assert {a.rsplit(":", 1)[1] for a in entry["aliases"]} == {"1.23-cpu-slim", "latest-cpu"}
+        assert {a["tag"] for a in entry["aliases"]} == {"1.23-cpu-slim", "latest-cpu"}
+        assert {a["action"] for a in entry["aliases"]} == {"moved"} and entry["status"] == "pushed"
         assert 40e6 < entry["compressed_size"] < 173e6
-        for ref in [entry["ref"], *entry["aliases"]]:
+        for ref in [entry["ref"], *(a["ref"] for a in entry["aliases"])]:
             repo, tag = ref.split("/", 1)[1].rsplit(":", 1)
             got = requests.get(f"http://{reg.host}/v2/{repo}/manifests/{tag}", headers={"Accept": ACCEPT},
                                auth=("ci", token), timeout=30)

@@ -169,6 +169,34 @@ def test_publish_validates_inputs_before_the_engine(args, needle):
         assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+def test_publish_force_is_gone_with_a_pointer_to_the_new_flags(tmp_path):
+    env = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    report = tmp_path / "p.json"
+    r = _imagegen("publish", "--variant", "onnxruntime:cpu-slim", "--force", "--report", str(report), env=env)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "--skip-test-check" in r.stderr and "--replace" in r.stderr and not report.exists()
+
+
+@pytest.mark.parametrize("labels, version", [
+    ({"io.imagegen.framework.version": "2.6.2", "org.opencontainers.image.version": "9.9.9-cpu"}, "2.6.2"),
+    ({"org.opencontainers.image.version": "3.3.1-cpu-slim"}, "3.3.1"),
+    ({"org.opencontainers.image.version": "v1.23"}, "1.23"),
+    ({"org.opencontainers.image.version": "latest"}, None),
+    ({}, None),
+    (None, None),
+])
+def test_alias_target_version_from_labels(labels, version):
+    assert publish._version_of(labels) == version
+
+
+@pytest.mark.parametrize("new, old, older", [
+    ("2.6.2", "3.3.1", True), ("3.3.1", "2.6.2", False), ("3.3.1", "3.3.1", False), ("3.10", "3.9", False),
+    ("1.0rc1", "1.0", True), (None, "1.0", False), ("1.0", None, False), ("1.0", "not-a-version", False),
+])
+def test_alias_downgrade_comparison_uses_packaging_versions(new, old, older):
+    assert publish._older(new, old) is older
+
+
 def test_plan_builds_refs_with_aliases(tmp_path):
     m = load(_matrix(tmp_path))
     cell = next(c for c in m.active if c.ref == "paddle:3.3.1-cpu-slim")
