@@ -2,7 +2,7 @@
 
 `imagegen build` (after its tests) and `imagegen test` write one record per image whose checks all
 passed; `imagegen build` re-runs the tests when the inputs are unchanged but the current image has no
-record; `imagegen publish` refuses an image without one (unless `--force`).
+record; `imagegen publish` refuses an image without one (unless `--skip-test-check`).
 
 A record is keyed by the image's **config digest** (the sha256 of its config JSON), which names the same
 image on every engine and in every registry. On the graph-driver image store the engine's image ID is that

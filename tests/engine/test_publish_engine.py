@@ -375,3 +375,42 @@ def test_ctrl_c_mid_push_still_writes_the_report(images, tmp_path, monkeypatch):
     assert data["exit_code"] == 130 and data["error"] == "interrupted"
     assert [(i["ref"], i["status"]) for i in data["images"]] == [(targets[0].ref, "failed"), (targets[1].ref, "not_run")]
     assert data["images"][0]["image_id"] == id_a and data["images"][1]["image_id"] == ""
+
+
+def test_cli_exit_code_is_the_reports(images, tmp_path, monkeypatch):
+    """Through the command line (in-process, the matrix's cell swapped for the tiny image): a refused run
+    exits 1 and its report says 1; --skip-test-check then exits 0 and so does its report."""
+    import importlib
+
+    from imagegen.cli import release_cmds
+
+    from imagegen import console
+
+    cli_app = importlib.import_module("imagegen.cli.app")
+    stdout = io.StringIO()
+    monkeypatch.setattr(console.out, "file", stdout)
+    monkeypatch.setenv("PYTHONIOENCODING", "utf-8")  # main() sets it when unset
+
+    ref, image_id = images()
+    report = tmp_path / "reports" / "publish.json"
+    with LocalRegistry() as reg:
+        cell = _cell(ref, reg.host)
+        monkeypatch.setattr(release_cmds, "select_cells", lambda *a, **k: (None, [cell]))
+
+        def run(*args):
+            monkeypatch.setattr(sys, "argv", ["imagegen", "publish", "--variant", "x", "--report", str(report),
+                                              "--retries", "0", *args])
+            with pytest.raises(SystemExit) as exit_:
+                cli_app.main()
+            return exit_.value.code or 0
+
+        assert run() == 1
+        data = json.loads(report.read_text())
+        assert data["exit_code"] == 1 and data["images"][0]["status"] == "refused"
+        assert _remote(reg.host, f"imagegen-test/{cell.image}", cell.tag).status_code == 404
+        assert stdout.getvalue() == ""
+        assert run("--skip-test-check") == 0
+        data = json.loads(report.read_text())
+        assert data["exit_code"] == 0 and data["images"][0]["status"] == "pushed"
+        digest = _remote(reg.host, f"imagegen-test/{cell.image}", cell.tag).headers["Docker-Content-Digest"]
+        assert data["images"][0]["digest"] == digest and f"{data['images'][0]['ref']}@{digest}" in stdout.getvalue()
