@@ -103,6 +103,7 @@ class Published:
     attempts: int = 0  # engine push tries (0: nothing pushed)
     error: str | None = None  # the last error seen (a retried one too), one line
     previous: str | None = None  # what the immutable tag held before, when it held another image
+    image_digest: str | None = None  # when the tag holds an index: its linux/amd64 child's manifest digest
 
 
 @dataclass(frozen=True)
@@ -394,8 +395,12 @@ def publish_target(t: Target, *, skip_test_check: bool = False, replace: bool = 
     auth = credentials(t.registry)
     reg = Registry(t.registry, auth=auth, retry=retry, sleep=sleep, on_retry=lambda m: warn(m))
     existing = reg.get_manifest(t.repo, t.tag)
-    if existing is not None and same_image(existing, local_config):
-        log(f"{t.ref} already holds this image ({existing.digest}); not pushed again")
+    # an index or a manifest list stands for its linux/amd64 child (attestations skipped)
+    existing_image = reg.image_for(t.repo, existing) if existing is not None else None
+    if existing_image is not None and same_image(existing_image, local_config):
+        held = f"{existing.digest}, an index whose linux/amd64 image is {existing_image.digest}" \
+            if existing.is_index else existing.digest
+        log(f"{t.ref} already holds this image ({held}); not pushed again")
         manifest = existing
         rec.status = "exists"
     else:
@@ -403,8 +408,10 @@ def publish_target(t: Target, *, skip_test_check: bool = False, replace: bool = 
             rec.previous = existing.digest
             if not replace:
                 rec.status = "conflict"
-                rec.digest, rec.media_type, rec.config_digest = existing.digest, existing.media_type, existing.config_digest
-                raise ImagegenError(f"{t.ref} already exists in the registry with another image ({existing.digest}); "
+                remote_config = existing_image.config_digest if existing_image is not None else None
+                rec.digest, rec.media_type, rec.config_digest = existing.digest, existing.media_type, remote_config
+                raise ImagegenError(f"{t.ref} already exists in the registry with another image (config "
+                                    f"{remote_config or 'none for linux/amd64'}, the local one's {local_config}); "
                                     "immutable tags are not overwritten (--replace replaces it)")
             warn(f"--replace: replacing {t.ref} (was {existing.digest})")
         repo_ref = f"{t.registry}/{t.repo}"
@@ -433,8 +440,11 @@ def publish_target(t: Target, *, skip_test_check: bool = False, replace: bool = 
             raise ImagegenError(f"{t.ref}: the registry holds {manifest.digest} (config {manifest.config_digest}), "
                                 f"which is not the local image {image_id} (config {local_config}); aliases not moved")
         rec.status = "pushed"
-    rec.digest, rec.media_type, rec.config_digest = manifest.digest, manifest.media_type, manifest.config_digest
-    rec.compressed_size = manifest.compressed_size
+    image = existing_image if manifest is existing else manifest
+    rec.digest, rec.media_type, rec.config_digest = manifest.digest, manifest.media_type, image.config_digest
+    if manifest.is_index:
+        rec.image_digest = image.digest
+    rec.compressed_size = image.compressed_size
     rec.verified = True
     done_status = rec.status
     rec.status = "failed"  # until every alias is decided

@@ -414,3 +414,58 @@ def test_cli_exit_code_is_the_reports(images, tmp_path, monkeypatch):
         assert data["exit_code"] == 0 and data["images"][0]["status"] == "pushed"
         digest = _remote(reg.host, f"imagegen-test/{cell.image}", cell.tag).headers["Docker-Content-Digest"]
         assert data["images"][0]["digest"] == digest and f"{data['images'][0]['ref']}@{digest}" in stdout.getvalue()
+
+
+def test_a_tag_holding_an_index_of_this_image_is_this_image(images, tmp_path):
+    """The tag holds an OCI index whose linux/amd64 child is the local image, next to an attestation
+    entry (platform unknown/unknown) that points at another image: publish finds it there (status
+    `exists`, nothing pushed, the aliases point at the index); an index whose child is another image
+    is a conflict naming both config digests."""
+    ref_a, id_a = images()
+    _ref_b, id_b = images()
+    _record(ref_a, id_a)
+    with LocalRegistry() as reg:
+        a = _cell(ref_a, reg.host, aliases=())
+        # image B as another tag of the same repository (an index may only name manifests of its own)
+        engine.api().tag(id_b, a.image, "2.0.0-cpu-slim")
+        b = dataclasses.replace(a, tag="2.0.0-cpu-slim")
+        _record(f"{a.image}:2.0.0-cpu-slim", id_b)
+        (ta,) = publish.plan([a])
+        (tb,) = publish.plan([b])
+        (done_a,) = publish.publish([ta], retry=FAST, report=None)
+        (done_b,) = publish.publish([tb], retry=FAST, report=None)
+        repo = f"imagegen-test/{a.image}"
+
+        def desc(digest: str) -> dict:
+            r = _remote(reg.host, repo, digest)
+            return {"mediaType": r.headers["Content-Type"].split(";")[0], "digest": digest, "size": len(r.content)}
+
+        index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
+            dict(desc(done_b.digest), platform={"os": "unknown", "architecture": "unknown"},
+                 annotations={"vnd.docker.reference.type": "attestation-manifest",
+                              "vnd.docker.reference.digest": done_a.digest}),
+            dict(desc(done_a.digest), platform={"os": "linux", "architecture": "amd64"})]}
+        r = requests.put(f"http://{reg.host}/v2/{repo}/manifests/{a.tag}", data=json.dumps(index).encode(),
+                         headers={"Content-Type": index["mediaType"]}, timeout=10)
+        r.raise_for_status()
+        index_digest = r.headers["Docker-Content-Digest"]
+
+        report = tmp_path / "p.json"
+        (again,) = publish.publish([dataclasses.replace(ta, aliases=("latest-cpu",))], retry=FAST, report=report)
+        (entry,) = json.loads(report.read_text())["images"]
+        assert (entry["status"], entry["pushed"], entry["attempts"]) == ("exists", False, 0)
+        assert entry["digest"] == index_digest and entry["image_digest"] == done_a.digest
+        assert entry["media_type"] == "application/vnd.oci.image.index.v1+json" and entry["config_digest"] == id_a
+        assert _remote(reg.host, repo, a.tag).headers["Docker-Content-Digest"] == index_digest  # not replaced
+        assert _remote(reg.host, repo, "latest-cpu").headers["Docker-Content-Digest"] == index_digest
+        assert again.digest == index_digest
+
+        # the same index around another image: a conflict, with both configs named, the tag untouched
+        engine.api().tag(id_b, a.image, a.tag, force=True)
+        _record(ref_a, id_b)
+        (tb_as_a,) = publish.plan([a])
+        with pytest.raises(ImagegenError, match=rf"another image \(config {id_a}, the local one's {id_b}\)"):
+            publish.publish([tb_as_a], retry=FAST, report=report)
+        (entry,) = json.loads(report.read_text())["images"]
+        assert (entry["status"], entry["digest"], entry["config_digest"]) == ("conflict", index_digest, id_a)
+        assert _remote(reg.host, repo, a.tag).headers["Docker-Content-Digest"] == index_digest
