@@ -422,6 +422,17 @@ def test_workflow_consumes_exactly_what_ci_matrix_prints(tmp_path):
     assert "count=0" in out.read_text() and "::notice" in r.stdout
 
 
+def test_workflow_header_names_files_that_exist():
+    """The workflow's comments point readers at tests and scripts: each path they name must exist."""
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    text = (WORKFLOWS / "images.yml").read_text()
+    named = set(re.findall(r"\b((?:tests|scripts|imagegen)/[\w/.-]+\.(?:py|sh))\b", text))
+    assert named, "the header names no file"
+    assert [n for n in sorted(named) if not (root / n).exists()] == []
+
+
 def test_workflow_publishes_only_on_main_and_version_tags():
     wf, jobs, _ = _plan_step()
     on = wf.get("on", wf.get(True))
