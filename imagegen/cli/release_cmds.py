@@ -29,6 +29,10 @@ def scan(
                                                         callback=userpaths.input_file)]
     = None,
     ignore_unfixed: Annotated[bool, typer.Option("--ignore-unfixed", help="Only vulnerabilities with a fix.")] = False,
+    secret_allow: Annotated[Optional[Path], typer.Option("--secret-allow", help="YAML `allow: [{rule and/or path "
+                                                         "(glob), reason, expires: YYYY-MM-DD}]`: secret findings "
+                                                         "you accept; an expired entry allows nothing.",
+                                                         callback=userpaths.input_file)] = None,
     no_vuln: Annotated[bool, typer.Option("--no-vuln", help="SBOM and secret scan only (no vulnerability DB at "
                                                            "hand).")] = False,
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="trivy's cache (a pre-seeded DB lives in "
@@ -56,14 +60,21 @@ def scan(
     if db_repository is not None and not trivy.valid_repository(db_repository):
         raise UserInputError(f"--db-repository '{db_repository}' is not an OCI repository reference (lowercase)")
     ignores = trivy.load_ignores(ignore_file)
+    allows = trivy.load_secret_allow(secret_allow)
     m, cells = select_cells(matrix, variant, all_)
     trivy.locate()  # one clear line when trivy is missing, before anything is saved
     opts = trivy.Options(cache_dir=cache_dir, skip_db_update=skip_db_update or offline,
                          offline_scan=offline_scan or offline, db_repository=db_repository, max_db_age=db_max_age)
+    old = trivy.expired_allows(allows)
+    if old:
+        warn(f"{len(old)} secret allow entr{'y' if len(old) == 1 else 'ies'} in {secret_allow} expired and allow "
+             "nothing (scan reports: secret_allow_expired): " + ", ".join(f"{a.describe()} expired {a.expires}"
+                                                                         for a in old))
     results = []
     for c in cells:
         err.print(f"scanning {c.ref}", markup=False)
-        r = trivy.scan_cell(c, reports, opts, vuln=not no_vuln, ignores=ignores, ignore_unfixed=ignore_unfixed)
+        r = trivy.scan_cell(c, reports, opts, vuln=not no_vuln, ignores=ignores, ignore_unfixed=ignore_unfixed,
+                            secret_allow=allows)
         (reports / f"scan-{c.id}.json").write_text(json.dumps(r.as_dict(), indent=2) + "\n")
         for w in r.warnings:
             warn(w)
@@ -73,6 +84,11 @@ def scan(
         warn(f"{len(unused)} ignore entr{'y' if len(unused) == 1 else 'ies'} in {ignore_file} matched no finding "
              "(scan reports: unused_ignores): " + ", ".join(i.id + (f" ({i.package})" if i.package else "")
                                                            for i in unused))
+    unused_allows = trivy.unused_allows([r.secrets for r in results], allows)
+    if unused_allows:
+        warn(f"{len(unused_allows)} secret allow entr{'y' if len(unused_allows) == 1 else 'ies'} in {secret_allow} "
+             "matched no secret finding (scan reports: secret_allow_unused): "
+             + ", ".join(a.describe() for a in unused_allows))
     if json_out:
         out.print_json(data=[r.as_dict() for r in results])
     else:
