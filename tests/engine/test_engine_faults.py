@@ -6,7 +6,9 @@
 - a corrupted file in the wheel cache (a private cache holding one flipped byte).
 
 Each must end with one `error:` line naming the cause, a non-zero exit, no tag, no container left
-and no temporary build context left. The cell is the smallest real one (ONNX Runtime CPU slim);
+and no temporary build context left, on both build paths: the classic builder (DOCKER_BUILDKIT=0) and
+BuildKit (the engine's embedded BuildKit through Debian 13's buildx plugin, found via DOCKER_CONFIG).
+The cell is the smallest real one (ONNX Runtime CPU slim);
 its bases are copied from the user's engine with `docker save` (read-only there).
 """
 
@@ -27,7 +29,7 @@ from imagegen import bases, matrix, wheelhouse
 from imagegen import lockfile as lock_mod
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from second_engine import SecondEngine  # noqa: E402
+from second_engine import SecondEngine, newer_engine_rootfs  # noqa: E402
 
 pytestmark = pytest.mark.engine
 
@@ -62,6 +64,25 @@ def base_refs(cell):
     return [bases.ensure_role(cell.base, role, spec=cell.base_spec) for role in ("builder", cell.runtime_role)]
 
 
+@pytest.fixture(scope="module")
+def buildx_config(tmp_path_factory):
+    """A DOCKER_CONFIG whose cli-plugins/ holds Debian 13's docker-buildx (0.13.1)."""
+    conf = tmp_path_factory.mktemp("dockercfg")
+    (conf / "cli-plugins").mkdir()
+    src = newer_engine_rootfs() / "usr" / "libexec" / "docker" / "cli-plugins" / "docker-buildx"
+    shutil.copyfile(src, conf / "cli-plugins" / "docker-buildx")
+    (conf / "cli-plugins" / "docker-buildx").chmod(0o755)
+    return conf
+
+
+@pytest.fixture(params=["classic", "buildkit"])
+def path_env(request, buildx_config) -> dict[str, str]:
+    """The environment that selects a build path; the build's stderr says which one it took."""
+    if request.param == "classic":
+        return {"DOCKER_BUILDKIT": "0"}
+    return {"DOCKER_CONFIG": str(buildx_config)}
+
+
 def _ctx_dirs(cache: Path) -> set[Path]:
     return set(cache.glob("imagegen-ctx-*"))
 
@@ -74,7 +95,9 @@ class Build:
     """`imagegen build` in a subprocess, its stderr read line by line as it comes."""
 
     def __init__(self, engine: SecondEngine, extra_env: dict | None = None) -> None:
-        env = {**os.environ, "DOCKER_HOST": engine.host, "NO_COLOR": "1", **(extra_env or {})}
+        base = {k: v for k, v in os.environ.items() if k not in ("DOCKER_BUILDKIT", "DOCKER_CONFIG")}
+        env = {**base, "DOCKER_HOST": engine.host, "NO_COLOR": "1", **(extra_env or {})}
+        self.env = env
         self.proc = subprocess.Popen([sys.executable, "-m", "imagegen", "build", "--variant", CELL, "--no-test",
                                       "--no-cache"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
@@ -97,7 +120,11 @@ class Build:
         self.proc.stdout.read()
         rc = self.proc.wait(timeout=timeout)
         self._t.join(timeout=30)
-        return rc, "\n".join(self.lines)
+        stderr = "\n".join(self.lines)
+        wanted = "building with the classic builder" if self.env.get("DOCKER_BUILDKIT") == "0" else \
+            "building with BuildKit"
+        assert wanted in stderr, stderr[-2000:]
+        return rc, stderr
 
 
 def _one_error_line(stderr: str) -> str:
@@ -121,12 +148,12 @@ def _assert_nothing_left(engine: SecondEngine, ctx_before: set[Path], *, danglin
     assert _ctx_dirs(root or _cache_root()) - ctx_before == set(), "a temporary build context was left"
 
 
-def test_engine_stopped_mid_build(cell, base_refs):
+def test_engine_stopped_mid_build(cell, base_refs, path_env):
     eng = SecondEngine().start()
     try:
         eng.load_from(docker.from_env(), base_refs)
         ctx_before = _ctx_dirs(_cache_root())
-        b = Build(eng)
+        b = Build(eng, path_env)
         # the first RUN step (a live container in the engine) has started
         assert b.when(" RUN ").wait(600), "\n".join(b.lines[-20:])
         time.sleep(4)
@@ -145,13 +172,13 @@ def test_engine_stopped_mid_build(cell, base_refs):
         eng.close()
 
 
-def test_disk_full_mid_build(cell, base_refs):
+def test_disk_full_mid_build(cell, base_refs, path_env):
     # bases take ~195 MB: 330 MB leaves too little for the wheels and the environment
     eng = SecondEngine(data_size_mb=330).start()
     try:
         eng.load_from(docker.from_env(), base_refs)
         ctx_before = _ctx_dirs(_cache_root())
-        rc, stderr = Build(eng).finish()
+        rc, stderr = Build(eng, path_env).finish()
         assert rc != 0
         line = _one_error_line(stderr)
         assert "disk full" in line, line
@@ -160,7 +187,7 @@ def test_disk_full_mid_build(cell, base_refs):
         eng.close()
 
 
-def test_corrupt_wheel_in_cache(cell, base_refs, tmp_path, monkeypatch):
+def test_corrupt_wheel_in_cache(cell, base_refs, tmp_path, monkeypatch, path_env):
     """Bit rot after verification: the cached wheel keeps its size, mtime and inode, so the cache's
     stamp still vouches for it; the build's hash check catches it, names it, and evicts it."""
     real = _cache_root()
@@ -193,7 +220,7 @@ def test_corrupt_wheel_in_cache(cell, base_refs, tmp_path, monkeypatch):
     try:
         eng.load_from(docker.from_env(), base_refs)
         ctx_before = _ctx_dirs(private)
-        rc, stderr = Build(eng, {"IMAGEGEN_CACHE": str(private)}).finish()
+        rc, stderr = Build(eng, {"IMAGEGEN_CACHE": str(private), **path_env}).finish()
         assert rc != 0
         line = _one_error_line(stderr)
         assert victim.filename in line and "corrupt" in line and "run the build again" in line, line
