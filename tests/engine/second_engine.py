@@ -162,7 +162,12 @@ class SecondEngine:
                 subprocess.run(["umount", "-l", mp], capture_output=True)
             if not mounts:
                 break
-        shutil.rmtree(self.root, ignore_errors=True)
+        # a step a killed engine's BuildKit was running can write on for a moment after the kill: retry
+        for _ in range(10):
+            shutil.rmtree(self.root, ignore_errors=True)
+            if not self.root.exists():
+                break
+            time.sleep(1)
         if self._bridge_made:
             for table, _insert, rule in self._nat_rules():
                 subprocess.run(["iptables", "-w", *table, "-D", *rule], capture_output=True)
