@@ -46,6 +46,24 @@ AUTH = """auth:
 """
 
 
+def upload_blob(host: str, repo: str, data: bytes) -> dict:
+    """Upload ``data`` as a blob of ``repo`` through the registry's HTTP API (monolithic POST + PUT);
+    returns its descriptor fields {"digest", "size"}."""
+    import hashlib
+
+    import requests
+
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    r = requests.post(f"http://{host}/v2/{repo}/blobs/uploads/", timeout=10)
+    assert r.status_code == 202, r.text
+    loc = r.headers["Location"]
+    loc = loc if loc.startswith("http") else f"http://{host}{loc}"
+    r = requests.put(loc, params={"digest": digest}, data=data, timeout=10,
+                     headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 201, r.text
+    return {"digest": digest, "size": len(data)}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -6,7 +6,6 @@ front of Debian's `docker-registry` on loopback: no Docker engine."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from datetime import datetime, timedelta, timezone
@@ -19,7 +18,7 @@ import requests
 ENGINE_TESTS = Path(__file__).resolve().parent.parent / "engine"
 sys.path.insert(0, str(ENGINE_TESTS))
 from fault_proxy import Fault, FaultProxy, error_body  # noqa: E402
-from registry_fixture import LocalRegistry  # noqa: E402
+from registry_fixture import LocalRegistry, upload_blob  # noqa: E402
 
 from imagegen import publish  # noqa: E402
 from imagegen.errors import ImagegenError  # noqa: E402
@@ -257,15 +256,7 @@ TAG = "1.0.0-cpu-slim"
 
 
 def _blob(reg: str, data: bytes) -> dict:
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    r = requests.post(f"http://{reg}/v2/{REPO}/blobs/uploads/", timeout=10)
-    assert r.status_code == 202, r.text
-    loc = r.headers["Location"]
-    loc = loc if loc.startswith("http") else f"http://{reg}{loc}"
-    r = requests.put(loc, params={"digest": digest}, data=data, timeout=10,
-                     headers={"Content-Type": "application/octet-stream"})
-    assert r.status_code == 201, r.text
-    return {"digest": digest, "size": len(data)}
+    return upload_blob(reg, REPO, data)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
-from registry_fixture import LocalRegistry  # noqa: E402
+from registry_fixture import LocalRegistry, upload_blob  # noqa: E402
 
 from imagegen.registry import DOCKER_LIST, OCI_INDEX, OCI_MANIFEST, Registry  # noqa: E402
 
@@ -22,15 +22,7 @@ REPO = "imagegen/index"
 
 
 def _blob(host: str, data: bytes) -> dict:
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    r = requests.post(f"http://{host}/v2/{REPO}/blobs/uploads/", timeout=10)
-    assert r.status_code == 202, r.text
-    loc = r.headers["Location"]
-    loc = loc if loc.startswith("http") else f"http://{host}{loc}"
-    r = requests.put(loc, params={"digest": digest}, data=data, timeout=10,
-                     headers={"Content-Type": "application/octet-stream"})
-    assert r.status_code == 201, r.text
-    return {"digest": digest, "size": len(data)}
+    return upload_blob(host, REPO, data)
 
 
 def _put(host: str, ref: str, doc: dict) -> dict:
