@@ -87,11 +87,21 @@ def inflight_value(parent: str, instruction: str, started: float) -> str:
     return f"{parent}\t{instruction.split()[0].upper() if instruction.strip() else '?'}\t{started:.0f}"
 
 
-def late_commits(inflight: list[str], *, poll: float = 0.5) -> list[str]:
+#: After the first late commit: how long the image list must stay unchanged before the search ends.
+#: The engine notices the client is gone only between instructions, so the metadata steps after a
+#: late COPY (ENV, WORKDIR, USER: no container, ~0.1 s each) can commit children of it first; an image
+#: with children cannot be removed. CI, engine 20.10: a COPY and three such children, left behind.
+LATE_COMMIT_SETTLE = 3.0
+LATE_COMMIT_MAX = 60.0  # the whole search after the first late commit, seconds
+
+
+def late_commits(inflight: list[str], *, poll: float = 0.5, settle: float = LATE_COMMIT_SETTLE) -> list[str]:
     """After an interrupt: wait for the images the engine commits for the steps it was running
-    (``inflight_value`` records), up to LATE_COMMIT_WAIT per instruction, and return their IDs with
-    their own descendants, children first. Only untagged images created since their build started
-    count. Best effort: an unreachable engine returns what was found."""
+    (``inflight_value`` records), up to LATE_COMMIT_WAIT per instruction, then for their descendants
+    (later steps the engine ran before it noticed the client was gone) until the list has been
+    unchanged for ``settle`` seconds (LATE_COMMIT_MAX at most). Returns their IDs, children before
+    parents, so they can be removed in that order. Only untagged images created since their build
+    started count. Best effort: an unreachable engine returns what was found."""
     api = engine.api()
     pending: dict[str, tuple[float, float]] = {}  # parent -> (deadline, build start)
     for value in inflight:
@@ -101,8 +111,10 @@ def late_commits(inflight: list[str], *, poll: float = 0.5) -> list[str]:
     if any(LATE_COMMIT_WAIT.get(v.split("\t")[1], 0) > 10 for v in inflight):
         err.print("waiting for the engine to finish the step it was running, to remove what it commits",
                   markup=False)
-    found: list[str] = []
-    while pending:
+    roots: list[str] = []  # the late commits found, in the order found
+    found: list[str] = []  # roots and their descendants, parents before children
+    quiet_since = cap = None
+    while True:
         try:
             summaries = api.images(all=True)
         except (docker.errors.APIError, *CONNECTION_LOST):
@@ -111,21 +123,29 @@ def late_commits(inflight: list[str], *, poll: float = 0.5) -> list[str]:
         for img in summaries:
             by_parent.setdefault((img.get("ParentId") or "").replace("sha256:", ""), []).append(img)
         for parent, (deadline, started) in list(pending.items()):
-            kids = [img for key, imgs in by_parent.items() if key and key.startswith(parent) for img in imgs
+            kids = [img["Id"] for key, imgs in by_parent.items() if key and key.startswith(parent) for img in imgs
                     if not [t for t in (img.get("RepoTags") or []) if t != "<none>:<none>"]
                     and img.get("Created", 0) >= started - 1]
             if kids:
                 del pending[parent]
-                stack = [k["Id"] for k in kids]
-                while stack:  # their own children (a later step the engine also ran) go first
-                    image = stack.pop()
-                    if image not in found:
-                        found.append(image)
-                        stack += [img["Id"] for img in by_parent.get(image.replace("sha256:", ""), [])]
+                roots += [k for k in kids if k not in roots]
             elif time.monotonic() > deadline:
                 del pending[parent]
-        if pending:
-            time.sleep(poll)
+        now_found: list[str] = []
+        queue = list(roots)
+        while queue:  # breadth first: parents before their children
+            image = queue.pop(0)
+            if image not in now_found:
+                now_found.append(image)
+                queue += [img["Id"] for img in by_parent.get(image.replace("sha256:", ""), [])]
+        now = time.monotonic()
+        if now_found != found or quiet_since is None:
+            found, quiet_since = now_found, now
+        if roots and cap is None:
+            cap = now + LATE_COMMIT_MAX
+        if not pending and (not roots or now - quiet_since >= settle or now > cap):
+            break
+        time.sleep(poll)
     return list(reversed(found))
 
 

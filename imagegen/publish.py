@@ -24,7 +24,7 @@ Per cell, in this order (nothing reaches the engine before step 1 passed for eve
    no layer upload). The first alias that fails stops the run (the rest: `skipped`);
 7. `reports/publish.json` (schema `imagegen.publish/2`, `write_report`) is written at the end of EVERY
    run that got past step 1: success, failure, refusal, conflict, an unexpected exception or Ctrl-C
-   (`exit_code` 130); see `write_report` for its shape. A dry run writes none.
+   (`exit_code` 130; SIGTERM: 143); see `write_report` for its shape. A dry run writes none.
 
 Credentials: `REGISTRY_USER` + `REGISTRY_TOKEN`, else docker's config (`~/.docker/config.json`,
 credential helpers included, read by docker-py). They go to the engine and into request headers only;
@@ -51,6 +51,7 @@ from .labels import FRAMEWORK_VERSION, LABEL_DIGEST, OCI_VERSION
 from .console import err, log, warn
 from .errors import ImagegenError, UserInputError
 from .matrix import REGISTRY_RE, REPO_COMPONENT_RE, TAG_RE, Cell
+from .signals import Terminated, interrupt_exit_code
 from .registry import Manifest, Registry, RetryPolicy, classify_engine_error, one_line
 
 SCHEMA = "imagegen.publish/2"
@@ -283,8 +284,8 @@ def engine_push(repo_ref: str, tag: str, *, auth: tuple[str, str] | None, retry:
         tries.last_error = error
         delay = retries.next_delay(failure)
         if delay is None:
-            tries = f" {retries.summary()}" if retries.tries > 1 or retries.stop == "time" else ""
-            raise ImagegenError(f"push of {repo_ref}:{tag} failed{tries}: {error}")
+            summary = f" {retries.summary()}" if retries.tries > 1 or retries.stop == "time" else ""
+            raise ImagegenError(f"push of {repo_ref}:{tag} failed{summary}: {error}")
         warn(f"push of {repo_ref}:{tag} failed ({error}); retrying in {delay:g}s")
         sleep(delay)
 
@@ -454,12 +455,12 @@ def publish_target(t: Target, *, skip_test_check: bool = False, replace: bool = 
 
 
 def exit_code_of(exc: BaseException | None) -> int:
-    """The CLI's exit code for a run that ended with `exc` (None: 0; Ctrl-C: 130; ImagegenError: its
-    `exit_code`; anything else: 1)."""
+    """The CLI's exit code for a run that ended with `exc` (None: 0; Ctrl-C: 130; SIGTERM: 143, see
+    signals; ImagegenError: its `exit_code`; anything else: 1)."""
     if exc is None:
         return 0
     if isinstance(exc, KeyboardInterrupt):
-        return 130
+        return interrupt_exit_code(exc)
     return exc.exit_code if isinstance(exc, ImagegenError) else 1
 
 
@@ -491,7 +492,7 @@ def publish(targets: list[Target], *, skip_test_check: bool = False, replace: bo
                 if rec.status not in ("refused", "conflict"):
                     rec.status = "failed"
                 rec.error = (one_line(str(exc)) or type(exc).__name__) if not isinstance(exc, KeyboardInterrupt) \
-                    else "interrupted"
+                    else ("terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted")
                 raise
     except BaseException as exc:
         failure = exc

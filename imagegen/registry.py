@@ -33,8 +33,9 @@ else (below), and every failure that is not definitely the client's is retried w
   `{"error": text, "errorDetail": {"message": text, "code": int?}}`. The engine formats a registry error
   code as the distribution's Go client does (`errcode.ErrorCode.Error()`: the JSON code lowercased,
   `_` as a space, then `: <message>`; several as `errors:\n<one per line>`), so the text is parsed for
-  those codes at the start of the text, of a line, or after `: ` (`toomanyrequests: ...`,
-  `blob unknown: blob unknown to registry`, `denied: ...`), for the distribution client's own
+  those codes at the start of the text, of a line, or after `: `, followed by `:` or alone on the line
+  (`toomanyrequests: ...`, `blob unknown: blob unknown to registry`, `denied: ...`; engine 20.10
+  streams a 429 as the bare `toomanyrequests`, measured here), for the distribution client's own
   `unknown blob`, for an HTTP status (`errorDetail.code`, `HTTP 503`, `status: 429`,
   `429 Too Many Requests`), and for a few fixed texts that are the client's: the messages of DENIED
   and UNAUTHORIZED without their code (`requested access to the resource is denied`, `authentication
@@ -253,10 +254,12 @@ def _code_text(code: str) -> str:
 
 
 # the engine's rendering of a code ("blob unknown", "toomanyrequests"), longest first so "manifest blob
-# unknown" is not read as "blob unknown"; at the start of the text or a line, after "errors:" or ": "
+# unknown" is not read as "blob unknown"; at the start of the text or a line, after "errors:" or ": ",
+# followed by ":" or alone on its line (engine 20.10 streams a 429 with a JSON body as bare "toomanyrequests")
 _LONGEST_FIRST = sorted(_KNOWN_CODES, key=len, reverse=True)
 _ENGINE_CODE = re.compile(
-    r"(?:^|\n|errors:\s*|:\s)(" + "|".join(re.escape(_code_text(c)) for c in _LONGEST_FIRST) + r"):", re.I)
+    r"(?:^|\n|errors:\s*|:\s)(" + "|".join(re.escape(_code_text(c)) for c in _LONGEST_FIRST) + r")(?::|[ \t]*(?:\n|$))",
+    re.I)
 _UPPER_CODE = re.compile(r"\b(" + "|".join(_LONGEST_FIRST) + r")\b")
 # "HTTP 503", "status: 429", "status code 401", or Go's resp.Status ("429 Too Many Requests", phrase checked)
 _ENGINE_STATUS = re.compile(r"\b(?:HTTP|status(?: code)?)[: ]+([1-5]\d\d)\b|"

@@ -47,6 +47,7 @@ from typing import Iterable, Iterator
 from .. import compat, flock, labels, paths
 from ..console import log
 from ..errors import EngineError, ImagegenError, UserInputError
+from ..signals import sigterm_as_interrupt
 from .hook import DOC_EXCLUDES, DOC_INCLUDES, packages_split, parse_deb822
 
 LABEL_PREFIX = labels.BASE_PREFIX
@@ -423,28 +424,9 @@ def local_image(ref: str):
         return None
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the cleanup below still runs."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def _raise(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, _raise)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def build_role(name: str, spec: compat.BaseSpec, role: str) -> tuple[str, Tarball]:
     """Bootstrap, import, check, tag. Atomic: on any failure, Ctrl-C or SIGTERM, nothing is left."""
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         return _build_role(name, spec, role)
 
 

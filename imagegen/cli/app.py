@@ -1,9 +1,10 @@
 """The Typer app, the options commands share, cell selection, and main(): the one map from errors to
-exit codes (ImagegenError -> its exit_code, usage errors -> 2, Ctrl-C -> 130), one line on stderr."""
+exit codes (ImagegenError -> its exit_code, usage errors -> 2, Ctrl-C -> 130, SIGTERM -> 143), one line on stderr."""
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -13,6 +14,7 @@ import typer
 from .. import __version__
 from ..console import err, out
 from ..errors import ImagegenError, UserInputError
+from .. import signals
 from . import userpaths
 
 app = typer.Typer(
@@ -82,13 +84,13 @@ def main() -> None:
     importing the package (imagegen/cli/__init__.py)."""
     os.environ.setdefault("PYTHONIOENCODING", "utf-8")
     try:
-        rv = app(standalone_mode=False, prog_name="imagegen")
+        with signals.interrupts_as_exceptions():  # a CI runner's SIGTERM: the same clean-up and report as Ctrl-C
+            rv = app(standalone_mode=False, prog_name="imagegen")
     except ImagegenError as exc:
         err.print(f"error: {exc}", markup=False, style="red")
         sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, typer.Abort):
-        err.print("error: interrupted", style="red")
-        sys.exit(130)
+    except (KeyboardInterrupt, typer.Abort):  # raised outside typer's own handling
+        _interrupted()
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.TyperException as exc:  # usage errors: typer's public base class (typer >= 0.29)
@@ -99,4 +101,15 @@ def main() -> None:
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         err.print(f"error: {where}{exc.strerror or exc}", markup=False, style="red")
         sys.exit(1)
+    if rv == 130 and signals.received() is not None:  # typer returns 130 for a KeyboardInterrupt, silently
+        _interrupted()
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _interrupted() -> None:
+    """One line and the exit code for the interrupt that stopped the command: 143 for SIGTERM, else 130."""
+    if signals.received() == signal.SIGTERM:
+        err.print("error: terminated (SIGTERM)", style="red")
+        sys.exit(signals.Terminated.exit_code)
+    err.print("error: interrupted", style="red")
+    sys.exit(130)

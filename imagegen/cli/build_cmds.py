@@ -79,9 +79,10 @@ def _install_interrupt_handler() -> None:
     def handler(signum, frame):
         from .. import pipeline
 
-        err.print("error: interrupted; cancelling builds (tags unchanged)", style="red")
+        what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+        err.print(f"error: {what}; cancelling builds (tags unchanged)", style="red")
         pipeline.abort_cleanup()
-        os._exit(130)
+        os._exit(128 + signum)  # 130 for Ctrl-C, 143 for SIGTERM
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)

@@ -4,8 +4,10 @@
 `Fault(method, path, nth=N, times=K, status=..., code=..., headers=...)` answers the Nth..(N+K-1)th
 requests whose method is `method` and whose path matches the regex `path` (searched) with `status`, a
 distribution-spec JSON error body (`{"errors": [{"code": code, "message": ..., "detail": null}]}`, or
-`body` verbatim) and `headers` (e.g. `{"Retry-After": "2"}`); `status="drop"` closes the connection
-without an answer. Every other request is forwarded to the registry unchanged (Host header kept, so the
+`body` verbatim) and `headers` (e.g. `{"Retry-After": "2"}`), after `delay` seconds (a registry that
+stalls); `status="drop"` closes the connection without an answer; `status="kill"` calls the proxy's
+`on_kill` (e.g. `LocalRegistry.kill`), drops the connection and stops listening, as a registry host
+gone down in mid-push. Every other request is forwarded to the registry unchanged (Host header kept, so the
 registry's Location URLs point back at the proxy).
 
 `proxy.log` lists every request as a `Logged(t, method, path, status, injected)`, `t` being
@@ -55,12 +57,13 @@ def error_body(code: str, message: str | None = None) -> bytes:
 class Fault:
     method: str
     path: str  # regex, searched in the request's path (query included)
-    status: int | str = 500  # an HTTP status, or "drop"
+    status: int | str = 500  # an HTTP status, "drop" or "kill"
     code: str | None = "UNKNOWN"  # distribution-spec error code of the JSON body; None: empty body
     body: bytes | None = None  # the body verbatim (overrides `code`)
     headers: dict = field(default_factory=dict)
     nth: int = 1  # the first matching request (1-based) to answer with the fault
     times: int = 1  # how many matching requests in a row get it
+    delay: float = 0.0  # seconds to wait before answering
     seen: int = 0  # matching requests so far
     fired: int = 0  # faults injected so far
 
@@ -92,8 +95,9 @@ class Logged:
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, faults: list[Fault] | None = None):
+    def __init__(self, upstream: str, faults: list[Fault] | None = None, on_kill=None):
         self.upstream = upstream
+        self.on_kill = on_kill
         self.faults = list(faults or [])
         self.log: list[Logged] = []
         self._lock = threading.Lock()
@@ -128,7 +132,12 @@ class FaultProxy:
                     fault = next((f for f in proxy.faults if f.take(self.command, self.path)), None)
                 if fault is not None:
                     proxy._record(t, self.command, self.path, fault.status, True)
-                    if fault.status == "drop":
+                    time.sleep(fault.delay)
+                    if fault.status == "kill" and proxy.on_kill:
+                        proxy.on_kill()
+                    if fault.status == "kill":
+                        threading.Thread(target=proxy.close, daemon=True).start()  # the host is gone
+                    if fault.status in ("drop", "kill"):
                         self.close_connection = True
                         self.connection.shutdown(socket.SHUT_RDWR)
                         return
@@ -195,6 +204,7 @@ class FaultProxy:
         return self
 
     def close(self) -> None:
+        """Stop listening (callable from a request handler): later connections are refused."""
         if not getattr(self, "_closed", False):
             self._closed = True
             self.server.shutdown()

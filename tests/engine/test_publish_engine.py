@@ -1,7 +1,8 @@
 """`imagegen publish` against Debian's real `docker-registry` on loopback: digest check, aliases,
-immutable tags, test records, basic auth, and two faults (500s through a proxy; the registry killed
-in mid-push). Images are tiny `docker import`s carrying the labels imagegen checks; every image and
-registry here is created by the test and removed by it."""
+immutable tags, test records, basic auth, and registry faults through tests/engine/fault_proxy.py: 500s,
+the registry killed in mid-push, a blob commit acknowledged but never stored, a 429, a denied alias PUT,
+and SIGTERM/Ctrl-C in mid-push. Images are tiny `docker import`s carrying the labels imagegen checks;
+every image and registry here is created by the test and removed by it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import tarfile
@@ -21,7 +23,8 @@ import requests
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from registry_fixture import FaultProxy, LocalRegistry  # noqa: E402
+from fault_proxy import Fault, FaultProxy  # noqa: E402
+from registry_fixture import LocalRegistry  # noqa: E402
 
 from imagegen import engine, publish, testrecord  # noqa: E402
 from imagegen.build import LABEL_DIGEST  # noqa: E402
@@ -135,7 +138,7 @@ def test_publish_verifies_digest_moves_aliases_and_reruns_without_pushing(images
             (t2,) = publish.plan([_cell(ref, proxy.host)])
             (again,) = publish.publish([t2], retry=FAST, report=report)
         assert not again.pushed and again.digest == done.digest
-        puts = [(m, p) for m, p, _ in proxy.log if m in ("PUT", "PATCH", "POST")]
+        puts = [(e.method, e.path) for e in proxy.log if e.method in ("PUT", "PATCH", "POST")]
         assert puts == [], puts  # the immutable tag is there, and so are the aliases: nothing is written
         (entry,) = json.loads(report.read_text())["images"]
         assert entry["status"] == "exists" and entry["attempts"] == 0 and entry["verified"]
@@ -220,16 +223,16 @@ def test_500s_through_a_proxy_are_retried_then_succeed(images, tmp_path, errlog)
     ref, image_id = images()
     _record(ref, image_id)
     with LocalRegistry() as reg:
-        rules = [
-            {"method": "PUT", "path": r"/manifests/1\.0\.0-cpu-slim$", "times": 1, "action": 500},  # engine push
-            {"method": "GET", "path": r"/manifests/1\.0\.0-cpu-slim$", "times": 2, "action": 500},  # read-back
-            {"method": "PUT", "path": r"/manifests/latest-cpu$", "times": 1, "action": 503},  # alias
+        faults = [
+            Fault("PUT", r"/manifests/1\.0\.0-cpu-slim$", status=500),  # engine push
+            Fault("GET", r"/manifests/1\.0\.0-cpu-slim$", status=500, times=2),  # read-back
+            Fault("PUT", r"/manifests/latest-cpu$", status=503, code="UNAVAILABLE"),  # alias
         ]
-        with FaultProxy(reg.host, rules) as proxy:
+        with FaultProxy(reg.host, faults) as proxy:
             (target,) = publish.plan([_cell(ref, proxy.host)])
             (done,) = publish.publish([target], retry=RetryPolicy(attempts=4, backoff=0.05),
                                       report=tmp_path / "publish.json")
-        assert all(r["seen"] == r["times"] for r in proxy.rules), proxy.rules
+        assert [f.fired for f in faults] == [1, 2, 1], faults
         for tag in ("1.0.0-cpu-slim", "1.0-cpu-slim", "latest-cpu"):
             assert _remote(reg.host, target.repo, tag).headers["Docker-Content-Digest"] == done.digest
         assert "retrying" in errlog.getvalue()
@@ -239,8 +242,8 @@ def test_500s_beyond_the_retry_budget_fail_cleanly(images, tmp_path):
     ref, image_id = images()
     _record(ref, image_id)
     with LocalRegistry() as reg:
-        rules = [{"method": "PUT", "path": r"/manifests/1\.0\.0-cpu-slim$", "times": 99, "action": 500}]
-        with FaultProxy(reg.host, rules) as proxy:
+        faults = [Fault("PUT", r"/manifests/1\.0\.0-cpu-slim$", status=500, times=99)]
+        with FaultProxy(reg.host, faults) as proxy:
             (target,) = publish.plan([_cell(ref, proxy.host)])
             with pytest.raises(ImagegenError, match="failed after 2 tries"):
                 publish.publish([target], retry=RetryPolicy(attempts=2, backoff=0.05), report=tmp_path / "p.json")
@@ -258,12 +261,12 @@ def test_registry_killed_mid_push_fails_cleanly_and_moves_no_alias(images, tmp_p
     _record(ref, image_id)
     reg = LocalRegistry().start()
     try:
-        rules = [{"method": "PUT", "path": r"/manifests/1\.0\.0-cpu-slim$", "times": 1, "action": "kill"}]
-        with FaultProxy(reg.host, rules, on_kill=reg.kill) as proxy:
+        kill = Fault("PUT", r"/manifests/1\.0\.0-cpu-slim$", status="kill")
+        with FaultProxy(reg.host, [kill], on_kill=reg.kill) as proxy:
             (target,) = publish.plan([_cell(ref, proxy.host)])
             with pytest.raises(ImagegenError, match="push of .* failed after 3 tries"):
                 publish.publish([target], retry=FAST, report=tmp_path / "p.json")
-        assert proxy.rules[0]["seen"] == 1
+        assert kill.fired == 1 and len(proxy.requests("PUT", r"/manifests/1\.0\.0-cpu-slim$")) == 1
         data = json.loads((tmp_path / "p.json").read_text())
         assert data["exit_code"] == 1 and data["images"][0]["status"] == "failed"
         assert data["images"][0]["attempts"] == 3 and data["images"][0]["digest"] is None
@@ -274,10 +277,8 @@ def test_registry_killed_mid_push_fails_cleanly_and_moves_no_alias(images, tmp_p
         reg.stop()
 
 
-# --- the report of every run, alias versions (tests/engine/fault_proxy.py logs the requests) ----------
+# --- the report of every run, alias versions -------------------------------------------------------
 
-from fault_proxy import Fault  # noqa: E402
-from fault_proxy import FaultProxy as LoggingProxy  # noqa: E402
 
 VERSION = "io.imagegen.framework.version"
 
@@ -300,7 +301,7 @@ def test_alias_never_moves_to_an_older_version_unless_allowed(images, tmp_path, 
         (new,) = publish.publish([t_new], retry=FAST, report=report)
         assert _digest(reg.host, t_new.repo, "latest-cpu") == new.digest
         # the matrix no longer lists 3.3.1: publishing 2.6.2 keeps latest-cpu on 3.3.1, and says why
-        with LoggingProxy(reg.host) as proxy:
+        with FaultProxy(reg.host) as proxy:
             (t_old_p,) = publish.plan([_cell(old_ref, proxy.host, aliases=("latest-cpu",))])
             (old,) = publish.publish([t_old_p], retry=FAST, report=report)
         assert old.pushed and _digest(reg.host, t_old.repo, "2.6.2-cpu-slim") == old.digest != new.digest
@@ -333,7 +334,7 @@ def test_alias_put_refused_is_recorded_with_what_the_registry_holds(images, tmp_
     report = tmp_path / "publish.json"
     with LocalRegistry() as reg:
         denied = Fault("PUT", r"/manifests/latest-cpu$", status=403, code="DENIED", times=99)
-        with LoggingProxy(reg.host, [denied]) as proxy:
+        with FaultProxy(reg.host, [denied]) as proxy:
             (target,) = publish.plan([_cell(ref, proxy.host, aliases=("1.0-cpu-slim", "latest-cpu", "stable"))])
             with pytest.raises(ImagegenError, match="latest-cpu.*403"):
                 publish.publish([target], retry=FAST, report=report)
@@ -469,3 +470,118 @@ def test_a_tag_holding_an_index_of_this_image_is_this_image(images, tmp_path):
         (entry,) = json.loads(report.read_text())["images"]
         assert (entry["status"], entry["digest"], entry["config_digest"]) == ("conflict", index_digest, id_a)
         assert _remote(reg.host, repo, a.tag).headers["Docker-Content-Digest"] == index_digest
+
+
+# --- the engine's own push through registry faults (what dockerd streams, classified) ----------------
+
+TAG_PUT = r"/manifests/1\.0\.0-cpu-slim$"
+# a blob upload's closing PUT (`?digest=` names the blob, its colon URL-encoded by dockerd; distribution
+# spec, "Pushing a blob in chunks")
+BLOB_COMMIT = r"/blobs/uploads/[^?]+\?(.*&)?digest=sha256(:|%3A)"
+
+
+def _blobs_stored(registry: str, repo: str, tag: str) -> list[int]:
+    """HEAD of the config and every layer of the tag's manifest, straight from the registry."""
+    manifest = _remote(registry, repo, tag).json()
+    return [requests.head(f"http://{registry}/v2/{repo}/blobs/{d['digest']}", timeout=10).status_code
+            for d in [manifest["config"], *manifest["layers"]]]
+
+
+def test_a_blob_commit_acknowledged_but_never_stored_is_pushed_again(images, tmp_path):
+    """The registry answers a blob's closing PUT with 201 and stores nothing (a storage backend that
+    lost the write). dockerd's Stat after the commit finds no blob and streams `unknown blob`, which
+    it does not retry itself; imagegen classifies it as the registry's fault and pushes again."""
+    ref, image_id = images()
+    _record(ref, image_id)
+    lost = Fault("PUT", BLOB_COMMIT, status=201, code=None)  # acknowledged, not forwarded
+    with LocalRegistry() as reg:
+        with FaultProxy(reg.host, [lost]) as proxy:
+            (target,) = publish.plan([_cell(ref, proxy.host, aliases=())])
+            (done,) = publish.publish([target], retry=RetryPolicy(attempts=3, backoff=0.1),
+                                      report=tmp_path / "publish.json")
+        assert lost.fired == 1
+        commits = proxy.requests("PUT", BLOB_COMMIT)
+        assert [e.injected for e in commits][:1] == [True] and len(commits) >= 2
+        # the same blob was committed again, for real, by the second push
+        first = re.search(r"digest=sha256(?::|%3A)([0-9a-f]{64})", commits[0].path).group(1)
+        again = [e for e in commits[1:] if first in e.path]
+        assert again and again[0].status == 201 and not again[0].injected, commits
+        assert _digest(reg.host, target.repo, target.tag) == done.digest
+        assert _blobs_stored(reg.host, target.repo, target.tag) == [200, 200]
+    (entry,) = json.loads((tmp_path / "publish.json").read_text())["images"]
+    assert (entry["status"], entry["attempts"], entry["verified"]) == ("pushed", 2, True)
+    assert entry["error"] == "unknown blob" and entry["digest"] == done.digest
+
+
+def test_a_429_from_the_registry_waits_the_floor_then_pushes(images, tmp_path, errlog):
+    """The manifest PUT gets 429 TOOMANYREQUESTS with `Retry-After: 1`. dockerd does not retry it and
+    does not pass the header on (it streams `toomanyrequests: …`), so imagegen waits its floor, not less."""
+    ref, image_id = images()
+    _record(ref, image_id)
+    throttled = Fault("PUT", TAG_PUT, status=429, code="TOOMANYREQUESTS", headers={"Retry-After": "1"})
+    policy = RetryPolicy(attempts=3, backoff=0.1, throttle_floor=3.0)
+    with LocalRegistry() as reg:
+        with FaultProxy(reg.host, [throttled]) as proxy:
+            (target,) = publish.plan([_cell(ref, proxy.host, aliases=())])
+            (done,) = publish.publish([target], retry=policy, report=tmp_path / "publish.json")
+        puts = proxy.requests("PUT", TAG_PUT)
+        assert [(e.status, e.injected) for e in puts] == [(429, True), (201, False)]
+        assert puts[1].t - puts[0].t >= 3.0, "the retry came before the floor"
+        assert _digest(reg.host, target.repo, target.tag) == done.digest
+    (entry,) = json.loads((tmp_path / "publish.json").read_text())["images"]
+    assert (entry["status"], entry["attempts"], entry["verified"]) == ("pushed", 2, True)
+    assert entry["error"] == "toomanyrequests"  # all that engine 20.10 streams for it
+    assert "retrying in 3s" in errlog.getvalue()
+
+
+SIGNAL_DRIVER = """
+import importlib, sys
+sys.path.insert(0, sys.argv[1])
+import test_publish_engine as t
+from imagegen.cli import release_cmds
+cli_app = importlib.import_module("imagegen.cli.app")
+cell = t._cell(sys.argv[2], sys.argv[3], aliases=())
+release_cmds.select_cells = lambda *a, **k: (None, [cell])
+sys.argv = ["imagegen", "publish", "--variant", "x", "--report", sys.argv[4], "--retries", "0"]
+cli_app.main()
+"""
+
+
+@pytest.mark.parametrize("sig, code, line", [("SIGTERM", 143, "error: terminated (SIGTERM)"),
+                                             ("SIGINT", 130, "error: interrupted")])
+def test_a_signal_mid_push_writes_the_report_and_leaves_no_tag(images, tmp_path, sig, code, line):
+    """A CI runner's SIGTERM (or Ctrl-C) while the engine pushes (the registry stalls on the manifest PUT):
+    exit 143 (130), one line, the report written with that exit code, nothing in the registry, no
+    temporary local tag."""
+    import signal
+    import subprocess
+    import time
+
+    ref, image_id = images()
+    _record(ref, image_id)
+    report = tmp_path / "publish.json"
+    stall = Fault("PUT", TAG_PUT, status=503, code="UNAVAILABLE", delay=60)
+    with LocalRegistry() as reg:
+        with FaultProxy(reg.host, [stall]) as proxy:
+            (target,) = publish.plan([_cell(ref, proxy.host, aliases=())])
+            proc = subprocess.Popen([sys.executable, "-c", SIGNAL_DRIVER, str(HERE), ref, proxy.host, str(report)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                    env={**os.environ, "NO_COLOR": "1"})
+            try:
+                deadline = time.monotonic() + 120
+                while not proxy.requests("PUT", TAG_PUT) and time.monotonic() < deadline and proc.poll() is None:
+                    time.sleep(0.1)
+                assert proxy.requests("PUT", TAG_PUT), proc.communicate(timeout=5)
+                proc.send_signal(getattr(signal, sig))
+                out, err = proc.communicate(timeout=60)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        assert proc.returncode == code, err
+        assert "Traceback" not in err and err.strip().splitlines()[-1] == line
+        assert _remote(reg.host, target.repo, target.tag).status_code == 404
+    with pytest.raises(docker.errors.ImageNotFound):  # the temporary remote-named tag is gone
+        engine.api().inspect_image(target.ref)
+    data = json.loads(report.read_text())
+    assert data["exit_code"] == code and data["error"] == line.removeprefix("error: ")
+    assert (data["images"][0]["status"], data["images"][0]["image_id"]) == ("failed", image_id)

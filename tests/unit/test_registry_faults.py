@@ -57,6 +57,8 @@ ENGINE_TEXTS = [
      "connection refused", True, False),
     ("read tcp 127.0.0.1:40312->127.0.0.1:5000: read: connection reset by peer", True, False),
     ("EOF", True, False),
+    ("toomanyrequests", True, True),  # engine 20.10's whole text for a 429 with a TOOMANYREQUESTS body
+    ("unknown blob", True, False),  # the distribution client's ErrBlobUnknown (a commit never stored)
     ("net/http: TLS handshake timeout", True, False),
     ("unauthorized: authentication required", False, False),
     ("denied: requested access to the resource is denied", False, False),
