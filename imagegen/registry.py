@@ -427,7 +427,7 @@ class Registry:
               data: bytes | None = None) -> requests.Response:
         """One request, retried per `self.retry` while it fails transiently (module docstring). Returns
         the response (a success, or a failure that is the client's, for the caller to report)."""
-        url = self.base + path
+        url = path if path.startswith(("http://", "https://")) else self.base + path
         retries = self.retry.start(self._clock)
         while True:
             resp = None
@@ -562,6 +562,69 @@ class Registry:
         if got != manifest.digest:
             raise RegistryError(f"{what}: the registry stored {got}, not {manifest.digest}")
         return got
+
+    def put_manifest_digest(self, repo: str, manifest: Manifest) -> bool:
+        """PUT the exact manifest bytes by their digest (no tag: an artifact that names its image in
+        `subject`). Returns whether the registry processed the `subject` field (it answered the
+        `OCI-Subject` header, OCI distribution-spec 1.1 "Pushing Manifests with Subject"): when it did not,
+        the referrers API cannot list it and the caller tags it instead (the tag schema fallback)."""
+        what = f"PUT manifest {self.host}/{repo}@{manifest.digest}"
+        resp = self._send("PUT", f"/v2/{repo}/manifests/{manifest.digest}", what=what,
+                          headers={"Content-Type": manifest.media_type}, data=manifest.raw)
+        if resp.status_code not in (200, 201):
+            raise self._fail(resp, what)
+        got = resp.headers.get("Docker-Content-Digest") or manifest.digest
+        if got != manifest.digest:
+            raise RegistryError(f"{what}: the registry stored {got}, not {manifest.digest}")
+        return bool(resp.headers.get("OCI-Subject"))
+
+    def has_blob(self, repo: str, digest: str) -> bool:
+        """Whether the registry holds the blob `repo@digest` (HEAD)."""
+        what = f"HEAD blob {self.host}/{repo}@{digest}"
+        resp = self._send("HEAD", f"/v2/{repo}/blobs/{digest}", what=what)
+        if resp.status_code == 404:
+            return False
+        if resp.status_code != 200:
+            raise self._fail(resp, what)
+        return True
+
+    def put_blob(self, repo: str, data: bytes) -> str:
+        """Upload `data` as one blob (POST then a monolithic PUT, distribution-spec "Pushing a blob
+        monolithically"), unless the registry already holds it; returns its digest ("sha256:<hex>").
+        For small blobs (an SBOM, an attestation, a signature payload): `data` is sent in one request."""
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if self.has_blob(repo, digest):
+            return digest
+        what = f"upload blob {self.host}/{repo}@{digest}"
+        resp = self._send("POST", f"/v2/{repo}/blobs/uploads/", what=what)
+        if resp.status_code != 202 or not resp.headers.get("Location"):
+            raise self._fail(resp, what)
+        location = resp.headers["Location"]  # a path, or an absolute URL (an upload service elsewhere)
+        sep = "&" if "?" in location else "?"
+        resp = self._send("PUT", f"{location}{sep}digest={digest}", what=what,
+                          headers={"Content-Type": "application/octet-stream"}, data=data)
+        if resp.status_code not in (201, 204):
+            raise self._fail(resp, what)
+        return digest
+
+    def referrers(self, repo: str, digest: str) -> list[dict] | None:
+        """The descriptors of the manifests whose `subject` is `repo@digest`, from the referrers API
+        (OCI distribution-spec 1.1, `GET /v2/<name>/referrers/<digest>`, an image index), or None when
+        the registry has no such API (it answers 404 for the endpoint: Docker's distribution 2.x,
+        ghcr.io). Each descriptor: `mediaType`, `digest`, `size`, `artifactType`, `annotations`."""
+        what = f"GET referrers {self.host}/{repo}@{digest}"
+        resp = self._send("GET", f"/v2/{repo}/referrers/{digest}", what=what, headers={"Accept": OCI_INDEX})
+        if resp.status_code == 404:
+            return None
+        if resp.status_code != 200:
+            raise self._fail(resp, what)
+        media = (resp.headers.get("Content-Type") or "").split(";")[0].strip()
+        if media != OCI_INDEX:
+            return None  # a registry that routes the path elsewhere (an HTML page, a 200 with no index)
+        try:
+            return list(json.loads(resp.content).get("manifests") or [])
+        except (ValueError, AttributeError):
+            raise RegistryError(f"{what}: the answer is not an OCI index") from None
 
     def get_blob(self, repo: str, digest: str, *, limit: int = 4 * 1024 * 1024) -> bytes:
         """The blob `repo@digest` (e.g. an image config), checked against its digest. Raises RegistryError

@@ -68,7 +68,8 @@ class Rec:
     """One tar entry of one layer. kind: f file, d dir, l symlink, h hardlink, o other.
     For a hard link, `link` is the absolute path of the name it links to (same layer)."""
 
-    __slots__ = ("path", "kind", "size", "digest", "link", "elf", "data", "layer", "mode", "uid", "gid", "kernels")
+    __slots__ = ("path", "kind", "size", "digest", "link", "elf", "data", "layer", "mode", "uid", "gid", "kernels",
+                 "mtime", "xattrs")
 
     def __init__(self, path: str, kind: str, size: int = 0, digest: bytes | None = None, link: str | None = None,
                  elf: ElfInfo | None = None, data: bytes | None = None, layer: int = -1, mode: int = 0,
@@ -85,11 +86,14 @@ class Rec:
         self.uid = uid
         self.gid = gid
         self.kernels = None  # cuda_kernels.LibraryKernels of a shared library with CUDA kernels
+        self.mtime = 0  # seconds since the epoch, from the tar header
+        self.xattrs: tuple[tuple[str, str], ...] = ()
 
     def copy(self, **changes) -> "Rec":
         r = Rec(self.path, self.kind, self.size, self.digest, self.link, self.elf, self.data, self.layer,
                 self.mode, self.uid, self.gid)
         r.kernels = self.kernels
+        r.mtime, r.xattrs = self.mtime, self.xattrs
         for k, v in changes.items():
             setattr(r, k, v)
         return r
@@ -126,7 +130,10 @@ def _abs(name: str) -> str:
     return "/" + name if name else "/"
 
 
-def scan_layer(src: ChunkSource, ls: LayerScan, *, on_file: Callable[[Rec], None] | None = None) -> None:
+def scan_layer(src: ChunkSource, ls: LayerScan, *, on_file: Callable[[Rec], None] | None = None,
+               strong: bool = False) -> None:
+    """Records of every entry of one layer tar into `ls`. strong: every file's `digest` is its full sha256
+    (32 bytes), as `verify` needs (see _file for the default)."""
     for m, data in iter_tar(src):
         path = _abs(m.name)
         base = path.rsplit("/", 1)[-1]
@@ -138,7 +145,7 @@ def scan_layer(src: ChunkSource, ls: LayerScan, *, on_file: Callable[[Rec], None
                 ls.whiteouts.append(posixpath.join(parent, base[4:]))
             continue
         if m.isreg:
-            rec = _file(path, m, data)
+            rec = _file(path, m, data, strong=strong)
             ls.content_bytes += m.size
         elif m.isdir:
             rec = Rec(path, "d", mode=m.mode, uid=m.uid, gid=m.gid)
@@ -148,6 +155,7 @@ def scan_layer(src: ChunkSource, ls: LayerScan, *, on_file: Callable[[Rec], None
             rec = Rec(path, "h", link=_abs(normalize(m.linkname)), mode=m.mode, uid=m.uid, gid=m.gid)
         else:
             rec = Rec(path, "o", mode=m.mode, uid=m.uid, gid=m.gid)
+        rec.mtime, rec.xattrs = m.mtime, m.xattrs
         ls.entries.append(rec)
         if on_file is not None:
             on_file(rec)
@@ -162,14 +170,15 @@ except ImportError:  # pragma: no cover - a declared dependency
 FINGERPRINT_MIN = 1 << 20
 
 
-def _file(path: str, m: Member, src: ChunkSource) -> Rec:
+def _file(path: str, m: Member, src: ChunkSource, *, strong: bool = False) -> Rec:
     """A regular file's record. Its `digest` (16 bytes) identifies its content for the duplicate
     report, together with its size: sha256 (first 16 bytes) for files under 1 MiB, and for larger
     ones, which hold nearly all the bytes, CRC-32 + Adler-32 from zlib-ng (a 64-bit fingerprint,
     6x cheaper than sha256: a false duplicate needs two same-size files of over 1 MiB that
-    collide in both checksums)."""
+    collide in both checksums). strong: the full sha256 of every file (32 bytes), which tampering
+    cannot match."""
     size = m.size
-    fast = _ng is not None and size >= FINGERPRINT_MIN
+    fast = _ng is not None and size >= FINGERPRINT_MIN and not strong
     h = None if fast else hashlib.sha256()
     crc, adler = 0, 1
     probe = None
@@ -197,7 +206,7 @@ def _file(path: str, m: Member, src: ChunkSource) -> Rec:
             capture.append(bytes(mv))
     elf = probe.result() if probe is not None else None
     digest = b"ck64" + crc.to_bytes(4, "little") + adler.to_bytes(4, "little") + bytes(4) if fast \
-        else h.digest()[:16]
+        else (h.digest() if strong else h.digest()[:16])
     rec = Rec(path, "f", size, digest, elf=elf,
               data=b"".join(capture) if capture is not None else None, mode=m.mode, uid=m.uid, gid=m.gid)
     if kscan is not None and elf is not None and elf.fatbin:
@@ -266,12 +275,13 @@ def _unzstd(pieces: Iterable) -> Iterable[bytes]:
 
 
 def read_save_stream(src: ChunkSource, *, want_gzip: Callable[[int], bool] = lambda n: True,
-                     log: Callable[[str], None] | None = None, verify: bool = True) -> ImageScan:
+                     log: Callable[[str], None] | None = None, verify: bool = True, strong: bool = False) -> ImageScan:
     """Parse a whole save stream (docker-archive or OCI layout) from `src`.
 
     verify: hash every uncompressed layer and check it against the config's diff_id (one more
     sha256 pass over the image). Without it (the engine's own stream, whose config the engine
-    wrote), each layer's digest is taken from the config's diff_ids.
+    wrote), each layer's digest is taken from the config's diff_ids. strong: full sha256 per file
+    (scan_layer).
 
     Raises TruncatedStream, CorruptStream or UnsupportedStream (all StreamError) on bad input."""
     layers: dict[str, LayerScan] = {}
@@ -321,7 +331,7 @@ def read_save_stream(src: ChunkSource, *, want_gzip: Callable[[int], bool] = lam
         if log:
             log(f"reading {name} ({m.size} bytes, {kind})")
         try:
-            scan_layer(inner, ls)
+            scan_layer(inner, ls, strong=strong)
         except TruncatedStream as exc:
             raise TruncatedStream(f"layer {name}: {exc}") from None
         except CorruptStream as exc:

@@ -71,11 +71,13 @@ def inspect(ref: str) -> dict:
 
 
 def read_image(ref: str, *, compressed: bool = True, log: Callable[[str], None] | None = None,
-               info: dict | None = None) -> tuple[ImageScan, dict, str]:
+               info: dict | None = None, strong: bool = False) -> tuple[ImageScan, dict, str]:
     """(ImageScan, inspect dict, gzip mode) for a local image, read from its save stream.
 
     compressed: compute (or take from the cache) each uncompressed layer's gzip -6 size.
-    gzip mode: "off" | "computed" | "cached" | "computed+cached"."""
+    gzip mode: "off" | "computed" | "cached" | "computed+cached". strong: full sha256 per file.
+    The engine wrote the config from these very layers, so their diff_ids are not hashed again unless
+    `strong` (verify: the layers are checked against the diff_ids too)."""
     import docker.errors
     import requests.exceptions
 
@@ -103,7 +105,7 @@ def read_image(ref: str, *, compressed: bool = True, log: Callable[[str], None] 
     try:
         with _stream_errors(f"the save stream of {ref}"):
             # the engine wrote the config from these very layers: their diff_ids are not hashed again
-            scan = read_save_stream(src, want_gzip=want, log=log, verify=False)
+            scan = read_save_stream(src, want_gzip=want, log=log, verify=strong, strong=strong)
     finally:
         close = getattr(chunks, "close", None)
         if close:
@@ -136,15 +138,15 @@ def settle_gzip(scan: ImageScan, compressed: bool, cached: dict) -> str:
     return "cached" if used_cache else "computed"
 
 
-def read_tarball(path: str, *, compressed: bool = True,
-                 log: Callable[[str], None] | None = None) -> tuple[ImageScan, dict, str]:
+def read_tarball(path: str, *, compressed: bool = True, log: Callable[[str], None] | None = None,
+                 strong: bool = False) -> tuple[ImageScan, dict, str]:
     """(ImageScan, {}, gzip mode) for a `docker save` tarball or an OCI-layout tarball."""
     if not os.path.isfile(path):
         raise UserInputError(f"no such file: {path}")
     src = ChunkSource(prefetch(file_chunks(path)))
     try:
         with _stream_errors(path):
-            scan = read_save_stream(src, want_gzip=lambda n: compressed, log=log)
+            scan = read_save_stream(src, want_gzip=lambda n: compressed, log=log, strong=strong)
     except OSError as exc:
         raise UserInputError(f"cannot read {path}: {_short(exc)}") from None
     return scan, {}, settle_gzip(scan, compressed, {})

@@ -143,6 +143,8 @@ class Member:
     offset: int          # byte offset of the header in its archive
     uid: int = 0
     gid: int = 0
+    mtime: int = 0       # seconds since the epoch (PAX `mtime` truncated)
+    xattrs: tuple[tuple[str, str], ...] = ()  # PAX SCHILY.xattr.* records, sorted (e.g. security.capability)
 
     @property
     def isreg(self) -> bool:
@@ -170,7 +172,7 @@ def normalize(name: str) -> str:
 class _Hdr:
     """The fields of one tar header this reader uses (tarfile.TarInfo's names)."""
 
-    __slots__ = ("name", "mode", "uid", "gid", "size", "type", "linkname")
+    __slots__ = ("name", "mode", "uid", "gid", "size", "type", "linkname", "mtime")
 
 
 def _octal(field: bytes) -> int:
@@ -193,6 +195,7 @@ def _header(hdr: bytes, start: int):
                 h.uid = _octal(hdr[108:116])
                 h.gid = _octal(hdr[116:124])
                 h.size = _octal(hdr[124:136])
+                h.mtime = _octal(hdr[136:148])
                 h.linkname = hdr[157:257].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
                 if t == tarfile.AREGTYPE and name.endswith("/"):
                     t = tarfile.DIRTYPE
@@ -217,6 +220,13 @@ def _num(pax: dict[str, str], key: str, default: int) -> int:
         return int(pax[key]) if key in pax else default
     except ValueError:
         return default
+
+
+def _mtime(pax: dict[str, str], default) -> int:
+    try:
+        return int(float(pax["mtime"])) if "mtime" in pax else int(default)
+    except ValueError:
+        return int(default)
 
 
 def _parse_pax(data: bytes) -> dict[str, str]:
@@ -283,7 +293,10 @@ def iter_tar(src: ChunkSource) -> Iterator[tuple[Member, ChunkSource]]:
         has_data = ti.type in _DATA_TYPES or ti.type not in tarfile.SUPPORTED_TYPES
         data_len = size if has_data else 0
         member = Member(normalize(name), ti.type, data_len if ti.type in _DATA_TYPES else 0,
-                        linkname, ti.mode, start, _num(pax, "uid", ti.uid), _num(pax, "gid", ti.gid))
+                        linkname, ti.mode, start, _num(pax, "uid", ti.uid), _num(pax, "gid", ti.gid),
+                        _mtime(pax, ti.mtime),
+                        tuple(sorted((k[13:], v) for k, v in pax.items() if k.startswith("SCHILY.xattr.")))
+                        if pax else ())
         before = src.pos
         yield member, src
         used = src.pos - before

@@ -10,6 +10,12 @@ stalls); `status="drop"` closes the connection without an answer; `status="kill"
 gone down in mid-push. Every other request is forwarded to the registry unchanged (Host header kept, so the
 registry's Location URLs point back at the proxy).
 
+`FaultProxy(upstream, referrers=True)` also plays an OCI 1.1 registry's referrers API in front of one
+that has none (Debian's distribution 2.8; no registry with the API is installable here): a manifest PUT
+whose JSON has a `subject` is answered with the `OCI-Subject` header once the registry stored it, and
+`GET /v2/<name>/referrers/<digest>` answers an OCI index of those manifests' descriptors
+(distribution-spec 1.1, "Listing Referrers"); any other request is forwarded as usual.
+
 `proxy.log` lists every request as a `Logged(t, method, path, status, injected)`, `t` being
 `time.monotonic()` when the request arrived; `proxy.requests(method, path)` filters it.
 """
@@ -95,9 +101,11 @@ class Logged:
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, faults: list[Fault] | None = None, on_kill=None):
+    def __init__(self, upstream: str, faults: list[Fault] | None = None, on_kill=None, *, referrers: bool = False):
         self.upstream = upstream
         self.on_kill = on_kill
+        self.referrers = referrers
+        self._referrers: dict[tuple[str, str], list[dict]] = {}  # (repo, subject digest) -> descriptors
         self.faults = list(faults or [])
         self.log: list[Logged] = []
         self._lock = threading.Lock()
@@ -128,6 +136,16 @@ class FaultProxy:
             def _handle(self):
                 t = time.monotonic()
                 body = self._body()
+                listed = proxy._referrers_answer(self.command, self.path)
+                if listed is not None:
+                    proxy._record(t, self.command, self.path, 200, True)
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/vnd.oci.image.index.v1+json")
+                    self.send_header("Content-Length", str(len(listed)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(listed)
+                    return
                 with proxy._lock:
                     fault = next((f for f in proxy.faults if f.take(self.command, self.path)), None)
                 if fault is not None:
@@ -168,10 +186,13 @@ class FaultProxy:
                     self.end_headers()
                     return
                 proxy._record(t, self.command, self.path, resp.status, False)
+                subject = proxy._subject_of(self.command, self.path, body, resp.status, self.headers)
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "keep-alive", "content-length"):
                         self.send_header(k, v)
+                if subject:
+                    self.send_header("OCI-Subject", subject)
                 length = resp.getheader("Content-Length") if self.command == "HEAD" else None
                 self.send_header("Content-Length", length or str(len(data)))
                 self.end_headers()
@@ -184,6 +205,42 @@ class FaultProxy:
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    _REFERRERS = re.compile(r"^/v2/(.+)/referrers/(sha256:[0-9a-f]{64})(\?.*)?$")
+    _MANIFEST = re.compile(r"^/v2/(.+)/manifests/([^/?]+)$")
+
+    def _referrers_answer(self, method: str, path: str) -> bytes | None:
+        m = self._REFERRERS.match(path) if self.referrers and method in ("GET", "HEAD") else None
+        if not m:
+            return None
+        with self._lock:
+            manifests = list(self._referrers.get((m.group(1), m.group(2)), []))
+        return json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                           "manifests": manifests}).encode()
+
+    def _subject_of(self, method: str, path: str, body: bytes, status: int, headers) -> str | None:
+        """A manifest PUT the registry stored whose JSON names a subject: remember it, return the subject."""
+        m = self._MANIFEST.match(path) if self.referrers and method == "PUT" and status == 201 else None
+        if not m:
+            return None
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            return None
+        subject = (doc.get("subject") or {}).get("digest") if isinstance(doc, dict) else None
+        if not subject:
+            return None
+        import hashlib
+
+        desc = {"mediaType": doc.get("mediaType") or headers.get("Content-Type"),
+                "digest": "sha256:" + hashlib.sha256(body).hexdigest(), "size": len(body),
+                "artifactType": doc.get("artifactType") or (doc.get("config") or {}).get("mediaType"),
+                **({"annotations": doc["annotations"]} if doc.get("annotations") else {})}
+        with self._lock:
+            listed = self._referrers.setdefault((m.group(1), subject), [])
+            if desc["digest"] not in [d["digest"] for d in listed]:
+                listed.append(desc)
+        return subject
 
     def _record(self, t, method, path, status, injected) -> None:
         with self._lock:

@@ -1,0 +1,183 @@
+"""Evidence attached to a pushed image: OCI 1.1 artifacts whose `subject` is the image's manifest.
+
+An artifact is an OCI image manifest (OCI image-spec 1.1, "Guidelines for Artifact Usage") with an
+`artifactType`, the empty config (`application/vnd.oci.empty.v1+json`, the 2 bytes `{}`), one layer
+holding the payload, and `subject`, the descriptor of the image manifest it describes. Kinds
+(`KINDS`): `sbom` (CycloneDX JSON), `provenance` (an in-toto Statement with a SLSA v1 predicate),
+`sig` (a signature; see `signing`).
+
+Where it is stored:
+- **referrers**: the manifest is pushed by digest; a registry that processes `subject` answers the
+  `OCI-Subject` header and lists it under `GET /v2/<name>/referrers/<digest>` (OCI distribution-spec
+  1.1, "Listing Referrers").
+- **tag fallback**, where the registry does not (Docker's distribution 2.x, which Debian ships;
+  ghcr.io, NVIDIA/aicr#1957): the manifest is also tagged `sha256-<hex>.<kind>` (the scheme cosign uses
+  for `.sig`/`.att`/`.sbom`), and the referrers tag schema's index at `sha256-<hex>` (distribution-spec
+  1.1, "Referrers Tag Schema") gets its descriptor, so `oras discover` and other 1.1 clients find it too.
+
+`find` reads them back (the referrers API first, else the `sha256-<hex>` index, else the `.<kind>`
+tags) and `fetch` returns a payload, checked against the digests that name it. Errors: RegistryError
+(one line), ImagegenError for an artifact that is not what its descriptor says.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+
+from .errors import ImagegenError
+from .registry import OCI_INDEX, OCI_MANIFEST, Manifest, Registry
+
+EMPTY_CONFIG_TYPE = "application/vnd.oci.empty.v1+json"
+EMPTY = b"{}"
+
+#: kind -> (artifactType of the manifest, mediaType of its one layer)
+KINDS: dict[str, tuple[str, str]] = {
+    "sbom": ("application/vnd.cyclonedx+json", "application/vnd.cyclonedx+json"),
+    "provenance": ("application/vnd.in-toto+json", "application/vnd.in-toto+json"),
+    "sig": ("application/vnd.dev.cosign.artifact.sig.v1+json", "application/vnd.dev.cosign.simplesigning.v1+json"),
+}
+KIND_OF_TYPE = {artifact_type: kind for kind, (artifact_type, _) in KINDS.items()}
+ANNOTATION_KIND = "io.imagegen.attestation.kind"
+
+
+@dataclass(frozen=True)
+class Attached:
+    """One artifact as stored: `digest` of its manifest, `where` ("referrers": the registry lists it by
+    its subject; "tag": found through the fallback tags `tags`)."""
+
+    kind: str
+    digest: str
+    artifact_type: str
+    size: int  # bytes of the manifest
+    payload_digest: str
+    payload_size: int  # bytes
+    where: str
+    tags: tuple[str, ...] = ()
+
+
+def fallback_tag(subject_digest: str, kind: str | None = None) -> str:
+    """`sha256-<hex>` (the referrers tag schema's index) or `sha256-<hex>.<kind>`."""
+    algo, _, hexpart = subject_digest.partition(":")
+    return f"{algo}-{hexpart}" + (f".{kind}" if kind else "")
+
+
+def _manifest(body: dict) -> Manifest:
+    raw = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+    media = body["mediaType"]
+    return Manifest("sha256:" + hashlib.sha256(raw).hexdigest(), media, raw)
+
+
+def artifact_manifest(kind: str, payload: bytes, subject: Manifest, annotations: dict[str, str] | None = None
+                      ) -> Manifest:
+    """The OCI 1.1 artifact manifest for `payload` (bytes) about `subject` (the image manifest as the
+    registry serves it). Deterministic: the same payload and subject give the same digest."""
+    artifact_type, layer_type = KINDS[kind]
+    body = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact_type,
+        "config": {"mediaType": EMPTY_CONFIG_TYPE, "digest": "sha256:" + hashlib.sha256(EMPTY).hexdigest(),
+                   "size": len(EMPTY), "data": base64.b64encode(EMPTY).decode()},
+        "layers": [{"mediaType": layer_type, "digest": "sha256:" + hashlib.sha256(payload).hexdigest(),
+                    "size": len(payload), **({"annotations": annotations} if annotations else {})}],
+        "subject": {"mediaType": subject.media_type, "digest": subject.digest, "size": len(subject.raw)},
+        "annotations": {ANNOTATION_KIND: kind},
+    }
+    return _manifest(body)
+
+
+def _descriptor(m: Manifest, kind: str) -> dict:
+    return {"mediaType": m.media_type, "digest": m.digest, "size": len(m.raw),
+            "artifactType": KINDS[kind][0], "annotations": {ANNOTATION_KIND: kind}}
+
+
+def attach(reg: Registry, repo: str, subject: Manifest, kind: str, payload: bytes, *,
+           layer_annotations: dict[str, str] | None = None) -> Attached:
+    """Store `payload` as a `kind` artifact about `subject` in `repo`: blobs, then the manifest by digest;
+    where the registry did not process `subject`, the fallback tags too (module docstring). Idempotent:
+    the same payload again changes nothing (the index keeps one descriptor per digest; an older artifact
+    of the same kind stays listed, as with the referrers API)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown attestation kind {kind!r}")
+    m = artifact_manifest(kind, payload, subject, layer_annotations)
+    reg.put_blob(repo, EMPTY)
+    payload_digest = reg.put_blob(repo, payload)
+    by_subject = reg.put_manifest_digest(repo, m)
+    tags: tuple[str, ...] = ()
+    if not by_subject:
+        kind_tag = fallback_tag(subject.digest, kind)
+        reg.put_manifest(repo, kind_tag, m)
+        index_tag = fallback_tag(subject.digest)
+        _add_to_index(reg, repo, index_tag, _descriptor(m, kind))
+        tags = (kind_tag, index_tag)
+    return Attached(kind, m.digest, KINDS[kind][0], len(m.raw), payload_digest, len(payload),
+                    "referrers" if by_subject else "tag", tags)
+
+
+def _add_to_index(reg: Registry, repo: str, tag: str, descriptor: dict) -> None:
+    """Add `descriptor` to the referrers tag schema's index at `tag` (created when absent). A
+    read-modify-write: two publishers of the same digest at once can lose one entry, which the `.kind`
+    tag still finds."""
+    current = reg.get_manifest(repo, tag)
+    manifests = []
+    if current is not None and current.media_type == OCI_INDEX:
+        manifests = [d for d in current.json.get("manifests") or [] if d.get("digest") != descriptor["digest"]]
+    body = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [*manifests, descriptor]}
+    new = _manifest(body)
+    if current is None or current.digest != new.digest:
+        reg.put_manifest(repo, tag, new)
+
+
+@dataclass(frozen=True)
+class Found:
+    """An artifact found for a subject: its manifest digest and kind, and how it was found
+    ("referrers", "index": the `sha256-<hex>` tag, "tag": the `.<kind>` tag)."""
+
+    kind: str
+    digest: str
+    via: str
+
+
+def find(reg: Registry, repo: str, subject_digest: str) -> list[Found]:
+    """The artifacts about `repo@subject_digest` that imagegen knows the kind of (`KINDS`), newest
+    last, one per manifest digest. The referrers API when the registry has one; else the fallback
+    index and the `.<kind>` tags."""
+    found: dict[str, Found] = {}
+    listed = reg.referrers(repo, subject_digest)
+    if listed is not None:
+        for d in listed:
+            kind = KIND_OF_TYPE.get(d.get("artifactType", ""))
+            if kind:
+                found.setdefault(d["digest"], Found(kind, d["digest"], "referrers"))
+        return list(found.values())
+    index = reg.get_manifest(repo, fallback_tag(subject_digest))
+    if index is not None and index.media_type == OCI_INDEX:
+        for d in index.json.get("manifests") or []:
+            kind = KIND_OF_TYPE.get(d.get("artifactType", ""))
+            if kind:
+                found.setdefault(d["digest"], Found(kind, d["digest"], "index"))
+    for kind in KINDS:
+        m = reg.get_manifest(repo, fallback_tag(subject_digest, kind))
+        if m is not None and m.digest not in found:
+            found[m.digest] = Found(kind, m.digest, "tag")
+    return list(found.values())
+
+
+def fetch(reg: Registry, repo: str, subject_digest: str, found: Found, *, limit: int = 64 * 1024 * 1024
+          ) -> tuple[bytes, dict]:
+    """The payload of `found` (bytes, checked against its layer digest) and its manifest's JSON. Raises
+    ImagegenError when the manifest is not a `found.kind` artifact about `subject_digest`."""
+    m = reg.get_manifest(repo, found.digest)
+    if m is None:
+        raise ImagegenError(f"{reg.host}/{repo}@{found.digest}: the {found.kind} artifact is listed but absent")
+    body = m.json
+    where = f"{reg.host}/{repo}@{found.digest}"
+    if (body.get("subject") or {}).get("digest") != subject_digest:
+        raise ImagegenError(f"{where}: its subject is not {subject_digest}")
+    if body.get("artifactType") != KINDS[found.kind][0] or len(body.get("layers") or []) != 1:
+        raise ImagegenError(f"{where}: not a {found.kind} artifact ({body.get('artifactType')})")
+    layer = body["layers"][0]
+    return reg.get_blob(repo, layer["digest"], limit=limit), body
