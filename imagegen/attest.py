@@ -181,3 +181,52 @@ def fetch(reg: Registry, repo: str, subject_digest: str, found: Found, *, limit:
         raise ImagegenError(f"{where}: not a {found.kind} artifact ({body.get('artifactType')})")
     layer = body["layers"][0]
     return reg.get_blob(repo, layer["digest"], limit=limit), body
+
+
+def parse_ref(ref: str) -> tuple[str, str, str]:
+    """(registry host, repository, tag or digest) of `host[:port]/repo[:tag|@digest]`. Raises
+    UserInputError when `ref` names no registry host (a host has a `.` or `:`, or is `localhost`)."""
+    from .errors import UserInputError
+
+    host, _, rest = ref.partition("/")
+    if not rest or not ("." in host or ":" in host or host == "localhost"):
+        raise UserInputError(f"{ref}: name the image in its registry, host/repository:tag or @digest")
+    if "@" in rest:
+        repo, _, reference = rest.partition("@")
+    else:
+        repo, _, reference = rest.rpartition(":") if ":" in rest.rsplit("/", 1)[-1] else (rest, "", "latest")
+    return host, repo, reference
+
+
+def summarize(kind: str, payload: bytes) -> dict:
+    """A few facts about a payload, for a listing: an SBOM's component count, a provenance's cell and
+    revision."""
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return {"bytes": len(payload), "json": False}
+    if kind == "sbom":
+        return {"bytes": len(payload), "format": f"{doc.get('bomFormat')} {doc.get('specVersion')}",
+                "components": len(doc.get("components") or [])}
+    if kind == "provenance":
+        pred = doc.get("predicate") or {}
+        ext = (pred.get("buildDefinition") or {}).get("externalParameters") or {}
+        return {"bytes": len(payload), "predicateType": doc.get("predicateType"), "cell": ext.get("cell"),
+                "revision": (ext.get("source") or {}).get("revision"),
+                "subject": [s.get("digest") for s in doc.get("subject") or []]}
+    return {"bytes": len(payload)}
+
+
+def read_evidence(reg: Registry, repo: str, reference: str) -> tuple[str, list[dict]]:
+    """(the image manifest digest `reference` stands for on linux/amd64, [{kind, digest, via, summary}])
+    for every artifact found about it; each payload fetched and checked (`fetch`). Raises ImagegenError
+    when the registry has no such image."""
+    m = reg.get_manifest(repo, reference)
+    if m is None:
+        raise ImagegenError(f"{reg.host}/{repo}:{reference}: no such image in the registry")
+    image = reg.image_for(repo, m) or m
+    rows = []
+    for f in find(reg, repo, image.digest):
+        payload, _ = fetch(reg, repo, image.digest, f)
+        rows.append({"kind": f.kind, "digest": f.digest, "via": f.via, **summarize(f.kind, payload)})
+    return image.digest, rows

@@ -216,15 +216,17 @@ class Progress:
 
 
 def stamp_labels(cell: Cell, context: Path, digest: str, closure: list[str],
-                 extra_labels: dict[str, str] | None = None) -> None:
+                 extra_labels: dict[str, str] | None = None, *, epoch: int | None = None) -> None:
     """Append one LABEL instruction to the context's Dockerfile (the API's `labels` would add one build
     step per label): the inputs ``digest`` (computed before, over the rendered file), the cell, the
     closure packages, the git revision, creation time and source, and ``extra_labels``. Both build
-    paths build the same file."""
+    paths build the same file. The creation time is ``epoch`` (SOURCE_DATE_EPOCH, see reproduce), the
+    clock only when a caller gives none."""
     labels = {
         LABEL_DIGEST: digest,
         LABEL_CELL: cell.ref,
-        OCI_CREATED: datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        OCI_CREATED: (datetime.fromtimestamp(epoch, timezone.utc) if epoch is not None else datetime.now(timezone.utc)
+                      ).strftime("%Y-%m-%dT%H:%M:%SZ"),
         OCI_REVISION: git_revision(),
         OCI_SOURCE: SOURCE_URL,
         LABEL_CLOSURE: ",".join(closure),
@@ -248,24 +250,28 @@ class Built:
 
 def build_image(path: BuildPath, cell: Cell, context: Path, digest: str, closure: list[str], log_path: Path,
                 progress: Progress, *, no_cache: bool = False, tracker: Tracker = ACTIVE,
-                extra_labels: dict[str, str] | None = None, step_images: list[str] | None = None) -> Built:
+                extra_labels: dict[str, str] | None = None, step_images: list[str] | None = None,
+                epoch: int | None = None) -> Built:
     """Build ``context`` on ``path`` (see buildkit.choose): the same Dockerfile, labels, progress lines,
     one-line errors and interrupt records on both paths. ``step_images`` (classic path) fills as the
-    steps complete, so a caller still holds them when the build fails mid-way. Raises ImagegenError
+    steps complete, so a caller still holds them when the build fails mid-way. ``epoch``: the
+    SOURCE_DATE_EPOCH build argument and the created label (reproduce). Raises ImagegenError
     (EngineError when the engine stopped answering) with the log's last lines on stderr."""
+    build_args = {"SOURCE_DATE_EPOCH": str(epoch)} if epoch is not None else {}
     if path.kind != "buildkit":
         image_id, steps = docker_build(cell, context, digest, closure, log_path, progress, no_cache=no_cache,
-                                       tracker=tracker, extra_labels=extra_labels, step_images=step_images)
+                                       tracker=tracker, extra_labels=extra_labels, step_images=step_images,
+                                       epoch=epoch)
         image_id = current_image_id(image_id) or image_id  # the full "sha256:<64 hex>" ID, as BuildKit gives
         return Built(image_id, image_id if engine.current().id_is_config_digest else None, steps)
     from . import buildkit
 
-    stamp_labels(cell, context, digest, closure, extra_labels)
+    stamp_labels(cell, context, digest, closure, extra_labels, epoch=epoch)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     failure, image_id, config_digest, tail, script_error = buildkit.run(
         path, cell.ref, context, digest, log_path,
         lambda text, n, m: progress.update(cell, text, None if n is None else n - 1, m), no_cache=no_cache,
-        tracker=tracker)
+        tracker=tracker, build_args=build_args)
     if failure or not image_id:
         lost = None
         if not engine.answers():
@@ -301,7 +307,7 @@ def _raise_build_failure(cell: Cell, reason: str, script_error: str | None, tail
 def docker_build(cell: Cell, context: Path, digest: str, closure: list[str], log_path: Path, progress: Progress,
                  *, no_cache: bool = False, tracker: Tracker = ACTIVE,
                  extra_labels: dict[str, str] | None = None,
-                 step_images: list[str] | None = None) -> tuple[str, list[str]]:
+                 step_images: list[str] | None = None, epoch: int | None = None) -> tuple[str, list[str]]:
     """The classic path: build ``context`` through the Docker SDK (labels stamped, see stamp_labels);
     return (image ID, step image IDs).
 
@@ -310,7 +316,7 @@ def docker_build(cell: Cell, context: Path, digest: str, closure: list[str], log
     earlier builds (another cell's, a user's) and must outlive this one.
     The full log goes to ``log_path``. Raises ImagegenError with the log's last lines on stderr."""
     api = engine.api()
-    stamp_labels(cell, context, digest, closure, extra_labels)
+    stamp_labels(cell, context, digest, closure, extra_labels, epoch=epoch)
     tail: deque[str] = deque(maxlen=25)
     # filled as the steps complete, so a caller still holds them when the build fails mid-way
     step_images = step_images if step_images is not None else []
@@ -329,7 +335,8 @@ def docker_build(cell: Cell, context: Path, digest: str, closure: list[str], log
         logf.write(f"# imagegen build {cell.ref} inputs {digest}\n")
         try:
             stream = api.build(path=str(context), rm=True, forcerm=True, decode=True, pull=False,
-                               nocache=no_cache)
+                               nocache=no_cache,
+                               buildargs={"SOURCE_DATE_EPOCH": str(epoch)} if epoch is not None else None)
             for chunk in stream:
                 if "stream" in chunk:
                     text = chunk["stream"]

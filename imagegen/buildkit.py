@@ -266,10 +266,13 @@ def read_metadata(path: Path) -> tuple[str | None, str | None]:
     return data.get("containerimage.digest"), data.get("containerimage.config.digest")
 
 
-def command(path: BuildPath, context: Path, *, metadata: Path, iidfile: Path, no_cache: bool) -> list[str]:
+def command(path: BuildPath, context: Path, *, metadata: Path, iidfile: Path, no_cache: bool,
+            build_args: dict[str, str] | None = None) -> list[str]:
     """The `docker buildx build` argv for ``context`` (its Dockerfile, labels already in it)."""
     argv = ["docker", "buildx", "build", "--builder", path.builder or "default", "--progress", "plain", "--load",
             "--provenance=false", "--metadata-file", str(metadata), "--iidfile", str(iidfile)]
+    for k, v in sorted((build_args or {}).items()):
+        argv += ["--build-arg", f"{k}={v}"]
     if no_cache:
         argv.append("--no-cache")
     return [*argv, str(context)]
@@ -282,7 +285,8 @@ def tracker_value(pid: int, digest: str, started: float) -> str:
 
 
 def run(path: BuildPath, ref: str, context: Path, digest: str, log_path: Path, on_step, *, no_cache: bool,
-        tracker, tail_lines: int = 25) -> tuple[str, str | None, str | None, deque, str | None]:
+        tracker, tail_lines: int = 25, build_args: dict[str, str] | None = None
+        ) -> tuple[str, str | None, str | None, deque, str | None]:
     """Build ``context`` with buildx; the plain log goes to ``log_path`` and each step start to
     ``on_step(text, n, m)``. Returns (exit status text or "", image ID, config digest, the log's last
     lines, our script's error line). The caller turns a failure into its error."""
@@ -291,7 +295,7 @@ def run(path: BuildPath, ref: str, context: Path, digest: str, log_path: Path, o
     iidfile = context.parent / f"{context.name}.iid"
     for f in (metadata, iidfile):
         f.unlink(missing_ok=True)
-    argv = command(path, context, metadata=metadata, iidfile=iidfile, no_cache=no_cache)
+    argv = command(path, context, metadata=metadata, iidfile=iidfile, no_cache=no_cache, build_args=build_args)
     state = PlainProgress()
     tail: deque[str] = deque(maxlen=tail_lines)
     started = time.time()

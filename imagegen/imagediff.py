@@ -7,7 +7,8 @@ shows when two cold builds differ.
 
 A file differs by `content` (sha256), `mode`, `owner` (uid:gid), `mtime`, `xattrs`, `link` (a symlink's
 or hard link's target), `kind` (file, dir, ...), or is `missing` from one side. The first difference is
-the one in the lowest layer, in the tar's own entry order there (the order the engine wrote).
+the one in the lowest layer, in the tar's own entry order there (the order the engine wrote), files
+before directories: a layer lists the parent directories of what it adds, and those are rarely the news.
 """
 
 from __future__ import annotations
@@ -141,6 +142,7 @@ def compare(a: ImageScan, b: ImageScan, *, limit: int = 20) -> ImageDiff:
         eb = {r.path: r for r in lb.entries} if lb else {}
         order = [r.path for r in la.entries] if la else []
         order += [p for p in (r.path for r in lb.entries) if p not in ea] if lb else []
+        found: list[tuple[bool, FileDiff]] = []
         for path in order:
             x, y = ea.get(path), eb.get(path)
             if x is None or y is None:
@@ -150,6 +152,10 @@ def compare(a: ImageScan, b: ImageScan, *, limit: int = 20) -> ImageDiff:
                 if what is None:
                     continue
                 fd = FileDiff(i, path, what, _describe(x, what), _describe(y, what))
+            only_dirs = all(r is None or r.kind == "d" for r in (x, y))
+            found.append((only_dirs, fd))
+        # files before directories (a layer's tar lists the parent directories of what it adds first)
+        for _, fd in sorted(found, key=lambda t: t[0]):
             d.files_total += 1
             if len(d.files) < limit:
                 d.files.append(fd)

@@ -18,16 +18,19 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 import docker.errors
 
-from . import bases, buildkit, closure, closurefile, coldstart, compat, engine, flock, hostpip, lockfile, paths, render, wheelhouse
+from . import (bases, buildkit, closure, closurefile, coldstart, compat, engine, flock, hostpip, lockfile, paths, render,
+               reproduce, wheelhouse)
 from . import lock as lock_stage
 from .buildkit import CLASSIC, BuildPath
 from .build import (
@@ -38,11 +41,13 @@ from .build import (
     Tracker,
     current_digest,
     build_image,
+    git_revision,
     prune_report_from_log,
     remove_created,
     remove_images,
 )
-from .console import err, log
+from .console import err, log, warn
+from .labels import SOURCE_URL
 from .errors import GateFailed, ImagegenError, UserInputError
 from .matrix import Cell, Matrix
 
@@ -72,6 +77,7 @@ class Prepared:
     lock_path: Path
     base_ids: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)  # known only at build time: io.imagegen.cuda.archs
+    epoch: int | None = None  # SOURCE_DATE_EPOCH (reproduce.source_date_epoch)
 
 
 # --- the inputs digest: one recipe --------------------------------------------------------------
@@ -105,6 +111,8 @@ def quick_key(rendered: render.Rendered, base_ids: dict[str, str], lock_bytes: b
     kernel_label: a GPU cell's io.imagegen.cuda.archs from its committed facts (`committed_label`),
     so new facts or coverage rules relabel an image whose lock did not change."""
     extra = {"kernel_label": kernel_label} if kernel_label else {}
+    if os.environ.get("SOURCE_DATE_EPOCH"):  # otherwise it comes from the bases, whose IDs are in here
+        extra["source_date_epoch"] = os.environ["SOURCE_DATE_EPOCH"].strip()
     return inputs_digest(build_inputs(rendered, base_ids, lock=lock_bytes, **extra))
 
 
@@ -299,9 +307,11 @@ def prepare(m: Matrix, cell: Cell, workdir: Path, rendered: render.Rendered | No
         staged["wheels/tools.lock"] = (ctx / "wheels" / "tools.lock").read_bytes()
     for k, v in labels.items():
         staged[f"label:{k}"] = v
+    epoch = reproduce.source_date_epoch(list(refs.values()))
+    staged["source_date_epoch"] = str(epoch)
     digest = inputs_digest(build_inputs(rendered, ids, **staged))
     return Prepared(cell=cell, context=ctx, digest=digest, refs=refs, closure=packages, lock_path=lpath,
-                    base_ids=ids, labels=labels)
+                    base_ids=ids, labels=labels, epoch=epoch)
 
 
 def _kernel_labels(cell: Cell, lk, lpath: Path, wheels: list[Path]) -> dict[str, str]:
@@ -420,14 +430,17 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
             classic = render.render_cell(m, cell, buildkit=False).files["Dockerfile"]
             (prep.context / "Dockerfile").write_text(classic)
         try:
+            started = _now()
             built = build_image(path, cell, prep.context, prep.digest, prep.closure, log_path, progress,
-                                extra_labels=prep.labels, no_cache=no_cache, step_images=step_images)
+                                extra_labels=prep.labels, no_cache=no_cache, step_images=step_images,
+                                epoch=prep.epoch)
             image_id = built.image_id
         except ImagegenError as exc:
             if "install: " in str(exc):  # a wheel that fails to install may be a corrupt cache copy
                 _evict_and_raise(m, cell, exc)
             raise
         ACTIVE.add("images", image_id)
+        image_id = _normalized(cell, image_id, prep.epoch, progress)
         report = coldstart.annotate_prune_report(cell.ref, prune_report_from_log(log_path))
         if run_tests:
             progress.update(cell, "testing")
@@ -444,6 +457,7 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
         if previous and previous != image_id:
             remove_superseded(previous)
         write_stamp(cell, quick, prep.digest)
+        _record_build(prep, path, image_id, started)
         size = engine.api().inspect_image(image_id)["Size"]
         progress.finish(cell, "built")
         return BuildResult(cell, "built", image_id=image_id, seconds=time.monotonic() - t0, size=size,
@@ -463,6 +477,98 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
             ACTIVE.discard("steps", step)
         flock.remove_owned_dir(workdir)
         ACTIVE.discard("workdirs", str(workdir))
+
+
+def rebuild(m: Matrix, cell: Cell, path: BuildPath, progress: Progress) -> tuple[str, Prepared]:
+    """Build ``cell`` again from its inputs, cold (no layer cache), untagged and untested: what `verify`
+    compares with a published image. Returns (image ID, the prepared inputs); the caller removes the
+    image. The build's step images and context are removed here, whatever happens."""
+    rendered = render.render_cell(m, cell)
+    root = paths.cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    workdir = flock.make_owned_dir(root, paths.CONTEXT_PREFIX)
+    ACTIVE.add("workdirs", str(workdir))
+    step_images: list[str] = []
+    image_id = None
+    try:
+        prep = prepare(m, cell, workdir, rendered)
+        if path.kind != "buildkit":
+            (prep.context / "Dockerfile").write_text(render.render_cell(m, cell, buildkit=False).files["Dockerfile"])
+        built = build_image(path, cell, prep.context, prep.digest, prep.closure, paths.build_log(f"{cell.id}.verify"),
+                            progress, extra_labels=prep.labels, no_cache=True, step_images=step_images,
+                            epoch=prep.epoch)
+        image_id = built.image_id
+        ACTIVE.add("images", image_id)
+        image_id = _normalized(cell, image_id, prep.epoch, progress)
+        return image_id, prep
+    except BaseException:
+        if image_id:  # untagged only: a rebuild identical to a tagged image is that image
+            remove_images([image_id], keep=set())
+            ACTIVE.discard("images", image_id)
+        raise
+    finally:
+        if step_images:
+            remove_images(step_images, keep={image_id or ""})
+        for step in step_images:
+            ACTIVE.discard("steps", step)
+        flock.remove_owned_dir(workdir)
+        ACTIVE.discard("workdirs", str(workdir))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _normalized(cell: Cell, image_id: str, epoch: int | None, progress: Progress) -> str:
+    """The built image with a config that depends on its inputs only (reproduce.normalize): the image
+    itself, or a new one with the same layers (the built one removed). Tracked for interrupts."""
+    if epoch is None:
+        return image_id
+    new = reproduce.normalize(image_id, epoch)
+    if new is None:
+        warn(f"{cell.ref}: the classic builder on the containerd image store stamps the clock into the image "
+             "config; this image is not reproducible (build with BuildKit)")
+        return image_id
+    if new == image_id:
+        return image_id
+    progress.update(cell, "config normalised (SOURCE_DATE_EPOCH)")
+    ACTIVE.add("images", new)
+    try:
+        engine.api().remove_image(image_id, noprune=True)
+    except (docker.errors.APIError, *CONNECTION_LOST):
+        pass
+    ACTIVE.discard("images", image_id)
+    return new
+
+
+def _record_build(prep: Prepared, path, image_id: str, started: str) -> None:
+    """The build record (provenance.BuildRecord) of the image just tagged. Best effort: a record that
+    cannot be written only leaves publish's provenance with the labels alone."""
+    from . import __version__, provenance
+
+    try:
+        closure_txt = (prep.context / "imagegen" / "closure.txt").read_bytes()
+        info = engine.current()
+        rec = provenance.BuildRecord(
+            cell=prep.cell.ref, image_id=image_id, config_digest=engine.config_digest(image_id),
+            inputs_digest=prep.digest, revision=git_revision(), source=SOURCE_URL,
+            source_date_epoch=prep.epoch or 0,
+            lock={"path": _rel(prep.lock_path), "sha256": provenance.file_sha256(prep.lock_path)},
+            closure={"packages": prep.closure, "sha256": hashlib.sha256(closure_txt).hexdigest()},
+            bases={role: {"ref": ref, "id": prep.base_ids.get(role, "")} for role, ref in prep.refs.items()},
+            build_path=path.kind, builder=path.builder, buildkit_version=path.buildkit_version,
+            engine={"version": info.server_version, "api": info.api_version, "image_store": info.image_store},
+            imagegen=__version__, command=["imagegen", *sys.argv[1:]], started=started, finished=_now())
+        provenance.write_record(rec)
+    except (OSError, ImagegenError) as exc:
+        warn(f"{prep.cell.ref}: no build record written ({exc})")
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def build_cells(m: Matrix, cells: list[Cell], *, jobs: int = 1, force: bool = False, run_tests: bool = True,

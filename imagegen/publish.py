@@ -105,6 +105,7 @@ class Published:
     error: str | None = None  # the last error seen (a retried one too), one line
     previous: str | None = None  # what the immutable tag held before, when it held another image
     image_digest: str | None = None  # when the tag holds an index: its linux/amd64 child's manifest digest
+    attestations: list[dict] = field(default_factory=list)  # attest.Attached as dicts: kind, digest, where, tags
 
 
 @dataclass(frozen=True)
@@ -375,7 +376,8 @@ def _record(t: Target) -> Published:
 
 def publish_target(t: Target, *, skip_test_check: bool = False, replace: bool = False,
                    allow_alias_downgrade: bool = False, retry: RetryPolicy = RetryPolicy(),
-                   sleep: Callable[[float], None] = time.sleep, record: Published | None = None) -> Published:
+                   sleep: Callable[[float], None] = time.sleep, record: Published | None = None,
+                   evidence: tuple[str, ...] = ("sbom", "provenance")) -> Published:
     """Steps 2-6 for one validated target. Fills `record` (a new one when None) as it goes, so that on
     failure it holds what was seen so far with `status` `refused` (UserInputError when the image is not
     built here or not by imagegen, ImagegenError when untested), `conflict` (ImagegenError) or `failed`
@@ -448,10 +450,36 @@ def publish_target(t: Target, *, skip_test_check: bool = False, replace: bool = 
     rec.compressed_size = image.compressed_size
     rec.verified = True
     done_status = rec.status
-    rec.status = "failed"  # until every alias is decided
+    rec.status = "failed"  # until the evidence is attached and every alias is decided
+    if evidence:
+        attach_evidence(reg, t, image, labels, image_id, local_config, evidence, rec)
     move_aliases(reg, t, manifest, version, rec, allow_alias_downgrade=allow_alias_downgrade)
     rec.status = done_status
     return rec
+
+
+def attach_evidence(reg: Registry, t: Target, image: Manifest, labels: dict[str, str], image_id: str,
+                    config_digest: str, kinds: tuple[str, ...], rec: Published) -> None:
+    """Attach the SBOM (sbom.for_image) and the SLSA provenance (provenance.statement, from the build
+    record when this machine built the image) to the pushed image manifest `image` (attest.attach:
+    referrers where the registry lists them, else the fallback tags). Fills `rec.attestations`."""
+    from . import attest, provenance
+    from . import sbom as sbom_mod
+    from .labels import OCI_CREATED
+
+    for kind in kinds:
+        if kind == "sbom":
+            log(f"{t.ref}: SBOM (trivy, installed only, with the audit's vendored libraries and CUDA kernels)")
+            payload = sbom_mod.for_image(image_id, config_digest=config_digest, created=labels.get(OCI_CREATED))
+        elif kind == "provenance":
+            statement = provenance.statement(f"{t.registry}/{t.repo}", image.digest, labels,
+                                             provenance.read_record(config_digest))
+            payload = json.dumps(statement, sort_keys=True, separators=(",", ":")).encode()
+        else:
+            raise UserInputError(f"unknown evidence kind {kind!r} (sbom, provenance)")
+        a = attest.attach(reg, t.repo, image, kind, payload)
+        rec.attestations.append(asdict(a))
+        log(f"{t.ref}: {kind} attached as {a.digest[:19]}… ({'referrers API' if a.where == 'referrers' else 'tag ' + a.tags[0]})")
 
 
 def exit_code_of(exc: BaseException | None) -> int:
@@ -465,7 +493,7 @@ def exit_code_of(exc: BaseException | None) -> int:
 
 
 def publish(targets: list[Target], *, skip_test_check: bool = False, replace: bool = False,
-            allow_alias_downgrade: bool = False, dry_run: bool = False,
+            allow_alias_downgrade: bool = False, dry_run: bool = False, evidence: tuple[str, ...] = ("sbom", "provenance"),
             retry: RetryPolicy = RetryPolicy(), report: Path | None = Path("reports/publish.json"),
             sleep: Callable[[float], None] = time.sleep) -> list[Published]:
     """Publish every target in order; stop at the first failure (the later cells: `not_run`). Unless
@@ -487,7 +515,8 @@ def publish(targets: list[Target], *, skip_test_check: bool = False, replace: bo
                 continue
             try:
                 publish_target(t, skip_test_check=skip_test_check, replace=replace,
-                               allow_alias_downgrade=allow_alias_downgrade, retry=retry, sleep=sleep, record=rec)
+                               allow_alias_downgrade=allow_alias_downgrade, retry=retry, sleep=sleep, record=rec,
+                               evidence=evidence)
             except BaseException as exc:
                 if rec.status not in ("refused", "conflict"):
                     rec.status = "failed"

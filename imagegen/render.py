@@ -43,6 +43,7 @@ def _env(tdir: Path) -> jinja2.Environment:
         autoescape=False,
     )
     env.filters["shell_quote"] = lambda v: shlex.quote(str(v))
+    env.filters["dirname"] = lambda v: str(v).rsplit("/", 1)[0] or "/"
     return env
 
 
@@ -188,6 +189,34 @@ def pruned_dlopen_names(cell: Cell) -> list[str]:
     return sorted(out)
 
 
+#: The GPU runtime stage's one RUN (exec form: the slim runtime has no shell; `-B`: no bytecode
+#: written): the loader cache for the NVIDIA wheels' library directories, without its aux-cache (inode
+#: numbers, ctimes); then what it changed (/etc/ld.so.cache, the directories it wrote in) gets
+#: SOURCE_DATE_EPOCH when the build passes it. Other filesystems (/proc, the bind-mounted /etc/hosts)
+#: are never entered, and no file but the cache is touched.
+LDCONFIG_STEP = """import os, subprocess
+subprocess.run(['/sbin/ldconfig'], check=True)
+c = '/var/cache/ldconfig/aux-cache'
+os.path.exists(c) and os.unlink(c)
+e = os.environ.get('SOURCE_DATE_EPOCH', '')
+if e:
+    e = int(e)
+    if os.lstat('/etc/ld.so.cache').st_mtime > e:
+        os.utime('/etc/ld.so.cache', (e, e))
+    dev = os.lstat('/').st_dev
+    for root, dirs, files in os.walk('/'):
+        dirs[:] = [d for d in dirs if os.lstat(os.path.join(root, d)).st_dev == dev]
+        if os.lstat(root).st_mtime > e:
+            os.utime(root, (e, e), follow_symlinks=False)
+"""
+
+
+def runtime_step(gpu_libdirs: bool) -> str:
+    """The GPU runtime stage's RUN program (LDCONFIG_STEP) as a JSON string for the exec form ("" for
+    a cell without NVIDIA library directories)."""
+    return json.dumps(LDCONFIG_STEP) if gpu_libdirs else ""
+
+
 @dataclass(frozen=True)
 class Rendered:
     cell: Cell
@@ -217,6 +246,7 @@ def render_cell(m: Matrix, cell: Cell, tdir: Path | None = None, *, buildkit: bo
         "venv": VENV,
         "user": USER,
         "gpu_libdirs": (cfg["cuda"] or {}).get("libdirs", []),
+        "runtime_step": runtime_step(bool((cfg["cuda"] or {}).get("libdirs"))),
         "cuda_archs": cfg.get("cuda_archs"),
         "driver_min": compat.cuda().releases[cell.cuda].driver_min if cell.cuda else None,
         "env": [f"{k}={shlex.quote(v)}" for k, v in runtime_env(cell)],
@@ -299,6 +329,7 @@ def build_context_files(cell: Cell | None = None) -> dict[str, Path]:
         "imagegen/install.py": SCRIPTS / "install.py",
         "imagegen/compile_bytecode.py": SCRIPTS / "compile_bytecode.py",
         "imagegen/sysroot.py": SCRIPTS / "sysroot.py",
+        "imagegen/sde.py": SCRIPTS / "sde.py",
     }
     if cell is not None and cuda_archs(cell):
         files["imagegen/fatbin.py"] = SCRIPTS / "fatbin.py"

@@ -42,7 +42,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from .. import compat, flock, labels, paths
 from ..console import log
@@ -360,32 +360,34 @@ def _labels(name: str, spec: compat.BaseSpec, role: str, tb: Tarball, ref: str) 
     }
 
 
-def _changes(labels: dict[str, str], role: str) -> list[str]:
-    ch = [f"ENV PATH={IMAGE_PATH}", "ENV LANG=C.UTF-8"]
-    ch.append('CMD ["python3"]' if role == "runtime" else 'CMD ["/bin/bash"]')
-    ch += [f"LABEL {k}={json.dumps(v)}" for k, v in sorted(labels.items())]
-    return ch
+def base_config(labels: dict[str, str], role: str, tb: Tarball, what: str) -> dict:
+    """The base image's config: what `docker import --change` set before (PATH, LANG, CMD, labels), plus
+    `created` and one history entry at the tarball's SOURCE_DATE_EPOCH, and the rootfs tarball as the
+    one layer. Nothing comes from the clock, so one tarball always gives one image ID (a `docker import`
+    stamps the import time into `created`: two imports, two IDs)."""
+    created = _dt.datetime.fromtimestamp(tb.epoch, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "architecture": "amd64",
+        "os": "linux",
+        "created": created,
+        "config": {
+            "Env": [f"PATH={IMAGE_PATH}", "LANG=C.UTF-8"],
+            "Cmd": ["python3"] if role == "runtime" else ["/bin/bash"],
+            "Labels": dict(sorted(labels.items())),
+        },
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{tb.sha256}"]},
+        "history": [{"created": created, "created_by": f"imagegen bases: mmdebstrap {what}",
+                     "comment": "rootfs tarball, SOURCE_DATE_EPOCH " + str(tb.epoch)}],
+    }
 
 
-def _import(tarball: Path, changes: list[str]) -> str:
-    """docker import (streamed from the file), untagged; returns the image ID."""
-    from ..engine import api
+def _load(tb: Tarball, config: dict, what: str) -> str:
+    """Load the rootfs tarball as a one-layer image with `config` (dockerarchive), untagged; returns the
+    image ID. Raises EngineError (one line)."""
+    from .. import dockerarchive
 
-    try:
-        result = api().import_image(src=str(tarball), changes=changes)
-    except Exception as exc:  # docker.errors.APIError, requests errors
-        raise EngineError(f"docker import failed: {str(exc).splitlines()[0][:200]}") from None
-    image_id = None
-    for line in str(result).splitlines():
-        with contextlib.suppress(ValueError):
-            msg = json.loads(line)
-            if "error" in msg or "errorDetail" in msg:
-                raise EngineError(f"docker import failed: {msg.get('error') or msg.get('errorDetail')}")
-            if str(msg.get("status", "")).startswith("sha256:"):
-                image_id = msg["status"]
-    if not image_id:
-        raise EngineError(f"docker import returned no image ID: {str(result)[:200]}")
-    return image_id
+    layer = dockerarchive.Layer.from_file(tb.path, f"sha256:{tb.sha256}")
+    return dockerarchive.load(dockerarchive.stream(config, [layer]), what=f"base {what}")
 
 
 def smoke_check(image: str, *, uids: Iterable[str] = SMOKE_UIDS, timeout: int = 60) -> None:
@@ -441,8 +443,8 @@ def _build_role(name: str, spec: compat.BaseSpec, role: str) -> tuple[str, Tarba
     try:
         log(f"bootstrapping {name}/{role} ({spec.suite}, variant {spec.role(role).variant}) -> {ref}")
         tb = bootstrap_tarball(spec, role, workdir, label=f"{name}/{role}")
-        log(f"  rootfs {tb.path.stat().st_size / 1e6:.1f} MB sha256 {tb.sha256[:16]}... in {tb.seconds:.0f}s; importing")
-        image_id = _import(tb.path, _changes(_labels(name, spec, role, tb, ref), role))
+        log(f"  rootfs {tb.path.stat().st_size / 1e6:.1f} MB sha256 {tb.sha256[:16]}... in {tb.seconds:.0f}s; loading")
+        image_id = _load(tb, base_config(_labels(name, spec, role, tb, ref), role, tb, f"{name}/{role}"), ref)
         smoke_check(image_id)
         old = local_image(ref)
         client().api.tag(image_id, repo, tag, force=True)

@@ -9,6 +9,7 @@ the one ``app`` with a decorator; the work is done by the pipeline and the stage
     release_cmds.py scan, publish, ci matrix
     base_cmds.py    base build, base list, doctor
     audit_cmd.py    audit (incl. --trace VARIANT and --trace-image)
+    verify_cmd.py   verify (a cold rebuild compared with an image)
 """
 
 # Importing a command module registers its commands; this order is the order of `imagegen --help`.
@@ -18,6 +19,7 @@ from . import build_cmds  # noqa: F401
 from . import release_cmds  # noqa: F401
 from . import base_cmds  # noqa: F401
 from . import audit_cmd  # noqa: F401
+from . import verify_cmd  # noqa: F401
 from .app import app, main
 
 __all__ = ["app", "main"]

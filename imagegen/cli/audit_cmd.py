@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..console import err, out
-from ..errors import UserInputError
+from ..errors import GateFailed, UserInputError
 from ..units import parse_size
 from . import userpaths
 from .app import MatrixOpt, app, load_matrix
@@ -81,6 +81,9 @@ def audit_command(
     trace_image: Annotated[Optional[str], typer.Option("--trace-image", metavar="IMAGE",
                                                        help="Trace `-- CMD...` run in IMAGE; report bytes never opened.")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Trace: seconds before the workload is killed.")] = 600,
+    attestations: Annotated[bool, typer.Option("--attestations", help="List the SBOM and provenance attached to "
+                                               "IMAGE in its registry (host/repo:tag); exit 1 when there are "
+                                               "none.")] = False,
     matrix: MatrixOpt = Path("matrix.yaml"),
 ) -> None:
     """Where every byte of an image goes: layers, categories, packages, waste, suggestions."""
@@ -107,6 +110,9 @@ def audit_command(
             print_trace(rep, out, top=top)
         return
 
+    if attestations:
+        _attestations(image or "", json_out)
+        return
     if not image and not from_tar:
         raise UserInputError("name an image to audit (or --from-tar FILE)")
     if image and from_tar:
@@ -151,3 +157,24 @@ def audit_command(
         raise typer.Exit(1)
     if gates_size is not None or gates_wasted is not None or gates_cat:
         err.print(f"gates passed ({human(report['totals']['layers'])})", markup=False)
+
+
+def _attestations(ref: str, json_out: bool) -> None:
+    """`audit REF --attestations`: what `publish` attached to REF's digest (attest.read_evidence)."""
+    from .. import attest
+    from ..publish import credentials
+    from ..registry import Registry
+
+    if not ref:
+        raise UserInputError("name the image in its registry: imagegen audit HOST/REPO:TAG --attestations")
+    host, repo, reference = attest.parse_ref(ref)
+    digest, rows = attest.read_evidence(Registry(host, auth=credentials(host)), repo, reference)
+    if json_out:
+        out.file.write(json.dumps({"image": ref, "digest": digest, "attestations": rows}, indent=2) + "\n")
+    else:
+        out.print(f"{ref} ({digest})", markup=False)
+        for r in rows:
+            facts = ", ".join(f"{k} {v}" for k, v in r.items() if k not in ("kind", "digest", "via"))
+            out.print(f"  {r['kind']:<11} {r['digest'][:19]}…  via {r['via']}  {facts}", markup=False)
+    if not rows:
+        raise GateFailed(f"{ref}: no attestations found (publish attaches an SBOM and provenance)")

@@ -139,10 +139,14 @@ def publish(
     report: Annotated[Path, typer.Option("--report", help="Where to write the publish report (JSON).",
                                          callback=userpaths.output_file)]
     = Path("reports/publish.json"),
+    no_sbom: Annotated[bool, typer.Option("--no-sbom", help="Do not attach the SBOM (it needs trivy).")] = False,
+    no_provenance: Annotated[bool, typer.Option("--no-provenance", help="Do not attach the SLSA provenance.")]
+    = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Push tested cells and their aliases; verify the registry's digest (credentials: REGISTRY_USER/
-    REGISTRY_TOKEN or docker login)."""
+    """Push tested cells and their aliases; verify the registry's digest; attach the SBOM and the SLSA
+    provenance to it (OCI referrers, or sha256-<hex>.<kind> tags where the registry has no referrers API).
+    Credentials: REGISTRY_USER/REGISTRY_TOKEN or docker login."""
     from .. import publish as publish_mod
     from ..registry import RetryPolicy
 
@@ -151,8 +155,9 @@ def publish(
                              "replaces an immutable tag holding another image")
     m, cells = select_cells(matrix, variant, all_)
     targets = publish_mod.plan(cells, registry=registry, namespace=namespace, extra_aliases=alias)
+    evidence = tuple(k for k, off in (("sbom", no_sbom), ("provenance", no_provenance)) if not off)
     done = publish_mod.publish(targets, skip_test_check=skip_test_check, replace=replace,
-                               allow_alias_downgrade=allow_alias_downgrade, dry_run=dry_run,
+                               allow_alias_downgrade=allow_alias_downgrade, dry_run=dry_run, evidence=evidence,
                                retry=RetryPolicy(attempts=retries + 1, backoff=retry_backoff), report=report)
     if json_out:
         import dataclasses

@@ -74,7 +74,35 @@ def main() -> int:
         Path("/tmp/imagegen-uv").unlink(missing_ok=True)
     if proc.returncode != 0:
         print("install: error: " + failure_reason(proc.stderr, proc.returncode), file=sys.stderr, flush=True)
-    return proc.returncode
+        return proc.returncode
+    dropped = drop_installer_state(args.venv)
+    if dropped:
+        print(f"install: removed {dropped} installer cache file(s) (uv_cache.json: the install's clock)", flush=True)
+    return 0
+
+
+#: files an installer leaves in a distribution's .dist-info that record the install, not the
+#: distribution: uv's uv_cache.json holds the install time (uv 0.13: {"timestamp": {"secs_since_epoch":
+#: ...}}), so two installs of one wheel differ in it, and in the RECORD line that hashes it
+INSTALLER_STATE = ("uv_cache.json",)
+
+
+def drop_installer_state(venv: Path) -> int:
+    """Remove INSTALLER_STATE files from every .dist-info under `venv`, and their RECORD lines.
+    Returns how many files were removed."""
+    removed = 0
+    for record in venv.glob("lib/python*/site-packages/*.dist-info/RECORD"):
+        info = record.parent
+        names = [n for n in INSTALLER_STATE if (info / n).exists()]
+        if not names:
+            continue
+        for n in names:
+            (info / n).unlink()
+            removed += 1
+        drop = {f"{info.name}/{n}" for n in names}
+        lines = record.read_text(encoding="utf-8").splitlines(keepends=True)
+        record.write_text("".join(ln for ln in lines if ln.split(",", 1)[0] not in drop), encoding="utf-8")
+    return removed
 
 
 def failure_reason(stderr: str, rc: int) -> str:

@@ -307,6 +307,15 @@ def cuda_setup(cfg: dict, site: Path, stage: Path) -> dict:
     return {"links": links, "ld_so_conf": present}
 
 
+def without_timings(obj):
+    """`obj` (a JSON value) without the keys that hold wall-clock durations (`seconds`, `*_seconds`)."""
+    if isinstance(obj, dict):
+        return {k: without_timings(v) for k, v in obj.items() if not (k == "seconds" or k.endswith("_seconds"))}
+    if isinstance(obj, list):
+        return [without_timings(v) for v in obj]
+    return obj
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", required=True, type=Path)
@@ -325,7 +334,8 @@ def main() -> int:
               "gpu": gpu}
     out = args.stage / "etc/imagegen/prune-report.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    # the file in the image holds no wall times (a layer must depend on its inputs only); the log line does
+    out.write_text(json.dumps(without_timings(result), indent=2, sort_keys=True) + "\n")
     print("IMAGEGEN-PRUNE-REPORT " + json.dumps(result, sort_keys=True))
     return 0
 

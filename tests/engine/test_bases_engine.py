@@ -320,16 +320,28 @@ def _exists(dc, container_id: str) -> bool:
 
 def test_runtime_rootfs_is_byte_identical_across_builds(tmp_path, dc, runtime_ref):
     spec = compat.bases()["bookworm"]
-    shas = []
+    tarballs = []
     for i in range(2):
         work = tmp_path / f"w{i}"
         work.mkdir()
-        shas.append(bases.bootstrap_tarball(spec, "runtime", work).sha256)
-    assert shas[0] == shas[1]
-    # the image in the engine came from the same archive state only if the epoch matches; report both
+        tarballs.append(bases.bootstrap_tarball(spec, "runtime", work))
+    assert tarballs[0].sha256 == tarballs[1].sha256
+    # and one image ID: the config comes from the tarball and its SOURCE_DATE_EPOCH, not the clock
+    before = {i.id for i in dc.images.list(all=True)}
+    ids = []
+    try:
+        for tb in tarballs:
+            labels = bases._labels("bookworm", spec, "runtime", tb, runtime_ref)
+            ids.append(bases._load(tb, bases.base_config(labels, "runtime", tb, "bookworm/runtime"), "test"))
+        assert ids[0] == ids[1]
+    finally:
+        for image_id in set(ids) - before:  # never the base the other tests use, if it is the same image
+            dc.api.remove_image(image_id, noprune=True)
+    # the image in the engine came from the same archive state only if the epoch matches; then it is this one
     labels = dc.images.get(runtime_ref).labels
     if labels.get(f"{bases.LABEL_PREFIX}.source-date-epoch") == str(bases.source_date_epoch(spec)):
-        assert labels[f"{bases.LABEL_PREFIX}.rootfs-sha256"] == shas[0]
+        assert labels[f"{bases.LABEL_PREFIX}.rootfs-sha256"] == tarballs[0].sha256
+        assert dc.images.get(runtime_ref).id == ids[0]
 
 
 def _throwaway(packages: list[str], variant: str = "extract") -> compat.BaseSpec:

@@ -585,3 +585,57 @@ def test_a_signal_mid_push_writes_the_report_and_leaves_no_tag(images, tmp_path,
     data = json.loads(report.read_text())
     assert data["exit_code"] == code and data["error"] == line.removeprefix("error: ")
     assert (data["images"][0]["status"], data["images"][0]["image_id"]) == ("failed", image_id)
+
+
+# --- evidence attached to the pushed digest (attest, sbom, provenance) -----------------------------------
+
+
+def test_publish_attaches_sbom_and_provenance_that_audit_reads_back(images, tmp_path, capfd):
+    """Debian's registry has no referrers API: both artifacts go under the fallback tags, about the very
+    manifest pushed; `imagegen audit REF --attestations` finds and checks them; a rerun attaches nothing new."""
+    from imagegen import attest
+
+    ref, image_id = images(labels={"org.opencontainers.image.revision": "0123456789abcdef0123456789abcdef01234567",
+                                   "org.opencontainers.image.created": "2026-07-11T10:16:37Z"})
+    _record(ref, image_id)
+    with LocalRegistry() as reg:
+        (target,) = publish.plan([_cell(ref, reg.host, aliases=())])
+        (done,) = publish.publish([target], retry=FAST, report=tmp_path / "publish.json")
+        kinds = {a["kind"]: a for a in done.attestations}
+        assert set(kinds) == {"sbom", "provenance"} and {a["where"] for a in done.attestations} == {"tag"}
+        hexpart = done.digest.split(":")[1]
+        for kind, a in kinds.items():
+            m = _remote(reg.host, target.repo, f"sha256-{hexpart}.{kind}").json()
+            assert m["subject"]["digest"] == done.digest and m["artifactType"] == attest.KINDS[kind][0]
+        report = json.loads((tmp_path / "publish.json").read_text())
+        assert [a["kind"] for a in report["images"][0]["attestations"]] == ["sbom", "provenance"]
+
+        from imagegen.registry import Registry
+
+        digest, rows = attest.read_evidence(Registry(reg.host), target.repo, target.tag)
+        assert digest == done.digest
+        by_kind = {r["kind"]: r for r in rows}
+        assert by_kind["provenance"]["predicateType"] == "https://slsa.dev/provenance/v1"
+        assert by_kind["provenance"]["subject"] == [{"sha256": hexpart}]
+        assert by_kind["provenance"]["revision"] == "0123456789abcdef0123456789abcdef01234567"
+        assert by_kind["sbom"]["format"].startswith("CycloneDX")
+
+        # the same image again: "exists", the same artifacts (deterministic bytes), no new manifest
+        (again,) = publish.publish([target], retry=FAST, report=tmp_path / "again.json")
+        assert again.status == "exists"
+        assert [a["digest"] for a in again.attestations] == [a["digest"] for a in done.attestations]
+
+        # the command line: one line per artifact, exit 0; an image with nothing attached: exit 1
+        import subprocess
+
+        r = subprocess.run([sys.executable, "-m", "imagegen", "audit", f"{reg.host}/{target.repo}:{target.tag}",
+                            "--attestations"], capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode == 0, r.stderr
+        assert "sbom" in r.stdout and "provenance" in r.stdout and "via index" in r.stdout
+        bare_ref, bare_id = images()
+        _record(bare_ref, bare_id)
+        (bare,) = publish.plan([_cell(bare_ref, reg.host, aliases=())])
+        publish.publish([bare], retry=FAST, report=tmp_path / "bare.json", evidence=())
+        r = subprocess.run([sys.executable, "-m", "imagegen", "audit", f"{reg.host}/{bare.repo}:{bare.tag}",
+                            "--attestations"], capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode == 1 and "no attestations found" in r.stderr

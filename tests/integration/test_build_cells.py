@@ -268,7 +268,7 @@ def test_ctrl_c_mid_build_leaves_no_containers_and_keeps_the_tag(builds, client,
         if moment == "a RUN step":  # a step container exists
             seen = bool({c.id for c in client.containers.list(all=True)} - containers_before)
         else:
-            seen = any("COPY --from=builder /opt/venv" in ln for ln in list(lines))
+            seen = any("COPY --from=builder /opt/imagegen-venvroot/" in ln for ln in list(lines))
         if seen:
             break
         time.sleep(0.1)

@@ -74,7 +74,7 @@ def test_slim_runtime_shape():
     assert "/opt/imagegen-build/install.py --venv /opt/venv --wheels /tmp/wheels" in df
     assert "venv --without-pip" in df  # slim: no pip, ever
     assert "USER 1000:1000" in df
-    assert 'RUN ["/sbin/ldconfig"]' in df
+    assert "subprocess.run(['/sbin/ldconfig'], check=True)" in df and "aux-cache" in df and '"-B", "-c"' in df
     assert "pip" not in df.split("FROM runtime-base\n")[-1].split("ENV")[0]  # runtime copies no pip step
     runtime = df.split("FROM runtime-base\n")[-1]
     assert "apt-get" not in runtime
@@ -120,7 +120,7 @@ def test_full_flavor_keeps_pip_and_owns_venv():
     m = matrix.load(ROOT / "matrix.yaml")
     (cell,) = m.select(["cpu-full"])
     df = render.render_cell(m, cell).files["Dockerfile"]
-    assert "COPY --from=builder --chown=1000:1000 /opt/venv /opt/venv" in df
+    assert "chown -R 1000:1000 /opt/imagegen-venvroot/opt/venv" in df and "COPY --from=builder /opt/imagegen-venvroot/ /" in df
     assert "base-bookworm-dev" in df
 
 

@@ -1,0 +1,56 @@
+"""verify: rebuild an image from the inputs its labels name and compare (imagegen.verify)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..console import err, out
+from .app import JsonOpt, MatrixOpt, app, load_matrix
+
+
+@app.command("verify")
+def verify_command(
+    ref: Annotated[str, typer.Argument(help="A local image imagegen built (tag or ID).")],
+    matrix: MatrixOpt = Path("matrix.yaml"),
+    builder: Annotated[Optional[str], typer.Option("--builder", help="The buildx builder for the rebuild "
+                                                   "(default: as `imagegen build` chooses).")] = None,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the rebuilt image (untagged) for inspection.")] = False,
+    against: Annotated[Optional[str], typer.Option("--against", help="Compare with this image instead of "
+                                                   "rebuilding (a kept rebuild, or a build from another "
+                                                   "machine).")] = None,
+    allow_dirty: Annotated[bool, typer.Option("--allow-dirty", help="Rebuild an image built from uncommitted "
+                                              "changes from this working tree (same commit): the answer is "
+                                              "then about this working tree only.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Rebuild REF's cell cold from this checkout and compare: exit 0 when the rebuild is the same image
+    (same config digest), 1 when it differs (the first differing file named) or cannot be rebuilt here."""
+    from .. import verify as verify_mod
+    from ..console import log
+
+    if against:
+        v = verify_mod.compare_images(ref, against)
+    else:
+        m = load_matrix(matrix)
+        log(f"verifying {ref}: a cold rebuild of its cell from this checkout")
+        from .. import pipeline
+
+        v = verify_mod.verify(m, ref, pipeline.rebuild, builder=builder, keep=keep, allow_dirty=allow_dirty)
+    if json_out:
+        out.print_json(json.dumps({**vars(v), "ok": v.ok}))
+    else:
+        out.print(f"{v.ref}: {v.status} ({v.cell}, {v.seconds:.0f}s)", markup=False)
+        out.print(f"  image   config {v.image_config_digest}", markup=False)
+        if v.rebuilt_config_digest:
+            out.print(f"  rebuilt config {v.rebuilt_config_digest}", markup=False)
+        if v.rebuilt_image:
+            out.print(f"  rebuilt image  {v.rebuilt_image} (kept)", markup=False)
+        for f in (v.diff.get("files") or [])[:10]:
+            out.print(f"  layer {f['layer']}: {f['path']}: {f['what']} {f['a']} != {f['b']}", markup=False)
+    if not v.ok:
+        err.print(f"error: {v.ref} {v.status}: {v.reason}", markup=False, style="red")
+        raise typer.Exit(1)

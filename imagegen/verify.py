@@ -1,0 +1,146 @@
+"""`imagegen verify REF`: is this image what the repository says it is?
+
+The image's labels name its inputs: the cell (`io.imagegen.cell`), the commit
+(`org.opencontainers.image.revision`), the inputs digest and SOURCE_DATE_EPOCH
+(`org.opencontainers.image.created`). `verify` checks those against this checkout, rebuilds the cell
+cold (no layer cache: a cached build would only hand back the layers being checked), and compares the
+two images' config digests. When they differ it compares them field by field and file by file
+(imagediff) and names the first differing file.
+
+Outcomes (`Verdict.status`): `reproduced` (same config digest: same layers, same metadata), `differs`
+(exit 1; the first difference named), `not-rebuildable` (exit 1: built from uncommitted changes, or
+from another commit than this checkout's HEAD: check that commit out and verify there). With
+`allow_dirty`, an image built from uncommitted changes on this commit is rebuilt from this working
+tree: the answer then says only that this working tree reproduces it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from . import engine, imagediff
+from .build import git_revision
+from .errors import ImagegenError, UserInputError
+from .labels import LABEL_CELL, LABEL_DIGEST, OCI_REVISION
+
+
+@dataclass
+class Verdict:
+    """What `verify` found. Digests are "sha256:<hex>"; `seconds` the wall time of the whole check."""
+
+    ref: str
+    cell: str
+    status: str  # reproduced | differs | not-rebuildable
+    image_config_digest: str = ""
+    rebuilt_config_digest: str = ""
+    inputs_digest: str = ""  # the image's label
+    rebuilt_inputs_digest: str = ""  # what this checkout computes
+    revision: str = ""
+    reason: str = ""
+    diff: dict = field(default_factory=dict)  # imagediff.ImageDiff.as_dict() when they differ
+    seconds: float = 0.0
+    rebuilt_image: str = ""  # the rebuild's image ID, when kept (--keep)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "reproduced"
+
+
+def labels_of(ref: str) -> tuple[str, dict[str, str]]:
+    """(image ID, labels) of a local image. Raises UserInputError when there is no such image."""
+    import docker.errors
+
+    try:
+        info = engine.api().inspect_image(ref)
+    except docker.errors.ImageNotFound:
+        raise UserInputError(f"no image {ref} in the engine (pull it first, or name a local tag)") from None
+    return info["Id"], dict((info.get("Config") or {}).get("Labels") or {})
+
+
+def compare_images(ref: str, other: str) -> Verdict:
+    """`ref` against an image already at hand (`other`: a rebuild kept with `--keep`, or one built on
+    another machine and loaded here), without building: the same comparison as `verify`."""
+    t0 = time.monotonic()
+    image_id, labels = labels_of(ref)
+    other_id, other_labels = labels_of(other)
+    v = Verdict(ref=ref, cell=labels.get(LABEL_CELL, ""), status="differs", inputs_digest=labels.get(LABEL_DIGEST, ""),
+                rebuilt_inputs_digest=other_labels.get(LABEL_DIGEST, ""), revision=labels.get(OCI_REVISION, ""),
+                image_config_digest=engine.config_digest(image_id), rebuilt_config_digest=engine.config_digest(other_id))
+    if v.image_config_digest == v.rebuilt_config_digest:
+        v.status = "reproduced"
+    else:
+        _explain(v, image_id, other_id)
+    v.seconds = time.monotonic() - t0
+    return v
+
+
+def _explain(v: Verdict, image_id: str, other_id: str) -> None:
+    """Fill `v.diff` and `v.reason` for two images whose config digests differ."""
+    d = imagediff.compare(imagediff.read(image_id), imagediff.read(other_id))
+    v.diff = d.as_dict()
+    if v.rebuilt_inputs_digest and v.inputs_digest != v.rebuilt_inputs_digest:
+        v.reason = (f"the inputs differ: the image says {v.inputs_digest[:19]}…, the rebuild "
+                    f"{v.rebuilt_inputs_digest[:19]}… (a base rebuilt from a newer mirror state, or a changed lock); ")
+    if d.first is not None:
+        v.reason += f"first differing file: {d.first.line()}"
+    elif d.config:
+        v.reason += f"same files; the config differs in {', '.join(d.config[:5])}"
+
+
+def verify(m, ref: str, rebuild, *, builder: str | None = None, keep: bool = False, progress=None,
+           allow_dirty: bool = False) -> Verdict:
+    """Rebuild the image `ref` (a local image) from matrix `m` at this checkout and compare (module
+    docstring). `rebuild(m, cell, path, progress) -> (image ID, prepared)`: the pipeline's cold rebuild
+    (`pipeline.rebuild`; a stage does not call the pipeline). Raises UserInputError for an image
+    imagegen did not build or whose cell the matrix lacks."""
+    from . import buildkit
+    from .build import Progress
+
+    t0 = time.monotonic()
+    image_id, labels = labels_of(ref)
+    cell_ref = labels.get(LABEL_CELL)
+    if not cell_ref:
+        raise UserInputError(f"{ref} has no {LABEL_CELL} label: imagegen did not build it")
+    try:
+        (cell,) = m.select([cell_ref])
+    except ImagegenError:
+        raise UserInputError(f"{ref} was built from cell {cell_ref}, which {m.path} does not list") from None
+    verdict = Verdict(ref=ref, cell=cell_ref, status="differs", inputs_digest=labels.get(LABEL_DIGEST, ""),
+                      revision=labels.get(OCI_REVISION, ""), image_config_digest=engine.config_digest(image_id))
+    head = git_revision()
+    dirty_ok = allow_dirty and verdict.revision.endswith("-dirty") and head == verdict.revision
+    if (verdict.revision.endswith("-dirty") and not dirty_ok) or verdict.revision in ("", "unknown"):
+        verdict.status = "not-rebuildable"
+        verdict.reason = (f"built from uncommitted changes ({verdict.revision})" if verdict.revision.endswith("-dirty")
+                          else "its revision label names no commit")
+        verdict.seconds = time.monotonic() - t0
+        return verdict
+    if head != verdict.revision:
+        verdict.status = "not-rebuildable"
+        verdict.reason = (f"built from commit {verdict.revision[:12]}, this checkout is at {head[:12]}: "
+                          f"`git worktree add /tmp/verify {verdict.revision[:12]}` and run verify there")
+        verdict.seconds = time.monotonic() - t0
+        return verdict
+    info = engine.current()
+    path = buildkit.choose(builder, engine_version=f"Docker {info.server_version}, API {info.api_version}")
+    rebuilt, prep = rebuild(m, cell, path, progress or Progress(None))
+    try:
+        verdict.rebuilt_inputs_digest = prep.digest
+        verdict.rebuilt_config_digest = engine.config_digest(rebuilt)
+        if verdict.rebuilt_config_digest == verdict.image_config_digest:
+            verdict.status = "reproduced"
+        else:
+            _explain(verdict, image_id, rebuilt)
+        verdict.rebuilt_image = rebuilt if keep else ""
+    finally:
+        # the rebuild of a reproducible image IS the image (same ID): never remove the user's image
+        if not keep and rebuilt != image_id:
+            import docker.errors
+
+            try:
+                engine.api().remove_image(rebuilt, noprune=True)
+            except docker.errors.APIError:
+                pass
+    verdict.seconds = time.monotonic() - t0
+    return verdict
