@@ -98,18 +98,25 @@ def attach(reg: Registry, repo: str, subject: Manifest, kind: str, payload: byte
            layer_annotations: dict[str, str] | None = None) -> Attached:
     """Store `payload` as a `kind` artifact about `subject` in `repo`: blobs, then the manifest by digest;
     where the registry did not process `subject`, the fallback tags too (module docstring). Idempotent:
-    the same payload again changes nothing (the index keeps one descriptor per digest; an older artifact
-    of the same kind stays listed, as with the referrers API)."""
+    the same payload again writes nothing (GETs only; the index keeps one descriptor per digest; an older
+    artifact of the same kind stays listed, as with the referrers API)."""
     if kind not in KINDS:
         raise ValueError(f"unknown attestation kind {kind!r}")
     m = artifact_manifest(kind, payload, subject, layer_annotations)
-    reg.put_blob(repo, EMPTY)
-    payload_digest = reg.put_blob(repo, payload)
-    by_subject = reg.put_manifest_digest(repo, m)
+    payload_digest = "sha256:" + hashlib.sha256(payload).hexdigest()
+    if reg.get_manifest(repo, m.digest) is None:
+        reg.put_blob(repo, EMPTY)
+        reg.put_blob(repo, payload)
+        by_subject = reg.put_manifest_digest(repo, m)
+    else:  # attached before: only what is missing is written
+        listed = reg.referrers(repo, subject.digest)
+        by_subject = listed is not None and m.digest in [d.get("digest") for d in listed]
     tags: tuple[str, ...] = ()
     if not by_subject:
         kind_tag = fallback_tag(subject.digest, kind)
-        reg.put_manifest(repo, kind_tag, m)
+        held = reg.get_manifest(repo, kind_tag)
+        if held is None or held.digest != m.digest:
+            reg.put_manifest(repo, kind_tag, m)
         index_tag = fallback_tag(subject.digest)
         _add_to_index(reg, repo, index_tag, _descriptor(m, kind))
         tags = (kind_tag, index_tag)

@@ -396,7 +396,11 @@ def publish_target(t: Target, *, skip_test_check: bool = False, replace: bool = 
     rec.tested = check_tested(t.cell, image_id, skip_test_check=skip_test_check, config_digest=local_config)
     rec.status = "failed"
     auth = credentials(t.registry)
-    reg = Registry(t.registry, auth=auth, retry=retry, sleep=sleep, on_retry=lambda m: warn(m))
+    def retried(message: str) -> None:  # a registry request retried: said, and kept as the last error seen
+        warn(message)
+        rec.error = message
+
+    reg = Registry(t.registry, auth=auth, retry=retry, sleep=sleep, on_retry=retried)
     existing = reg.get_manifest(t.repo, t.tag)
     # an index or a manifest list stands for its linux/amd64 child (attestations skipped)
     existing_image = reg.image_for(t.repo, existing) if existing is not None else None
@@ -425,7 +429,7 @@ def publish_target(t: Target, *, skip_test_check: bool = False, replace: bool = 
             log(f"pushing {t.ref}")
             pushed_digest = engine_push(repo_ref, t.tag, auth=auth, retry=retry, sleep=sleep, tries=tries)
         finally:
-            rec.attempts, rec.error = tries.count, tries.last_error
+            rec.attempts, rec.error = tries.count, tries.last_error or rec.error
             try:  # untag our temporary remote-named reference; the image itself stays
                 api.remove_image(f"{repo_ref}:{t.tag}", noprune=True)
             except docker.errors.APIError:
@@ -500,6 +504,17 @@ def publish(targets: list[Target], *, skip_test_check: bool = False, replace: bo
     `dry_run`, the report (if any) is written at the end whatever happened, with every cell's record and
     the run's exit code (`exit_code_of`); then the error, if any, is raised again (KeyboardInterrupt
     included). Returns one `Published` per target."""
+    # every cell must be an image imagegen built here before anything is read or written: a cell that is
+    # not is the user's mistake (exit 2, nothing touched, no report), not a failure half-way through
+    problems = []
+    for t in targets:
+        try:
+            _local_image(t.cell)
+        except UserInputError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise UserInputError(problems[0] if len(problems) == 1 else
+                             f"{len(problems)} cells cannot be published: " + "; ".join(problems))
     records = [_record(t) for t in targets]
     failure: BaseException | None = None
     try:

@@ -42,6 +42,39 @@ def vendored_libraries(analysis) -> list[dict]:
     return sorted(out, key=lambda v: v["path"])
 
 
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def canonical_refs(data: dict) -> dict:
+    """Replace the random UUID bom-refs trivy gives components without a purl (the OS, the image) by
+    names derived from the component (`imagegen:<type>:<name>@<version>`), everywhere they are used,
+    and sort the dependency graph: two SBOMs of one image are then the same bytes. In place; returned."""
+    renames: dict[str, str] = {}
+
+    def visit(comp: dict) -> None:
+        ref = comp.get("bom-ref", "")
+        if _UUID.match(ref):
+            new = f"imagegen:{comp.get('type', '')}:{comp.get('name', '')}@{comp.get('version', '')}"
+            while new in renames.values():
+                new += "+"
+            renames[ref] = new
+            comp["bom-ref"] = new
+        for child in comp.get("components") or []:
+            visit(child)
+
+    meta = data.get("metadata") or {}
+    if isinstance(meta.get("component"), dict):
+        visit(meta["component"])
+    for comp in data.get("components") or []:
+        visit(comp)
+    deps = data.get("dependencies") or []
+    for d in deps:
+        d["ref"] = renames.get(d.get("ref"), d.get("ref"))
+        d["dependsOn"] = sorted(renames.get(r, r) for r in d.get("dependsOn") or [])
+    deps.sort(key=lambda d: d.get("ref") or "")
+    return data
+
+
 def augment(data: dict, analysis, *, serial_seed: str = "", timestamp: str | None = None) -> dict:
     """Add the vendored libraries and CUDA kernel facts of `analysis` (audit.core.audit of the same
     image) to the CycloneDX document `data` (in place; also returned)."""
@@ -130,5 +163,5 @@ def for_image(ref: str, *, config_digest: str, created: str | None) -> bytes:
         trivy.sbom(archive, out, installed=installed(archive), target=ref)
         data = json.loads(out.read_text())
         analysis = audit(tarball=str(archive), compressed=False, strong=True)
-    augment(data, analysis, serial_seed=config_digest, timestamp=created)
+    augment(canonical_refs(data), analysis, serial_seed=config_digest, timestamp=created)
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()

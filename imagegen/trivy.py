@@ -328,7 +328,15 @@ def vulns(archive: Path, image: str, opts: Options = Options(), *, ignores: list
             _run(args, opts, f"scanning {image} for vulnerabilities")
         except ImagegenError as exc:
             if re.search(r"(?i)db|download|skip-update|first run", str(exc)):
-                raise VulnDbMissing(f"{exc}; " + (missing_db(opts) or DB_HELP.format(cache=opts.cache))) from None
+                missing = missing_db(opts)
+                if missing is None and re.search(r"(?i)invalid database|failed to open db|corrupt", str(exc)):
+                    info = db_info(opts)
+                    age = f" (metadata.json: updated {info.updated_at}, {info.age_days} days old)" \
+                        if info is not None and info.age_days is not None else ""
+                    raise VulnDbMissing(f"{exc}; trivy's vulnerability DB at {opts.db_path} is there but unreadable"
+                                        f"{age}: replace trivy.db and metadata.json in {opts.db_path.parent}/ "
+                                        "with a fresh copy") from None
+                raise VulnDbMissing(f"{exc}; " + (missing or DB_HELP.format(cache=opts.cache))) from None
             raise
         result = parse_report(json.loads(report.read_text()), image, list(ignores), installed=installed,
                               target=target)

@@ -133,8 +133,10 @@ def publish(
     force: Annotated[bool, typer.Option("--force", hidden=True, help="Removed: use --skip-test-check and/or "
                                         "--replace.")] = False,
     retries: Annotated[int, typer.Option("--retries", min=0, max=20, help="Retries after a transient failure "
-                                         "(5xx, 429, reset, timeout) of the push or of a registry request.")] = 3,
-    retry_backoff: Annotated[float, typer.Option("--retry-backoff", min=0.0, max=300.0, help="First retry delay "
+                                         "(5xx, 429, reset, timeout) of the push or of a registry request; no "
+                                         "retry starts more than 120 s after the first try; a 429 waits its "
+                                         "Retry-After, or at least 10 s.")] = 3,
+    retry_backoff: Annotated[float, typer.Option("--retry-backoff", min=0.0, max=30.0, help="First retry delay "
                                                  "in seconds; doubles each retry (at most 30 s).")] = 1.0,
     report: Annotated[Path, typer.Option("--report", help="Where to write the publish report (JSON).",
                                          callback=userpaths.output_file)]

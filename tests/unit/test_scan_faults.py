@@ -114,6 +114,23 @@ def test_no_db_names_the_files_it_looked_for(tmp_path):
     assert ", metadata.json missing" in trivy.missing_db(opts)
 
 
+def test_a_corrupt_db_is_said_to_be_unreadable_not_missing(tmp_path):
+    """Both files there, trivy.db garbage: the real trivy fails to open it; the message says so, with the
+    age metadata.json gives, instead of calling it missing."""
+    cache = tmp_path / "cache"
+    (cache / "db").mkdir(parents=True)
+    (cache / "db" / "trivy.db").write_bytes(b"not a bolt database" * 100)
+    now = dt.datetime.now(dt.timezone.utc)
+    _metadata(cache, updated=now - dt.timedelta(days=40), next_update=now - dt.timedelta(days=39))
+    opts = trivy.Options(cache_dir=cache, skip_db_update=True, offline_scan=True)
+    assert trivy.missing_db(opts) is None
+    with pytest.raises(trivy.VulnDbMissing) as exc:
+        trivy.vulns(_archive(tmp_path / "img.tar", {**BASE, **APP}), "img", opts)
+    msg = str(exc.value)
+    assert "is there but unreadable" in msg and "40.0" in msg and "missing from" not in msg, msg
+    assert "\n" not in msg
+
+
 def test_a_db_one_level_too_high_is_noticed(tmp_path):
     cache = tmp_path / "cache"
     _metadata(cache, updated=NOW, next_update=NOW, sub="")  # <cache>/trivy.db, <cache>/metadata.json
