@@ -106,6 +106,7 @@ class Published:
     previous: str | None = None  # what the immutable tag held before, when it held another image
     image_digest: str | None = None  # when the tag holds an index: its linux/amd64 child's manifest digest
     attestations: list[dict] = field(default_factory=list)  # attest.Attached as dicts: kind, digest, where, tags
+    signature: str | None = None  # the `sha256-<hex>.sig` manifest's digest, when signed (--sign-key)
 
 
 @dataclass(frozen=True)
@@ -377,7 +378,7 @@ def _record(t: Target) -> Published:
 def publish_target(t: Target, *, skip_test_check: bool = False, replace: bool = False,
                    allow_alias_downgrade: bool = False, retry: RetryPolicy = RetryPolicy(),
                    sleep: Callable[[float], None] = time.sleep, record: Published | None = None,
-                   evidence: tuple[str, ...] = ("sbom", "provenance")) -> Published:
+                   evidence: tuple[str, ...] = ("sbom", "provenance"), sign_key=None) -> Published:
     """Steps 2-6 for one validated target. Fills `record` (a new one when None) as it goes, so that on
     failure it holds what was seen so far with `status` `refused` (UserInputError when the image is not
     built here or not by imagegen, ImagegenError when untested), `conflict` (ImagegenError) or `failed`
@@ -457,6 +458,11 @@ def publish_target(t: Target, *, skip_test_check: bool = False, replace: bool = 
     rec.status = "failed"  # until the evidence is attached and every alias is decided
     if evidence:
         attach_evidence(reg, t, image, labels, image_id, local_config, evidence, rec)
+    if sign_key is not None:
+        from . import signing
+
+        rec.signature = signing.sign(reg, t.repo, image, sign_key)
+        log(f"{t.ref}: signed ({image.digest[:19]}…; signatures in tag {signing.fallback_tag(image.digest, 'sig')})")
     move_aliases(reg, t, manifest, version, rec, allow_alias_downgrade=allow_alias_downgrade)
     rec.status = done_status
     return rec
@@ -498,6 +504,7 @@ def exit_code_of(exc: BaseException | None) -> int:
 
 def publish(targets: list[Target], *, skip_test_check: bool = False, replace: bool = False,
             allow_alias_downgrade: bool = False, dry_run: bool = False, evidence: tuple[str, ...] = ("sbom", "provenance"),
+            sign_key=None,
             retry: RetryPolicy = RetryPolicy(), report: Path | None = Path("reports/publish.json"),
             sleep: Callable[[float], None] = time.sleep) -> list[Published]:
     """Publish every target in order; stop at the first failure (the later cells: `not_run`). Unless
@@ -531,7 +538,7 @@ def publish(targets: list[Target], *, skip_test_check: bool = False, replace: bo
             try:
                 publish_target(t, skip_test_check=skip_test_check, replace=replace,
                                allow_alias_downgrade=allow_alias_downgrade, retry=retry, sleep=sleep, record=rec,
-                               evidence=evidence)
+                               evidence=evidence, sign_key=sign_key)
             except BaseException as exc:
                 if rec.status not in ("refused", "conflict"):
                     rec.status = "failed"

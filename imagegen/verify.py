@@ -144,3 +144,46 @@ def verify(m, ref: str, rebuild, *, builder: str | None = None, keep: bool = Fal
                 pass
     verdict.seconds = time.monotonic() - t0
     return verdict
+
+
+@dataclass
+class SignatureVerdict:
+    """`verify HOST/REPO:TAG --key PUB`: the image's manifest digest, its signatures checked
+    (signing.verify_signatures) and the attestations found (attest.find). `ok`: at least one valid
+    signature."""
+
+    ref: str
+    digest: str
+    signatures: list[dict] = field(default_factory=list)
+    attestations: list[dict] = field(default_factory=list)
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return any(s["ok"] for s in self.signatures)
+
+
+def verify_signed(ref: str, public_key_path) -> SignatureVerdict:
+    """Check the signatures of the registry image `ref` (host/repo:tag or @digest) against the public
+    key at `public_key_path`. Fails closed: no signature, or none that verifies, is not ok (`reason`)."""
+    from dataclasses import asdict
+
+    from . import attest, signing
+    from .publish import credentials
+    from .registry import Registry
+
+    key = signing.load_public_key(public_key_path)
+    host, repo, reference = attest.parse_ref(ref)
+    reg = Registry(host, auth=credentials(host))
+    m = reg.get_manifest(repo, reference)
+    if m is None:
+        raise ImagegenError(f"{ref}: no such image in the registry")
+    image = reg.image_for(repo, m) or m
+    v = SignatureVerdict(ref=ref, digest=image.digest)
+    v.signatures = [asdict(c) for c in signing.verify_signatures(reg, repo, image.digest, key)]
+    v.attestations = [asdict(f) for f in attest.find(reg, repo, image.digest)]
+    if not v.signatures:
+        v.reason = f"no signature: {host}/{repo}:{attest.fallback_tag(image.digest, 'sig')} does not exist"
+    elif not v.ok:
+        v.reason = "no signature verifies: " + "; ".join(s["why"] for s in v.signatures)
+    return v

@@ -144,6 +144,10 @@ def publish(
     no_sbom: Annotated[bool, typer.Option("--no-sbom", help="Do not attach the SBOM (it needs trivy).")] = False,
     no_provenance: Annotated[bool, typer.Option("--no-provenance", help="Do not attach the SLSA provenance.")]
     = False,
+    sign_key: Annotated[Optional[Path], typer.Option("--sign-key", help="Sign each pushed image with this "
+                                                     "unencrypted PEM ECDSA P-256 key, stored as cosign stores "
+                                                     "signatures (sha256-<hex>.sig).",
+                                                     callback=userpaths.input_file)] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Push tested cells and their aliases; verify the registry's digest; attach the SBOM and the SLSA
@@ -158,8 +162,14 @@ def publish(
     m, cells = select_cells(matrix, variant, all_)
     targets = publish_mod.plan(cells, registry=registry, namespace=namespace, extra_aliases=alias)
     evidence = tuple(k for k, off in (("sbom", no_sbom), ("provenance", no_provenance)) if not off)
+    key = None
+    if sign_key is not None:
+        from ..signing import load_private_key
+
+        key = load_private_key(sign_key)
     done = publish_mod.publish(targets, skip_test_check=skip_test_check, replace=replace,
                                allow_alias_downgrade=allow_alias_downgrade, dry_run=dry_run, evidence=evidence,
+                               sign_key=key,
                                retry=RetryPolicy(attempts=retries + 1, backoff=retry_backoff), report=report)
     if json_out:
         import dataclasses

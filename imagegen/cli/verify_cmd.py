@@ -9,12 +9,14 @@ from typing import Annotated, Optional
 import typer
 
 from ..console import err, out
+from . import userpaths
 from .app import JsonOpt, MatrixOpt, app, load_matrix
 
 
 @app.command("verify")
 def verify_command(
-    ref: Annotated[str, typer.Argument(help="A local image imagegen built (tag or ID).")],
+    ref: Annotated[str, typer.Argument(help="A local image imagegen built (tag or ID); with --key, an image "
+                                            "in its registry (HOST/REPO:TAG or @DIGEST).")],
     matrix: MatrixOpt = Path("matrix.yaml"),
     builder: Annotated[Optional[str], typer.Option("--builder", help="The buildx builder for the rebuild "
                                                    "(default: as `imagegen build` chooses).")] = None,
@@ -25,6 +27,9 @@ def verify_command(
     allow_dirty: Annotated[bool, typer.Option("--allow-dirty", help="Rebuild an image built from uncommitted "
                                               "changes from this working tree (same commit): the answer is "
                                               "then about this working tree only.")] = False,
+    key: Annotated[Optional[Path], typer.Option("--key", help="Check REF's signatures in its registry against "
+                                                "this PEM public key instead of rebuilding; exit 1 when none "
+                                                "verifies, or there is none.", callback=userpaths.input_file)] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Rebuild REF's cell cold from this checkout and compare: exit 0 when the rebuild is the same image
@@ -32,6 +37,18 @@ def verify_command(
     from .. import verify as verify_mod
     from ..console import log
 
+    if key is not None:
+        sv = verify_mod.verify_signed(ref, key)
+        if json_out:
+            out.print_json(json.dumps({**vars(sv), "ok": sv.ok}))
+        else:
+            good = sum(1 for s in sv.signatures if s["ok"])
+            out.print(f"{sv.ref}@{sv.digest}: {good} of {len(sv.signatures)} signature(s) verify with {key}; "
+                      f"attestations: {', '.join(a['kind'] for a in sv.attestations) or 'none'}", markup=False)
+        if not sv.ok:
+            err.print(f"error: {sv.ref}: {sv.reason}", markup=False, style="red")
+            raise typer.Exit(1)
+        return
     if against:
         v = verify_mod.compare_images(ref, against)
     else:
