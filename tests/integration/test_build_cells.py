@@ -255,8 +255,9 @@ def test_ctrl_c_mid_build_leaves_no_containers_and_keeps_the_tag(builds, client,
     images_before = {i.id for i in client.images.list(all=True)}
     # the classic builder's own behaviour (step containers, late commits), wherever buildx is installed;
     # BuildKit's interrupts: tests/integration/test_engines.py
-    proc = subprocess.Popen([sys.executable, "-m", "imagegen", "build", "--variant", ref, "--force", "--no-test"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    # --no-cache: the build is reproducible, so a cached --force rebuild would run no step at all
+    proc = subprocess.Popen([sys.executable, "-m", "imagegen", "build", "--variant", ref, "--force", "--no-cache",
+                             "--no-test"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "NO_COLOR": "1", "IMAGEGEN_LOCAL_PREFIX": PREFIX,
                                  "DOCKER_BUILDKIT": "0"})
     lines: list[str] = []
