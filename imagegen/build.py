@@ -149,6 +149,27 @@ def late_commits(inflight: list[str], *, poll: float = 0.5, settle: float = LATE
     return list(reversed(found))
 
 
+def step_containers(inflight: list[str]) -> list[str]:
+    """The containers of the steps in flight (``inflight_value`` records) that the build never reported:
+    an interrupt can come after the engine created a step's container and before its "Running in" line
+    reached imagegen (CI, engine 20.10: a finished RUN container, Exited (0), left behind). A step
+    container is created from the step's parent image: those created from a record's parent since its
+    build started are this build's. Best effort: an unreachable engine returns none."""
+    api = engine.api()
+    try:
+        listed = api.containers(all=True)
+    except (docker.errors.APIError, *CONNECTION_LOST):
+        return []
+    out = []
+    for value in inflight:
+        parent, _kind, started = value.split("\t")
+        for c in listed:
+            image_id = (c.get("ImageID") or "").replace("sha256:", "")
+            if image_id.startswith(parent) and c.get("Created", 0) >= float(started) - 1 and c["Id"] not in out:
+                out.append(c["Id"])
+    return out
+
+
 def remove_created(containers: set[str], images: set[str], steps: list[str] = (),
                    inflight: list[str] = (), buildx: list[str] = ()) -> None:
     """Best effort: cancel the buildx builds in flight (``buildx``) and remove what their exporters
@@ -170,6 +191,11 @@ def remove_created(containers: set[str], images: set[str], steps: list[str] = ()
         for image in late_commits(list(inflight)) if inflight else ():
             try:
                 api.remove_image(image, noprune=True)
+            except docker.errors.APIError:
+                pass
+        for cid in step_containers(list(inflight)) if inflight else ():
+            try:
+                api.remove_container(cid, force=True)
             except docker.errors.APIError:
                 pass
         for image in images:
