@@ -131,7 +131,9 @@ def _add_to_index(reg: Registry, repo: str, tag: str, descriptor: dict) -> None:
     current = reg.get_manifest(repo, tag)
     manifests = []
     if current is not None and current.media_type == OCI_INDEX:
-        manifests = [d for d in current.json.get("manifests") or [] if d.get("digest") != descriptor["digest"]]
+        manifests = list(current.json.get("manifests") or [])
+        if descriptor["digest"] in [d.get("digest") for d in manifests]:
+            return  # listed already: the index is left exactly as it is
     body = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [*manifests, descriptor]}
     new = _manifest(body)
     if current is None or current.digest != new.digest:

@@ -39,16 +39,29 @@ def iso(epoch: int) -> str:
     return _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+#: the latest SOURCE_DATE_EPOCH a tar header, a config's RFC 3339 `created` and Python's datetime all hold
+MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z
+
+
+def env_epoch(env: dict | None = None) -> int | None:
+    """The `SOURCE_DATE_EPOCH` environment variable as seconds (None when unset or empty). Raises
+    UserInputError (exit 2) for anything but ASCII digits within 0..MAX_EPOCH."""
+    env = os.environ if env is None else env
+    value = (env.get("SOURCE_DATE_EPOCH") or "").strip()
+    if not value:
+        return None
+    if not (value.isascii() and value.isdigit()) or int(value) > MAX_EPOCH:
+        raise UserInputError(f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds since 1970 up to "
+                             f"{MAX_EPOCH} (https://reproducible-builds.org/specs/source-date-epoch/)")
+    return int(value)
+
+
 def source_date_epoch(base_refs: list[str], env: dict | None = None) -> int:
     """The cell's SOURCE_DATE_EPOCH (module docstring), in seconds. Raises UserInputError for a
     SOURCE_DATE_EPOCH that is not a non-negative integer, ImagegenError when no base says one."""
-    env = os.environ if env is None else env
-    value = (env.get("SOURCE_DATE_EPOCH") or "").strip()
-    if value:
-        if not value.isdigit():
-            raise UserInputError(f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds since 1970 "
-                                 "(https://reproducible-builds.org/specs/source-date-epoch/)")
-        return int(value)
+    value = env_epoch(env)
+    if value is not None:
+        return value
     api = engine.api()
     epochs: list[int] = []
     for ref in base_refs:

@@ -118,8 +118,12 @@ def verify(m, ref: str, rebuild, *, builder: str | None = None, keep: bool = Fal
         return verdict
     if head != verdict.revision:
         verdict.status = "not-rebuildable"
-        verdict.reason = (f"built from commit {verdict.revision[:12]}, this checkout is at {head[:12]}: "
-                          f"`git worktree add /tmp/verify {verdict.revision[:12]}` and run verify there")
+        if head.removesuffix("-dirty") == verdict.revision:
+            verdict.reason = (f"built from commit {verdict.revision[:12]}, and this checkout has uncommitted "
+                              "changes: commit or stash them, or verify from a clean worktree of that commit")
+        else:
+            verdict.reason = (f"built from commit {verdict.revision[:12]}, this checkout is at {head[:12]}: "
+                              f"`git worktree add /tmp/verify {verdict.revision[:12]}` and run verify there")
         verdict.seconds = time.monotonic() - t0
         return verdict
     info = engine.current()

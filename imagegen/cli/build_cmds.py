@@ -45,7 +45,10 @@ def build(
     from .. import pipeline
     from ..units import format_size
 
+    from ..reproduce import env_epoch
+
     m, cells = select_cells(matrix, variant, all_)
+    env_epoch()  # a bad SOURCE_DATE_EPOCH is the user's mistake: one line, exit 2, before any cell starts
     _install_interrupt_handler()
     results = pipeline.build_cells(m, cells, jobs=jobs, force=force, run_tests=not no_test,
                                     keep_cache=keep_cache, junit_dir=junit, no_cache=no_cache, builder=builder)

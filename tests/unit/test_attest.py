@@ -89,13 +89,14 @@ def test_tag_fallback_where_the_registry_has_no_referrers_api(reg):
 def test_attaching_the_same_payload_again_writes_nothing_new(reg):
     image = _image(reg.host, "again")
     first = attest.attach(Registry(reg.host), REPO, image, "sbom", SBOM)
+    prov = attest.attach(Registry(reg.host), REPO, image, "provenance", PROVENANCE)
     with FaultProxy(reg.host) as proxy:
         again = attest.attach(Registry(proxy.host), REPO, image, "sbom", SBOM)
-    assert again == first
-    assert proxy.requests("POST") == []  # both blobs were there (HEAD), no upload
+        prov_again = attest.attach(Registry(proxy.host), REPO, image, "provenance", PROVENANCE)
+    assert (again, prov_again) == (first, prov)
+    assert proxy.requests("POST") == [] and proxy.requests("PUT") == []  # GETs and HEADs only
     index_tag = f"sha256-{image.digest.split(':')[1]}"
-    assert proxy.requests("PUT", rf"/manifests/{index_tag}$") == []  # the index already listed it
-    assert len(_tag(reg.host, index_tag).json()["manifests"]) == 1
+    assert [d["digest"] for d in _tag(reg.host, index_tag).json()["manifests"]] == [first.digest, prov.digest]
 
 
 def test_an_index_lost_still_leaves_the_kind_tags(reg):

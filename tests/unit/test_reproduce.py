@@ -115,3 +115,13 @@ def test_every_committed_dockerfile_clamps_what_its_stages_make():
         # the environment is copied with its parents (COPY of a directory gives it the clock's mtime)
         assert "COPY --from=builder /opt/imagegen-venvroot/ /" in text.split("# --- runtime")[1], f
         assert stages >= 4, f
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "1.5", "99999999999999999999", "\u00b2"])
+def test_a_bad_source_date_epoch_is_one_line_and_exit_2_before_any_build(value, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "imagegen", "build", "--variant", "onnxruntime:1.23.2-cpu-slim"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "SOURCE_DATE_EPOCH": value, "IMAGEGEN_CACHE": str(tmp_path), "NO_COLOR": "1"})
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "SOURCE_DATE_EPOCH=" in r.stderr
+    assert "Traceback" not in r.stderr and "preparing" not in r.stderr
