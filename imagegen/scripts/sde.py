@@ -47,6 +47,28 @@ def clamp(root: str, epoch: int) -> int:
     return changed
 
 
+def drop_timestamp_pycs(root: str) -> int:
+    """Remove the timestamp-based .pyc files under `root` (PEP 552 flags 0: what the import system writes
+    when a build step imports a module). They record their source's mtime, the clock's, and once the
+    sources are clamped they are stale anyway: Python ignores them. Hash-based ones (imagegen's own
+    compile step) are kept. Returns how many were removed."""
+    removed = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if not name.endswith(".pyc"):
+                continue
+            path = os.path.join(dirpath, name)
+            try:
+                with open(path, "rb") as f:
+                    head = f.read(8)
+            except OSError:
+                continue
+            if len(head) == 8 and int.from_bytes(head[4:8], "little") == 0:
+                os.unlink(path)
+                removed += 1
+    return removed
+
+
 def main(argv: list[str]) -> int:
     value = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
     if not value:
@@ -69,6 +91,7 @@ def main(argv: list[str]) -> int:
                 os.unlink(path)
                 removed += 1
         if os.path.lexists(root):
+            removed += drop_timestamp_pycs(root)
             changed += clamp(root, epoch)
     print(f"IMAGEGEN-SDE clamped={changed} removed={removed} epoch={epoch}")
     return 0
