@@ -150,3 +150,17 @@ def work_dirs() -> list[tuple[Path, str]]:
     """Every kind of owned work directory: [(parent directory, name prefix)] (see the layout above)."""
     return [(tmp_root(), RUN_PREFIX), (cache_root(), CONTEXT_PREFIX), (tmp_parent(), BASE_PREFIX),
             (tmp_parent(), TEST_PREFIX)]
+
+
+def write_json_atomic(path: Path, data, *, indent: int, sort_keys: bool = False, newline: bool = False) -> None:
+    """Write `data` as JSON to `path` through a temporary file in the same directory and a rename, so a
+    reader sees the old file or the new one, never a half-written one (directories created)."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=indent, sort_keys=sort_keys)
+        if newline:
+            fh.write("\n")
+    os.replace(tmp, path)

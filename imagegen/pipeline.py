@@ -553,7 +553,7 @@ def _record_build(prep: Prepared, path, image_id: str, started: str) -> None:
             cell=prep.cell.ref, image_id=image_id, config_digest=engine.config_digest(image_id),
             inputs_digest=prep.digest, revision=git_revision(), source=SOURCE_URL,
             source_date_epoch=prep.epoch or 0,
-            lock={"path": _rel(prep.lock_path), "sha256": provenance.file_sha256(prep.lock_path)},
+            lock={"path": _rel(prep.lock_path), "sha256": wheelhouse.sha256_file(prep.lock_path)},
             closure={"packages": prep.closure, "sha256": hashlib.sha256(closure_txt).hexdigest()},
             bases={role: {"ref": ref, "id": prep.base_ids.get(role, "")} for role, ref in prep.refs.items()},
             build_path=path.kind, builder=path.builder, buildkit_version=path.buildkit_version,

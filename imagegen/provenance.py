@@ -17,10 +17,7 @@ It is what a build system records, not a signed claim: signing is `signing`'s.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -69,11 +66,7 @@ def record_path(config_digest: str) -> Path:
 def write_record(rec: BuildRecord) -> Path:
     """Store `rec` under its config digest (atomic). Returns the path."""
     path = record_path(rec.config_digest)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".build-")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(asdict(rec), fh, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    paths.write_json_atomic(path, asdict(rec), indent=1, sort_keys=True)
     return path
 
 
@@ -161,11 +154,3 @@ def statement(subject_name: str, subject_digest: str, labels: dict[str, str], re
         "predicateType": PREDICATE_TYPE,
         "predicate": predicate,
     }
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(1 << 20):
-            h.update(b)
-    return h.hexdigest()

@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -46,7 +45,7 @@ from typing import Callable
 import docker.errors
 from packaging.version import InvalidVersion, Version
 
-from . import engine, testrecord
+from . import engine, paths, testrecord
 from .labels import FRAMEWORK_VERSION, LABEL_DIGEST, OCI_VERSION
 from .console import err, log, warn
 from .errors import ImagegenError, UserInputError
@@ -584,8 +583,4 @@ def write_report(path: Path, items: list[Published], *, exit_code: int = 0, erro
     data = {"schema": SCHEMA, "time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "exit_code": exit_code, "error": error, "options": options or {},
             "images": [{k: v for k, v in asdict(p).items() if k != "dry_run"} for p in items]}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".publish-")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
+    paths.write_json_atomic(path, data, indent=2, newline=True)

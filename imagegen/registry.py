@@ -553,29 +553,28 @@ class Registry:
 
     def put_manifest(self, repo: str, tag: str, manifest: Manifest) -> str:
         """PUT the exact manifest bytes under `tag`; returns the digest the registry reports."""
-        what = f"PUT manifest {self.host}/{repo}:{tag}"
-        resp = self._send("PUT", f"/v2/{repo}/manifests/{tag}", what=what,
+        self._put_manifest(repo, tag, manifest, f"PUT manifest {self.host}/{repo}:{tag}")
+        return manifest.digest
+
+    def _put_manifest(self, repo: str, reference: str, manifest: Manifest, what: str) -> requests.Response:
+        """PUT the exact bytes under `reference` (a tag or their digest); raises RegistryError when the
+        registry refuses them or says it stored other bytes."""
+        resp = self._send("PUT", f"/v2/{repo}/manifests/{reference}", what=what,
                           headers={"Content-Type": manifest.media_type}, data=manifest.raw)
         if resp.status_code not in (200, 201):
             raise self._fail(resp, what)
         got = resp.headers.get("Docker-Content-Digest") or manifest.digest
         if got != manifest.digest:
             raise RegistryError(f"{what}: the registry stored {got}, not {manifest.digest}")
-        return got
+        return resp
 
     def put_manifest_digest(self, repo: str, manifest: Manifest) -> bool:
         """PUT the exact manifest bytes by their digest (no tag: an artifact that names its image in
         `subject`). Returns whether the registry processed the `subject` field (it answered the
         `OCI-Subject` header, OCI distribution-spec 1.1 "Pushing Manifests with Subject"): when it did not,
         the referrers API cannot list it and the caller tags it instead (the tag schema fallback)."""
-        what = f"PUT manifest {self.host}/{repo}@{manifest.digest}"
-        resp = self._send("PUT", f"/v2/{repo}/manifests/{manifest.digest}", what=what,
-                          headers={"Content-Type": manifest.media_type}, data=manifest.raw)
-        if resp.status_code not in (200, 201):
-            raise self._fail(resp, what)
-        got = resp.headers.get("Docker-Content-Digest") or manifest.digest
-        if got != manifest.digest:
-            raise RegistryError(f"{what}: the registry stored {got}, not {manifest.digest}")
+        resp = self._put_manifest(repo, manifest.digest, manifest,
+                                  f"PUT manifest {self.host}/{repo}@{manifest.digest}")
         return bool(resp.headers.get("OCI-Subject"))
 
     def has_blob(self, repo: str, digest: str) -> bool:

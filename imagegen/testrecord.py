@@ -22,9 +22,7 @@ their `image_id`, which is how graph-driver engines, the only ones that wrote th
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -70,12 +68,7 @@ def write(image_id: str, cell: str, inputs_digest: str | None, *, passed: int, s
     rec = TestRecord(image_id=image_id, config_digest=digest, cell=cell, inputs_digest=inputs_digest, passed=passed,
                      skipped=skipped, seconds=round(seconds, 2),
                      time=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), imagegen=__version__)
-    path = path_for(digest)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".rec-")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(asdict(rec), fh, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    paths.write_json_atomic(path_for(digest), asdict(rec), indent=1, sort_keys=True)
     return rec
 
 

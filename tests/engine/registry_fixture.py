@@ -61,6 +61,26 @@ def upload_blob(host: str, repo: str, data: bytes) -> dict:
     return {"digest": digest, "size": len(data)}
 
 
+def push_image(host: str, repo: str, tag: str) -> tuple[bytes, str]:
+    """A one-layer OCI image (config labelled `m=<tag>`, layer bytes `<tag>`) pushed as `repo:tag` through
+    the HTTP API; returns (the manifest's bytes, its digest)."""
+    import hashlib
+    import json
+
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Labels": {"m": tag}},
+                         "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    oci = "application/vnd.oci.image.manifest.v1+json"
+    doc = {"schemaVersion": 2, "mediaType": oci,
+           "config": dict(upload_blob(host, repo, config), mediaType="application/vnd.oci.image.config.v1+json"),
+           "layers": [dict(upload_blob(host, repo, tag.encode()), mediaType="application/vnd.oci.image.layer.v1.tar")]}
+    raw = json.dumps(doc).encode()
+    req = urllib.request.Request(f"http://{host}/v2/{repo}/manifests/{tag}", data=raw, method="PUT",
+                                 headers={"Content-Type": oci})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 201, resp.status
+    return raw, "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

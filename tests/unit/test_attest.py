@@ -5,7 +5,6 @@ state (tags, index, subjects), the proxy's request log and what `find`/`fetch` r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
 from fault_proxy import FaultProxy  # noqa: E402
-from registry_fixture import LocalRegistry, upload_blob  # noqa: E402
+from registry_fixture import LocalRegistry, push_image  # noqa: E402
 
 from imagegen import attest  # noqa: E402
 from imagegen.errors import ImagegenError  # noqa: E402
@@ -30,17 +29,8 @@ PROVENANCE = json.dumps({"_type": "https://in-toto.io/Statement/v1", "predicateT
 
 
 def _image(host: str, marker: str) -> Manifest:
-    """A one-layer image pushed by tag `marker`; its manifest as the registry serves it."""
-    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Labels": {"m": marker}},
-                         "rootfs": {"type": "layers", "diff_ids": []}}).encode()
-    doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-           "config": dict(upload_blob(host, REPO, config), mediaType="application/vnd.oci.image.config.v1+json"),
-           "layers": [dict(upload_blob(host, REPO, marker.encode()), mediaType="application/vnd.oci.image.layer.v1.tar")]}
-    raw = json.dumps(doc).encode()
-    r = requests.put(f"http://{host}/v2/{REPO}/manifests/{marker}", data=raw, timeout=10,
-                     headers={"Content-Type": OCI_MANIFEST})
-    assert r.status_code == 201, r.text
-    return Manifest("sha256:" + hashlib.sha256(raw).hexdigest(), OCI_MANIFEST, raw)
+    raw, digest = push_image(host, REPO, marker)
+    return Manifest(digest, OCI_MANIFEST, raw)
 
 
 def _tag(host: str, tag: str) -> requests.Response:

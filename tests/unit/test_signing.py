@@ -6,7 +6,6 @@ closed (exit 1) on no signature or a bad one."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import subprocess
@@ -19,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
-from registry_fixture import LocalRegistry, upload_blob  # noqa: E402
+from registry_fixture import LocalRegistry, push_image  # noqa: E402
 
 from imagegen import signing  # noqa: E402
 from imagegen.errors import UserInputError  # noqa: E402
@@ -32,15 +31,8 @@ REPO = "imagegen/signed"
 
 
 def _image(host: str, marker: str) -> Manifest:
-    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Labels": {"m": marker}},
-                         "rootfs": {"type": "layers", "diff_ids": []}}).encode()
-    doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-           "config": dict(upload_blob(host, REPO, config), mediaType="application/vnd.oci.image.config.v1+json"),
-           "layers": [dict(upload_blob(host, REPO, marker.encode()), mediaType="application/vnd.oci.image.layer.v1.tar")]}
-    raw = json.dumps(doc).encode()
-    assert requests.put(f"http://{host}/v2/{REPO}/manifests/{marker}", data=raw, timeout=10,
-                        headers={"Content-Type": OCI_MANIFEST}).status_code == 201
-    return Manifest("sha256:" + hashlib.sha256(raw).hexdigest(), OCI_MANIFEST, raw)
+    raw, digest = push_image(host, REPO, marker)
+    return Manifest(digest, OCI_MANIFEST, raw)
 
 
 def _keys(tmp_path: Path, name: str) -> tuple[Path, Path]:
