@@ -17,7 +17,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from .errors import EngineError
+from .errors import EngineError, UserInputError
 
 START_HINT = (
     "start it with `sudo dockerd &` or `sudo systemctl start docker`; "
@@ -182,6 +182,31 @@ def short_error(exc: BaseException) -> str:
     """The first line of an exception's text, at most 200 characters (for one-line errors)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:200]
+
+
+def inspect_image(ref: str) -> dict:
+    """The engine's inspect dict for the local image `ref` (a tag, ID or digest reference).
+
+    UserInputError (exit 2) when `ref` is not a valid reference (the engine's HTTP 400 "invalid
+    reference format", reason kept) or no such image is here; EngineError (exit 3) when the engine
+    fails or cannot be reached. No registry is consulted."""
+    try:
+        return api().inspect_image(ref)
+    except docker.errors.ImageNotFound:
+        raise UserInputError(f"no image {ref} in the local engine",
+                             hint="`docker images` lists local images; no registry is consulted") from None
+    except docker.errors.APIError as exc:
+        status = getattr(exc, "status_code", None)
+        explanation = str(getattr(exc, "explanation", "") or exc)
+        if status == 404:
+            raise UserInputError(f"no image {ref} in the local engine") from None
+        if status == 400 and "invalid reference format" in explanation:
+            why = explanation.split("invalid reference format", 1)[1].lstrip(": ").strip()
+            raise UserInputError(f"{ref!r} is not an image reference" + (f": {why}" if why else "")
+                                 + " (NAME[:TAG], NAME@sha256:DIGEST or an image ID)") from None
+        raise EngineError(f"the engine refused to inspect {ref}: {short_error(exc)}") from None
+    except (requests.exceptions.RequestException, OSError) as exc:
+        raise EngineError(f"the engine connection failed while inspecting {ref}: {short_error(exc)}") from None
 
 
 # --- image identity: the config digest ------------------------------------------------------------

@@ -48,13 +48,9 @@ class Verdict:
 
 
 def labels_of(ref: str) -> tuple[str, dict[str, str]]:
-    """(image ID, labels) of a local image. Raises UserInputError when there is no such image."""
-    import docker.errors
-
-    try:
-        info = engine.api().inspect_image(ref)
-    except docker.errors.ImageNotFound:
-        raise UserInputError(f"no image {ref} in the engine (pull it first, or name a local tag)") from None
+    """(image ID, labels) of a local image. Raises UserInputError when there is no such image or `ref`
+    is not a reference (:func:`imagegen.engine.inspect_image`)."""
+    info = engine.inspect_image(ref)
     return info["Id"], dict((info.get("Config") or {}).get("Labels") or {})
 
 

@@ -53,6 +53,7 @@ def verify_command(
         v = verify_mod.compare_images(ref, against)
     else:
         m = load_matrix(matrix)
+        verify_mod.labels_of(ref)  # a bad reference or a missing image: one line before anything starts
         log(f"verifying {ref}: a cold rebuild of its cell from this checkout")
         from .. import pipeline
 
@@ -63,7 +64,9 @@ def verify_command(
         out.print(f"{v.ref}: {v.status} ({v.cell}, {v.seconds:.0f}s)", markup=False)
         out.print(f"  image   config {v.image_config_digest}", markup=False)
         if v.rebuilt_config_digest:
-            out.print(f"  rebuilt config {v.rebuilt_config_digest}", markup=False)
+            other = "against" if against else "rebuilt"
+            out.print(f"  {other} config {v.rebuilt_config_digest}" + (f" ({against})" if against else ""),
+                      markup=False)
         if v.rebuilt_image:
             out.print(f"  rebuilt image  {v.rebuilt_image} (kept)", markup=False)
         for f in (v.diff.get("files") or [])[:10]:

@@ -49,25 +49,11 @@ def file_chunks(path: str, chunk: int = CHUNK) -> Iterator[bytes]:
 
 
 def inspect(ref: str) -> dict:
-    """The engine's inspect dict for a local image. UserInputError if absent, EngineError if the
-    engine fails."""
-    import docker.errors
-    import requests.exceptions
-
+    """The engine's inspect dict for a local image (:func:`imagegen.engine.inspect_image`): UserInputError
+    if absent or not a reference, EngineError if the engine fails."""
     from .. import engine
 
-    api = engine.api()
-    try:
-        return api.inspect_image(ref)
-    except docker.errors.ImageNotFound:
-        raise UserInputError(f"image not found in the local engine: {ref}",
-                             hint="`docker images` lists local images; no registry is consulted") from None
-    except docker.errors.APIError as exc:
-        if getattr(exc, "status_code", None) == 404:
-            raise UserInputError(f"image not found in the local engine: {ref}") from None
-        raise EngineError(f"engine refused to inspect {ref}: {_short(exc)}") from None
-    except (requests.exceptions.RequestException, OSError) as exc:
-        raise EngineError(f"Docker engine connection failed while inspecting {ref}: {_short(exc)}") from None
+    return engine.inspect_image(ref)
 
 
 def read_image(ref: str, *, compressed: bool = True, log: Callable[[str], None] | None = None,

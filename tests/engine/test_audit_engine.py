@@ -139,7 +139,14 @@ def _cli(*args, env=None):
 
 def test_bad_input_one_line_errors(loaded):
     r = _cli("imagegen-test/does-not-exist:nope")
-    assert r.returncode == 2 and r.stderr.startswith("error: image not found") and len(r.stderr.splitlines()) == 1
+    assert r.returncode == 2 and r.stderr.startswith("error: no image imagegen-test/does-not-exist:nope in the "
+                                                     "local engine") and len(r.stderr.splitlines()) == 1
+    for command in (["audit"], ["verify"], ["verify", "--against", "also:bad"]):
+        r = subprocess.run([sys.executable, "-m", "imagegen", *command, "BAD REF"], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 2, (command, r.stderr)
+        assert r.stderr == ("error: 'BAD REF' is not an image reference: repository name must be lowercase "
+                            "(NAME[:TAG], NAME@sha256:DIGEST or an image ID)\n"), (command, r.stderr)
     r = _cli("whatever", env={"DOCKER_HOST": "unix:///tmp/imagegen-no-such-engine.sock"})
     assert r.returncode == 3 and r.stderr.startswith("error: Docker engine not reachable")
     assert len(r.stderr.splitlines()) == 1
