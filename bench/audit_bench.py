@@ -126,7 +126,7 @@ def table(rows: list[dict]) -> str:
         s = r.get("save", (float("nan"), 0, 0))[0]
         d = r.get("dive", (float("nan"), 0, 0))[0]
 
-        def cell(k: str) -> str:
+        def cell(k: str, r=r, s=s, d=d) -> str:
             if k not in r:
                 return "—"
             t, rss = r[k][0], r[k][1]
@@ -186,7 +186,7 @@ def push_compare(ref: str) -> dict:
     pushed = [d["size"] for d in man["layers"]]
     diff_ids = info["RootFS"]["Layers"]
     rows = []
-    for did, size in zip(diff_ids, pushed):
+    for did, size in zip(diff_ids, pushed, strict=True):
         tar, gz = est.get(did, (0, 0))
         rows.append({"diff_id": did, "tar": tar, "estimate": gz, "pushed": size})
     return {"image": ref, "layers": rows, "estimate_s": est_s, "push_s": push_s,

@@ -24,7 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from imagegen import cuda_kernels as ck, wheelhouse  # noqa: E402
+from imagegen import cuda_kernels as ck  # noqa: E402
+from imagegen import wheelhouse
 from imagegen.lockfile import read_lock  # noqa: E402
 
 LOCK = ROOT / "locks" / "paddle-2.6.2-gpu-cuda11.8-cudnn8.6-slim.txt"

@@ -71,7 +71,7 @@ def compute(cells: list, *, minor: bool, latest: str, latest_flavor: str, latest
             mm = major_minor(c.version)
             if mm:
                 groups[(c.image, mm, c.selector)].append(c)
-        for (image, mm, selector), members in groups.items():
+        for (_image, mm, selector), members in groups.items():
             newest = max(members, key=lambda c: _v(c.version))
             alias = f"{mm}-{selector}"
             if alias != newest.tag:
@@ -84,7 +84,7 @@ def compute(cells: list, *, minor: bool, latest: str, latest_flavor: str, latest
             if latest == "single" and c.device != latest_device:
                 continue
             by_repo[(c.image, c.device if latest == "device" else "")].append(c)
-        for (image, device), members in by_repo.items():
+        for (_image, device), members in by_repo.items():
             claim(_newest(members), f"latest-{device}" if latest == "device" else "latest", where)
     for matches, tags, src in rules:
         for c in cells:

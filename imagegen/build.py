@@ -23,12 +23,12 @@ import requests.exceptions
 import urllib3.exceptions
 
 from . import engine
-from .console import err, log
-from .errors import EngineError, ImagegenError
-from .labels import LABEL_CELL, LABEL_CLOSURE, LABEL_DIGEST, OCI_CREATED, OCI_REVISION, OCI_SOURCE, SOURCE_URL
 from .buildkit import ANSI as _ANSI
 from .buildkit import SCRIPT_ERROR as _SCRIPT_ERROR
 from .buildkit import BuildPath
+from .console import err, log
+from .errors import EngineError, ImagegenError
+from .labels import LABEL_CELL, LABEL_CLOSURE, LABEL_DIGEST, OCI_CREATED, OCI_REVISION, OCI_SOURCE, SOURCE_URL
 from .matrix import Cell
 
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")

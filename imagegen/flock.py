@@ -209,7 +209,7 @@ def tree_size(path: Path) -> tuple[int, int]:
     first leaves out inodes with links outside the tree (a build context's wheels are hard links
     into the wheel cache and free nothing). Does not follow symlinks."""
     seen: dict[tuple[int, int], list[int]] = {}
-    for dirpath, dirnames, filenames in os.walk(path):
+    for dirpath, _dirnames, filenames in os.walk(path):
         for name in filenames:
             with contextlib.suppress(OSError):
                 st = os.lstat(os.path.join(dirpath, name))

@@ -24,17 +24,17 @@ import fnmatch
 import functools
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-import re
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from .labels import CUDA_ARCHS
 from .scripts import fatbin as fb
 
-# Type names used in annotations only (imported nowhere here, so this module sits below lock,
-# wheelhouse-free callers and matrix in the import graph): Lock = imagegen.lock.Lock,
-# Cell = imagegen.matrix.Cell.
+if TYPE_CHECKING:  # annotations only: at run time this module sits below lockfile and matrix
+    from .lockfile import Lock
+    from .matrix import Cell
 
 FORMAT = 2     # 2: embedded containers (embedded_*), kernel_containers, LTO-IR entries (lto_XX)
 LABEL = CUDA_ARCHS

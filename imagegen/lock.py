@@ -219,7 +219,7 @@ def check_indexes(req: LockRequest, skip: Iterable[str] = (), *, quiet: bool = F
     with ThreadPoolExecutor(max_workers=min(8, len(indexes))) as pool:
         reasons = list(pool.map(lambda ix: probe(ix.url), indexes))
     usable, skipped = [], []
-    for ix, reason in zip(indexes, reasons):
+    for ix, reason in zip(indexes, reasons, strict=True):
         if reason is None:
             usable.append(ix)
             continue

@@ -11,23 +11,13 @@ import fnmatch
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from typing import Any
 
-from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ValidationError
 
 from . import compat
-from .scripts import fatbin
 from .errors import UserInputError
-from .units import parse_size
-from .pythonbases import pick_base as _pick_base
-from .pythonbases import python_lists as _python_lists
-from .pythonbases import runtime_wheels as _runtime_wheels
-from .selectors import resolve_selector
-from .yamlsrc import Located
-from .yamlsrc import load as load_yaml
 from .matrix_model import (  # noqa: F401  (the model is part of this module's API)
     AXES,
     REGISTRY_RE,
@@ -56,6 +46,12 @@ from .matrix_model import (  # noqa: F401  (the model is part of this module's A
     check_url,
     is_registry,
 )
+from .pythonbases import pick_base as _pick_base
+from .pythonbases import python_lists as _python_lists
+from .pythonbases import runtime_wheels as _runtime_wheels
+from .selectors import resolve_selector
+from .yamlsrc import Located
+from .yamlsrc import load as load_yaml
 
 # --- cells ------------------------------------------------------------------------------------
 

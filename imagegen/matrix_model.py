@@ -5,24 +5,16 @@ Also the reference rules (registry, repository component, tag) that publish reus
 
 from __future__ import annotations
 
-import difflib
-import fnmatch
 import re
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from packaging.requirements import InvalidRequirement, Requirement
-from packaging.version import InvalidVersion, Version
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from . import compat
 from .scripts import fatbin
-from .errors import UserInputError
 from .units import parse_size
-from .yamlsrc import Located
-from .yamlsrc import load as load_yaml
 
 Device = Literal["cpu", "gpu"]
 Flavor = Literal["slim", "full"]

@@ -29,26 +29,40 @@ from typing import Callable
 
 import docker.errors
 
-from . import (bases, buildkit, closure, closurefile, coldstart, compat, engine, flock, hostpip, lockfile, paths, render,
-               reproduce, wheelhouse)
+from . import (
+    bases,
+    buildkit,
+    closure,
+    closurefile,
+    coldstart,
+    compat,
+    engine,
+    flock,
+    hostpip,
+    lockfile,
+    paths,
+    render,
+    reproduce,
+    wheelhouse,
+)
 from . import lock as lock_stage
-from .buildkit import CLASSIC, BuildPath
 from .build import (
-    CONNECTION_LOST,
-    current_image_id,
     ACTIVE,
+    CONNECTION_LOST,
     Progress,
     Tracker,
-    current_digest,
     build_image,
+    current_digest,
+    current_image_id,
     git_revision,
     prune_report_from_log,
     remove_created,
     remove_images,
 )
+from .buildkit import CLASSIC, BuildPath
 from .console import err, log, warn
-from .labels import SOURCE_URL
 from .errors import GateFailed, ImagegenError, UserInputError
+from .labels import SOURCE_URL
 from .matrix import Cell, Matrix
 
 BUILDER_ROLE = "builder"  # every cell's builder stage; its final stage uses cell.runtime_role
@@ -322,7 +336,7 @@ def _kernel_labels(cell: Cell, lk, lpath: Path, wheels: list[Path]) -> dict[str,
         return {}
     from . import gpu_archs
 
-    facts = gpu_archs.ensure_facts(lk, lpath, {w.sha256: p for w, p in zip(lk.wheels, wheels)})
+    facts = gpu_archs.ensure_facts(lk, lpath, {w.sha256: p for w, p in zip(lk.wheels, wheels, strict=True)})
     why = gpu_archs.check_targets(cell, facts)
     if why:
         raise UserInputError(f"{cell.ref}: {why}")

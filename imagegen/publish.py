@@ -46,12 +46,12 @@ import docker.errors
 from packaging.version import InvalidVersion, Version
 
 from . import engine, paths, testrecord
-from .labels import FRAMEWORK_VERSION, LABEL_DIGEST, OCI_VERSION
 from .console import err, log, warn
 from .errors import ImagegenError, UserInputError
+from .labels import FRAMEWORK_VERSION, LABEL_DIGEST, OCI_VERSION
 from .matrix import REGISTRY_RE, REPO_COMPONENT_RE, TAG_RE, Cell
-from .signals import Terminated, interrupt_exit_code
 from .registry import Manifest, Registry, RetryPolicy, classify_engine_error, one_line
+from .signals import Terminated, interrupt_exit_code
 
 SCHEMA = "imagegen.publish/2"
 
@@ -524,7 +524,7 @@ def publish(targets: list[Target], *, skip_test_check: bool = False, replace: bo
     records = [_record(t) for t in targets]
     failure: BaseException | None = None
     try:
-        for t, rec in zip(targets, records):
+        for t, rec in zip(targets, records, strict=True):
             if dry_run:
                 info = _local_image(t.cell)
                 local_config = engine.config_digest(info["Id"])

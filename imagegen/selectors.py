@@ -5,9 +5,12 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserInputError
+
+if TYPE_CHECKING:  # annotations only: matrix imports this module
+    from .matrix import Cell
 
 
 def resolve_selector(m: Any, pattern: str) -> list[Any]:

@@ -8,10 +8,10 @@ import docker.errors
 
 from . import engine, paths
 from . import labels as labels_mod
-from .labels import CUDA_ARCHS, LABEL_DIGEST, SOURCE_URL
 from .errors import UserInputError
 from .imagetest import TestTarget, run_targets
 from .imagetest.runner import Summary
+from .labels import CUDA_ARCHS, LABEL_DIGEST, SOURCE_URL
 from .matrix import Cell
 
 SHELL_PACKAGES = {"dash", "bash", "busybox", "busybox-static", "zsh"}
@@ -86,7 +86,7 @@ def test_cells(cells: list[Cell], *, junit: Path | None = None, checks: list[str
     from . import testrecord
 
     targets = [target_for(c) for c in cells]
-    facts = {t.id: (*_image_facts(t.image), c.ref) for t, c in zip(targets, cells)}
+    facts = {t.id: (*_image_facts(t.image), c.ref) for t, c in zip(targets, cells, strict=True)}
     path = junit if junit and junit.suffix == ".xml" else junit_path(junit, "imagegen")
     summary = run_targets(targets, path, checks=checks, keyword=keyword, verbose=verbose)
     if not checks and not keyword:

@@ -43,13 +43,33 @@ from plumbum import local
 from plumbum.commands.processes import ProcessExecutionError, ProcessTimedOut
 
 from .errors import GateFailed, ImagegenError, UserInputError
+
 # re-exported: callers and tests use them as `trivy.<name>`
-from .sbomfilter import (SBOM_FILE, SBOM_FILE_MAX, Dropped, Installed, canonical_name, canonical_version,  # noqa: F401
-                         installed, installed_from_view, keep_installed, sbom_entries)
-from .secretscan import (CONFIG_PATHS, Secret, SecretAllow, expired_allows, host_extra_cas,  # noqa: F401
-                         load_secret_allow, parse_secrets, secret_allowlist, secret_config, unused_allows)
-from .vulndb import (DB_HELP, MAX_DB_AGE_DAYS, DbInfo, Options, VulnDbMissing, db_info, missing_db,  # noqa: F401
-                     valid_repository)
+from .sbomfilter import (  # noqa: F401
+    SBOM_FILE,
+    SBOM_FILE_MAX,
+    Dropped,
+    Installed,
+    canonical_name,
+    canonical_version,
+    installed,
+    installed_from_view,
+    keep_installed,
+    sbom_entries,
+)
+from .secretscan import (  # noqa: F401
+    CONFIG_PATHS,
+    Secret,
+    SecretAllow,
+    expired_allows,
+    host_extra_cas,
+    load_secret_allow,
+    parse_secrets,
+    secret_allowlist,
+    secret_config,
+    unused_allows,
+)
+from .vulndb import DB_HELP, MAX_DB_AGE_DAYS, DbInfo, Options, VulnDbMissing, db_info, missing_db, valid_repository  # noqa: F401
 
 SEVERITIES = ("UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL")
 

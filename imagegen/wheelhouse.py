@@ -35,12 +35,12 @@ from typing import Iterable, Iterator
 
 from . import flock, paths
 from .console import log
-from .paths import cache_root, wheels_root
-from .units import format_size
 from .errors import ImagegenError, UserInputError
 from .hostpip import host_sources, last_line, pip_env, run_pip, target_args, terminate_children
 from .lockfile import Index, Lock, LockedWheel, LockRequest, requirements_text
+from .paths import cache_root, wheels_root
 from .redact import is_redacted, redact_text, redact_url
+from .units import format_size
 
 
 class HashMismatch(ImagegenError):

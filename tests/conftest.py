@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # shared test helpers of tests/support/ (fixtures writers, checks), importable by their plain names.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
+from env_guard import pytest_runtest_makereport, pytest_runtest_protocol  # noqa: E402,F401
 from skip_policy import (  # noqa: E402,F401  (pytest hooks, registered by being names of this conftest)
     pytest_addoption,
     pytest_configure,
@@ -22,7 +22,6 @@ from skip_policy import (  # noqa: E402,F401  (pytest hooks, registered by being
     pytest_sessionfinish,
     pytest_terminal_summary,
 )
-from env_guard import pytest_runtest_makereport, pytest_runtest_protocol  # noqa: E402,F401
 
 
 def pytest_sessionstart(session):

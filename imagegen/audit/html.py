@@ -7,10 +7,10 @@ import html as _html
 import json
 from importlib import resources
 
+from ..units import format_size as human
 from .categories import category_of
 from .packages import UNOWNED
 from .report import Analysis, display_path
-from ..units import format_size as human
 
 HIDDEN = "(hidden by later layers)"
 MAX_NODES = 6000

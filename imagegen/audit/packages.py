@@ -10,7 +10,7 @@ import json
 import posixpath
 from dataclasses import dataclass, field
 
-from ..savestream.fsview import View, SymlinkLoop
+from ..savestream.fsview import SymlinkLoop, View
 from ..savestream.layers import Rec
 
 UNOWNED = "(unowned)"

@@ -9,11 +9,11 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from .. import coldstart
-from .categories import CATEGORIES, category_of, group_of, rule_for_file
-from ..scripts.elfmini import strip_hazard
 from ..savestream.fsview import SymlinkLoop, View
-from .packages import UNOWNED, Ownership
 from ..savestream.layers import ImageScan, Rec
+from ..scripts.elfmini import strip_hazard
+from .categories import CATEGORIES, category_of, group_of, rule_for_file
+from .packages import UNOWNED, Ownership
 
 SCHEMA = "imagegen.audit/1"
 

@@ -103,7 +103,7 @@ def write_save_tar(out: BinaryIO, layers: list[list[tuple]], *, tag: str = "imag
         cfg_name = hashlib.sha256(cfg).hexdigest() + ".json"
         names = []
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:
-            for i, ((tmp, size), did) in enumerate(zip(files, diff_ids)):
+            for i, ((tmp, size), did) in enumerate(zip(files, diff_ids, strict=True)):
                 d = hashlib.sha256(f"{i}{did}".encode()).hexdigest()
                 ti = tarfile.TarInfo(f"{d}/layer.tar")
                 ti.size = size
@@ -196,7 +196,7 @@ def write_oci_tar(out: BinaryIO, layers: list[list[tuple]], *, compressions: lis
         return d
 
     diff_ids, descs = [], []
-    for i, (entries, comp) in enumerate(zip(layers, compressions)):
+    for i, (entries, comp) in enumerate(zip(layers, compressions, strict=True)):
         buf = io.BytesIO()
         write_layer(buf, entries)
         raw = buf.getvalue()

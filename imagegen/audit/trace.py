@@ -21,8 +21,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from ..errors import EngineError, ImagegenError, UserInputError
-from .categories import category_of
 from ..savestream.fsview import SymlinkLoop
+from .categories import category_of
 from .packages import UNOWNED
 from .report import Analysis, display_path
 

@@ -11,10 +11,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import __version__
+from .. import __version__, signals
 from ..console import err, out
 from ..errors import ImagegenError, UserInputError
-from .. import signals
 from . import userpaths
 
 app = typer.Typer(

@@ -43,9 +43,8 @@ def build(
     the environment is rewritten and verified in the builder (the `cuda_archs` rule of the prune report).
     """
     from .. import pipeline
-    from ..units import format_size
-
     from ..reproduce import env_epoch
+    from ..units import format_size
 
     m, cells = select_cells(matrix, variant, all_)
     env_epoch()  # a bad SOURCE_DATE_EPOCH is the user's mistake: one line, exit 2, before any cell starts

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import posixpath
 import re
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 from ..scripts.elfmini import strip_hazard
 from .inventory import ELF, ELF_PATCHED, ELF_SYMTAB, T, resolve
@@ -28,7 +28,7 @@ def _allowed(path: str, allow: list[str]) -> bool:
     return any(fnmatch.fnmatch(path, pat) or fnmatch.fnmatch("/" + path, pat) for pat in allow)
 
 
-def docs(files: Files, allow: list[str] = []) -> list[str]:
+def docs(files: Files, allow: Sequence[str] = ()) -> list[str]:
     """Files under /usr/share/doc other than copyright files."""
     out = []
     for p, e in files.items():
@@ -37,12 +37,12 @@ def docs(files: Files, allow: list[str] = []) -> list[str]:
     return sorted(x for x in out if not _allowed(x, allow))
 
 
-def man(files: Files, allow: list[str] = []) -> list[str]:
+def man(files: Files, allow: Sequence[str] = ()) -> list[str]:
     out = [p for p, e in files.items() if e[T] != "d" and p.startswith(("usr/share/man/", "usr/share/info/", "usr/local/share/man/"))]
     return sorted(x for x in out if not _allowed(x, allow))
 
 
-def tests_dirs(files: Files, allow: list[str] = []) -> list[str]:
+def tests_dirs(files: Files, allow: Sequence[str] = ()) -> list[str]:
     """Directories named tests/ or test/ inside site-packages or dist-packages."""
     out = set()
     for p, e in files.items():
@@ -60,12 +60,12 @@ def tests_dirs(files: Files, allow: list[str] = []) -> list[str]:
     return sorted(x for x in out if not _allowed(x, allow))
 
 
-def headers(files: Files, allow: list[str] = []) -> list[str]:
+def headers(files: Files, allow: Sequence[str] = ()) -> list[str]:
     out = [p for p, e in files.items() if e[T] in ("f", "h") and p.endswith(HEADER_SUFFIXES)]
     return sorted(x for x in out if not _allowed(x, allow))
 
 
-def pkg_caches(files: Files, allow: list[str] = []) -> list[str]:
+def pkg_caches(files: Files, allow: Sequence[str] = ()) -> list[str]:
     out = []
     for p, e in files.items():
         if e[T] == "d":
@@ -77,13 +77,13 @@ def pkg_caches(files: Files, allow: list[str] = []) -> list[str]:
     return sorted(x for x in out if not _allowed(x, allow))
 
 
-def apt_lists(files: Files, allow: list[str] = []) -> list[str]:
+def apt_lists(files: Files, allow: Sequence[str] = ()) -> list[str]:
     out = [p for p, e in files.items() if p.startswith("var/lib/apt/lists/") and e[T] != "d"
            and posixpath.basename(p) != "lock"]
     return sorted(x for x in out if not _allowed(x, allow))
 
 
-def unstripped(files: Files, allow: list[str] = []) -> list[str]:
+def unstripped(files: Files, allow: Sequence[str] = ()) -> list[str]:
     """ELF objects that still carry a symbol table, except those `strip` must not touch
     (`imagegen.scripts.elfmini.strip_hazard`: auditwheel's `<pkg>.libs/` copies and files in
     patchelf's layout; stripping those corrupts them)."""
@@ -97,7 +97,7 @@ def unstripped(files: Files, allow: list[str] = []) -> list[str]:
     return sorted(x for x in out if not _allowed(x, allow))
 
 
-def shells(files: Files, allow: list[str] = []) -> list[str]:
+def shells(files: Files, allow: Sequence[str] = ()) -> list[str]:
     seen: dict[str, str] = {}  # resolved target -> first name that reaches it
     for p in SHELLS:
         real = resolve(files, p)
@@ -107,7 +107,7 @@ def shells(files: Files, allow: list[str] = []) -> list[str]:
     return sorted(x for x in out if not _allowed(x, allow))
 
 
-def pip(files: Files, allow: list[str] = []) -> list[str]:
+def pip(files: Files, allow: Sequence[str] = ()) -> list[str]:
     out = set()
     for p in files:
         m = _SITE.search(p)
@@ -116,7 +116,7 @@ def pip(files: Files, allow: list[str] = []) -> list[str]:
     return sorted(x for x in out if not _allowed(x, allow))
 
 
-def pythons(files: Files, allow: list[str] = []) -> list[str]:
+def pythons(files: Files, allow: Sequence[str] = ()) -> list[str]:
     """Python installations = standard libraries (lib/pythonX.Y/os.py). A venv has none."""
     out = []
     for p, e in files.items():
@@ -125,7 +125,7 @@ def pythons(files: Files, allow: list[str] = []) -> list[str]:
     return sorted(x for x in out if not _allowed(x, allow))
 
 
-def second_python(files: Files, allow: list[str] = []) -> list[str]:
+def second_python(files: Files, allow: Sequence[str] = ()) -> list[str]:
     found = pythons(files, allow)
     return found if len(found) > 1 else []
 

@@ -35,8 +35,7 @@ from itertools import chain
 from ..cuda_kernels import KernelScan, is_library_name, kernel_result
 from ..elf import MAGIC, ElfInfo, ElfProbe
 from .gzsize import GzipCounter
-from .tar import (BLOCK, ChunkSource, CorruptStream, Member, TruncatedStream, UnsupportedStream, iter_tar,
-                  normalize, tee)
+from .tar import BLOCK, ChunkSource, CorruptStream, Member, TruncatedStream, UnsupportedStream, iter_tar, normalize, tee
 
 CAPTURE_MAX = 64 << 20
 _CAPTURE = re.compile(

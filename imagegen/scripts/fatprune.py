@@ -603,11 +603,11 @@ def verify(orig_buf, new_buf, targets: list[str], keep_ptx: bool, plan: Plan) ->
             problems.append(f"PT_LOAD at {p.vaddr:#x} is inconsistent (offset {p.offset:#x})")
     if [p.vaddr for p in loads] != sorted(p.vaddr for p in loads):
         problems.append("PT_LOADs are not sorted by address")
-    for a, b in zip(loads, loads[1:]):
+    for a, b in zip(loads, loads[1:], strict=False):
         if a.vaddr + a.memsz > b.vaddr:
             problems.append(f"PT_LOADs at {a.vaddr:#x} and {b.vaddr:#x} overlap")
     patched_new = sorted(plan.new_offset(o) for o in plan.patches)
-    for so, sn in zip(old.shdrs, new.shdrs):
+    for so, sn in zip(old.shdrs, new.shdrs, strict=False):
         if (so.name, so.type, so.flags, so.addr, so.addralign) != (sn.name, sn.type, sn.flags, sn.addr,
                                                                    sn.addralign):
             problems.append(f"section {so.name} changed its header")
@@ -693,7 +693,7 @@ def _check_fatbin(old: Elf, new: Elf, targets: list[str], keep_ptx: bool) -> lis
     if len(optrs) != len(nptrs):
         return ["wrapper count changed"]
     reached_old = set()
-    for i, (op, np_) in enumerate(zip(optrs, nptrs)):
+    for i, (op, np_) in enumerate(zip(optrs, nptrs, strict=False)):
         in_old = osec.addr <= op < osec.addr + osec.size
         if not in_old:
             if op != np_:

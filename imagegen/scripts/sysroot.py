@@ -310,7 +310,7 @@ def build(args: argparse.Namespace) -> int:
             shutil.rmtree(work, ignore_errors=True)
     info = out / "var/lib/dpkg/info"
     info.mkdir(parents=True, exist_ok=True)
-    for name, list_name, _, files, sums in added:
+    for _name, list_name, _, files, sums in added:
         listed = sorted({"/" + f for f in files} | {"/."})
         (info / f"{list_name}.list").write_text("".join(f"{p}\n" for p in listed))
         kept = set(files)

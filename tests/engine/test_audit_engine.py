@@ -88,7 +88,7 @@ def test_engine_stream_matches_known_numbers(loaded):
     for k in ("layers", "visible", "hidden", "duplicates", "files"):
         assert b["totals"][k] == t[k], k
     # the engine re-writes layer tars on save (its own tar headers), so gzip sizes agree only closely
-    for la, lb in zip(r["layers"], b["layers"]):
+    for la, lb in zip(r["layers"], b["layers"], strict=True):
         assert abs(la["compressed"] - lb["compressed"]) <= max(64, la["compressed"] // 100)
 
 

@@ -9,7 +9,6 @@ cudnnGetVersion), so the dlopen probe and the version checks run for real withou
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path

@@ -384,9 +384,8 @@ def test_cli_exit_code_is_the_reports(images, tmp_path, monkeypatch):
     exits 1 and its report says 1; --skip-test-check then exits 0 and so does its report."""
     import importlib
 
-    from imagegen.cli import release_cmds
-
     from imagegen import console
+    from imagegen.cli import release_cmds
 
     cli_app = importlib.import_module("imagegen.cli.app")
     stdout = io.StringIO()
@@ -605,7 +604,7 @@ def test_publish_attaches_sbom_and_provenance_that_audit_reads_back(images, tmp_
         kinds = {a["kind"]: a for a in done.attestations}
         assert set(kinds) == {"sbom", "provenance"} and {a["where"] for a in done.attestations} == {"tag"}
         hexpart = done.digest.split(":")[1]
-        for kind, a in kinds.items():
+        for kind in kinds:
             m = _remote(reg.host, target.repo, f"sha256-{hexpart}.{kind}").json()
             assert m["subject"]["digest"] == done.digest and m["artifactType"] == attest.KINDS[kind][0]
         report = json.loads((tmp_path / "publish.json").read_text())

@@ -29,9 +29,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "engine"))
-from registry_fixture import LocalRegistry  # noqa: E402
-
 from engine_cleanup import remove_own  # noqa: E402
+from registry_fixture import LocalRegistry  # noqa: E402
 
 from imagegen import matrix  # noqa: E402
 

@@ -154,7 +154,7 @@ def test_payloads_are_what_cuobjdump_extracts(libs, tmp_path):
     ours = [(c, e) for c in lib.containers for e in c.entries if e.name == "sm_75"]
     assert len(cubins) == len(ours) >= 1
     with open(path, "rb") as f:
-        for file, (c, e) in zip(cubins, ours):
+        for file, (c, e) in zip(cubins, ours, strict=True):
             want = file.read_bytes()
             f.seek(lib.fatbin_offset + c.offset + e.offset + e.header_size)
             payload = f.read(e.payload_size)

@@ -21,9 +21,8 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "engine"))
-from registry_fixture import LocalRegistry  # noqa: E402
-
 from engine_cleanup import remove_own  # noqa: E402
+from registry_fixture import LocalRegistry  # noqa: E402
 
 from imagegen import engine, testrecord  # noqa: E402
 from imagegen.registry import ACCEPT  # noqa: E402

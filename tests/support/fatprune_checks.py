@@ -104,7 +104,7 @@ def check_containers(orig: Path, new: Path, targets, keep_ptx: bool = False) -> 
     ocont = {c.offset: c for c in fatbin.parse_fatbin(odata)}
     checked = kept = dropped = 0
     reached = set()
-    for i, (op, np_) in enumerate(zip(optrs, nptrs)):
+    for i, (op, np_) in enumerate(zip(optrs, nptrs, strict=False)):
         if not oaddr <= op < oaddr + len(odata):
             assert op == np_, f"wrapper {i} outside .nv_fatbin changed"
             continue

@@ -14,13 +14,13 @@ import pytest
 
 from imagegen.audit import audit, check_gates, compare
 from imagegen.audit.categories import category_of
-from imagegen.elf import ElfProbe
-from imagegen.savestream.gzsize import GzipCounter
 from imagegen.audit.report import category_bytes, display_path
 from imagegen.audit.synth import pattern, write_save_tar
 from imagegen.audit.trace import parse_trace
-from imagegen.units import parse_size
+from imagegen.elf import ElfProbe
 from imagegen.errors import ImagegenError, UserInputError
+from imagegen.savestream.gzsize import GzipCounter
+from imagegen.units import parse_size
 
 pytestmark = pytest.mark.unit
 

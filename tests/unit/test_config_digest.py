@@ -220,7 +220,7 @@ def test_index_remembers_evicts_oldest_and_survives_a_bad_file(cache, monkeypatc
     assert engine.known_config_digest(ids[0]) == cfg[0]
     assert paths.config_digest_index().parent == cache and paths.config_digest_index().is_file()
     monkeypatch.setattr(engine, "CONFIG_INDEX_MAX", 3)
-    for i, c in zip(ids[1:], cfg[1:]):
+    for i, c in zip(ids[1:], cfg[1:], strict=True):
         engine.remember_config_digest(i, c)
     assert [engine.known_config_digest(i) for i in ids] == [None, *cfg[1:]]
     with pytest.raises(ValueError):

@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 import fatbin_fixtures as fx  # noqa: E402  (tests/support, on sys.path by conftest)
-import fatprune_fixtures as lib  # noqa: E402  (tests/support, on sys.path by conftest)
 import fatprune_checks as chk  # noqa: E402  (tests/support, on sys.path by conftest)
+import fatprune_fixtures as lib  # noqa: E402  (tests/support, on sys.path by conftest)
 
 
 def sha(p: Path) -> str:

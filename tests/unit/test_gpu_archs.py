@@ -144,8 +144,9 @@ def test_audit_reports_kernels_per_arch_per_library(tmp_path):
     assert list(k["runs_on"]["unreadable"]) == [f"{site}/pkg/libodd.so"]
     t75 = next(t for t in k["narrower_targets"] if t["target"] == "sm_75")
     assert t75 == {"target": "sm_75", "kept": 16 + 2064 + 16 + 368, "saves": len(sec) - (16 + 2064 + 16 + 368)}
-    from imagegen.audit.text import print_report
     from rich.console import Console
+
+    from imagegen.audit.text import print_report
     con = Console(record=True, width=200)
     print_report(rep, con)
     text = con.export_text()
@@ -169,8 +170,9 @@ def test_audit_shows_kernels_embedded_in_data_sections(tmp_path):
     [lib] = k["libraries"]
     assert lib["embedded_bytes"] == len(emb) and lib["ships"] == ["sm_52", "sm_80", "compute_50"]
     assert k["runs_on"]["archs"] == [ga.sm(cc) for cc in ga.known_ccs() if cc >= 50]
-    from imagegen.audit.text import print_report
     from rich.console import Console
+
+    from imagegen.audit.text import print_report
     con = Console(record=True, width=200)
     print_report(rep, con)
     assert f"{human(len(emb))} embedded in data sections" in con.export_text()

@@ -12,13 +12,12 @@ import pytest
 
 from imagegen import compat
 from imagegen.errors import UserInputError
-from imagegen.imagetest import TestTarget, policy_for, run_targets
-from imagegen.imagetest import gpuhost, policy
+from imagegen.imagetest import TestTarget, gpuhost, policy, policy_for, run_targets
 from imagegen.imagetest.checks.test_policy import unmet_requirements
 from imagegen.imagetest.container import _is_static_elf
 from imagegen.imagetest.helpers import same_version
 from imagegen.imagetest.inventory import ELF_STRIPPED, ELF_SYMTAB, elf_kind, merge_layers, scan_save_stream
-from imagegen.imagetest.target import load_targets, dump_targets
+from imagegen.imagetest.target import dump_targets, load_targets
 
 pytestmark = pytest.mark.unit
 
@@ -60,7 +59,7 @@ def _save(layers: list[bytes], oci: bool = False) -> bytes:
     names = [f"blobs/sha256/{i:064x}" if oci else f"{i:064x}/layer.tar" for i in range(len(layers))]
     config = {"config": {"User": "1000"}}
     manifest = [{"Config": "config.json", "RepoTags": None, "Layers": names}]
-    return _tar([(n, data, "file") for n, data in zip(names, layers)]
+    return _tar([(n, data, "file") for n, data in zip(names, layers, strict=True)]
                 + [("config.json", json.dumps(config).encode(), "file"),
                    ("manifest.json", json.dumps(manifest).encode(), "file")])
 

@@ -15,10 +15,10 @@ import threading
 import time
 import zipfile
 from pathlib import Path
+from typing import Annotated
 
 import pytest
 import typer
-from typing import Annotated
 
 from imagegen import lock as L
 from imagegen.errors import ImagegenError, UserInputError
@@ -466,11 +466,9 @@ def cli_app(tmp_path, monkeypatch, cells):
 def test_lock_command_check_fetch_prune(host, tmp_path, cli_app, cells, monkeypatch):
     import io
 
-    from imagegen import console
-
     from typer.testing import CliRunner
 
-    from imagegen import wheelhouse
+    from imagegen import console, wheelhouse
 
     w = tmp_path / "w"
     host.publish(make_wheel(w, "a", "1.0", ["b"]), make_wheel(w, "b", "1.0"))

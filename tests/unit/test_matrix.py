@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from imagegen import matrix
+from imagegen import matrix, units
 from imagegen.errors import UserInputError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -485,7 +485,7 @@ def test_committed_schema_is_current():
 @pytest.mark.parametrize("text,expected", [("800MB", 800_000_000), ("4.5GB", 4_500_000_000), ("2GiB", 2 * 2**30),
                                            (1234, 1234), ("10 kb", 10_000)])
 def test_parse_size(text, expected):
-    assert matrix.parse_size(text) == expected
+    assert units.parse_size(text) == expected
 
 
 def test_gpu_archs_cell_gets_an_arch_tag_and_drives_the_kernel_prune():

@@ -17,8 +17,8 @@ import yaml
 from pydantic import BaseModel
 
 from imagegen import ci, compat, matrix
-from imagegen.pipeline import lock_request
 from imagegen.errors import UserInputError
+from imagegen.pipeline import lock_request
 from imagegen.render import render_cell
 
 DIGEST = "sha256:" + "ab" * 32

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from imagegen import ci, publish, testrecord, trivy
-from imagegen.errors import GateFailed, ImagegenError, UserInputError
+from imagegen.errors import GateFailed, UserInputError
 from imagegen.matrix import load
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -58,7 +58,7 @@ def _archive(path: Path, *layers: dict[str, bytes]) -> Path:
     cfg = hashlib.sha256(config).hexdigest()
     names = [f"blobs/sha256/{d}" for d in diff_ids]
     manifest = json.dumps([{"Config": f"blobs/sha256/{cfg}", "RepoTags": ["t:1"], "Layers": names}]).encode()
-    path.write_bytes(_tar({**dict(zip(names, blobs)), f"blobs/sha256/{cfg}": config, "manifest.json": manifest}))
+    path.write_bytes(_tar({**dict(zip(names, blobs, strict=True)), f"blobs/sha256/{cfg}": config, "manifest.json": manifest}))
     return path
 
 

@@ -71,7 +71,7 @@ def image(tmp_path):
         manifest = json.dumps([{"Config": f"{cfg_id}.json", "RepoTags": [f"{name}:1.0.0-cpu-slim"],
                                 "Layers": names}]).encode()
         archive = tmp_path / f"{name}.tar"
-        archive.write_bytes(_tar({**dict(zip(names, layers)), f"{cfg_id}.json": config, "manifest.json": manifest}))
+        archive.write_bytes(_tar({**dict(zip(names, layers, strict=True)), f"{cfg_id}.json": config, "manifest.json": manifest}))
         cell = load(ROOT / "matrix.yaml").select(["onnxruntime:cpu-slim"])[0]
         return dataclasses.replace(cell, image=name, tag="1.0.0-cpu-slim"), archive
 

@@ -75,7 +75,7 @@ def test_fetch_is_content_addressed_and_once_per_machine(host, tmp_path):
     lk = _lock(["app==1.0"])
     paths = W.fetch(lk)
     assert [p.name for p in paths] == ["app-1.0-py3-none-any.whl", "lib-1.0-py3-none-any.whl"]
-    for wheel, p in zip(lk.wheels, paths):
+    for wheel, p in zip(lk.wheels, paths, strict=True):
         assert p == W.wheels_root() / wheel.sha256[:2] / wheel.sha256 / wheel.filename
         assert sha256(p) == wheel.sha256 and not os.access(p, os.W_OK) or os.geteuid() == 0
         assert (p.stat().st_mode & 0o222) == 0

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from imagegen.imagetest.inventory import load_inventory
 from imagegen.imagetest.container import MOUNT, make_workdir, remove_workdir
 from imagegen.imagetest.helpers import PROBE_TIMEOUT, ProbeError, container, parse
+from imagegen.imagetest.inventory import load_inventory
 from imagegen.imagetest.target import TestTarget, load_targets
+
 
 def _targets(config) -> list[TestTarget]:
     cached = getattr(config, "_imagegen_targets", None)

@@ -5,11 +5,11 @@ modules `import <framework>` loads (environment and standard library) with unche
 files (PEP 552), which Python loads without looking at the source, so nothing can make it
 rewrite them."""
 
+import pytest
+
 from imagegen.imagetest.container import MOUNT
 from imagegen.imagetest.helpers import PROBE_TIMEOUT, ProbeError, container, fail, parse
 from imagegen.imagetest.target import POLICY_RULES
-
-import pytest
 
 UNCHECKED = "1"  # PEP 552 flags: hash-based, source not checked
 

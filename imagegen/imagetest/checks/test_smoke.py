@@ -6,8 +6,8 @@ import json
 import pytest
 
 from imagegen import compat
-from imagegen.imagetest.container import MOUNT
 from imagegen.imagetest import gpuhost
+from imagegen.imagetest.container import MOUNT
 from imagegen.imagetest.helpers import PROBE_TIMEOUT, ProbeError, container, fail, parse
 
 TIMING = "IMAGEGEN-TIMING "
