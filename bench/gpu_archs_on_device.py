@@ -36,7 +36,7 @@ from imagegen import gpu_archs as ga  # noqa: E402
 
 def _gpu_data_without_yaml() -> dict:
     """The few keys of imagegen/data/gpus.yaml this script needs, when PyYAML is not installed."""
-    text = (ga.DATA / "gpus.yaml").read_text()
+    text = (Path(ga.__file__).resolve().parent / "data" / "gpus.yaml").read_text()
     ccs = {m.group(1): "" for m in re.finditer(r"^  (sm_\d+):", text, re.M)}
     share = float(re.search(r"^min_container_share:\s*([\d.]+)", text, re.M).group(1))
     feats = {m.group(1): "" for m in re.finditer(r'^  "([^"]+)":', text.split("feature_libraries:", 1)[1], re.M)}

@@ -27,6 +27,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+from . import labels
 from .errors import ImagegenError
 from .registry import OCI_INDEX, OCI_MANIFEST, Manifest, Registry
 
@@ -40,7 +41,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "sig": ("application/vnd.dev.cosign.artifact.sig.v1+json", "application/vnd.dev.cosign.simplesigning.v1+json"),
 }
 KIND_OF_TYPE = {artifact_type: kind for kind, (artifact_type, _) in KINDS.items()}
-ANNOTATION_KIND = "io.imagegen.attestation.kind"
+ANNOTATION_KIND = labels.ATTESTATION_KIND
 
 
 @dataclass(frozen=True)

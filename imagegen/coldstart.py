@@ -23,7 +23,7 @@ def repo_path() -> Path:
 def cache_path() -> Path:
     from . import paths
 
-    return paths.cache_root() / "bench" / "coldstart.json"
+    return paths.coldstart_cache()
 
 
 def _read(path: Path) -> dict | None:

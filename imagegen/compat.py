@@ -260,5 +260,19 @@ def build_tools(data_dir: Path = DATA) -> tuple[str, ...]:
     return tuple(_load_yaml(data_dir / "build.yaml").get("tools", []))
 
 
+@functools.lru_cache(maxsize=None)
+def gpus(data_dir: Path = DATA) -> dict:
+    """NVIDIA's GPUs and their compute capabilities, the container share rule and the feature
+    libraries (gpus.yaml): {compute_capabilities: {...}, min_container_share, feature_libraries}."""
+    return _load_yaml(data_dir / "gpus.yaml")
+
+
+@functools.lru_cache(maxsize=None)
+def secret_allowlist(data_dir: Path = DATA) -> list[dict]:
+    """Known third-party test keys, each with a reason (secrets-allow.yaml): [{rule, path, reason}]."""
+    path = data_dir / "secrets-allow.yaml"
+    return list(_load_yaml(path).get("allow", [])) if path.exists() else []
+
+
 def smoke_script(framework: Framework) -> Path:
     return DATA / "smoke" / framework.test.smoke

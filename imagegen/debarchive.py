@@ -52,14 +52,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
-from . import paths
+from . import paths, settings
 from .console import log, warn
 from .errors import ImagegenError, UserInputError
 from .redact import redact_url
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-DEFAULT_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
-KEYRING_ENV = "IMAGEGEN_DEBIAN_KEYRING"
 POLICY_URL = "https://www.debian.org/doc/debian-policy/ch-sharedlibs.html#run-time-shared-libraries"
 
 #: a library file name: libfoo.so, libfoo.so.1, libfoo.so.1.2.3
@@ -263,7 +261,7 @@ def verify_inrelease(data: bytes, where: str, keyring: str | None = None) -> boo
     """Check an InRelease's signature with gpgv. Returns True when checked and good; False (with a
     warning) when gpgv or the keyring is missing; ImagegenError on a bad signature. ``keyring``:
     a keyring file, else ``$IMAGEGEN_DEBIAN_KEYRING``, else the debian-archive-keyring package's."""
-    keyring = keyring or os.environ.get(KEYRING_ENV) or DEFAULT_KEYRING
+    keyring = keyring or settings.DEBIAN_KEYRING.value()
     gpgv = shutil.which("gpgv")
     if not gpgv or not Path(keyring).is_file():
         warn(f"not verifying the signature of {where}: needs gpgv and {keyring} (package debian-archive-keyring)")

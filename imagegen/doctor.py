@@ -14,8 +14,8 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import compat, paths
-from .errors import EngineError, ImagegenError
+from . import compat, paths, settings
+from .errors import EngineError, ImagegenError, UserInputError
 
 GB = 1_000_000_000
 DISK_WARN_BYTES = 20 * GB  # one GPU cell needs ~15 GB (6.5 GB image + wheelhouse + build layers)
@@ -231,13 +231,12 @@ def check_mirror(bases: dict[str, compat.BaseSpec]) -> Check | None:
 def check_archive_keyring() -> Check:
     """gpgv and the Debian archive keyring: without them Debian index files (InRelease) are used
     unverified, with a warning (imagegen.debarchive.verify_inrelease)."""
-    from . import debarchive
 
-    keyring = os.environ.get(debarchive.KEYRING_ENV) or debarchive.DEFAULT_KEYRING
+    keyring = str(settings.DEBIAN_KEYRING.value())
     missing = [w for w, ok in (("gpgv", shutil.which("gpgv")), (keyring, Path(keyring).is_file())) if not ok]
     if missing:
         return Check("Debian index signatures", "warn", f"not verified: {' and '.join(missing)} missing",
-                     f"apt-get install gpgv debian-archive-keyring (or set {debarchive.KEYRING_ENV}); or {SETUP}")
+                     f"apt-get install gpgv debian-archive-keyring (or set {settings.DEBIAN_KEYRING.name}); or {SETUP}")
     return Check("Debian index signatures", "ok", f"InRelease checked with gpgv against {keyring}",
                  data={"keyring": keyring})
 
@@ -269,8 +268,26 @@ def check_pip() -> Check:
 # --- report -------------------------------------------------------------------------------------
 
 
+def check_settings() -> Check:
+    """Every IMAGEGEN_* variable that is set parses (imagegen.settings); a malformed one fails."""
+    bad, given = [], []
+    for s in settings.ALL:
+        if not s.is_set():
+            continue
+        given.append(s.name)
+        try:
+            s.value()
+        except UserInputError as exc:
+            bad.append(str(exc))
+    if bad:
+        return Check("IMAGEGEN_* settings", "fail", "; ".join(bad), "fix or unset them (docs/settings.md)",
+                     required=True)
+    return Check("IMAGEGEN_* settings", "ok", f"set: {', '.join(given)}" if given else "all defaults",
+                 data={"set": given})
+
+
 def run_checks(*, network: bool = True) -> list[Check]:
-    checks: list[Check] = []
+    checks: list[Check] = [check_settings()]
     info, version, error = _engine_info()
     checks.append(check_engine(info, version, error))
     if info is not None:
@@ -309,7 +326,7 @@ def print_checks(checks: list[Check], json_out: bool) -> None:
     from .console import out
 
     if json_out:
-        payload = {"ok": not failed(checks), "checks": [asdict(c) for c in checks]}
+        payload = {"ok": not failed(checks), "checks": [asdict(c) for c in checks], "settings": settings.report()}
         out.print(json.dumps(payload, indent=2), markup=False, highlight=False, soft_wrap=True)
         return
     from rich.table import Table
@@ -319,6 +336,13 @@ def print_checks(checks: list[Check], json_out: bool) -> None:
         t.add_row(c.name + (" *" if c.required else ""), f"[{_STYLE[c.status]}]{c.status}[/]", c.detail, c.remedy)
     out.print(t)
     out.print("* required", style="dim")
+    from rich.markup import escape
+
+    s = Table("setting", "value", "meaning", title="settings (docs/settings.md)", show_lines=False)
+    for row in settings.report():
+        value = escape(row["value"])
+        s.add_row(row["name"], value if row["set"] else f"[dim]{value}[/]", escape(row["doc"]))
+    out.print(s)
 
 
 def failed(checks: list[Check]) -> list[Check]:

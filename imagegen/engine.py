@@ -17,6 +17,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
+from . import settings
 from .errors import EngineError, UserInputError
 
 START_HINT = (
@@ -30,7 +31,7 @@ def client() -> docker.DockerClient:
     """A connected client, or EngineError naming DOCKER_HOST and how to start a daemon."""
     where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     try:
-        c = docker.from_env(timeout=int(os.environ.get("IMAGEGEN_DOCKER_TIMEOUT", "600")))
+        c = docker.from_env(timeout=settings.DOCKER_TIMEOUT.value())
         c.ping()
     except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
         raise EngineError(f"Docker engine not reachable at {where}: {short_error(exc)}", hint=START_HINT) from None

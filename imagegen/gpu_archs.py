@@ -21,7 +21,6 @@ feature-only libraries (data: `feature_libraries`) are reported but do not narro
 from __future__ import annotations
 
 import fnmatch
-import functools
 import json
 import os
 import re
@@ -40,16 +39,12 @@ FORMAT = 2     # 2: embedded containers (embedded_*), kernel_containers, LTO-IR 
 LABEL = CUDA_ARCHS
 
 
-DATA = Path(__file__).resolve().parent / "data"
-
-
-@functools.lru_cache(maxsize=1)
 def gpu_data() -> dict:
-    """imagegen/data/gpus.yaml (yaml is imported here, so the reader works where only the
-    standard library and this package are present, e.g. bench/gpu_archs_on_device.py)."""
-    import yaml
+    """imagegen/data/gpus.yaml (:func:`imagegen.compat.gpus`; compat is imported here, not at the top,
+    so bench/gpu_archs_on_device.py imports this module where only the standard library is present)."""
+    from . import compat
 
-    return yaml.safe_load((DATA / "gpus.yaml").read_text())
+    return compat.gpus()
 
 
 def known_ccs() -> list[int]:
@@ -93,8 +88,9 @@ def library_facts(lib, wheel: str = "") -> dict[str, Any]:
 
 
 def _cache_dir() -> Path:
-    from .paths import cache_root
-    return cache_root() / "cuda-kernels"
+    from . import paths
+
+    return paths.cuda_kernels_dir()
 
 
 def wheel_facts(path: Path, sha256: str, name: str = "") -> list[dict]:
@@ -303,14 +299,11 @@ def coverage(libs: Iterable[dict]) -> Coverage:
 
 def removed_globs(cell: "Cell") -> list[str]:
     """Globs (site-packages relative) of the libraries the cell's slimming removes."""
-    import yaml
-
     from . import compat
 
     rules = cell.slimming.as_dict()
     out: list[str] = []
-    prune_data = yaml.safe_load((compat.DATA / "prune.yaml").read_text()) or {}
-    for name, globs in prune_data.items():
+    for name, globs in compat.prune_rules().items():
         if rules.get(name) is True and name != "protect":
             out += [g for g in globs if not g.startswith("venv:")]
     fw = compat.frameworks()[cell.framework]

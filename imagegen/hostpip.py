@@ -19,6 +19,7 @@ from typing import Iterable
 
 from packaging.version import Version
 
+from . import settings
 from .errors import ImagegenError
 from .redact import redact_text, redact_url
 
@@ -34,7 +35,7 @@ _active_lock = threading.Lock()
 def pip_command() -> list[str]:
     """How to run pip: ``$IMAGEGEN_PIP`` (a command, e.g. "/opt/tools/bin/python -m pip") or this
     interpreter's pip. Either way it reads the host's pip configuration."""
-    custom = os.environ.get("IMAGEGEN_PIP", "").strip()
+    custom = settings.PIP.value()
     return shlex.split(custom) if custom else [sys.executable, "-m", "pip"]
 
 

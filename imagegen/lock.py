@@ -25,7 +25,6 @@ host's pip is ``imagegen.hostpip``; fetching and staging wheels is ``imagegen.wh
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import ssl
@@ -44,7 +43,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 
-from . import paths, wheelhouse
+from . import paths, settings, wheelhouse
 from .console import log, warn
 from .errors import ImagegenError, UserInputError
 from .hostpip import (
@@ -99,10 +98,7 @@ _probe_lock = threading.Lock()
 
 
 def probe_timeout() -> float:
-    try:
-        return float(os.environ.get("IMAGEGEN_INDEX_TIMEOUT", "8"))
-    except ValueError:
-        return 8.0
+    return settings.INDEX_TIMEOUT.value()
 
 
 def _ssl_context(host: str) -> ssl.SSLContext:
@@ -202,7 +198,7 @@ def _local_label_pins(requirements: Iterable[str]) -> bool:
 
 
 def _env_skip_list() -> set[str]:
-    return {s.strip() for s in os.environ.get("IMAGEGEN_SKIP_UNREACHABLE_INDEXES", "").split(",") if s.strip()}
+    return set(settings.SKIP_UNREACHABLE_INDEXES.value())
 
 
 def check_indexes(req: LockRequest, skip: Iterable[str] = (), *, quiet: bool = False
@@ -357,10 +353,10 @@ _slow_pip_warned = threading.Event()
 
 
 def _use_fast_deps() -> bool:
-    setting = os.environ.get("IMAGEGEN_PIP_FAST_DEPS", "auto").lower()
-    if setting in ("0", "no", "false", "off") or _fast_deps_broken.is_set():
+    setting = settings.PIP_FAST_DEPS.value()
+    if setting is False or _fast_deps_broken.is_set():
         return False
-    if setting in ("1", "yes", "true", "on"):
+    if setting is True:
         return True
     if pip_version() >= PIP_METADATA_ONLY:
         return True

@@ -16,7 +16,7 @@ from typing import Any
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ValidationError
 
-from . import compat
+from . import compat, settings
 from .errors import UserInputError
 from .matrix_model import (  # noqa: F401  (the model is part of this module's API)
     AXES,
@@ -162,11 +162,9 @@ class Cell:
 def local_prefix() -> str:
     """IMAGEGEN_LOCAL_PREFIX: a repository path prefix ending in '/' (e.g. `imagegen-test/`) for every
     local tag imagegen builds, tests, audits or publishes from; empty by default."""
-    import os
-
-    prefix = os.environ.get("IMAGEGEN_LOCAL_PREFIX", "")
+    prefix = settings.LOCAL_PREFIX.value()
     if prefix and not (prefix.endswith("/") and all(REPO_COMPONENT_RE.match(p) for p in prefix[:-1].split("/"))):
-        raise UserInputError(f"IMAGEGEN_LOCAL_PREFIX={prefix!r} must be lowercase repository components "
+        raise UserInputError(f"{settings.LOCAL_PREFIX.name}={prefix!r} must be lowercase repository components "
                              "ending in '/', e.g. imagegen-test/")
     return prefix
 

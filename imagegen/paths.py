@@ -26,6 +26,9 @@ Layout (all under the root)::
     imagegen-ctx-<pid>-<id>/             a build's context while it runs [owned]
     audit/gzip/<diff_id>                 gzip sizes of layers (audit)
     imagetest/                           image inventories (image tests)
+    cuda-kernels/<sha256>.json           CUDA kernel facts of a wheel, by its sha256 (gpu_archs)
+    builds/<hex>.json                    build records (provenance), by the image's config digest
+    bench/coldstart.json                 this machine's cold-start measurements (coldstart)
 
 Outside the root, in ``$IMAGEGEN_TMPDIR`` or else the system's temporary directory (``$TMPDIR``,
 /tmp), for files that need not share the cache's filesystem::
@@ -44,13 +47,15 @@ import os
 import tempfile
 from pathlib import Path
 
-ENV = "IMAGEGEN_CACHE"
+from . import settings
+
+ENV = settings.CACHE.name
 
 
 def cache_root() -> Path:
-    """The cache root (not created). ``IMAGEGEN_CACHE=""`` behaves like unset."""
-    value = os.environ.get(ENV, "").strip()
-    return Path(value).expanduser() if value else Path.home() / ".cache" / "imagegen"
+    """The cache root (not created): :data:`imagegen.settings.CACHE` (``IMAGEGEN_CACHE=""`` behaves like
+    unset)."""
+    return settings.CACHE.value()
 
 
 def wheels_root() -> Path:
@@ -133,6 +138,21 @@ def imagetest_dir() -> Path:
     return cache_root() / "imagetest"
 
 
+def cuda_kernels_dir() -> Path:
+    """CUDA kernel facts of wheels, one JSON file per wheel sha256 (imagegen.gpu_archs)."""
+    return cache_root() / "cuda-kernels"
+
+
+def builds_dir() -> Path:
+    """Build records, one JSON file per image config digest (imagegen.provenance)."""
+    return cache_root() / "builds"
+
+
+def coldstart_cache() -> Path:
+    """This machine's cold-start measurements (imagegen.coldstart)."""
+    return cache_root() / "bench" / "coldstart.json"
+
+
 RUN_PREFIX = "run-"
 CONTEXT_PREFIX = "imagegen-ctx-"
 BASE_PREFIX = "imagegen-base-"
@@ -142,8 +162,7 @@ TEST_PREFIX = "imagegen-test-"
 def tmp_parent() -> Path:
     """Where base bootstraps and image tests put their work directories: ``$IMAGEGEN_TMPDIR``, else
     the system's temporary directory (``$TMPDIR``, /tmp). Not created."""
-    value = os.environ.get("IMAGEGEN_TMPDIR", "").strip()
-    return Path(value).expanduser() if value else Path(tempfile.gettempdir())
+    return settings.TMPDIR.value()
 
 
 def work_dirs() -> list[tuple[Path, str]]:

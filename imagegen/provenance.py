@@ -56,7 +56,7 @@ class BuildRecord:
 
 
 def builds_dir() -> Path:
-    return paths.cache_root() / "builds"
+    return paths.builds_dir()
 
 
 def record_path(config_digest: str) -> Path:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jinja2
 
-from . import compat
+from . import compat, labels
 from .errors import UserInputError
 from .matrix import Cell, Matrix
 
@@ -248,7 +248,12 @@ def render_cell(m: Matrix, cell: Cell, tdir: Path | None = None, *, buildkit: bo
         "gpu_libdirs": (cfg["cuda"] or {}).get("libdirs", []),
         "runtime_step": runtime_step(bool((cfg["cuda"] or {}).get("libdirs"))),
         "cuda_archs": cfg.get("cuda_archs"),
-        "driver_min": compat.cuda().releases[cell.cuda].driver_min if cell.cuda else None,
+        "driver_min": compat.cuda().releases[cell.cuda].driver_min if cell.cuda else None,  # older templates
+        "static_labels": labels.static(
+            title=f"{cell.fw.title} {cell.version} ({cell.tag})", tag=cell.tag, base_ref=refs[cell.runtime_role],
+            framework=cell.framework, version=cell.version, device=cell.device, cuda=cell.cuda, cudnn=cell.cudnn,
+            python=cell.python, flavor=cell.flavor, base=cell.base,
+            driver_min=compat.cuda().releases[cell.cuda].driver_min if cell.cuda else None),
         "env": [f"{k}={shlex.quote(v)}" for k, v in runtime_env(cell)],
         "bytecode": cfg["bytecode"],
         "buildkit": buildkit,

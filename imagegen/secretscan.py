@@ -95,8 +95,7 @@ def secret_config(path: Path) -> Path:
 
 def secret_allowlist() -> list[dict]:
     """`imagegen/data/secrets-allow.yaml`: known third-party test keys, each with a reason."""
-    f = compat.DATA / "secrets-allow.yaml"
-    return (yaml.safe_load(f.read_text()) or {}).get("allow", []) if f.exists() else []
+    return compat.secret_allowlist()
 
 
 @dataclass(frozen=True)

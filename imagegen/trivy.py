@@ -42,6 +42,7 @@ import yaml
 from plumbum import local
 from plumbum.commands.processes import ProcessExecutionError, ProcessTimedOut
 
+from . import settings
 from .errors import GateFailed, ImagegenError, UserInputError
 
 # re-exported: callers and tests use them as `trivy.<name>`
@@ -79,12 +80,12 @@ SEVERITIES = ("UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL")
 
 def locate() -> tuple[str, str]:
     """`(path, where from)` of the trivy binary; ImagegenError with the remedy if there is none."""
-    env = os.environ.get("IMAGEGEN_TRIVY")
+    env = settings.TRIVY.value()
     if env:
         path = shutil.which(env) or env
         if not os.access(path, os.X_OK):
-            raise ImagegenError(f"trivy not found: IMAGEGEN_TRIVY={env} is not an executable")
-        return path, "IMAGEGEN_TRIVY"
+            raise ImagegenError(f"trivy not found: {settings.TRIVY.name}={env} is not an executable")
+        return path, settings.TRIVY.name
     on_path = shutil.which("trivy")
     if on_path:
         return on_path, "PATH"

@@ -9,6 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from .. import coldstart
+from ..labels import LABEL_CELL
 from ..savestream.fsview import SymlinkLoop, View
 from ..savestream.layers import ImageScan, Rec
 from ..scripts.elfmini import strip_hazard
@@ -251,7 +252,7 @@ def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id
     s("headers", cats_sum("headers"), "drop C/C++/CUDA headers from the runtime image")
     s("static_libs", cats_sum("static_libs"), "drop static libraries (.a)")
     labels = ((scan.config or {}).get("config") or {}).get("Labels") or {}
-    bytecode_rule = coldstart.bytecode_tradeoff(labels.get("io.imagegen.cell"), cats_sum("bytecode"))
+    bytecode_rule = coldstart.bytecode_tradeoff(labels.get(LABEL_CELL), cats_sum("bytecode"))
     s("bytecode", cats_sum("bytecode"), bytecode_rule["text"] + ". Without .pyc, Python compiles every module "
       "it imports on every container start (a read-only root or another user cannot cache them)")
     s("strip", strip_bytes, f"strip debug sections and symbol tables of {strip_files} ELF file(s)"

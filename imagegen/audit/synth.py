@@ -20,6 +20,8 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
+from ..labels import OCI_REF_NAME
+
 
 def _add_data(tf: tarfile.TarFile, ti: tarfile.TarInfo, chunks: Iterable[bytes]) -> None:
     """Write a member whose data comes from chunks (size set in ti), streaming."""
@@ -229,7 +231,7 @@ def write_oci_tar(out: BinaryIO, layers: list[list[tuple]], *, compressions: lis
                       "layers": descs}).encode()
     man_d = put(man)
     top = {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": man_d, "size": len(man),
-           "annotations": {"io.containerd.image.name": tag, "org.opencontainers.image.ref.name": tag.rsplit(":", 1)[-1]},
+           "annotations": {"io.containerd.image.name": tag, OCI_REF_NAME: tag.rsplit(":", 1)[-1]},
            "platform": {"architecture": "amd64", "os": "linux"}}
     if nested_index:
         inner = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",

@@ -335,13 +335,13 @@ def _labels(name: str, spec: compat.BaseSpec, role: str, tb: Tarball, ref: str) 
     inputs = spec.inputs(role)
     py = tb.versions.get(f"python{spec.python}-minimal") or tb.versions.get(f"python{spec.python}", "")
     return {
-        "org.opencontainers.image.title": f"imagegen base {name} {role}",
-        "org.opencontainers.image.description": spec.description or f"{name} {role} base",
-        "org.opencontainers.image.created": created,
-        "org.opencontainers.image.version": f"{spec.suite}-{tb.epoch}",
-        "org.opencontainers.image.ref.name": ref,
-        "org.opencontainers.image.vendor": "imagegen",
-        "org.opencontainers.image.licenses": "see /usr/share/doc/*/copyright",
+        labels.OCI_TITLE: f"imagegen base {name} {role}",
+        labels.OCI_DESCRIPTION: spec.description or f"{name} {role} base",
+        labels.OCI_CREATED: created,
+        labels.OCI_VERSION: f"{spec.suite}-{tb.epoch}",
+        labels.OCI_REF_NAME: ref,
+        labels.OCI_VENDOR: "imagegen",
+        labels.OCI_LICENSES: "see /usr/share/doc/*/copyright",
         LABEL_PREFIX: "1",
         f"{LABEL_PREFIX}.name": name,
         f"{LABEL_PREFIX}.role": role,

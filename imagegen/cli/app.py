@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import __version__, signals
+from .. import __version__, settings, signals
 from ..console import err, out
 from ..errors import ImagegenError, UserInputError
 from . import userpaths
@@ -28,7 +28,7 @@ app = typer.Typer(
 
 MatrixOpt = Annotated[
     Path,
-    typer.Option("--matrix", "-m", envvar="IMAGEGEN_MATRIX", help="The matrix file.", show_default=True,
+    typer.Option("--matrix", "-m", envvar=settings.MATRIX.name, help="The matrix file.", show_default=True,
                  callback=userpaths.input_file),
 ]
 VariantOpt = Annotated[
@@ -72,10 +72,13 @@ def _version_cb(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", callback=_version_cb, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
     """imagegen: one matrix.yaml -> rendered Dockerfiles -> built, tested, audited, published images."""
+    if ctx.invoked_subcommand != "doctor":  # a malformed IMAGEGEN_* setting: one line before any work
+        settings.check_all()
 
 
 def main() -> None:

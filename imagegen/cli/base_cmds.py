@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .. import settings
 from ..console import out
 from ..errors import GateFailed, UserInputError
 from ..units import format_size
@@ -16,7 +17,7 @@ from . import userpaths
 from .app import app, base_app
 
 BasesMatrixOpt = Annotated[Optional[Path], typer.Option(
-    "--matrix", "-m", envvar="IMAGEGEN_MATRIX",
+    "--matrix", "-m", envvar=settings.MATRIX.name,
     help="Also use the bases a matrix file defines (default: ./matrix.yaml when it exists).",
     callback=userpaths.input_file)]
 

@@ -16,7 +16,6 @@ hangs kills its container, which is started again for the next check.
 
 from __future__ import annotations
 
-import os
 import shutil
 import threading
 import time
@@ -30,7 +29,7 @@ import docker.types
 import testinfra.host
 from testinfra.backend import base as tbase
 
-from .. import elf, flock, paths
+from .. import elf, flock, paths, settings
 from ..errors import EngineError
 
 MOUNT = "/.imagegen-test"
@@ -47,7 +46,7 @@ def _client():
 def static_busybox() -> Path | None:
     """A statically linked busybox on the host (Debian: busybox-static), or None.
     A dynamic one could not run in an image without a matching libc."""
-    env = os.environ.get("IMAGEGEN_BUSYBOX")
+    env = settings.BUSYBOX.value()
     for cand in ([env] if env else []) + list(BUSYBOX_CANDIDATES):
         p = Path(cand)
         if p.is_file() and _is_static_elf(p):
@@ -114,7 +113,7 @@ class TestContainer:
     lifetime: int = 1800
     env: dict[str, str] = field(default_factory=dict)
     home: str | None = "/tmp"  # HOME forced on a read-only root; None leaves the image's own value
-    mem_limit: str = os.environ.get("IMAGEGEN_TEST_MEMORY", "8g")
+    mem_limit: str = field(default_factory=settings.TEST_MEMORY.value)
     _ctr: Any = None
     starts: int = 0
     last_error: str | None = None

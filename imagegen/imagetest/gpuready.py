@@ -10,7 +10,7 @@ DT_SONAME. Libraries the host driver provides (cuda.yaml host_provided) are neve
 
 from __future__ import annotations
 
-from .. import compat
+from .. import compat, settings
 from .helpers import fail
 
 
@@ -46,4 +46,4 @@ def probe_args(target) -> list[str]:
         args += ["--skip", name, "--benign", f"{name}: cannot open shared object file"]
     for text in cuda.dlerror_benign:
         args += ["--benign", text]
-    return args
+    return args + ["--timeout", f"{settings.DLOPEN_TIMEOUT.value():g}"]

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
+from .. import settings
 from .container import TestContainer
 from .target import TestTarget
 
-PROBE_TIMEOUT = float(os.environ.get("IMAGEGEN_PROBE_TIMEOUT", "300"))
+PROBE_TIMEOUT = settings.PROBE_TIMEOUT.value()
 MARKER = "IMAGEGEN-RESULT "
 
 

@@ -6,7 +6,8 @@ test's cpu_import_s and cpu_first_inference_s)."""
 from __future__ import annotations
 
 import json
-import os
+
+from .. import settings
 
 _results: dict[str, dict] = {}
 
@@ -40,7 +41,7 @@ def pytest_runtest_logreport(report) -> None:
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
-    path = os.environ.get("IMAGEGEN_TEST_RESULTS")
+    path = settings.TEST_RESULTS.value()
     if path:
         with open(path, "w") as fh:
             for r in _results.values():

@@ -21,6 +21,7 @@ from pathlib import Path
 from rich.table import Table
 from rich.text import Text
 
+from .. import settings
 from ..errors import GateFailed, UserInputError
 from .target import TestTarget, dump_targets
 
@@ -117,8 +118,8 @@ def run_targets(
         # or another installed checkout): its package root first on PYTHONPATH, cwd never.
         pkg_root = str(Path(__file__).resolve().parents[2])
         pythonpath = os.pathsep.join(p for p in (pkg_root, os.environ.get("PYTHONPATH", "")) if p)
-        env = dict(os.environ, IMAGEGEN_TEST_TARGETS=str(tfile), IMAGEGEN_TEST_RESULTS=str(rfile),
-                   PYTHONDONTWRITEBYTECODE="1", PYTHONSAFEPATH="1", PYTHONPATH=pythonpath)
+        env = {**os.environ, settings.TEST_TARGETS.name: str(tfile), settings.TEST_RESULTS.name: str(rfile),
+               "PYTHONDONTWRITEBYTECODE": "1", "PYTHONSAFEPATH": "1", "PYTHONPATH": pythonpath}
         t0 = time.monotonic()
         proc = subprocess.run(cmd, env=env, stdout=sys.stderr, stderr=sys.stderr, stdin=subprocess.DEVNULL)
         results = [CheckResult(**{k: v for k, v in json.loads(line).items() if k != "nodeid"})

@@ -26,7 +26,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from .. import paths
+from .. import paths, settings
 
 try:  # zlib-ng: the same deflate format and levels, 2-3x faster than zlib at level 6
     from zlib_ng import zlib_ng as _deflate
@@ -90,10 +90,7 @@ class _Pool:
 
 
 def workers() -> int:
-    env = os.environ.get("IMAGEGEN_AUDIT_GZIP_THREADS")
-    if env and env.isdigit() and int(env) > 0:
-        return int(env)
-    return max(1, os.cpu_count() or 1)
+    return settings.AUDIT_GZIP_THREADS.value()
 
 
 class GzipCounter:

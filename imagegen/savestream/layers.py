@@ -34,6 +34,7 @@ from itertools import chain
 
 from ..cuda_kernels import KernelScan, is_library_name, kernel_result
 from ..elf import MAGIC, ElfInfo, ElfProbe
+from ..labels import OCI_REF_NAME
 from .gzsize import GzipCounter
 from .tar import BLOCK, ChunkSource, CorruptStream, Member, TruncatedStream, UnsupportedStream, iter_tar, normalize, tee
 
@@ -464,7 +465,7 @@ def _oci_tags(jsons: dict[str, bytes]) -> list[str]:
     try:
         doc = json.loads(jsons["index.json"])
         names = [(d.get("annotations") or {}).get("io.containerd.image.name")
-                 or (d.get("annotations") or {}).get("org.opencontainers.image.ref.name")
+                 or (d.get("annotations") or {}).get(OCI_REF_NAME)
                  for d in doc.get("manifests") or []]
         return [n for n in names if n]
     except (KeyError, ValueError, AttributeError):

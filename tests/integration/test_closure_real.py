@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from imagegen import closure as closure_mod
-from imagegen import compat, debarchive
+from imagegen import compat, debarchive, settings
 from imagegen.closure import (
     ElfObject,
     ElfScan,
@@ -131,7 +131,7 @@ def test_bookworm_packages_path_gives_the_contents_path_closure(paddle_wheel, in
     assert {auto.resolved[n][0] for n in NON_POLICY} == {"zlib1g", "libssl3"}
     assert all(auto.via[n]["method"] == "contents" for n in NON_POLICY)
     assert by_name.source["index"] == "main/binary-amd64/Packages.xz"
-    assert by_name.source["inrelease_verified"] == Path(debarchive.DEFAULT_KEYRING).is_file()
+    assert by_name.source["inrelease_verified"] == settings.DEBIAN_KEYRING.value().is_file()
     assert auto.to_json() == compute_closure([], libc6, base.suite, "amd64", base.mirror, **kw).to_json()
 
 

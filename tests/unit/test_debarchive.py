@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from imagegen import closure, debarchive
+from imagegen import closure, debarchive, settings
 from imagegen.closure import ElfObject, ElfScan, compute_closure
 from imagegen.errors import ImagegenError
 
@@ -320,7 +320,7 @@ def test_a_bad_signature_is_refused(archive, server, tmp_path):
 
 def test_the_keyring_comes_from_the_environment(archive, server, tmp_path, monkeypatch):
     archive.publish()
-    monkeypatch.setenv(debarchive.KEYRING_ENV, str(archive.signer.keyring))
+    monkeypatch.setenv(settings.DEBIAN_KEYRING.name, str(archive.signer.keyring))
     assert debarchive.fetch_release(SUITE, server.url, cache_dir=tmp_path / "c").verified
 
 

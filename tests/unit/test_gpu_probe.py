@@ -194,7 +194,7 @@ def test_probe_args_for_onnxruntime_cuda_cell():
     assert ["--dirs", "nvidia/*/lib,tensorrt_libs"] == args[2:4]
     # the host driver: never probed, and a library's own failed dlopen of it is expected without one
     assert ["--skip", "libcuda.so.1", "--benign", "libcuda.so.1: cannot open shared object file"] == args[4:8]
-    assert args[-2:] == ["--benign", "undefined symbol: InitializeInjectionCaskEnhanced"]
+    assert args[-4:-2] == ["--benign", "undefined symbol: InitializeInjectionCaskEnhanced"]
     assert [p.name for p in ready.providers(t)] == ["CUDAExecutionProvider"]
 
 
@@ -205,10 +205,13 @@ def test_probe_args_for_tensorrt_cell():
     assert "onnxruntime/capi/libonnxruntime_providers_tensorrt.so" in ready.probe_args(t)
 
 
-def test_paddle_flagship_still_probes_its_dlopen_names():
+def test_paddle_flagship_still_probes_its_dlopen_names(monkeypatch):
     t = _target("gpu-cuda11.8-slim")
     args = ready.probe_args(t)
     assert "libcudnn.so" in args and "--dirs" not in args and "--needed-of" not in args
+    assert args[-2:] == ["--timeout", "60"]
+    monkeypatch.setenv("IMAGEGEN_DLOPEN_TIMEOUT", "2.5")  # the host's setting reaches the in-image probe
+    assert ready.probe_args(t)[-2:] == ["--timeout", "2.5"]
 
 
 # --- the TensorRT prune rule on a fixture environment ------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-import os
 import shutil
 from pathlib import Path
 
@@ -21,12 +20,14 @@ from imagegen.imagetest.helpers import PROBE_TIMEOUT, ProbeError, container, par
 from imagegen.imagetest.inventory import load_inventory
 from imagegen.imagetest.target import TestTarget, load_targets
 
+from ... import settings
+
 
 def _targets(config) -> list[TestTarget]:
     cached = getattr(config, "_imagegen_targets", None)
     if cached is None:
-        path = os.environ.get("IMAGEGEN_TEST_TARGETS")
-        cached = load_targets(Path(path)) if path else []
+        path = settings.TEST_TARGETS.value()
+        cached = load_targets(path) if path else []
         config._imagegen_targets = cached
     return cached
 

@@ -9,6 +9,7 @@ from imagegen import compat
 from imagegen.imagetest import gpuhost
 from imagegen.imagetest.container import MOUNT
 from imagegen.imagetest.helpers import PROBE_TIMEOUT, ProbeError, container, fail, parse
+from imagegen.labels import CUDA_ARCHS
 
 TIMING = "IMAGEGEN-TIMING "
 
@@ -67,12 +68,12 @@ def test_gpu_inference(target, gpu_host, workdir, smoke, image_attrs, request):
     if not gpu_host.usable:
         pytest.skip(gpu_host.reason)
     # The image's own kernels decide before the framework does ("no kernel image is available").
-    label = ((image_attrs.get("Config") or {}).get("Labels") or {}).get("io.imagegen.cuda.archs")
+    label = ((image_attrs.get("Config") or {}).get("Labels") or {}).get(CUDA_ARCHS)
     if label:
         for cc in gpuhost.compute_capabilities():
             if not gpuhost.kernel_path(label, cc):
                 fail(target, f"this host's GPU has compute capability {cc // 10}.{cc % 10} (sm_{cc}); the image's "
-                             f"CUDA kernels serve only {label} (label io.imagegen.cuda.archs)")
+                             f"CUDA kernels serve only {label} (label {CUDA_ARCHS})")
     c = container(target, workdir, gpu=True).start()
     try:
         _run_smoke(target, c, smoke, "gpu", request)

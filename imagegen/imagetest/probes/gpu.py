@@ -8,6 +8,7 @@ usage: python gpu.py [--dirs GLOB,...] [--needed-of REL]... [--skip NAME]... [NA
   --needed-of REL    also every NEEDED entry of this library (relative to site-packages), e.g. an
                      execution provider the framework dlopens by path; an entry its RUNPATH
                      resolves is loaded from there, as the loader does for it
+  --timeout SECONDS  how long one library's dlopen may take (default 60)
   --skip NAME        never probe NAME (libraries the host driver provides: libcuda.so.1); a library
                      that fails only because NAME is absent passes when every other NEEDED entry of
                      its ELF file loads (reported with "needs_host")
@@ -31,7 +32,7 @@ import sys
 
 import elfmini  # copied next to this probe (stdlib only; imagegen/scripts/elfmini.py)
 
-TIMEOUT = float(os.environ.get("IMAGEGEN_DLOPEN_TIMEOUT", "60"))
+TIMEOUT = 60.0  # seconds per dlopen child; --timeout (the host's IMAGEGEN_DLOPEN_TIMEOUT) replaces it
 
 CHILD = r'''
 import ctypes, json, os, sys
@@ -238,10 +239,13 @@ def resolve_deferred(results, skip, paths):
 
 def plan(argv):
     """The names to probe, in order, and those skipped: (names, skipped, errors)."""
+    global TIMEOUT
     names, skip, dirs, errors = [], [], [], []
     it = iter(argv)
     for a in it:
-        if a == "--nvidia-sonames":
+        if a == "--timeout":
+            TIMEOUT = float(next(it))
+        elif a == "--nvidia-sonames":
             dirs.append("nvidia/*/lib")
         elif a == "--dirs":
             dirs.extend(x for x in next(it).split(",") if x)
