@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -272,6 +273,19 @@ def secret_allowlist(data_dir: Path = DATA) -> list[dict]:
     """Known third-party test keys, each with a reason (secrets-allow.yaml): [{rule, path, reason}]."""
     path = data_dir / "secrets-allow.yaml"
     return list(_load_yaml(path).get("allow", [])) if path.exists() else []
+
+
+@functools.lru_cache(maxsize=None)
+def image_skips(data_dir: Path = DATA) -> tuple[tuple[re.Pattern, str], ...]:
+    """The skip reasons of the image test suite that still let a run pass (image-skips.yaml):
+    ((compiled pattern, why), ...). UserInputError for a malformed pattern."""
+    out = []
+    for i, entry in enumerate(_load_yaml(data_dir / "image-skips.yaml").get("allowed", [])):
+        try:
+            out.append((re.compile(entry["reason"]), str(entry.get("why", ""))))
+        except (re.error, KeyError, TypeError) as exc:
+            raise UserInputError(f"{data_dir / 'image-skips.yaml'}: allowed[{i}]: {exc}") from None
+    return tuple(out)
 
 
 def smoke_script(framework: Framework) -> Path:

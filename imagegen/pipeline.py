@@ -62,6 +62,7 @@ from .build import (
 from .buildkit import CLASSIC, BuildPath
 from .console import err, log, warn
 from .errors import GateFailed, ImagegenError, UserInputError
+from .imagetest.runner import Summary
 from .labels import SOURCE_URL
 from .matrix import Cell, Matrix
 
@@ -363,7 +364,7 @@ def abort_cleanup(tracker: Tracker = ACTIVE) -> None:
 # --- build ---------------------------------------------------------------------------------------
 
 
-def _unchanged(cell: Cell, *, run_tests: bool, progress: Progress, junit_dir: Path | None,
+def _unchanged(cell: Cell, digest: str, *, run_tests: bool, progress: Progress, junit_dir: Path | None,
                t0: float) -> BuildResult:
     """The tag already holds an image built from these inputs. Skip it only if that exact image ID has a
     passing test record (testrecord); otherwise run the suite on it now (unless --no-test)."""
@@ -376,7 +377,7 @@ def _unchanged(cell: Cell, *, run_tests: bool, progress: Progress, junit_dir: Pa
         return BuildResult(cell, "skipped", image_id=info["Id"], size=info["Size"],
                            seconds=time.monotonic() - t0, message=note)
     progress.update(cell, "inputs unchanged; no passing test record for this image: testing")
-    summary = testrun.test_image(cell, info["Id"], junit_dir=junit_dir)
+    summary = testrun.test_image(cell, info["Id"], inputs_digest=digest, junit_dir=junit_dir)
     if not summary.ok:
         raise GateFailed(f"{cell.ref}: image {info['Id'][:19]} (inputs unchanged) failed its tests "
                          f"({'; '.join(summary.reasons())[:400] or 'no checks ran'}); it has no test record, so "
@@ -422,8 +423,9 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
     if not force:
         quick = quick_key(rendered, base_ids(cell), lpath.read_bytes() if lpath.exists() else b"",
                           committed_label(cell, lpath))
-        if up_to_date(stamped_digest(cell, quick), current_digest(cell.local_ref)):
-            return _unchanged(cell, run_tests=run_tests, progress=progress, junit_dir=junit_dir, t0=t0)
+        stamped = stamped_digest(cell, quick)
+        if up_to_date(stamped, current_digest(cell.local_ref)):
+            return _unchanged(cell, stamped, run_tests=run_tests, progress=progress, junit_dir=junit_dir, t0=t0)
     root = paths.cache_root()
     root.mkdir(parents=True, exist_ok=True)
     workdir = flock.make_owned_dir(root, paths.CONTEXT_PREFIX)  # reaps contexts of killed builds
@@ -437,7 +439,7 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
         quick = quick_key(rendered, prep.base_ids, prep.lock_path.read_bytes(), committed_label(cell, prep.lock_path))
         if up_to_date(prep.digest, current_digest(cell.local_ref), force=force):
             write_stamp(cell, quick, prep.digest)
-            return _unchanged(cell, run_tests=run_tests, progress=progress, junit_dir=junit_dir, t0=t0)
+            return _unchanged(cell, prep.digest, run_tests=run_tests, progress=progress, junit_dir=junit_dir, t0=t0)
         if callable(path):
             path = path()
         if path.kind != "buildkit":  # the same recipe in the classic builder's syntax (no RUN --mount)
@@ -460,7 +462,7 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
             progress.update(cell, "testing")
             from . import testrun
 
-            summary = testrun.test_image(cell, image_id, junit_dir=junit_dir)
+            summary = testrun.test_image(cell, image_id, inputs_digest=prep.digest, junit_dir=junit_dir)
             if not summary.ok:
                 raise GateFailed(f"{cell.ref}: built image {image_id[:19]} failed its tests "
                                  f"({'; '.join(summary.reasons())[:400] or 'no checks ran'}); the tag was not "
@@ -491,6 +493,37 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
             ACTIVE.discard("steps", step)
         flock.remove_owned_dir(workdir)
         ACTIVE.discard("workdirs", str(workdir))
+
+
+def expected_digest(m: Matrix, cell: Cell) -> str:
+    """The inputs digest this checkout builds `cell` from ("sha256:<hex>"): the stamp of the build that
+    made it when the quick key (rendered files, base IDs, lock, kernel label) still matches, else a full
+    `prepare` into a work directory removed afterwards (lock, bases, wheelhouse and closure, as a build
+    would; no image is built). What `imagegen test` compares the image's label with."""
+    rendered = render.render_cell(m, cell)
+    lpath = lock_path(m, cell)
+    if lpath.exists():
+        stamped = stamped_digest(cell, quick_key(rendered, base_ids(cell), lpath.read_bytes(),
+                                                 committed_label(cell, lpath)))
+        if stamped:
+            return stamped
+    root = paths.cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    workdir = flock.make_owned_dir(root, paths.CONTEXT_PREFIX)
+    ACTIVE.add("workdirs", str(workdir))
+    try:
+        return prepare(m, cell, workdir, rendered).digest
+    finally:
+        flock.remove_owned_dir(workdir)
+        ACTIVE.discard("workdirs", str(workdir))
+
+
+def test_cells(m: Matrix, cells: list[Cell], **options) -> Summary:
+    """`imagegen test`: the image suite on built cells, each image's inputs-digest label checked against
+    :func:`expected_digest`. ``options``: those of :func:`imagegen.testrun.test_cells`."""
+    from . import testrun
+
+    return testrun.test_cells(cells, {c.id: expected_digest(m, c) for c in cells}, **options)
 
 
 def rebuild(m: Matrix, cell: Cell, path: BuildPath, progress: Progress) -> tuple[str, Prepared]:

@@ -17,15 +17,18 @@ from .matrix import Cell
 SHELL_PACKAGES = {"dash", "bash", "busybox", "busybox-static", "zsh"}
 
 
-def target_for(cell: Cell, image: str | None = None) -> TestTarget:
+def target_for(cell: Cell, image: str | None = None, *, inputs_digest: str) -> TestTarget:
+    """The image suite's target for `cell`'s image (`image`, else its local tag). `inputs_digest`: the
+    digest of the inputs this checkout builds the cell from (the pipeline's `prepare`, or the stamp of the
+    build that made the image): the image's io.imagegen.inputs-digest label must equal it. UserInputError
+    when the image is not here."""
     ref = image or cell.local_ref
     try:
         labels = (engine.api().inspect_image(ref).get("Config") or {}).get("Labels") or {}
     except docker.errors.ImageNotFound:
         raise UserInputError(f"{cell.ref} is not built here; run `imagegen build --variant {cell.ref}`") from None
-    expected = {labels_mod.OCI_SOURCE: SOURCE_URL}
-    if LABEL_DIGEST in labels:
-        expected[LABEL_DIGEST] = labels[LABEL_DIGEST]
+    del labels  # the expected values never come from the image under test
+    expected = {labels_mod.OCI_SOURCE: SOURCE_URL, LABEL_DIGEST: inputs_digest}
     if cell.device == "gpu" and cell.gpu_archs:  # kernels pruned to the targets: labelled with exactly them
         expected[CUDA_ARCHS] = ",".join(cell.gpu_archs)
     from .render import dlopen_names, pruned_dlopen_names
@@ -65,13 +68,14 @@ def _image_facts(ref: str) -> tuple[str, str | None]:
     return info["Id"], ((info.get("Config") or {}).get("Labels") or {}).get(LABEL_DIGEST)
 
 
-def test_image(cell: Cell, image: str, *, junit_dir: Path | None = None) -> Summary:
-    """Run the whole suite on one image (by ID or tag); a pass writes its test record (testrecord)."""
+def test_image(cell: Cell, image: str, *, inputs_digest: str, junit_dir: Path | None = None) -> Summary:
+    """Run the whole suite on one image (by ID or tag); a pass writes its test record (testrecord).
+    `inputs_digest`: as for :func:`target_for`."""
     from . import testrecord
     from .console import err
     from .imagetest.runner import print_summary_table
 
-    target = target_for(cell, image)
+    target = target_for(cell, image, inputs_digest=inputs_digest)
     image_id, digest = _image_facts(image)
     summary = run_targets([target], junit_path(junit_dir, cell.id), print_summary=False)
     print_summary_table(summary, console=err)
@@ -80,12 +84,13 @@ def test_image(cell: Cell, image: str, *, junit_dir: Path | None = None) -> Summ
     return summary
 
 
-def test_cells(cells: list[Cell], *, junit: Path | None = None, checks: list[str] | None = None,
-               keyword: str | None = None, verbose: bool = False) -> Summary:
-    """The suite on built cells. Only a full run (no --check / -k) writes test records."""
+def test_cells(cells: list[Cell], digests: dict[str, str], *, junit: Path | None = None,
+               checks: list[str] | None = None, keyword: str | None = None, verbose: bool = False) -> Summary:
+    """The suite on built cells. `digests`: {cell id: the inputs digest its image must carry} (the
+    pipeline's `expected_digest`). Only a full run (no --check / -k) writes test records."""
     from . import testrecord
 
-    targets = [target_for(c) for c in cells]
+    targets = [target_for(c, inputs_digest=digests[c.id]) for c in cells]
     facts = {t.id: (*_image_facts(t.image), c.ref) for t, c in zip(targets, cells, strict=True)}
     path = junit if junit and junit.suffix == ".xml" else junit_path(junit, "imagegen")
     summary = run_targets(targets, path, checks=checks, keyword=keyword, verbose=verbose)

@@ -114,5 +114,7 @@ def test_cmd(
         if not built:
             raise UserInputError("no cell of the matrix is built here; run `imagegen build` first")
         cells = built
-    summary = testrun.test_cells(cells, junit=junit, checks=check, keyword=keyword, verbose=verbose)
+    from .. import pipeline
+
+    summary = pipeline.test_cells(m, cells, junit=junit, checks=check, keyword=keyword, verbose=verbose)
     summary.raise_for_failures()

@@ -15,6 +15,7 @@ when a test first needs it; a cell that fails to build fails only the tests that
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -239,6 +240,29 @@ def test_test_command_on_built_cells(builds, tmp_path):
                     "--junit", str(junit))
     assert junit.exists() and "testsuite" in junit.read_text()
     assert "passed" in proc.stdout
+
+
+def test_a_tampered_inputs_digest_label_fails_imagegen_test(builds, client):
+    """The tag check compares the image's io.imagegen.inputs-digest with the digest of the inputs this
+    checkout builds the cell from, never with the label itself (architecture review 3, §3.4)."""
+    ref = "onnxruntime:1.23.2-cpu-slim"
+    builds.get(ref)
+    good = client.images.get(local(ref)).id
+    forged = "sha256:" + "0" * 64
+    dockerfile = f"FROM {good}\nLABEL io.imagegen.inputs-digest={forged} imagegen.test=1\n".encode()
+    tampered, _ = client.images.build(fileobj=io.BytesIO(dockerfile), rm=True, forcerm=True)
+    repo, tag = local(ref).rsplit(":", 1)
+    try:
+        client.api.tag(tampered.id, repo, tag, force=True)
+        proc = imagegen("test", "--variant", ref, "--check", "tag", check=False)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert f"io.imagegen.inputs-digest='{forged}'" in proc.stdout + proc.stderr
+        client.api.tag(good, repo, tag, force=True)
+        proc = imagegen("test", "--variant", ref, "--check", "tag", check=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    finally:
+        client.api.tag(good, repo, tag, force=True)
+        client.api.remove_image(tampered.id, noprune=False)
 
 
 @pytest.mark.parametrize("moment", ["a RUN step", "the final COPY --from"])

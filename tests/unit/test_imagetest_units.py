@@ -235,3 +235,70 @@ def test_bytecode_policy_only_for_cells_built_with_compiled_bytecode():
     assert not policy_for("full", {"bytecode": "keep"})["bytecode_compiled"]
     assert not TestTarget(image="x", framework=None, version="1", device="cpu", python="3.11",
                           flavor="slim").rule("bytecode_compiled")
+
+
+# --- skips the image suite may and may not hide (imagegen/data/image-skips.yaml) ---------------------
+
+
+def _skip_samples() -> dict[str, str]:
+    """{check module: a sample of each literal pytest.skip reason in imagegen/imagetest/checks/, with
+    every formatted value replaced by "x"}."""
+    import ast
+    from pathlib import Path
+
+    import imagegen.imagetest.checks as checks
+
+    out = {}
+    for path in sorted(Path(checks.__file__).parent.glob("*.py")):
+        for n in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "skip" and n.args
+                    and isinstance(n.args[0], (ast.Constant, ast.JoinedStr))):
+                a = n.args[0]
+                text = a.value if isinstance(a, ast.Constant) else "".join(
+                    v.value if isinstance(v, ast.Constant) else "x" for v in a.values)
+                out[text] = path.stem
+    return out
+
+
+def test_every_skip_of_the_image_suite_is_classified():
+    """A skip caused by this host (no static busybox) becomes an error; those the cell's data or the
+    hardware decide stay skips. A new pytest.skip in the checks must be classified here."""
+    from imagegen.imagetest.runner import CheckResult, police_skips
+
+    expected_allowed = {
+        "image has no /bin/sh and the host has no static busybox (apt-get install busybox-static)": False,
+        "no size budget in the matrix": True,
+        "no compressed size budget in the matrix": True,
+        "rule bytecode_compiled (x): x": True,
+        "rule x (x): x": True,
+        "no loadable library reports a version (cudnnGetVersion) by the names probed": True,
+        "x does not report the cuDNN it was built with": True,
+        "label policy not enforced for this target": True,
+    }
+    samples = _skip_samples()
+    assert set(samples) == set(expected_allowed), f"classify the image suite's skip reasons: {sorted(samples)}"
+    host = gpuhost.GpuHost(None, False, "no NVIDIA GPU/driver on this host (no /proc/driver/nvidia/version, no "
+                                        "nvidia-smi)").reason
+    for reason, allowed in [*expected_allowed.items(), (host, True), ("no NVIDIA container runtime for the engine "
+                                                                       "(runtimes: runc; install ...)", True)]:
+        (r,) = police_skips([CheckResult("img", "check", "skipped", 0.1, reason)])
+        assert (r.outcome == "skipped") is allowed, (reason, r.outcome)
+        if not allowed:
+            assert r.message.startswith("skipped for a reason no test record may hide: " + reason)
+
+
+def test_an_unallowed_skip_fails_the_run_and_writes_no_record(tmp_path, monkeypatch):
+    from imagegen import testrecord
+    from imagegen.imagetest.runner import CheckResult, Summary, police_skips
+
+    monkeypatch.setenv("IMAGEGEN_CACHE", str(tmp_path))
+    ids = {"img": ("sha256:" + "a" * 64, "paddle:3.3.1-cpu-slim", "sha256:" + "b" * 64)}
+    passing = [CheckResult("img", "smoke", "passed", 1.0), CheckResult("img", "budget", "skipped", 0.0,
+                                                                         "no size budget in the matrix")]
+    assert Summary(police_skips(passing), exit_code=0).ok  # an allowed skip: the run passes
+    hidden = [CheckResult("img", "smoke", "passed", 1.0), CheckResult(
+        "img", "hardening", "skipped", 0.0, "image has no /bin/sh and the host has no static busybox "
+                                            "(apt-get install busybox-static)")]
+    s = Summary(police_skips(hidden), exit_code=0)
+    assert not s.ok and s.failed == 1 and testrecord.record_summary(s, ids) == []
+    assert not list(tmp_path.rglob("*.json"))
