@@ -299,18 +299,9 @@ def coverage(libs: Iterable[dict]) -> Coverage:
 
 def removed_globs(cell: "Cell") -> list[str]:
     """Globs (site-packages relative) of the libraries the cell's slimming removes."""
-    from . import compat
+    from . import recipe
 
-    rules = cell.slimming.as_dict()
-    out: list[str] = []
-    for name, globs in compat.prune_rules().items():
-        if rules.get(name) is True and name != "protect":
-            out += [g for g in globs if not g.startswith("venv:")]
-    fw = compat.frameworks()[cell.framework]
-    for name, globs in (getattr(fw, "inference_prune", None) or {}).items():
-        if rules.get(name) is True:
-            out += list(globs)
-    return out
+    return recipe.of(cell).removed_globs
 
 
 def cell_libraries(cell: "Cell", facts: dict) -> list[dict]:

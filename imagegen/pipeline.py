@@ -41,6 +41,7 @@ from . import (
     hostpip,
     lockfile,
     paths,
+    recipe,
     render,
     reproduce,
     wheelhouse,
@@ -110,10 +111,10 @@ def inputs_digest(parts: dict[str, bytes | str]) -> str:
 
 def build_inputs(rendered: render.Rendered, base_ids: dict[str, str], **extra: bytes | str) -> dict[str, bytes | str]:
     """What a cell's build reads, by name: the rendered files, the static context scripts
-    (render.build_context_files), the base images' IDs (``base:<role>``), plus ``extra`` (what a
+    (the recipe's context_files), the base images' IDs (``base:<role>``), plus ``extra`` (what a
     caller adds: the staged lock files and closure, or the lock file for the quick key)."""
     parts: dict[str, bytes | str] = dict(rendered.files)
-    for rel, src in render.build_context_files(rendered.cell).items():
+    for rel, src in recipe.of(rendered.cell).context_files.items():
         parts[rel] = src.read_bytes()
     for role, image_id in base_ids.items():
         parts[f"base:{role}"] = image_id
@@ -289,6 +290,7 @@ def _closure_packages(cell: Cell, lpath: Path, runtime_ref: str, wheels: list[Pa
 def prepare(m: Matrix, cell: Cell, workdir: Path, rendered: render.Rendered | None = None) -> Prepared:
     """Lock, bases, wheelhouse, closure and the build context ``workdir/<cell id>``, with its inputs digest."""
     rendered = rendered or render.render_cell(m, cell)
+    rec = recipe.of(cell)
     lk, lpath = ensure_lock(m, cell)
     base = cell.base_spec
     refs = {role: bases.ensure_role(cell.base, role, spec=base) for role in (BUILDER_ROLE, cell.runtime_role)}
@@ -303,7 +305,7 @@ def prepare(m: Matrix, cell: Cell, workdir: Path, rendered: render.Rendered | No
     for rel, content in rendered.files.items():
         (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
         (ctx / rel).write_text(content)
-    for rel, src in render.build_context_files(cell).items():
+    for rel, src in rec.context_files.items():
         (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, ctx / rel)
     extra = cell.fw.versions[cell.version].runtime_packages
@@ -313,7 +315,7 @@ def prepare(m: Matrix, cell: Cell, workdir: Path, rendered: render.Rendered | No
     wheelhouse.stage(lk, ctx)
     staged: dict[str, bytes | str] = {"imagegen/closure.txt": closure_txt,
                                       "wheels/requirements.lock": (ctx / "wheels" / "requirements.lock").read_bytes()}
-    if json.loads(rendered.files.get("imagegen/prune.json", "{}")).get("bytecode", {}).get("smoke"):
+    if rec.bytecode.smoke:
         # traced at build time: the bytecode of what the first inference loads (compile_bytecode.py)
         smoke = compat.smoke_script(cell.fw).read_bytes()
         (ctx / "imagegen" / "smoke.py").write_bytes(smoke)

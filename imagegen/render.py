@@ -11,13 +11,9 @@ from pathlib import Path
 
 import jinja2
 
-from . import compat, labels
+from . import compat, recipe
 from .errors import UserInputError
 from .matrix import Cell, Matrix
-
-VENV = "/opt/venv"
-USER = {"name": "app", "uid": 1000, "gid": 1000}
-SCRIPTS = Path(str(resources.files("imagegen") / "scripts"))
 
 
 def templates_dir(matrix_path: Path | None = None) -> Path:
@@ -45,148 +41,6 @@ def _env(tdir: Path) -> jinja2.Environment:
     env.filters["shell_quote"] = lambda v: shlex.quote(str(v))
     env.filters["dirname"] = lambda v: str(v).rsplit("/", 1)[0] or "/"
     return env
-
-
-def site_packages(cell: Cell) -> str:
-    return f"{VENV}/lib/python{cell.python}/site-packages"
-
-
-def prune_config(cell: Cell) -> dict:
-    """The rules in force and the paths they act on, as the builder's prune.py reads them."""
-    data = compat.prune_rules()
-    rules = cell.slimming.as_dict()
-    rules.pop("ptx", None)  # read by fatprune.py from cuda_archs, not a path rule
-    fw = cell.fw
-    globs = {k: list(v) for k, v in data.items() if k != "protect"}
-    for name, paths in fw.inference_prune.items():
-        globs.setdefault(name, []).extend(paths)
-    cfg: dict = {
-        "cell": cell.ref,
-        "venv": VENV,
-        "site_packages": site_packages(cell),
-        "rules": rules,
-        "globs": globs,
-        "protect": data.get("protect", []),
-        "bytecode": bytecode_config(cell),
-        "cuda": None,
-    }
-    archs = cuda_archs(cell)
-    if archs:
-        cfg["cuda_archs"] = archs
-    if cell.device == "gpu":
-        cuda = compat.cuda()
-        links = {}
-        for name in dlopen_names(cell):
-            hit = cuda.component_for_soname(name)
-            if hit is None:
-                raise UserInputError(f"{fw.name} {cell.version} dlopens {name}, which no CUDA component in "
-                                     "imagegen/data/cuda.yaml provides")
-            _, comp = hit
-            links[name] = {"dir": comp.libdir, "target_glob": comp.provides[name]}
-        pruned = set(pruned_dlopen_names(cell))
-        cfg["cuda"] = {
-            "libdirs": sorted({c.libdir for c in cuda.components.values()}),
-            "links": {k: v for k, v in links.items() if k not in pruned},
-            "pruned_links": sorted(pruned),
-            "ldconf": "/etc/ld.so.conf.d/imagegen-cuda.conf",
-            "loader_dirs": list(cuda.loader_dirs),
-        }
-    return cfg
-
-
-def cuda_archs(cell: Cell) -> dict | None:
-    """What the builder's fatprune.py keeps (EXPERIMENTAL): the cell's `gpu_archs` and its `ptx` slimming
-    option, or None when the cell declares no target GPUs (nothing is rewritten)."""
-    targets = list(getattr(cell, "gpu_archs", ()) or ())
-    if cell.device != "gpu" or not targets:
-        return None
-    return {"targets": targets, "ptx": cell.slimming.ptx}
-
-
-def runtime_env(cell: Cell) -> list[tuple[str, str]]:
-    env = [
-        ("PATH", f"{VENV}/bin:/usr/local/bin:/usr/bin:/bin"),
-        ("VIRTUAL_ENV", VENV),
-        ("HOME", compat.flavors()[cell.flavor].get("home") or f"/home/{USER['name']}"),
-        ("LANG", "C.UTF-8"),
-        ("PYTHONUNBUFFERED", "1"),
-    ]
-    if cell.slimming.bytecode in ("compile", "drop"):
-        # compile: the shipped .pyc files are unchecked-hash and are read, never rewritten; this
-        # only keeps Python from writing .pyc files for anything else (e.g. a mounted script)
-        env.append(("PYTHONDONTWRITEBYTECODE", "1"))
-    if cell.device == "gpu":
-        env += [
-            ("NVIDIA_VISIBLE_DEVICES", "all"),
-            ("NVIDIA_DRIVER_CAPABILITIES", "compute,utility"),
-            ("NVIDIA_REQUIRE_CUDA", f"cuda>={cell.cuda}"),
-        ]
-    return env
-
-
-def bytecode_config(cell: Cell) -> dict:
-    """What the builder's bytecode step needs (imagegen/scripts/compile_bytecode.py):
-    trace: `compile` and `drop` trace what `import <framework>` loads, with the closure's
-    libraries (the sysroot stage's output, copied to /tmp/sysroot) on the loader path;
-    smoke: and what the framework's CPU smoke inference loads (every cell whose smoke script needs
-    no host-made data, GPU cells too: their start on a host without a GPU, and the image test's
-    `bytecode.start_rewrites_no_bytecode`, run the CPU path; the build stages the script as
-    imagegen/smoke.py, and prune.py traces it with the NVIDIA wheels' libraries on the loader path);
-    stdlib: the runtime's standard library, when the cell ships bytecode and its runtime role was
-    unpacked without maintainer scripts (mmdebstrap `extract`: Debian's py3compile never ran, so
-    it has no .pyc); its sources are copied to `src` in the builder."""
-    mode = cell.slimming.bytecode
-    base = cell.base_spec
-    role = base.role(cell.runtime_role) if base is not None and cell.runtime_role in base.roles else None
-    trace = mode in ("compile", "drop")
-    stdlib = None
-    if mode in ("compile", "all") and role is not None and role.variant == "extract":
-        stdlib = {"src": "/tmp/stdlib", "ddir": f"/usr/lib/python{cell.python}"}
-    smoke = None
-    if trace and "def host_prepare(" not in compat.smoke_script(cell.fw).read_text():
-        smoke = "/opt/imagegen-build/smoke.py"  # staged by the build (imagegen/smoke.py in the context)
-    return {
-        "trace": trace,
-        "import": cell.fw.import_name if trace else None,
-        "smoke": smoke,
-        "python": f"{VENV}/bin/python",
-        "libdirs": ["/tmp/sysroot/usr/lib/x86_64-linux-gnu", "/tmp/sysroot/lib/x86_64-linux-gnu"] if trace else [],
-        "stdlib": stdlib,
-    }
-
-
-def dlopen_names(cell: Cell) -> list[str]:
-    """Unversioned CUDA library names a GPU cell's runtime dlopens: the framework's own
-    (frameworks/*.yaml gpu.dlopen) plus those its cuDNN version loads by itself (cuda.yaml
-    cudnn_dlopen). Each gets a link in the image and is probed by the readiness check."""
-    gpu = cell.fw.versions[cell.version].gpu
-    if cell.device != "gpu" or gpu is None:
-        return []
-    names = list(gpu.dlopen)
-    names += [n for n in compat.cuda().cudnn_dlopen_names(cell.cudnn) if n not in names]
-    return names
-
-
-def pruned_dlopen_names(cell: Cell) -> list[str]:
-    """Unversioned names the framework dlopens whose library an enabled opt-in rule removes."""
-    import fnmatch
-
-    gpu = cell.fw.versions[cell.version].gpu
-    if cell.device != "gpu" or gpu is None:
-        return []
-    rules = cell.slimming.as_dict()
-    removed = [g for name, globs in cell.fw.inference_prune.items() if rules.get(name) for g in globs]
-    removed += [g for g in compat.prune_rules().get("cudnn_train", []) if rules.get("cudnn_train")]
-    out = []
-    for name in dlopen_names(cell):
-        hit = compat.cuda().component_for_soname(name)
-        if hit is None:
-            continue
-        comp = hit[1]
-        example = f"{comp.libdir}/{comp.provides[name].replace('*', '0')}"
-        if any(fnmatch.fnmatch(example, g) for g in removed):
-            out.append(name)
-    return sorted(out)
 
 
 #: The GPU runtime stage's one RUN (exec form: the slim runtime has no shell; `-B`: no bytecode
@@ -234,7 +88,8 @@ def render_cell(m: Matrix, cell: Cell, tdir: Path | None = None, *, buildkit: bo
     assert base is not None
     roles = {r: base.role(r) for r in ("runtime", "builder", "dev") if r in base.roles}
     refs = {r: base.role_ref(cell.base, r) for r in roles}
-    cfg = prune_config(cell)
+    rec = recipe.of(cell)
+    cfg = rec.prune_json()
     ctx = {
         "cell": cell,
         "origin": _portable_origin(cell.origin),
@@ -243,18 +98,14 @@ def render_cell(m: Matrix, cell: Cell, tdir: Path | None = None, *, buildkit: bo
         "base": base,
         "roles": roles,
         "refs": refs,
-        "venv": VENV,
-        "user": USER,
-        "gpu_libdirs": (cfg["cuda"] or {}).get("libdirs", []),
-        "runtime_step": runtime_step(bool((cfg["cuda"] or {}).get("libdirs"))),
-        "cuda_archs": cfg.get("cuda_archs"),
+        "venv": recipe.VENV,
+        "user": recipe.USER,
+        "gpu_libdirs": rec.gpu_libdirs,
+        "runtime_step": runtime_step(bool(rec.gpu_libdirs)),
+        "cuda_archs": rec.kernel_targets,
         "driver_min": compat.cuda().releases[cell.cuda].driver_min if cell.cuda else None,  # older templates
-        "static_labels": labels.static(
-            title=f"{cell.fw.title} {cell.version} ({cell.tag})", tag=cell.tag, base_ref=refs[cell.runtime_role],
-            framework=cell.framework, version=cell.version, device=cell.device, cuda=cell.cuda, cudnn=cell.cudnn,
-            python=cell.python, flavor=cell.flavor, base=cell.base,
-            driver_min=compat.cuda().releases[cell.cuda].driver_min if cell.cuda else None),
-        "env": [f"{k}={shlex.quote(v)}" for k, v in runtime_env(cell)],
+        "static_labels": list(rec.static_labels),
+        "env": [f"{k}={shlex.quote(v)}" for k, v in rec.runtime_env],
         "bytecode": cfg["bytecode"],
         "buildkit": buildkit,
     }
@@ -323,20 +174,3 @@ def check(rendered: list[Rendered], out_dir: Path, all_cells: bool) -> list[str]
         for stale in sorted(p.name for p in out_dir.iterdir() if p.is_dir() and p.name not in expected_dirs):
             problems.append(f"{out_dir / stale}: no longer in the matrix (delete it)")
     return problems
-
-
-def build_context_files(cell: Cell | None = None) -> dict[str, Path]:
-    """Static helper scripts every build context carries (not committed per cell); cells with
-    `gpu_archs` also carry the fat-binary rewriter and its parser."""
-    files = {
-        "imagegen/prune.py": SCRIPTS / "prune.py",
-        "imagegen/elfmini.py": SCRIPTS / "elfmini.py",
-        "imagegen/install.py": SCRIPTS / "install.py",
-        "imagegen/compile_bytecode.py": SCRIPTS / "compile_bytecode.py",
-        "imagegen/sysroot.py": SCRIPTS / "sysroot.py",
-        "imagegen/sde.py": SCRIPTS / "sde.py",
-    }
-    if cell is not None and cuda_archs(cell):
-        files["imagegen/fatbin.py"] = SCRIPTS / "fatbin.py"
-        files["imagegen/fatprune.py"] = SCRIPTS / "fatprune.py"
-    return files

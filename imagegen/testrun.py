@@ -6,15 +6,13 @@ from pathlib import Path
 
 import docker.errors
 
-from . import engine, paths
+from . import engine, paths, recipe
 from . import labels as labels_mod
 from .errors import UserInputError
 from .imagetest import TestTarget, run_targets
 from .imagetest.runner import Summary
 from .labels import CUDA_ARCHS, LABEL_DIGEST, SOURCE_URL
 from .matrix import Cell
-
-SHELL_PACKAGES = {"dash", "bash", "busybox", "busybox-static", "zsh"}
 
 
 def target_for(cell: Cell, image: str | None = None, *, inputs_digest: str) -> TestTarget:
@@ -31,19 +29,10 @@ def target_for(cell: Cell, image: str | None = None, *, inputs_digest: str) -> T
     expected = {labels_mod.OCI_SOURCE: SOURCE_URL, LABEL_DIGEST: inputs_digest}
     if cell.device == "gpu" and cell.gpu_archs:  # kernels pruned to the targets: labelled with exactly them
         expected[CUDA_ARCHS] = ",".join(cell.gpu_archs)
-    from .render import dlopen_names, pruned_dlopen_names
-
-    # The flavor's policy (flavors.yaml) narrowed by the cell's slimming switches (policy_for).
-    target = TestTarget.from_cell(cell, image=ref, labels=expected, pruned_libs=pruned_dlopen_names(cell),
-                                 dlopen=dlopen_names(cell) if cell.device == "gpu" else None)
-    needs = cell.fw.versions[cell.version].runtime_packages
-    shells = sorted(set(needs) & SHELL_PACKAGES)
-    if shells and target.policy.get("no_shell"):
-        # The framework shells out at run time (see runtime_packages in its data file).
-        target.policy["no_shell"] = False
-        target.policy_notes["no_shell"] = (f"relaxed: {cell.framework} {cell.version} needs {', '.join(shells)} "
-                                           f"({needs[shells[0]]})")
-    return target
+    rec = recipe.of(cell)
+    return TestTarget.from_cell(cell, image=ref, labels=expected, pruned_libs=list(rec.pruned_dlopen),
+                                dlopen=list(rec.dlopen) if cell.device == "gpu" else None, policy=dict(rec.policy),
+                                policy_notes=dict(rec.policy_notes))
 
 
 def split_built(cells: list[Cell]) -> tuple[list[Cell], list[Cell]]:
@@ -115,7 +104,7 @@ def smoke_argv(cell: Cell, *, device: str = "cpu") -> list[str]:
     from . import compat
 
     source = compat.smoke_script(cell.fw).read_text()
-    if "def host_prepare" in source:
+    if recipe.needs_host_prepare(cell.fw):
         raise UserInputError(f"{cell.framework}'s smoke test needs a model prepared on the host; trace it with "
                              f"--trace-image {cell.ref} -- python3 YOUR_WORKLOAD.py")
     return [f"python{cell.python}", "-c", _SMOKE_RUNNER, source, device]

@@ -30,7 +30,7 @@ def providers(target) -> list[compat.ProviderSpec]:
 def probe_args(target) -> list[str]:
     """Command-line arguments of probes/gpu.py for this target."""
     spec = gpu_spec(target)
-    # target.dlopen: the cell's names (framework + what its cuDNN dlopens, render.dlopen_names)
+    # target.dlopen: the cell's names (framework + what its cuDNN dlopens, recipe.Recipe.dlopen)
     wanted = target.dlopen if getattr(target, "dlopen", None) is not None else spec.dlopen
     args = [n for n in wanted if n not in target.pruned_libs]
     for p in providers(target):

@@ -250,15 +250,17 @@ def test_coverage_intersection_narrowing_and_feature_libraries():
     assert cov.unreadable == {"libodd.so": "bad"} and cov.libraries == 2
 
 
-class _Cell:
-    framework, version, device = "paddle", "2.6.2", "gpu"
-    requirements = ("paddlepaddle-gpu==2.6.2", "nvidia-cublas-cu11==11.11.3.6")
+def _Cell(archs):
+    """The Paddle 2.6.2 flagship cell of matrix.yaml, aimed at `archs`, with every slimming rule off."""
+    import dataclasses
+    from pathlib import Path
 
-    def __init__(self, archs):
-        self.gpu_archs = tuple(archs)
-        import imagegen.matrix as mx
-        self.slimming = mx.SlimRules(**{k: False for k in mx.SlimRules.__dataclass_fields__ if k != "bytecode"},
-                                     bytecode="keep")
+    import imagegen.matrix as mx
+
+    m = mx.load(Path(__file__).resolve().parents[2] / "matrix.yaml")
+    (cell,) = m.select(["gpu-cuda11.8-slim"])
+    off = mx.SlimRules(**{k: False for k in mx.SlimRules.__dataclass_fields__ if k != "bytecode"}, bytecode="keep")
+    return dataclasses.replace(cell, gpu_archs=tuple(archs), slimming=off)
 
 
 def test_check_targets_message():

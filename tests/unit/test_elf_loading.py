@@ -101,14 +101,14 @@ def test_probe_names_nvidia_libraries_by_their_soname(tmp_path, workdir):
 
 
 def test_cudnn_87_to_89_cells_get_the_nvrtc_link_as_data():
-    from imagegen import matrix, render
+    from imagegen import matrix, recipe
 
     m = matrix.load(Path(__file__).resolve().parents[2] / "matrix.yaml")
     by_ref = {c.ref: c for c in m.cells}
     cudnn89 = next(c for c in by_ref.values()
                    if c.framework == "paddle" and c.device == "gpu" and (c.cudnn or "").startswith("8.9"))
-    assert "libnvrtc.so" in render.dlopen_names(cudnn89)
-    cfg = render.prune_config(cudnn89)
+    assert "libnvrtc.so" in recipe.of(cudnn89).dlopen
+    cfg = recipe.of(cudnn89).prune_json()
     assert cfg["cuda"]["links"]["libnvrtc.so"]["dir"] == "nvidia/cuda_nvrtc/lib"
     cuda = compat.cuda()
     assert cuda.cudnn_dlopen_names("8.6.0") == []  # cuDNN 8.6 does not load NVRTC by itself

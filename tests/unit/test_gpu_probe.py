@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from imagegen import compat, matrix, render
+from imagegen import compat, matrix, recipe
 from imagegen.imagetest import gpuready as ready
 from imagegen.imagetest.target import TestTarget
 
@@ -220,7 +220,7 @@ def test_tensorrt_unused_rule_reports_bytes_and_keeps_what_the_provider_loads(tm
     m = matrix.load(ROOT / "matrix.yaml")
     (cell,) = m.select(["onnxruntime:gpu-cuda12.8-trt10.13-slim"])
     assert cell.slimming.tensorrt_unused  # opted in by the default matrix
-    cfg = render.prune_config(cell)
+    cfg = recipe.of(cell).prune_json()
     venv = tmp_path / "venv"
     site = venv / "lib" / "python3.11" / "site-packages"
     cfg["venv"], cfg["site_packages"] = str(venv), str(site)

@@ -491,7 +491,7 @@ def test_parse_size(text, expected):
 def test_gpu_archs_cell_gets_an_arch_tag_and_drives_the_kernel_prune():
     """issue 12: an include with gpu_archs is its own cell (-sm75 in tag and selector), with the
     fatprune step and its files in the build; the unrestricted flagship renders as before."""
-    from imagegen import render
+    from imagegen import recipe, render
 
     m = matrix.load(ROOT / "matrix.yaml")
     (cell,) = m.select(["gpu-cuda11.8-sm75-slim"])
@@ -501,10 +501,10 @@ def test_gpu_archs_cell_gets_an_arch_tag_and_drives_the_kernel_prune():
     files = render.render_cell(m, cell).files
     assert "fatprune.py --config /opt/imagegen-build/prune.json" in files["Dockerfile"]
     assert json.loads(files["imagegen/prune.json"])["cuda_archs"] == {"targets": ["sm_75"], "ptx": "drop"}
-    assert {"imagegen/fatbin.py", "imagegen/fatprune.py"} <= set(render.build_context_files(cell))
+    assert {"imagegen/fatbin.py", "imagegen/fatprune.py"} <= set(recipe.of(cell).context_files)
     (flagship,) = m.select(["gpu-cuda11.8-slim"])
     assert "fatprune" not in render.render_cell(m, flagship).files["Dockerfile"]
-    assert "imagegen/fatprune.py" not in render.build_context_files(flagship)
+    assert "imagegen/fatprune.py" not in recipe.of(flagship).context_files
 
 
 def test_gpu_archs_ptx_keep_and_tag_for_two_targets(tmp_path):
@@ -523,6 +523,6 @@ overrides:
     plain, cell = matrix.load(p).active
     assert plain.tag == "2.6.2-gpu-cuda11.8-cudnn8.6-slim" and plain.gpu_archs == ()
     assert cell.tag == "2.6.2-gpu-cuda11.8-cudnn8.6-sm75-sm86-slim" and cell.gpu_archs == ("sm_75", "sm_86")
-    from imagegen import render
+    from imagegen import recipe
 
-    assert render.prune_config(cell)["cuda_archs"] == {"targets": ["sm_75", "sm_86"], "ptx": "keep"}
+    assert recipe.of(cell).prune_json()["cuda_archs"] == {"targets": ["sm_75", "sm_86"], "ptx": "keep"}

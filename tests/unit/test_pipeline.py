@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from imagegen import build, buildkit, engine, hostpip, matrix, paths, pipeline, render
+from imagegen import build, buildkit, engine, hostpip, matrix, paths, pipeline, recipe, render
 
 pytestmark = pytest.mark.unit
 
@@ -70,10 +70,10 @@ def test_build_inputs_lists_every_input_once(rendered):
     ids = {"builder": "sha256:b", "runtime": "sha256:r"}
     parts = pipeline.build_inputs(rendered, ids, **{"imagegen/closure.txt": "libgomp1\n"})
     assert set(rendered.files) <= set(parts)  # Dockerfile, imagegen/prune.json
-    assert set(render.build_context_files()) <= set(parts)  # the scripts every context carries
+    assert set(recipe.context_files()) <= set(parts)  # the scripts every context carries
     assert parts["base:builder"] == "sha256:b" and parts["base:runtime"] == "sha256:r"
     assert parts["imagegen/closure.txt"] == "libgomp1\n"
-    for rel, src in render.build_context_files().items():
+    for rel, src in recipe.context_files().items():
         assert parts[rel] == src.read_bytes()
 
 

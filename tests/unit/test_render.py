@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from imagegen import matrix, render
+from imagegen import matrix, recipe, render
 from imagegen.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,7 +83,7 @@ def test_slim_runtime_shape():
 def test_gpu_prune_config_maps_every_dlopen_name():
     m = matrix.load(ROOT / "matrix.yaml")
     (cell,) = m.select(["gpu-cuda11.8-slim"])
-    cfg = render.prune_config(cell)
+    cfg = recipe.of(cell).prune_json()
     dlopen = set(cell.fw.versions["2.6.2"].gpu.dlopen)
     assert set(cfg["cuda"]["links"]) | set(cfg["cuda"]["pruned_links"]) == dlopen
     assert "libcudnn.so" in cfg["cuda"]["links"] and "libnccl.so" in cfg["cuda"]["pruned_links"]
@@ -102,7 +102,7 @@ def test_every_traced_cell_traces_the_start_the_image_check_makes():
     m = matrix.load(ROOT / "matrix.yaml")
     seen = set()
     for cell in m.active:
-        cfg = render.bytecode_config(cell)
+        cfg = recipe.of(cell).bytecode.as_dict()
         if not cfg["trace"]:
             continue
         host_half = "def host_prepare(" in compat.smoke_script(cell.fw).read_text()
@@ -113,7 +113,7 @@ def test_every_traced_cell_traces_the_start_the_image_check_makes():
             assert " imagegen/smoke.py /opt/imagegen-build/" in df, cell.ref  # the build stages it; COPY'd
     assert seen == {"cpu", "gpu"}
     (flagship,) = m.select(["gpu-cuda11.8-slim"])
-    assert render.bytecode_config(flagship)["smoke"] == "/opt/imagegen-build/smoke.py"
+    assert recipe.of(flagship).bytecode.as_dict()["smoke"] == "/opt/imagegen-build/smoke.py"
 
 
 def test_full_flavor_keeps_pip_and_owns_venv():
