@@ -434,6 +434,7 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
     ACTIVE.add("workdirs", str(workdir))
     log_path = paths.build_log(cell.id)
     image_id = None
+    tagged = False
     step_images: list[str] = []
     try:
         progress.update(cell, "preparing: lock, bases, wheelhouse, closure")
@@ -447,12 +448,11 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
         if path.kind != "buildkit":  # the same recipe in the classic builder's syntax (no RUN --mount)
             classic = render.render_cell(m, cell, buildkit=False).files["Dockerfile"]
             (prep.context / "Dockerfile").write_text(classic)
+        started = _now()
         try:
-            started = _now()
-            built = build_image(path, cell, prep.context, prep.digest, prep.closure, log_path, progress,
-                                extra_labels=prep.labels, no_cache=no_cache, step_images=step_images,
-                                epoch=prep.epoch)
-            image_id = built.image_id
+            image_id = build_image(path, cell, prep.context, prep.digest, prep.closure, log_path, progress,
+                                   extra_labels=prep.labels, no_cache=no_cache, step_images=step_images,
+                                   epoch=prep.epoch).image_id
         except ImagegenError as exc:
             if "install: " in str(exc):  # a wheel that fails to install may be a corrupt cache copy
                 _evict_and_raise(m, cell, exc)
@@ -460,20 +460,15 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
         ACTIVE.add("images", image_id)
         image_id = _normalized(cell, image_id, prep.epoch, progress)
         report = coldstart.annotate_prune_report(cell.ref, prune_report_from_log(log_path))
+        tests = None
         if run_tests:
-            progress.update(cell, "testing")
             from . import testrun
 
-            summary = testrun.test_image(cell, image_id, inputs_digest=prep.digest, junit_dir=junit_dir)
-            if not summary.ok:
-                raise GateFailed(f"{cell.ref}: built image {image_id[:19]} failed its tests "
-                                 f"({'; '.join(summary.reasons())[:400] or 'no checks ran'}); the tag was not "
-                                 f"moved; JUnit XML: {summary.junit_path}")
-        previous = current_image_id(cell.local_ref)
-        engine.api().tag(image_id, cell.local_ref.rsplit(":", 1)[0], cell.local_ref.rsplit(":", 1)[1], force=True)
-        ACTIVE.discard("images", image_id)
-        if previous and previous != image_id:
-            remove_superseded(previous)
+            def tests():
+                progress.update(cell, "testing")
+                return testrun.test_image(cell, image_id, inputs_digest=prep.digest, junit_dir=junit_dir)
+        tag_if_tested(cell.ref, cell.local_ref, image_id, tests)
+        tagged = True
         write_stamp(cell, quick, prep.digest)
         _record_build(prep, path, image_id, started)
         size = engine.api().inspect_image(image_id)["Size"]
@@ -481,12 +476,8 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
         return BuildResult(cell, "built", image_id=image_id, seconds=time.monotonic() - t0, size=size,
                            log_path=log_path, prune_report=report, closure=prep.closure)
     except BaseException:
-        # Interrupted or failed: the new image never got the tag; remove it if nothing else uses it.
-        if image_id:  # its parents: this build's own go with step_images below, reused ones stay
-            try:
-                engine.api().remove_image(image_id, noprune=True)
-            except (docker.errors.APIError, *CONNECTION_LOST):
-                pass
+        if image_id and not tagged:  # interrupted or failed before the tag moved
+            discard_untagged(image_id)
         raise
     finally:
         if not keep_cache and step_images:
@@ -495,6 +486,33 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
             ACTIVE.discard("steps", step)
         flock.remove_owned_dir(workdir)
         ACTIVE.discard("workdirs", str(workdir))
+
+
+def tag_if_tested(ref: str, local_ref: str, image_id: str, tests: Callable[[], Summary] | None) -> None:
+    """Run `tests` (None: --no-test), then move `local_ref` to `image_id`: the tag never names an image
+    whose tests failed. GateFailed (the tag untouched) when they fail. The image the tag leaves behind
+    is removed when nothing else names it."""
+    if tests is not None:
+        summary = tests()
+        if not summary.ok:
+            raise GateFailed(f"{ref}: built image {image_id[:19]} failed its tests "
+                             f"({'; '.join(summary.reasons())[:400] or 'no checks ran'}); the tag was not "
+                             f"moved; JUnit XML: {summary.junit_path}")
+    previous = current_image_id(local_ref)
+    engine.api().tag(image_id, local_ref.rsplit(":", 1)[0], local_ref.rsplit(":", 1)[1], force=True)
+    ACTIVE.discard("images", image_id)
+    if previous and previous != image_id:
+        remove_superseded(previous)
+
+
+def discard_untagged(image_id: str) -> None:
+    """A build that failed or was interrupted: remove its image if nothing else uses it (its parents:
+    the build's own step images go separately, layers reused from the cache stay)."""
+    try:
+        engine.api().remove_image(image_id, noprune=True)
+    except (docker.errors.APIError, *CONNECTION_LOST):
+        pass
+    ACTIVE.discard("images", image_id)
 
 
 def expected_digest(m: Matrix, cell: Cell) -> str:

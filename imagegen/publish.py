@@ -421,31 +421,7 @@ def publish_target(t: Target, *, skip_test_check: bool = False, replace: bool = 
                                     f"{remote_config or 'none for linux/amd64'}, the local one's {local_config}); "
                                     "immutable tags are not overwritten (--replace replaces it)")
             warn(f"--replace: replacing {t.ref} (was {existing.digest})")
-        repo_ref = f"{t.registry}/{t.repo}"
-        api = engine.api()
-        api.tag(image_id, repo_ref, t.tag, force=True)
-        tries = Tries()
-        try:
-            log(f"pushing {t.ref}")
-            pushed_digest = engine_push(repo_ref, t.tag, auth=auth, retry=retry, sleep=sleep, tries=tries)
-        finally:
-            rec.attempts, rec.error = tries.count, tries.last_error or rec.error
-            try:  # untag our temporary remote-named reference; the image itself stays
-                api.remove_image(f"{repo_ref}:{t.tag}", noprune=True)
-            except docker.errors.APIError:
-                pass
-        rec.pushed = True  # the engine says so; what the registry holds is checked next
-        manifest = reg.get_manifest(t.repo, t.tag)
-        if manifest is None:
-            raise ImagegenError(f"{t.ref}: the engine reported {pushed_digest or 'a push'} but the registry has no "
-                                "such tag")
-        rec.digest, rec.media_type, rec.config_digest = manifest.digest, manifest.media_type, manifest.config_digest
-        if pushed_digest and manifest.digest != pushed_digest:
-            raise ImagegenError(f"{t.ref}: the registry holds {manifest.digest}, the engine pushed {pushed_digest}; "
-                                "aliases not moved")
-        if not same_image(manifest, local_config):
-            raise ImagegenError(f"{t.ref}: the registry holds {manifest.digest} (config {manifest.config_digest}), "
-                                f"which is not the local image {image_id} (config {local_config}); aliases not moved")
+        manifest = _push_and_check(reg, t, image_id, local_config, auth=auth, retry=retry, sleep=sleep, rec=rec)
         rec.status = "pushed"
     image = existing_image if manifest is existing else manifest
     rec.digest, rec.media_type, rec.config_digest = manifest.digest, manifest.media_type, image.config_digest
@@ -465,6 +441,39 @@ def publish_target(t: Target, *, skip_test_check: bool = False, replace: bool = 
     move_aliases(reg, t, manifest, version, rec, allow_alias_downgrade=allow_alias_downgrade)
     rec.status = done_status
     return rec
+
+
+def _push_and_check(reg: Registry, t: Target, image_id: str, local_config: str, *, auth, retry: RetryPolicy,
+                    sleep: Callable[[float], None], rec: Published) -> Manifest:
+    """Push `image_id` as t.ref through the engine, then read the registry back: the manifest it now holds
+    for the tag, checked to be the engine's digest and the local image's config. Fills `rec` (attempts,
+    last error, pushed, digests). ImagegenError when the registry holds something else."""
+    repo_ref = f"{t.registry}/{t.repo}"
+    api = engine.api()
+    api.tag(image_id, repo_ref, t.tag, force=True)
+    tries = Tries()
+    try:
+        log(f"pushing {t.ref}")
+        pushed_digest = engine_push(repo_ref, t.tag, auth=auth, retry=retry, sleep=sleep, tries=tries)
+    finally:
+        rec.attempts, rec.error = tries.count, tries.last_error or rec.error
+        try:  # untag our temporary remote-named reference; the image itself stays
+            api.remove_image(f"{repo_ref}:{t.tag}", noprune=True)
+        except docker.errors.APIError:
+            pass
+    rec.pushed = True  # the engine says so; what the registry holds is checked next
+    manifest = reg.get_manifest(t.repo, t.tag)
+    if manifest is None:
+        raise ImagegenError(f"{t.ref}: the engine reported {pushed_digest or 'a push'} but the registry has no "
+                            "such tag")
+    rec.digest, rec.media_type, rec.config_digest = manifest.digest, manifest.media_type, manifest.config_digest
+    if pushed_digest and manifest.digest != pushed_digest:
+        raise ImagegenError(f"{t.ref}: the registry holds {manifest.digest}, the engine pushed {pushed_digest}; "
+                            "aliases not moved")
+    if not same_image(manifest, local_config):
+        raise ImagegenError(f"{t.ref}: the registry holds {manifest.digest} (config {manifest.config_digest}), "
+                            f"which is not the local image {image_id} (config {local_config}); aliases not moved")
+    return manifest
 
 
 def attach_evidence(reg: Registry, t: Target, image: Manifest, labels: dict[str, str], image_id: str,

@@ -77,109 +77,161 @@ def _created_by(h: dict) -> str:
     return " ".join(text.split())
 
 
-def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id: str = "",
-            engine_size: int | None = None, top: int = 20, gzip_mode: str = "computed",
-            extra_problems: list[str] | None = None) -> Analysis:
-    cat_bytes: dict[str, int] = defaultdict(int)
-    cat_files: dict[str, int] = defaultdict(int)
-    rule_bytes: dict[str, int] = defaultdict(int)
-    rule_files: dict[str, int] = defaultdict(int)
-    layer_visible: dict[int, int] = defaultdict(int)
-    layer_files: dict[int, int] = defaultdict(int)
-    dir_bytes: dict[str, int] = defaultdict(int)
-    unowned_dirs: dict[str, int] = defaultdict(int)
-    dup_first: dict[tuple[bytes, int], str] = {}
-    dup_groups: dict[tuple[bytes, int], list[str]] = {}
-    top_files: list[tuple[int, str]] = []
-    top_unowned: list[tuple[int, str]] = []
-    elf_files = elf_bad = 0
-    kernel_libs: list = []
-    strip_bytes = strip_files = strip_skipped = 0
-    total = nfiles = 0
-    odd = 0
-    owner = own.owner
-    for r in view.files():
-        size = r.size
-        path = r.path
-        nfiles += 1
-        total += size
+class _Tally:
+    """One pass over the visible files (:meth:`add` per file): the sums every section of the report is
+    built from. Top-N lists are min-heaps of (bytes, path)."""
+
+    def __init__(self, owner: dict[str, str], top: int):
+        self.owner, self.top = owner, top
+        self.cat_bytes: dict[str, int] = defaultdict(int)
+        self.cat_files: dict[str, int] = defaultdict(int)
+        self.rule_bytes: dict[str, int] = defaultdict(int)
+        self.rule_files: dict[str, int] = defaultdict(int)
+        self.layer_visible: dict[int, int] = defaultdict(int)
+        self.layer_files: dict[int, int] = defaultdict(int)
+        self.dir_bytes: dict[str, int] = defaultdict(int)
+        self.unowned_dirs: dict[str, int] = defaultdict(int)
+        self.dup_first: dict[tuple[bytes, int], str] = {}
+        self.dup_groups: dict[tuple[bytes, int], list[str]] = {}
+        self.top_files: list[tuple[int, str]] = []
+        self.top_unowned: list[tuple[int, str]] = []
+        self.kernel_libs: list = []
+        self.elf_files = self.elf_bad = 0
+        self.strip_bytes = self.strip_files = self.strip_skipped = 0
+        self.total = self.nfiles = self.odd = 0
+
+    def add(self, r) -> None:
+        size, path = r.size, r.path
+        self.nfiles += 1
+        self.total += size
         if _odd(path):
-            odd += 1
+            self.odd += 1
         cat = category_of(path)
         rest = size
-        e = r.elf
         if getattr(r, "kernels", None) is not None:
-            kernel_libs.append(r.kernels)
-        if e is not None:
-            elf_files += 1
-            if not e.ok:
-                elf_bad += 1
-            dbg = min(e.debug, rest)
-            rest -= dbg
-            fat = min(e.fatbin, rest)
-            rest -= fat
-            if dbg:
-                cat_bytes["debug"] += dbg
-            if fat:
-                cat_bytes["cuda_kernels"] += fat
-            if (e.debug or e.symbols) and cat != "static_libs":
-                if strip_hazard(path, (), patchelf_layout=e.patchelf_layout):  # FACTS trap 1
-                    strip_skipped += 1
-                else:
-                    strip_bytes += min(size, e.debug + e.symbols)
-                    strip_files += 1
-        cat_bytes[cat] += rest
-        cat_files[cat] += 1
+            self.kernel_libs.append(r.kernels)
+        if r.elf is not None:
+            rest = self._elf(r.elf, path, size, cat)
+        self.cat_bytes[cat] += rest
+        self.cat_files[cat] += 1
         rule = rule_for_file(path)
         if rule:
-            rule_bytes[rule] += size
-            rule_files[rule] += 1
-        layer_visible[r.layer] += size
-        layer_files[r.layer] += 1
+            self.rule_bytes[rule] += size
+            self.rule_files[rule] += 1
+        self.layer_visible[r.layer] += size
+        self.layer_files[r.layer] += 1
         cut = path.rfind("/")
         parent = path[:cut] if cut > 0 else "/"
         d = parent
         while True:  # every ancestor directory (str.rfind: posixpath.dirname was the hot spot)
-            dir_bytes[d] += size
+            self.dir_bytes[d] += size
             if d == "/":
                 break
             cut = d.rfind("/")
             d = d[:cut] if cut > 0 else "/"
-        if path not in owner:
-            unowned_dirs[parent] += size
-            if len(top_unowned) < top:
-                heapq.heappush(top_unowned, (size, path))
-            elif size > top_unowned[0][0]:
-                heapq.heapreplace(top_unowned, (size, path))
-        if len(top_files) < top:
-            heapq.heappush(top_files, (size, path))
-        elif size > top_files[0][0]:
-            heapq.heapreplace(top_files, (size, path))
+        if path not in self.owner:
+            self.unowned_dirs[parent] += size
+            self._keep(self.top_unowned, size, path)
+        self._keep(self.top_files, size, path)
         if size and r.digest is not None:
             k = (r.digest, size)
-            first = dup_first.get(k)
+            first = self.dup_first.get(k)
             if first is None:
-                dup_first[k] = path
+                self.dup_first[k] = path
             else:
-                g = dup_groups.get(k)
-                if g is None:
-                    dup_groups[k] = [first, path]
-                else:
-                    g.append(path)
-    del dup_first
+                self.dup_groups.setdefault(k, [first]).append(path)
 
-    # waste
+    def _elf(self, e, path: str, size: int, cat: str) -> int:
+        """Charge an ELF file's debug sections and CUDA kernels to their categories; the bytes left."""
+        self.elf_files += 1
+        if not e.ok:
+            self.elf_bad += 1
+        rest = size
+        dbg = min(e.debug, rest)
+        rest -= dbg
+        fat = min(e.fatbin, rest)
+        rest -= fat
+        if dbg:
+            self.cat_bytes["debug"] += dbg
+        if fat:
+            self.cat_bytes["cuda_kernels"] += fat
+        if (e.debug or e.symbols) and cat != "static_libs":
+            if strip_hazard(path, (), patchelf_layout=e.patchelf_layout):  # FACTS trap 1
+                self.strip_skipped += 1
+            else:
+                self.strip_bytes += min(size, e.debug + e.symbols)
+                self.strip_files += 1
+        return rest
+
+    def _keep(self, heap: list[tuple[int, str]], size: int, path: str) -> None:
+        if len(heap) < self.top:
+            heapq.heappush(heap, (size, path))
+        elif size > heap[0][0]:
+            heapq.heapreplace(heap, (size, path))
+
+    def cats_sum(self, *names: str) -> int:
+        return sum(self.cat_bytes.get(n, 0) for n in names)
+
+    @property
+    def dup_bytes(self) -> int:
+        return sum(k[1] * (len(v) - 1) for k, v in self.dup_groups.items())
+
+
+def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id: str = "",
+            engine_size: int | None = None, top: int = 20, gzip_mode: str = "computed",
+            extra_problems: list[str] | None = None) -> Analysis:
+    """The audit report of a scanned image (module docstring): one pass over the visible files, then
+    each section from the sums."""
+    t = _Tally(own.owner, top)
+    for r in view.files():
+        t.add(r)
+    t.dup_first.clear()
+    problems, loops = _problems(view, t, extra_problems)
+    layers, layers_bytes, compressed = _layer_rows(scan, view, t)
+    cats = _category_rows(t)
+    groups_b: dict[str, int] = defaultdict(int)
+    for c in cats:
+        groups_b[c["group"]] += c["bytes"]
+    labels = ((scan.config or {}).get("config") or {}).get("Labels") or {}
+    bytecode_rule = coldstart.bytecode_tradeoff(labels.get(LABEL_CELL), t.cats_sum("bytecode"))
+    kernels = _kernels_report(t.kernel_libs)
     hidden_total = sum(h.rec.size for h in view.hidden)
     deleted = sum(h.rec.size for h in view.hidden if h.reason == "deleted")
-    hidden_cat: dict[str, int] = defaultdict(int)
-    for h in view.hidden:
-        hidden_cat[category_of(h.rec.path)] += h.rec.size
-    top_hidden = heapq.nlargest(top, view.hidden, key=lambda h: h.rec.size)
-    groups = sorted(dup_groups.items(), key=lambda kv: -kv[0][1] * (len(kv[1]) - 1))
-    dup_bytes = sum(k[1] * (len(v) - 1) for k, v in dup_groups.items())
+    report = {
+        "schema": SCHEMA,
+        "image": image, "id": image_id,
+        "totals": {
+            "engine_size": engine_size, "layers": layers_bytes, "visible": t.total, "files": t.nfiles,
+            "hidden": hidden_total, "deleted": deleted, "overwritten": hidden_total - deleted,
+            "duplicates": t.dup_bytes, "wasted": hidden_total + t.dup_bytes, "compressed": compressed,
+            "save_stream": scan.save_bytes,
+        },
+        "compressed_note": NOTE_GZIP, "compressed_mode": gzip_mode,
+        "bytecode_rule": bytecode_rule,
+        "layers": layers,
+        "categories": cats,
+        "category_groups": dict(sorted(groups_b.items(), key=lambda kv: -kv[1])),
+        "hidden_by_category": _hidden_by_category(view),
+        **_package_sections(own, t),
+        "ownership_conflicts": own.conflicts,
+        "waste": _waste(view, t, hidden_total, deleted),
+        "elf": {"files": t.elf_files, "unreadable": t.elf_bad, "debug": t.cat_bytes.get("debug", 0),
+                "cuda_kernels": t.cat_bytes.get("cuda_kernels", 0), "strippable": t.strip_bytes},
+        "cuda_kernels": kernels,
+        "top_files": [{"path": display_path(p), "bytes": b, "category": category_of(p),
+                       "package": own.owner.get(p, UNOWNED)} for b, p in sorted(t.top_files, reverse=True)],
+        "top_dirs": [{"path": display_path(d), "bytes": b}
+                     for b, d in heapq.nlargest(top, ((b, d) for d, b in t.dir_bytes.items() if d != "/"))],
+        "suggestions": _suggestions(view, own, t, hidden_total, bytecode_rule, kernels),
+        "problems": problems,
+        "symlink_loops": loops,
+    }
+    return Analysis(scan, view, own, report)
 
-    # problems
-    problems: list[str] = list(extra_problems or [])
+
+def _problems(view: View, t: _Tally, extra: list[str] | None) -> tuple[list[str], list[dict]]:
+    """Notes on what could not be read as usual (symlink loops, unreadable ELF headers, odd names)."""
+    problems: list[str] = list(extra or [])
     loops: list[dict] = []
     seen_loop: set[str] = set()
     for path, node in view.index.items():
@@ -193,12 +245,15 @@ def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id
     if loops:
         problems.append(f"{len(loops)} symlink(s) in a loop (not followed; counted as links): "
                         + ", ".join(lp["path"] for lp in loops[:5]))
-    if elf_bad:
-        problems.append(f"{elf_bad} ELF file(s) whose section headers could not be read (counted by path only)")
-    if odd:
-        problems.append(f"{odd} file(s) with non-UTF-8 or control characters in their names (shown escaped)")
+    if t.elf_bad:
+        problems.append(f"{t.elf_bad} ELF file(s) whose section headers could not be read (counted by path only)")
+    if t.odd:
+        problems.append(f"{t.odd} file(s) with non-UTF-8 or control characters in their names (shown escaped)")
+    return problems, loops
 
-    # layers
+
+def _layer_rows(scan: ImageScan, view: View, t: _Tally) -> tuple[list[dict], int, int | None]:
+    """(one row per layer, the layers' content bytes, their gzip bytes or None when one is unknown)."""
     layers = []
     for i, ls in enumerate(scan.layers):
         h = scan.history[i] if i < len(scan.history) else {}
@@ -206,122 +261,102 @@ def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id
             "index": i, "created_by": _created_by(h), "created": h.get("created", ""),
             "size": ls.content_bytes, "tar_size": ls.tar_size, "compressed": ls.gzip_size,
             "files": sum(1 for e in ls.entries if e.kind == "f"),
-            "visible": layer_visible.get(i, 0), "visible_files": layer_files.get(i, 0),
+            "visible": t.layer_visible.get(i, 0), "visible_files": t.layer_files.get(i, 0),
             "hidden_later": view.hidden_from_layer.get(i, 0),
             "deletes": view.deleted_by_layer.get(i, 0), "overwrites": view.overwritten_by_layer.get(i, 0),
             "whiteouts": len(ls.whiteouts) + len(ls.opaques), "diff_id": ls.digest,
         })
-    layers_bytes = sum(ls.content_bytes for ls in scan.layers)
     comp = [ls.gzip_size for ls in scan.layers]
     compressed = sum(comp) if comp and all(c is not None for c in comp) else None
+    return layers, sum(ls.content_bytes for ls in scan.layers), compressed
 
-    # categories
+
+def _category_rows(t: _Tally) -> list[dict]:
     cats = []
-    for name, b in sorted(cat_bytes.items(), key=lambda kv: -kv[1]):
+    for name, b in sorted(t.cat_bytes.items(), key=lambda kv: -kv[1]):
         c = CATEGORIES.get(name)
-        cats.append({"name": name, "group": group_of(name), "bytes": b, "files": cat_files.get(name, 0),
+        cats.append({"name": name, "group": group_of(name), "bytes": b, "files": t.cat_files.get(name, 0),
                      "rule": c.rule if c else None, "label": c.label if c else name})
-    groups_b: dict[str, int] = defaultdict(int)
-    for c in cats:
-        groups_b[c["group"]] += c["bytes"]
+    return cats
 
-    # packages
+
+def _hidden_by_category(view: View) -> dict[str, int]:
+    hidden_cat: dict[str, int] = defaultdict(int)
+    for h in view.hidden:
+        hidden_cat[category_of(h.rec.path)] += h.rec.size
+    return dict(sorted(hidden_cat.items(), key=lambda kv: -kv[1]))
+
+
+def _package_sections(own: Ownership, t: _Tally) -> dict:
+    """The report's `packages`, `managers` and `unowned` sections."""
     pkgs = [{"manager": p.manager, "name": p.name, "version": p.version, "key": p.key, "bytes": p.bytes,
              "files": p.files, "location": p.location, "missing": p.missing}
             for p in sorted(own.packages.values(), key=lambda p: -p.bytes)]
-    unowned_bytes = total - sum(p.bytes for p in own.packages.values())
-    unowned_files = nfiles - sum(p.files for p in own.packages.values())
     mgr: dict[str, int] = defaultdict(int)
     for p in own.packages.values():
         mgr[p.manager] += p.bytes
+    unowned = {"bytes": t.total - sum(p.bytes for p in own.packages.values()),
+               "files": t.nfiles - sum(p.files for p in own.packages.values()),
+               "top_files": [{"path": display_path(p), "bytes": b} for b, p in sorted(t.top_unowned, reverse=True)],
+               "top_dirs": [{"path": display_path(d), "bytes": b}
+                            for b, d in heapq.nlargest(t.top, ((b, d) for d, b in t.unowned_dirs.items()))]}
+    return {"packages": pkgs, "managers": dict(mgr), "unowned": unowned}
 
-    # suggestions
-    def cats_sum(*names: str) -> int:
-        return sum(cat_bytes.get(n, 0) for n in names)
 
+def _waste(view: View, t: _Tally, hidden_total: int, deleted: int) -> dict:
+    top_hidden = heapq.nlargest(t.top, view.hidden, key=lambda h: h.rec.size)
+    groups = sorted(t.dup_groups.items(), key=lambda kv: -kv[0][1] * (len(kv[1]) - 1))
+    return {
+        "hidden": hidden_total, "deleted": deleted, "overwritten": hidden_total - deleted,
+        "top_hidden": [{"path": display_path(h.rec.path), "bytes": h.rec.size, "added_in": h.rec.layer,
+                        "hidden_by": h.by_layer, "reason": h.reason} for h in top_hidden],
+        "duplicates": t.dup_bytes,
+        "duplicate_groups": [{"bytes_each": k[1], "copies": len(v), "wasted": k[1] * (len(v) - 1),
+                              "digest": k[0].hex(), "paths": [display_path(p) for p in sorted(v)[:10]]}
+                             for k, v in groups[:t.top]],
+    }
+
+
+def _suggestions(view: View, own: Ownership, t: _Tally, hidden_total: int, bytecode_rule: dict,
+                 kernels: dict | None) -> list[dict]:
+    """What a slimming rule (or a change to the build) would save, largest first."""
     sugg = []
 
     def s(rule: str | None, b: int, text: str) -> None:
         if b > 0:
             sugg.append({"rule": rule, "bytes": b, "text": text})
 
-    s("caches", cats_sum("cache:pip", "cache:apt", "cache:conda", "cache:other"),
+    s("caches", t.cats_sum("cache:pip", "cache:apt", "cache:conda", "cache:other"),
       "remove pip/apt/conda caches in the layer that creates them (pip --no-cache-dir, rm -rf /var/lib/apt/lists/*)")
-    s("docs", cats_sum("docs", "man", "locales"), "drop documentation, man pages and locales")
-    s("tests", cats_sum("tests"), "drop test suites shipped inside Python packages and the standard library")
-    s("headers", cats_sum("headers"), "drop C/C++/CUDA headers from the runtime image")
-    s("static_libs", cats_sum("static_libs"), "drop static libraries (.a)")
-    labels = ((scan.config or {}).get("config") or {}).get("Labels") or {}
-    bytecode_rule = coldstart.bytecode_tradeoff(labels.get(LABEL_CELL), cats_sum("bytecode"))
-    s("bytecode", cats_sum("bytecode"), bytecode_rule["text"] + ". Without .pyc, Python compiles every module "
+    s("docs", t.cats_sum("docs", "man", "locales"), "drop documentation, man pages and locales")
+    s("tests", t.cats_sum("tests"), "drop test suites shipped inside Python packages and the standard library")
+    s("headers", t.cats_sum("headers"), "drop C/C++/CUDA headers from the runtime image")
+    s("static_libs", t.cats_sum("static_libs"), "drop static libraries (.a)")
+    s("bytecode", t.cats_sum("bytecode"), bytecode_rule["text"] + ". Without .pyc, Python compiles every module "
       "it imports on every container start (a read-only root or another user cannot cache them)")
-    s("strip", strip_bytes, f"strip debug sections and symbol tables of {strip_files} ELF file(s)"
-      + (f"; {strip_skipped} auditwheel-repaired file(s) in *.libs/ left out: stripping corrupts them"
-         if strip_skipped else ""))
+    s("strip", t.strip_bytes, f"strip debug sections and symbol tables of {t.strip_files} ELF file(s)"
+      + (f"; {t.strip_skipped} auditwheel-repaired file(s) in *.libs/ left out: stripping corrupts them"
+         if t.strip_skipped else ""))
     pip_b = sum(p.bytes for p in own.packages.values() if p.manager == "pip" and p.name in ("pip", "wheel"))
     s("pip", pip_b, "uninstall pip and wheel from the runtime (keep setuptools: Paddle 3.x imports it)")
-    s("cudnn_train", rule_bytes.get("cudnn_train", 0),
-      f"drop cuDNN training libraries ({rule_files.get('cudnn_train', 0)} file(s)) from inference images")
-    s("flashattn", rule_bytes.get("flashattn", 0), "drop libflashattn if the workload does not use flash attention")
-    s("warpctc", rule_bytes.get("warpctc", 0), "drop libwarpctc/libwarprnnt if the workload does not use CTC loss")
+    s("cudnn_train", t.rule_bytes.get("cudnn_train", 0),
+      f"drop cuDNN training libraries ({t.rule_files.get('cudnn_train', 0)} file(s)) from inference images")
+    s("flashattn", t.rule_bytes.get("flashattn", 0), "drop libflashattn if the workload does not use flash attention")
+    s("warpctc", t.rule_bytes.get("warpctc", 0), "drop libwarpctc/libwarprnnt if the workload does not use CTC loss")
     if hidden_total:
         worst = max(view.deleted_by_layer.items(), key=lambda kv: kv[1], default=None)
         s(None, hidden_total, "bytes hidden by later layers still ship: delete files in the same RUN that creates "
           "them, or copy only what is needed into a final stage"
           + (f" (layer {worst[0]} deletes {worst[1]} bytes added below)" if worst and worst[1] else ""))
-    if dup_bytes:
-        s(None, dup_bytes, f"{len(dup_groups)} set(s) of identical files at different paths: keep one copy "
+    if t.dup_bytes:
+        s(None, t.dup_bytes, f"{len(t.dup_groups)} set(s) of identical files at different paths: keep one copy "
           "(symlink or hard link)")
-    kernels = _kernels_report(kernel_libs)
-    best = max((kernels or {}).get("narrower_targets") or [], key=lambda t: t.get("saves", 0), default=None)
+    best = max((kernels or {}).get("narrower_targets") or [], key=lambda x: x.get("saves", 0), default=None)
     if best and best["saves"] >= 1_000_000:  # an image already cut to one GPU keeps only stray bytes
         s("gpu_archs", best["saves"], f"gpu_archs: [{best['target']}] in the matrix keeps only the CUDA kernels that GPU "
           "loads (imagegen/scripts/fatprune.py, experimental)")
     sugg.sort(key=lambda x: -x["bytes"])
-
-    top_dirs = heapq.nlargest(top, ((b, d) for d, b in dir_bytes.items() if d != "/"))
-    report = {
-        "schema": SCHEMA,
-        "image": image, "id": image_id,
-        "totals": {
-            "engine_size": engine_size, "layers": layers_bytes, "visible": total, "files": nfiles,
-            "hidden": hidden_total, "deleted": deleted, "overwritten": hidden_total - deleted,
-            "duplicates": dup_bytes, "wasted": hidden_total + dup_bytes, "compressed": compressed,
-            "save_stream": scan.save_bytes,
-        },
-        "compressed_note": NOTE_GZIP, "compressed_mode": gzip_mode,
-        "bytecode_rule": bytecode_rule,
-        "layers": layers,
-        "categories": cats,
-        "category_groups": dict(sorted(groups_b.items(), key=lambda kv: -kv[1])),
-        "hidden_by_category": dict(sorted(hidden_cat.items(), key=lambda kv: -kv[1])),
-        "packages": pkgs,
-        "managers": dict(mgr),
-        "unowned": {"bytes": unowned_bytes, "files": unowned_files,
-                    "top_files": [{"path": display_path(p), "bytes": b} for b, p in sorted(top_unowned, reverse=True)],
-                    "top_dirs": [{"path": display_path(d), "bytes": b}
-                                 for b, d in heapq.nlargest(top, ((b, d) for d, b in unowned_dirs.items()))]},
-        "ownership_conflicts": own.conflicts,
-        "waste": {
-            "hidden": hidden_total, "deleted": deleted, "overwritten": hidden_total - deleted,
-            "top_hidden": [{"path": display_path(h.rec.path), "bytes": h.rec.size, "added_in": h.rec.layer,
-                            "hidden_by": h.by_layer, "reason": h.reason} for h in top_hidden],
-            "duplicates": dup_bytes,
-            "duplicate_groups": [{"bytes_each": k[1], "copies": len(v), "wasted": k[1] * (len(v) - 1),
-                                  "digest": k[0].hex(), "paths": [display_path(p) for p in sorted(v)[:10]]}
-                                 for k, v in groups[:top]],
-        },
-        "elf": {"files": elf_files, "unreadable": elf_bad, "debug": cat_bytes.get("debug", 0),
-                "cuda_kernels": cat_bytes.get("cuda_kernels", 0), "strippable": strip_bytes},
-        "cuda_kernels": kernels,
-        "top_files": [{"path": display_path(p), "bytes": b, "category": category_of(p),
-                       "package": owner.get(p, UNOWNED)} for b, p in sorted(top_files, reverse=True)],
-        "top_dirs": [{"path": display_path(d), "bytes": b} for b, d in top_dirs],
-        "suggestions": sugg,
-        "problems": problems,
-        "symlink_loops": loops,
-    }
-    return Analysis(scan, view, own, report)
+    return sugg
 
 
 def _kernels_report(libs: list) -> dict | None:

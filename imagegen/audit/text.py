@@ -22,9 +22,10 @@ def _t(title: str) -> Table:
 
 
 def print_report(report: dict, console: Console, *, top: int = 20) -> None:
+    """The audit report as tables on `console`: totals, layers, categories, packages, waste, top files and
+    directories, CUDA kernels, suggestions, notes."""
     r = report
     t = r["totals"]
-    whole = t["layers"]
     console.print(Text(f"audit of {r['image']}  {r['id'][:19]}", style="bold"))
     line = (f"size {human(t['engine_size'] if t['engine_size'] is not None else t['layers'])}"
             f"  |  visible files {human(t['visible'])} in {t['files']} files"
@@ -32,7 +33,25 @@ def print_report(report: dict, console: Console, *, top: int = 20) -> None:
             f"  |  wasted {human(t['wasted'])}  |  compressed {human(t['compressed'])} ({r['compressed_mode']})")
     console.print(line, markup=False)
     console.print()
+    for section in (_layers, _categories, _packages, _waste, _files_and_dirs):
+        section(r, console, top)
+    if r.get("cuda_kernels"):
+        print_kernels(r["cuda_kernels"], console, top=top)
+    if r["suggestions"]:
+        st = _t("Suggestions")
+        for col, j in (("saves", "right"), ("build rule", "left"), ("what", "left")):
+            st.add_column(col, justify=j)
+        for s in r["suggestions"]:
+            st.add_row(human(s["bytes"]), s["rule"] or "(none)", Text(s["text"]))
+        console.print(st)
+        console.print()
+    if r.get("bytecode_rule"):
+        console.print(Text("trade-off: " + r["bytecode_rule"]["text"]))
+    for p in r["problems"]:
+        console.print(Text(f"note: {p}", style="yellow"))
 
+
+def _layers(r: dict, console: Console, top: int) -> None:
     lt = _t("Layers")
     for col in ("#", "size", "compressed", "still visible", "hidden later", "removes below", "created by"):
         lt.add_column(col, justify="right" if col not in ("created by",) else "left", no_wrap=col != "created by")
@@ -44,6 +63,10 @@ def print_report(report: dict, console: Console, *, top: int = 20) -> None:
     console.print(lt)
     console.print()
 
+
+def _categories(r: dict, console: Console, top: int) -> None:
+    t = r["totals"]
+    whole = r["totals"]["layers"]
     ct = _t("Categories (they add up to the total)")
     for col, j in (("category", "left"), ("bytes", "right"), ("share", "right"), ("files", "right"),
                    ("slimming rule", "left")):
@@ -56,6 +79,9 @@ def print_report(report: dict, console: Console, *, top: int = 20) -> None:
     console.print(ct)
     console.print()
 
+
+def _packages(r: dict, console: Console, top: int) -> None:
+    whole = r["totals"]["layers"]
     pt = _t(f"Packages (top {top})")
     for col, j in (("package", "left"), ("version", "left"), ("bytes", "right"), ("share", "right"),
                    ("files", "right")):
@@ -74,6 +100,8 @@ def print_report(report: dict, console: Console, *, top: int = 20) -> None:
             f"{d['path']} {human(d['bytes'])}" for d in u["top_dirs"][:5]), markup=False)
     console.print()
 
+
+def _waste(r: dict, console: Console, top: int) -> None:
     w = r["waste"]
     if w["top_hidden"] or w["duplicate_groups"]:
         wt = _t("Waste")
@@ -86,6 +114,8 @@ def print_report(report: dict, console: Console, *, top: int = 20) -> None:
         console.print(wt)
         console.print()
 
+
+def _files_and_dirs(r: dict, console: Console, top: int) -> None:
     ft = _t(f"Top {top} files")
     for col, j in (("bytes", "right"), ("path", "left"), ("category", "left"), ("package", "left")):
         ft.add_column(col, justify=j)
@@ -100,22 +130,6 @@ def print_report(report: dict, console: Console, *, top: int = 20) -> None:
         dt.add_row(human(d["bytes"]), Text(d["path"]))
     console.print(dt)
     console.print()
-
-    if r.get("cuda_kernels"):
-        print_kernels(r["cuda_kernels"], console, top=top)
-
-    if r["suggestions"]:
-        st = _t("Suggestions")
-        for col, j in (("saves", "right"), ("build rule", "left"), ("what", "left")):
-            st.add_column(col, justify=j)
-        for s in r["suggestions"]:
-            st.add_row(human(s["bytes"]), s["rule"] or "(none)", Text(s["text"]))
-        console.print(st)
-        console.print()
-    if r.get("bytecode_rule"):
-        console.print(Text("trade-off: " + r["bytecode_rule"]["text"]))
-    for p in r["problems"]:
-        console.print(Text(f"note: {p}", style="yellow"))
 
 
 def print_compare(cmp: dict, console: Console, *, top: int = 20) -> None:

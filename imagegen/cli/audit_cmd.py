@@ -88,7 +88,7 @@ def audit_command(
 ) -> None:
     """Where every byte of an image goes: layers, categories, packages, waste, suggestions."""
     from ..audit import audit
-    from ..audit.report import check_gates, compare
+    from ..audit.report import check_gates
     from ..units import format_size as human
 
     gates_size = parse_size(max_size, what="--max-size") if max_size is not None else None
@@ -96,18 +96,8 @@ def audit_command(
     gates_cat = _parse_max(max_cat or [])
 
     if trace_variant or trace_image:
-        from ..audit.trace import print_trace, trace
-
-        if trace_variant:
-            ref, argv = _trace_variant(matrix, trace_variant)
-        else:
-            ref = trace_image
-            argv = ([image] if image else []) + list(command or [])
-        rep = trace(ref, argv, timeout=timeout, top=top)
-        if json_out:
-            out.file.write(json.dumps(rep, indent=2) + "\n")
-        else:
-            print_trace(rep, out, top=top)
+        _trace(matrix, trace_variant, trace_image, ([image] if image else []) + list(command or []),
+               timeout=timeout, top=top, json_out=json_out)
         return
 
     if attestations:
@@ -122,31 +112,12 @@ def audit_command(
 
     a = audit(image, tarball=str(from_tar) if from_tar else None, compressed=compressed, top=top, log=_log)
     report = a.report
-    b = None
-    if compare_with:
-        b = audit(compare_with, compressed=compressed, top=top, log=_log)
+    b = audit(compare_with, compressed=compressed, top=top, log=_log) if compare_with else None
     if html:
-        from ..audit.html import write
-
-        try:
-            html.parent.mkdir(parents=True, exist_ok=True)
-            write(a, str(html), top=top)
-        except OSError as exc:
-            raise UserInputError(f"cannot write {html}: {exc.strerror or exc}") from None
-    if json_out:
-        doc = compare(report, b.report) if b is not None else report
-        if b is not None:
-            doc = {**doc, "reports": {"a": report, "b": b.report}}
-        out.file.write(json.dumps(doc, indent=2) + "\n")
-    else:
-        from ..audit.text import print_compare, print_report
-
-        if b is not None:
-            print_compare(compare(report, b.report), out, top=top)
-        else:
-            print_report(report, out, top=top)
-        if html:
-            err.print(f"wrote {html}", markup=False)
+        _write_html(a, html, top)
+    _show(report, b.report if b is not None else None, json_out=json_out, top=top)
+    if html and not json_out:
+        err.print(f"wrote {html}", markup=False)
     for p in report["problems"]:
         if "symlink" in p:
             err.print(f"warning: {p}", markup=False, style="yellow")
@@ -157,6 +128,49 @@ def audit_command(
         raise typer.Exit(1)
     if gates_size is not None or gates_wasted is not None or gates_cat:
         err.print(f"gates passed ({human(report['totals']['layers'])})", markup=False)
+
+
+def _trace(matrix: Path, trace_variant: str | None, trace_image: str | None, argv: list[str], *, timeout: float,
+           top: int, json_out: bool) -> None:
+    """--trace VARIANT (the cell's smoke test) or --trace-image IMAGE -- CMD...: the file-access trace."""
+    from ..audit.trace import print_trace, trace
+
+    ref = trace_image
+    if trace_variant:
+        ref, argv = _trace_variant(matrix, trace_variant)
+    rep = trace(ref, argv, timeout=timeout, top=top)
+    if json_out:
+        out.file.write(json.dumps(rep, indent=2) + "\n")
+    else:
+        print_trace(rep, out, top=top)
+
+
+def _write_html(a, html: Path, top: int) -> None:
+    from ..audit.html import write
+
+    try:
+        html.parent.mkdir(parents=True, exist_ok=True)
+        write(a, str(html), top=top)
+    except OSError as exc:
+        raise UserInputError(f"cannot write {html}: {exc.strerror or exc}") from None
+
+
+def _show(report: dict, other: dict | None, *, json_out: bool, top: int) -> None:
+    """The report (or IMAGE against IMAGE_B) as JSON or text on stdout."""
+    from ..audit.report import compare
+
+    if json_out:
+        doc = compare(report, other) if other is not None else report
+        if other is not None:
+            doc = {**doc, "reports": {"a": report, "b": other}}
+        out.file.write(json.dumps(doc, indent=2) + "\n")
+        return
+    from ..audit.text import print_compare, print_report
+
+    if other is not None:
+        print_compare(compare(report, other), out, top=top)
+    else:
+        print_report(report, out, top=top)
 
 
 def _attestations(ref: str, json_out: bool) -> None:

@@ -16,38 +16,48 @@ from ..errors import GateFailed, UserInputError
 from . import userpaths
 from .app import AllOpt, JsonOpt, MatrixOpt, VariantOpt, app, select_cells
 
+FailOnOpt = Annotated[Optional[str], typer.Option("--fail-on", help="Exit 1 if a vulnerability not ignored is at "
+                                                  "this severity or above (LOW, MEDIUM, HIGH, CRITICAL).")]
+IgnoreFileOpt = Annotated[Optional[Path], typer.Option("--ignore-file", help="YAML `ignore: [{id, reason, expires: "
+                                                       "YYYY-MM-DD, package?}]`; an expired entry fails the scan.",
+                                                       callback=userpaths.input_file)]
+IgnoreUnfixedOpt = Annotated[bool, typer.Option("--ignore-unfixed", help="Only vulnerabilities with a fix.")]
+SecretAllowOpt = Annotated[Optional[Path], typer.Option("--secret-allow", help="YAML `allow: [{rule and/or path "
+                                                        "(glob), reason, expires: YYYY-MM-DD}]`: secret findings "
+                                                        "you accept; an expired entry allows nothing.",
+                                                        callback=userpaths.input_file)]
+NoVulnOpt = Annotated[bool, typer.Option("--no-vuln", help="SBOM and secret scan only (no vulnerability DB at hand).")]
+CacheDirOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="trivy's cache (a pre-seeded DB lives in "
+                                                     "DIR/db/trivy.db).", callback=userpaths.output_dir)]
+SkipDbUpdateOpt = Annotated[bool, typer.Option("--skip-db-update", help="Use the DB in --cache-dir; never "
+                                               "download it.")]
+OfflineScanOpt = Annotated[bool, typer.Option("--offline-scan", help="No network at all during the scan.")]
+DbRepositoryOpt = Annotated[Optional[str], typer.Option("--db-repository", help="OCI mirror of trivy's DB "
+                                                        "(default ghcr.io/aquasecurity/trivy-db).")]
+OfflineOpt = Annotated[bool, typer.Option("--offline", help="Same as --skip-db-update --offline-scan.")]
+DbMaxAgeOpt = Annotated[int, typer.Option("--db-max-age", min=1, max=3650, help="Warn (scan report: vuln_db) "
+                                          "when the vulnerability DB is this many days old or past its NextUpdate.")]
+ReportsOpt = Annotated[Path, typer.Option("--reports", help="Where the SBOMs (sbom-<cell>.cdx.json) and scan "
+                                          "reports (scan-<cell>.json) go.", callback=userpaths.output_dir)]
+
 
 @app.command()
 def scan(
     matrix: MatrixOpt = Path("matrix.yaml"),
     variant: VariantOpt = None,
     all_: AllOpt = False,
-    fail_on: Annotated[Optional[str], typer.Option("--fail-on", help="Exit 1 if a vulnerability not ignored is at "
-                                                   "this severity or above (LOW, MEDIUM, HIGH, CRITICAL).")] = None,
-    ignore_file: Annotated[Optional[Path], typer.Option("--ignore-file", help="YAML `ignore: [{id, reason, expires: "
-                                                        "YYYY-MM-DD, package?}]`; an expired entry fails the scan.",
-                                                        callback=userpaths.input_file)]
-    = None,
-    ignore_unfixed: Annotated[bool, typer.Option("--ignore-unfixed", help="Only vulnerabilities with a fix.")] = False,
-    secret_allow: Annotated[Optional[Path], typer.Option("--secret-allow", help="YAML `allow: [{rule and/or path "
-                                                         "(glob), reason, expires: YYYY-MM-DD}]`: secret findings "
-                                                         "you accept; an expired entry allows nothing.",
-                                                         callback=userpaths.input_file)] = None,
-    no_vuln: Annotated[bool, typer.Option("--no-vuln", help="SBOM and secret scan only (no vulnerability DB at "
-                                                           "hand).")] = False,
-    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="trivy's cache (a pre-seeded DB lives in "
-                                                      "DIR/db/trivy.db).", callback=userpaths.output_dir)] = None,
-    skip_db_update: Annotated[bool, typer.Option("--skip-db-update", help="Use the DB in --cache-dir; never "
-                                                 "download it.")] = False,
-    offline_scan: Annotated[bool, typer.Option("--offline-scan", help="No network at all during the scan.")] = False,
-    db_repository: Annotated[Optional[str], typer.Option("--db-repository", help="OCI mirror of trivy's DB "
-                                                         "(default ghcr.io/aquasecurity/trivy-db).")] = None,
-    offline: Annotated[bool, typer.Option("--offline", help="Same as --skip-db-update --offline-scan.")] = False,
-    db_max_age: Annotated[int, typer.Option("--db-max-age", min=1, max=3650, help="Warn (scan report: vuln_db) "
-                                            "when the vulnerability DB is this many days old or past its "
-                                            "NextUpdate.")] = 30,
-    reports: Annotated[Path, typer.Option("--reports", help="Where the SBOMs (sbom-<cell>.cdx.json) and scan "
-                                          "reports (scan-<cell>.json) go.", callback=userpaths.output_dir)] = Path("reports"),
+    fail_on: FailOnOpt = None,
+    ignore_file: IgnoreFileOpt = None,
+    ignore_unfixed: IgnoreUnfixedOpt = False,
+    secret_allow: SecretAllowOpt = None,
+    no_vuln: NoVulnOpt = False,
+    cache_dir: CacheDirOpt = None,
+    skip_db_update: SkipDbUpdateOpt = False,
+    offline_scan: OfflineScanOpt = False,
+    db_repository: DbRepositoryOpt = None,
+    offline: OfflineOpt = False,
+    db_max_age: DbMaxAgeOpt = 30,
+    reports: ReportsOpt = Path("reports"),
     json_out: JsonOpt = False,
 ) -> None:
     """Per cell: CycloneDX SBOM, secret scan (must be clean), vulnerability scan (trivy, through plumbum)."""
@@ -79,6 +89,23 @@ def scan(
         for w in r.warnings:
             warn(w)
         results.append(r)
+    _warn_unused(results, ignores, ignore_file, allows, secret_allow)
+    if json_out:
+        out.print_json(data=[r.as_dict() for r in results])
+    else:
+        _print_scan_table(results)
+    problems = [p for r in results for p in r.problems]
+    for p in problems[1:]:
+        err.print(f"error: {p}", markup=False, style="red")
+    if problems:
+        raise GateFailed(problems[0])
+    trivy.gate([r.vulns for r in results if r.vulns], fail_on, ignores)
+
+
+def _warn_unused(results, ignores, ignore_file, allows, secret_allow) -> None:
+    """Ignore and secret-allow entries that matched nothing: a warning each (also in the scan reports)."""
+    from .. import trivy
+
     unused = trivy.unused_ignores([r.vulns for r in results if r.vulns], ignores)
     if unused:
         warn(f"{len(unused)} ignore entr{'y' if len(unused) == 1 else 'ies'} in {ignore_file} matched no finding "
@@ -89,25 +116,21 @@ def scan(
         warn(f"{len(unused_allows)} secret allow entr{'y' if len(unused_allows) == 1 else 'ies'} in {secret_allow} "
              "matched no secret finding (scan reports: secret_allow_unused): "
              + ", ".join(a.describe() for a in unused_allows))
-    if json_out:
-        out.print_json(data=[r.as_dict() for r in results])
-    else:
-        table = Table(box=None, header_style="bold")
-        for col in ("image", "os", "deb", "pypi", "secrets", *reversed(trivy.SEVERITIES), "sbom"):
-            table.add_column(col)
-        for r in results:
-            sev = [str(r.vulns.count(s)) if r.vulns else "-" for s in reversed(trivy.SEVERITIES)]
-            bad = sum(1 for s in r.secrets if not s.allowed)
-            allowed = len(r.secrets) - bad
-            table.add_row(r.image, r.sbom.os or "none", str(r.sbom.count("deb")), str(r.sbom.count("pypi")),
-                          f"{bad}" + (f" (+{allowed} allowed)" if allowed else ""), *sev, str(r.sbom.path))
-        out.print(table)
-    problems = [p for r in results for p in r.problems]
-    for p in problems[1:]:
-        err.print(f"error: {p}", markup=False, style="red")
-    if problems:
-        raise GateFailed(problems[0])
-    trivy.gate([r.vulns for r in results if r.vulns], fail_on, ignores)
+
+
+def _print_scan_table(results) -> None:
+    from .. import trivy
+
+    table = Table(box=None, header_style="bold")
+    for col in ("image", "os", "deb", "pypi", "secrets", *reversed(trivy.SEVERITIES), "sbom"):
+        table.add_column(col)
+    for r in results:
+        sev = [str(r.vulns.count(s)) if r.vulns else "-" for s in reversed(trivy.SEVERITIES)]
+        bad = sum(1 for s in r.secrets if not s.allowed)
+        allowed = len(r.secrets) - bad
+        table.add_row(r.image, r.sbom.os or "none", str(r.sbom.count("deb")), str(r.sbom.count("pypi")),
+                      f"{bad}" + (f" (+{allowed} allowed)" if allowed else ""), *sev, str(r.sbom.path))
+    out.print(table)
 
 
 @app.command()
