@@ -330,6 +330,90 @@ def _raise_build_failure(cell: Cell, reason: str, script_error: str | None, tail
     raise ImagegenError(f"{cell.ref}: build failed: {reason[:300]}; full log: {log_path}")
 
 
+class _ClassicLog:
+    """The classic builder's JSON stream, chunk by chunk (:meth:`feed`): each line goes to the log file
+    and the progress line; the step containers, step images and the step in flight are recorded in the
+    tracker as they appear (so an interrupt can remove them); a script's error line and the image ID are
+    kept."""
+
+    def __init__(self, cell: Cell, logf, progress: Progress, tracker: Tracker, step_images: list[str]):
+        self.cell, self.logf, self.progress, self.tracker = cell, logf, progress, tracker
+        self.step_images = step_images
+        self.tail: deque[str] = deque(maxlen=25)
+        self.image_id: str | None = None
+        self.error: str | None = None
+        self.script_error: str | None = None
+        self.mine: set[str] = set()  # this build's step containers still alive
+        self.step_started: tuple[str, float] | None = None
+        self.reused = False  # the current step's image came from the cache (or is the FROM image)
+        self.parent: str | None = None  # the image the step in flight builds on
+        self.inflight: str | None = None  # this build's tracker record of that step
+        self.started = time.time()
+
+    def feed(self, chunk: dict) -> None:
+        if "stream" in chunk:
+            for line in chunk["stream"].splitlines():
+                self._line(line)
+        elif "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
+            self.image_id = chunk["aux"]["ID"]
+        elif "error" in chunk:
+            self.fail(chunk.get("error", "").strip())
+
+    def fail(self, error: str, what: str = "") -> None:
+        self.error = error
+        self.logf.write(f"ERROR: {what}{error}\n")
+        if not what:
+            self.tail.append(error)
+
+    def _line(self, line: str) -> None:
+        s = _STEP.match(line)
+        if s:
+            self._step(s)
+        if line.startswith(_CACHED):
+            self.reused = True
+        self.logf.write(line + "\n")
+        self.tail.append(line)
+        if s:
+            self.progress.update(self.cell, f"step {s.group(1)}/{s.group(2)} {s.group(3)}", int(s.group(1)) - 1,
+                                 int(s.group(2)))
+        r = _RUNNING.match(line)
+        if r:
+            self.tracker.add("containers", r.group(1))
+            self.mine.add(r.group(1))
+        elif line.startswith("Removing intermediate container "):
+            self.tracker.discard("containers", line.split()[-1])
+            self.mine = {c for c in self.mine if not line.split()[-1].startswith(c[:12])}
+        e = _SCRIPT_ERROR.match(_ANSI.sub("", line).strip())
+        if e:
+            self.script_error = f"{e.group(1)}: {e.group(2).strip()}"
+        i = _IMAGE.match(line)
+        if i:
+            self.parent = i.group(1)
+        if i and not self.reused:
+            self.step_images.append(i.group(1))
+            self.tracker.add("steps", i.group(1))
+        if line.startswith("Successfully built "):
+            self.image_id = line.split()[-1]
+
+    def _step(self, s: re.Match) -> None:
+        """A `Step N/M : INSTRUCTION` line: time the last step, and record the one now in flight."""
+        now = time.monotonic()
+        if self.step_started is not None:
+            self.logf.write(f"# imagegen: step {self.step_started[0]} took {now - self.step_started[1]:.1f}s\n")
+        self.step_started = (s.group(1), now)
+        self.reused = s.group(3).upper().startswith("FROM ")
+        self.close()
+        if self.parent and not self.reused:
+            self.inflight = inflight_value(self.parent, s.group(3), self.started)
+            self.tracker.add("inflight", self.inflight)
+
+    def close(self) -> None:
+        """No step of this build is in flight (a new step began, or the stream ended)."""
+        if self.inflight:
+            self.tracker.discard("inflight", self.inflight)
+            self.inflight = None
+
+
 def docker_build(cell: Cell, context: Path, digest: str, closure: list[str], log_path: Path, progress: Progress,
                  *, no_cache: bool = False, tracker: Tracker = ACTIVE,
                  extra_labels: dict[str, str] | None = None,
@@ -343,92 +427,37 @@ def docker_build(cell: Cell, context: Path, digest: str, closure: list[str], log
     The full log goes to ``log_path``. Raises ImagegenError with the log's last lines on stderr."""
     api = engine.api()
     stamp_labels(cell, context, digest, closure, extra_labels, epoch=epoch)
-    tail: deque[str] = deque(maxlen=25)
     # filled as the steps complete, so a caller still holds them when the build fails mid-way
     step_images = step_images if step_images is not None else []
-    image_id = None
-    error = None
-    step_started: tuple[str, float] | None = None
-    reused = False  # the current step's image came from the cache (or is the FROM image)
-    script_error: str | None = None
-    mine: set[str] = set()  # this build's step containers still alive
     lost: str | None = None
-    parent: str | None = None  # the image the step in flight builds on
-    inflight: str | None = None  # this build's tracker record of that step
-    started = time.time()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w", encoding="utf-8", errors="replace") as logf:
         logf.write(f"# imagegen build {cell.ref} inputs {digest}\n")
+        log = _ClassicLog(cell, logf, progress, tracker, step_images)
         try:
             stream = api.build(path=str(context), rm=True, forcerm=True, decode=True, pull=False,
                                nocache=no_cache,
                                buildargs={"SOURCE_DATE_EPOCH": str(epoch)} if epoch is not None else None)
             for chunk in stream:
-                if "stream" in chunk:
-                    text = chunk["stream"]
-                    for line in text.splitlines():
-                        s = _STEP.match(line)
-                        if s:
-                            now = time.monotonic()
-                            if step_started is not None:
-                                logf.write(f"# imagegen: step {step_started[0]} took {now - step_started[1]:.1f}s\n")
-                            step_started = (s.group(1), now)
-                            reused = s.group(3).upper().startswith("FROM ")
-                            if inflight:
-                                tracker.discard("inflight", inflight)
-                                inflight = None
-                            if parent and not reused:
-                                inflight = inflight_value(parent, s.group(3), started)
-                                tracker.add("inflight", inflight)
-                        if line.startswith(_CACHED):
-                            reused = True
-                        logf.write(line + "\n")
-                        tail.append(line)
-                        if s:
-                            progress.update(cell, f"step {s.group(1)}/{s.group(2)} {s.group(3)}",
-                                            int(s.group(1)) - 1, int(s.group(2)))
-                        r = _RUNNING.match(line)
-                        if r:
-                            tracker.add("containers", r.group(1))
-                            mine.add(r.group(1))
-                        elif line.startswith("Removing intermediate container "):
-                            tracker.discard("containers", line.split()[-1])
-                            mine = {c for c in mine if not line.split()[-1].startswith(c[:12])}
-                        e = _SCRIPT_ERROR.match(_ANSI.sub("", line).strip())
-                        if e:
-                            script_error = f"{e.group(1)}: {e.group(2).strip()}"
-                        i = _IMAGE.match(line)
-                        if i:
-                            parent = i.group(1)
-                        if i and not reused:
-                            step_images.append(i.group(1))
-                            tracker.add("steps", i.group(1))
-                        if line.startswith("Successfully built "):
-                            image_id = line.split()[-1]
-                elif "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
-                    image_id = chunk["aux"]["ID"]
-                elif "error" in chunk:
-                    error = chunk.get("error", "").strip()
-                    logf.write(f"ERROR: {error}\n")
-                    tail.append(error)
+                log.feed(chunk)
         except docker.errors.APIError as exc:
-            error = str(exc).splitlines()[0]
-            logf.write(f"ERROR: {error}\n")
+            log.error = str(exc).splitlines()[0]
+            logf.write(f"ERROR: {log.error}\n")
         except CONNECTION_LOST as exc:
-            error = lost = engine.short_error(exc)
-            logf.write(f"ERROR: connection to the engine lost: {error}\n")
-    if inflight:  # the stream ended: the engine has no step in flight for this build
-        tracker.discard("inflight", inflight)
+            lost = engine.short_error(exc)
+            log.fail(lost, "connection to the engine lost: ")
+    log.close()  # the stream ended: the engine has no step in flight for this build
     if lost is not None and not engine.answers():
         # The daemon died or was stopped: what it was running cannot be removed now. Recorded, the
         # next imagegen that reaches this engine removes it (engine.reap_leftovers).
-        engine.remember_leftovers(mine)
-        for cid in mine:
+        engine.remember_leftovers(log.mine)
+        for cid in log.mine:
             tracker.discard("containers", cid)
-        _raise_build_failure(cell, lost, script_error, tail, log_path, lost)
-    if error or not image_id:
-        _raise_build_failure(cell, error or "the build produced no image", script_error, tail, log_path, None)
-    return image_id, step_images
+        _raise_build_failure(cell, lost, log.script_error, log.tail, log_path, lost)
+    if log.error or not log.image_id:
+        _raise_build_failure(cell, log.error or "the build produced no image", log.script_error, log.tail, log_path,
+                             None)
+    return log.image_id, step_images
 
 
 def git_revision() -> str:
