@@ -13,7 +13,7 @@ For each image, runs interleaved `--repeat` times (the median is reported), wall
   audit+gz'   imagegen audit IMAGE, warm gzip cache       (sizes reused by diff_id)
 With --push: starts Debian's docker-registry on a loopback port, pushes the image there, and
 compares each layer blob's pushed size (from the registry's manifest) with the audit's estimate.
-Prints Markdown tables (the README and docs/audit.md have the numbers measured here).
+Prints Markdown tables (docs/audit.md has the numbers measured here).
 """
 
 from __future__ import annotations

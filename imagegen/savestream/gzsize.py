@@ -9,8 +9,8 @@ The deflate engine is zlib-ng (2-3x faster than zlib at the same level; its leve
 about 1 % larger than zlib's).
 
 What it is not: byte-identical to what `docker push` uploads. The engine gzips with Go's
-compress/gzip (level 6 by default, a third implementation of the same format), serially; the
-README gives the measured difference against blobs pushed to a local registry.
+compress/gzip (level 6 by default, a third implementation of the same format), serially;
+docs/audit.md gives the measured difference against blobs pushed to a local registry.
 
 Results are cached by layer diff_id (content address of the uncompressed tar) under
 $IMAGEGEN_CACHE/audit/gzip/ (`paths.audit_gzip_dir`), keyed also by METHOD, so base layers shared by a family of

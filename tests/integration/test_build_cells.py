@@ -46,7 +46,7 @@ SM75_TWIN = "paddle:2.6.2-gpu-cuda11.8-cudnn8.6-sm75-slim"
 # that needs none: CPU smoke, GPU readiness (each CUDA library loads by SONAME), tag <-> contents, policy,
 # bytecode, budgets. The TensorRT cell is not here: PyPI has only sdists of tensorrt-cu12-libs, which
 # download NVIDIA's wheel at install time (pypi.nvidia.com); Paddle 3.x GPU wheels are only on Paddle's
-# index. Cells without a committed lock are validate-only (README "Which cells CI builds").
+# index. Cells without a committed lock are validate-only (docs/development.md, "What `scripts/test.sh` builds").
 GPU_CELLS = [GPU_FLAGSHIP, SM75_TWIN, "paddle:2.6.2-gpu-cuda11.8-cudnn8.6-full",
              "onnxruntime:1.23.2-gpu-cuda12.8-cudnn9.10-slim", "pytorch:2.14.1-gpu-cuda13.0-cudnn9.24-slim"]
 PREFIX = "imagegen-test/"  # IMAGEGEN_LOCAL_PREFIX for every imagegen run here
