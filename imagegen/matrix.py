@@ -356,23 +356,122 @@ def _rule_matches(rule: Selector, cell: Cell) -> bool:
 
 
 def _expand(m: Matrix) -> list[Cell]:
-    src, mf = m.src, m.file
-    cuda_data = compat.cuda()
-    all_bases = bases_for(m)
-    cells: list[Cell] = []
-    where_of: dict[str, str] = {}
-    pythons = _python_lists(mf)
+    """The matrix file's cells: the frameworks' axes and the `include:` entries, each checked against
+    the compatibility data (:class:`_Expander`); then overrides, budgets and excludes in file order
+    (later rules win), unused rules and indexes refused, aliases computed."""
+    ex = _Expander(m)
+    ex.from_frameworks()
+    ex.from_include()
+    out = ex.apply_rules()
+    ex.check_indexes_used(out)
+    out = _with_aliases(m, out)
+    if m.file.default:
+        _check_default(m, out)
+    if not [c for c in out if not c.excluded]:
+        raise _fail(m.src, ("frameworks",), "the matrix defines no cells")
+    return out
 
-    def emit(fw_name: str, ver: str, device: str, cuda_e: CudaEntry | None, py: str, flavor: str,
+
+class _Expander:
+    """The cells of one matrix file, emitted in file order; `where_of` finds duplicates."""
+
+    def __init__(self, m: Matrix):
+        self.m, self.src, self.mf = m, m.src, m.file
+        self.cuda_data = compat.cuda()
+        self.all_bases = bases_for(m)
+        self.cells: list[Cell] = []
+        self.where_of: dict[str, str] = {}
+        self.pythons = _python_lists(self.mf)
+
+    def from_frameworks(self) -> None:
+        """Every axis combination of every `frameworks:` version entry."""
+        mf, src = self.mf, self.src
+        for fw_name, versions in mf.frameworks.items():
+            for ver, entry in versions.items():
+                vpath = ("frameworks", fw_name, ver)
+                devices = entry.devices or mf.defaults.devices
+                pys = [str(p) for p in (entry.python or mf.defaults.python)]
+                flavs = entry.flavors or mf.defaults.flavors
+                base_setting = entry.base if entry.base is not None else mf.defaults.base
+                for dup_list, key in ((devices, "devices"), (pys, "python"), (flavs, "flavors")):
+                    if len(set(dup_list)) != len(dup_list):
+                        raise _fail(src, vpath + (key,), f"duplicate cells: {key} lists a value twice")
+                cudas = [_normalize_cuda(c) for c in (entry.cuda or [])]
+                if len({(c.version, c.tensorrt) for c in cudas}) != len(cudas):
+                    raise _fail(src, vpath + ("cuda",), "duplicate cells: cuda lists a version twice")
+                if "gpu" in devices and not cudas:
+                    raise _fail(src, vpath, f"{fw_name} {ver} lists device gpu but no cuda versions")
+                if cudas and "gpu" not in devices:
+                    raise _fail(src, vpath + ("cuda",), "cuda versions given but devices has no gpu")
+                for device in devices:
+                    for ci, cuda_e in enumerate(cudas if device == "gpu" else [None]):
+                        for py in pys:
+                            for flavor in flavs:
+                                path = vpath + (("cuda", ci) if cuda_e else ("devices",))
+                                self.emit(fw_name, ver, device, cuda_e, py, flavor, base_setting,
+                                          entry.extra_requirements, path, entry.base is not None, entry.gpu_archs)
+
+    def from_include(self) -> None:
+        """One cell per `include:` entry."""
+        mf, src = self.mf, self.src
+        for i, inc in enumerate(mf.include):
+            path = ("include", i)
+            if inc.framework not in compat.frameworks():
+                raise _fail(src, path, f"unknown framework '{inc.framework}'"
+                                       f"{_did_you_mean(inc.framework, compat.frameworks())}")
+            try:
+                Version(inc.version)
+            except InvalidVersion:
+                raise _fail(src, path + ("version",), f"'{inc.version}' is not a valid version (PEP 440)") from None
+            cuda_e = CudaEntry(version=inc.cuda, cudnn=inc.cudnn, tensorrt=inc.tensorrt) if inc.cuda else None
+            py = inc.python or self.pythons[(inc.framework, inc.version)][0]
+            self.emit(inc.framework, inc.version, inc.device, cuda_e, py, inc.flavor,
+                      inc.base if inc.base is not None else mf.defaults.base, [], path, inc.base is not None,
+                      inc.gpu_archs)
+
+    def emit(self, fw_name: str, ver: str, device: str, cuda_e: CudaEntry | None, py: str, flavor: str,
              base_setting: BaseSetting, extra: list[str], path: tuple, explicit_base: bool,
              gpu_archs: list[str] | None = None) -> None:
+        """One cell, checked against the compatibility data; UserInputError with the file and line."""
         fw = compat.frameworks()[fw_name]
-        where = src.where(path)
-        base_name = _pick_base(base_setting, py, explicit=explicit_base, all_bases=all_bases, where=where)
-        py_list = pythons.get((fw_name, ver), [py])  # -py3.X for all but the primary: no published tag moves
+        where = self.src.where(path)
+        base_name = _pick_base(base_setting, py, explicit=explicit_base, all_bases=self.all_bases, where=where)
+        py_list = self.pythons.get((fw_name, ver), [py])  # -py3.X for all but the primary: no published tag moves
         multi_py = len(py_list) > 1 and py != py_list[0]
+        self._check_placement(where, fw, ver, base_name, py)
+        base = self.all_bases[base_name]
+        reqs, index_names, cuda_v, cudnn_v, trt = self._build_of(where, fw, ver, device, cuda_e, gpu_archs, path)
+        trt_v = trt.version if trt else None
+        indexes: list[Index] = []
+        for name in index_names:
+            idx = self.mf.indexes.get(name) or fw.indexes.get(name)
+            if idx is None:
+                raise UserInputError(f"{where}: index '{name}' is not defined")
+            indexes.append(Index(name, idx.kind, idx.url))
+        reqs.extend(extra)
+        tag, selector = _tag_of(where, ver, device, cuda_v, cudnn_v, trt_v, f"py{py}" if multi_py else None,
+                                gpu_archs if device == "gpu" and path and path[0] == "include" else None, flavor)
+        if not REPO_COMPONENT_RE.match(fw.image):
+            raise UserInputError(f"{where}: '{fw.image}' would not be a valid image name")
+        mf = self.mf
+        proto = Cell(
+            framework=fw_name, version=ver, device=device, cuda=cuda_v, cudnn=cudnn_v, python=py,
+            flavor=flavor, base=base_name, image=fw.image, tag=tag, selector=selector,
+            requirements=tuple(reqs), indexes=tuple(indexes), slimming=_slim_rules(self.m, None, flavor),
+            origin=where, registry=mf.registry, namespace=mf.namespace, base_spec=base, tensorrt=trt_v,
+            gpu_archs=tuple(gpu_archs or ()) if device == "gpu" else (),
+        )
+        if proto.ref in self.where_of:
+            raise UserInputError(f"{where}: duplicate cells: {proto.ref} is already defined at "
+                                 f"{self.where_of[proto.ref]}")
+        self.where_of[proto.ref] = where
+        self.cells.append(proto)
+
+    def _check_placement(self, where: str, fw: compat.Framework, ver: str, base_name: str, py: str) -> None:
+        """The framework version exists, its wheels run on the base's libc, and the base gives the Python."""
+        all_bases = self.all_bases
         if ver not in fw.versions:
-            raise UserInputError(f"{where}: {fw_name} {ver} is not in imagegen's compatibility data "
+            raise UserInputError(f"{where}: {fw.name} {ver} is not in imagegen's compatibility data "
                                  f"(known versions: {', '.join(fw.versions)})")
         fv = fw.versions[ver]
         if base_name not in all_bases:
@@ -381,19 +480,22 @@ def _expand(m: Matrix) -> list[Cell]:
         base = all_bases[base_name]
         if base.libc not in fw.libc:
             raise UserInputError(
-                f"{where}: {fw_name} publishes only manylinux ({'/'.join(fw.libc)}) wheels, which do not run on "
+                f"{where}: {fw.name} publishes only manylinux ({'/'.join(fw.libc)}) wheels, which do not run on "
                 f"{base.libc}; base '{base_name}' cannot carry it (use a glibc base such as 'bookworm')")
         if not _pyver_ok(py):
             raise UserInputError(f"{where}: '{py}' is not a Python version like 3.11")
         if py not in fv.python:
-            raise UserInputError(f"{where}: {fw_name} {ver} supports Python {', '.join(fv.python)}, not {py}")
+            raise UserInputError(f"{where}: {fw.name} {ver} supports Python {', '.join(fv.python)}, not {py}")
         if py != base.python:
             others = sorted(n for n, b in all_bases.items() if b.python == py)
             hint = (f"; base {others[0]} provides it" if len(others) == 1 else f"; bases {', '.join(others)} provide it"
                     if others else f", and no base in imagegen's data or the matrix provides {py}")
             raise UserInputError(f"{where}: base '{base_name}' provides Python {base.python}, not {py}{hint}")
-        indexes: list[Index] = []
-        reqs: list[str]
+
+    def _build_of(self, where: str, fw: compat.Framework, ver: str, device: str, cuda_e: CudaEntry | None,
+                  gpu_archs: list[str] | None, path: tuple):
+        """(requirements, index names, CUDA, cuDNN, TensorRT build) of the framework's CPU or GPU build."""
+        fv = fw.versions[ver]
         cuda_v = cudnn_v = None
         trt: compat.TensorRTBuild | None = None
         if device == "cpu":
@@ -402,136 +504,70 @@ def _expand(m: Matrix) -> list[Cell]:
             if gpu_archs and path and path[0] == "include":
                 raise UserInputError(f"{where}: a cpu cell takes no gpu_archs")
             if fv.cpu is None:
-                raise UserInputError(f"{where}: {fw_name} {ver} has no CPU build in imagegen's data")
-            reqs = list(fv.cpu.requirements)
-            index_name = fv.cpu.index
+                raise UserInputError(f"{where}: {fw.name} {ver} has no CPU build in imagegen's data")
+            reqs, index_name = list(fv.cpu.requirements), fv.cpu.index
         else:
-            if fv.gpu is None:
-                raise UserInputError(f"{where}: {fw_name} {ver} has no GPU build in imagegen's data")
-            if cuda_e is None:
-                raise UserInputError(f"{where}: a gpu cell needs a CUDA version; {fw_name} {ver} supports "
-                                     f"{', '.join(fv.gpu.builds)}")
-            cuda_v = cuda_e.version
-            if cuda_v not in fv.gpu.builds:
-                raise UserInputError(f"{where}: {fw_name} {ver} has no CUDA {cuda_v} build; it supports "
-                                     f"{', '.join(fv.gpu.builds)}")
-            build = fv.gpu.builds[cuda_v]
-            cudnn_v = build.cudnn
-            if cuda_e.tensorrt is not None:
-                trt = build.tensorrt.get(str(cuda_e.tensorrt))
-                if trt is None:
-                    known = ", ".join(build.tensorrt) or "none"
-                    raise UserInputError(f"{where}: {fw_name} {ver} with CUDA {cuda_v} has no TensorRT "
-                                         f"{cuda_e.tensorrt} runtime in imagegen's data (TensorRT majors: {known})")
-            if cuda_e.cudnn and not (cudnn_v == cuda_e.cudnn or cudnn_v.startswith(cuda_e.cudnn + ".")):
-                raise UserInputError(f"{where}: {fw_name} {ver} with CUDA {cuda_v} is built with cuDNN {cudnn_v}, "
-                                     f"not {cuda_e.cudnn}")
-            if cuda_v not in cuda_data.releases:
-                raise UserInputError(f"{where}: CUDA {cuda_v} is not in imagegen's CUDA data")
-            reqs = list(build.requirements)
-            index_name = build.index
-            if fv.gpu.runtime_wheels == "imagegen":
-                reqs += _runtime_wheels(fv.gpu, cuda_v, cudnn_v, f"{where}: {fw_name} {ver}")
-        trt_v, index_names = (trt.version if trt else None), ([index_name] if index_name else [])
+            reqs, index_name, cuda_v, cudnn_v, trt = self._gpu_build(where, fw, ver, cuda_e)
+        index_names = [index_name] if index_name else []
         if trt is not None:
             reqs.extend(trt.requirements)
             if trt.index and trt.index not in index_names:
                 index_names.append(trt.index)
-        for name in index_names:
-            idx = mf.indexes.get(name) or fw.indexes.get(name)
-            if idx is None:
-                raise UserInputError(f"{where}: index '{name}' is not defined")
-            indexes.append(Index(name, idx.kind, idx.url))
-        reqs.extend(extra)
-        tag_parts = [ver, device]
-        sel_parts = [device]
-        if cuda_v:
-            tag_parts += [f"cuda{cuda_v}", f"cudnn{'.'.join(cudnn_v.split('.')[:2])}"]
-            sel_parts += [f"cuda{cuda_v}"]
-        if trt_v:  # like Paddle's and ONNX Runtime's own TensorRT images: -trt<major.minor>
-            trt_part = "trt" + ".".join(trt_v.split(".")[:2])
-            tag_parts.append(trt_part)
-            sel_parts.append(trt_part)
-        if multi_py:
-            tag_parts.append(f"py{py}")
-            sel_parts.append(f"py{py}")
-        if gpu_archs and device == "gpu" and path and path[0] == "include":
-            # an arch-targeted twin of a cell (issue 12): its kernels are cut to these GPUs, so its tag says
-            # so (gpu_archs on a version entry or an override retargets that cell under its own tag)
-            arch_part = "-".join(a.replace("_", "") for a in check_gpu_archs(list(gpu_archs)))
-            tag_parts.append(arch_part)
-            sel_parts.append(arch_part)
-        tag_parts.append(flavor)
-        sel_parts.append(flavor)
-        tag = "-".join(tag_parts)
-        if not TAG_RE.match(tag):
-            raise UserInputError(f"{where}: '{tag}' would not be a valid Docker tag")
-        if not REPO_COMPONENT_RE.match(fw.image):
-            raise UserInputError(f"{where}: '{fw.image}' would not be a valid image name")
-        proto = Cell(
-            framework=fw_name, version=ver, device=device, cuda=cuda_v, cudnn=cudnn_v, python=py,
-            flavor=flavor, base=base_name, image=fw.image, tag=tag, selector="-".join(sel_parts),
-            requirements=tuple(reqs), indexes=tuple(indexes), slimming=_slim_rules(m, None, flavor),
-            origin=where, registry=mf.registry, namespace=mf.namespace, base_spec=base, tensorrt=trt_v,
-            gpu_archs=tuple(gpu_archs or ()) if device == "gpu" else (),
-        )
-        if proto.ref in where_of:
-            raise UserInputError(f"{where}: duplicate cells: {proto.ref} is already defined at {where_of[proto.ref]}")
-        where_of[proto.ref] = where
-        cells.append(proto)
+        return reqs, index_names, cuda_v, cudnn_v, trt
 
-    for fw_name, versions in mf.frameworks.items():
-        for ver, entry in versions.items():
-            vpath = ("frameworks", fw_name, ver)
-            devices = entry.devices or mf.defaults.devices
-            pys = [str(p) for p in (entry.python or mf.defaults.python)]
-            flavs = entry.flavors or mf.defaults.flavors
-            base_setting = entry.base if entry.base is not None else mf.defaults.base
-            for dup_list, key in ((devices, "devices"), (pys, "python"), (flavs, "flavors")):
-                if len(set(dup_list)) != len(dup_list):
-                    raise _fail(src, vpath + (key,), f"duplicate cells: {key} lists a value twice")
-            cudas = [_normalize_cuda(c) for c in (entry.cuda or [])]
-            if len({(c.version, c.tensorrt) for c in cudas}) != len(cudas):
-                raise _fail(src, vpath + ("cuda",), "duplicate cells: cuda lists a version twice")
-            if "gpu" in devices and not cudas:
-                raise _fail(src, vpath, f"{fw_name} {ver} lists device gpu but no cuda versions")
-            if cudas and "gpu" not in devices:
-                raise _fail(src, vpath + ("cuda",), "cuda versions given but devices has no gpu")
-            for device in devices:
-                for ci, cuda_e in enumerate(cudas if device == "gpu" else [None]):
-                    for py in pys:
-                        for flavor in flavs:
-                            path = vpath + (("cuda", ci) if cuda_e else ("devices",))
-                            emit(fw_name, ver, device, cuda_e, py, flavor, base_setting, entry.extra_requirements,
-                                 path, entry.base is not None, entry.gpu_archs)
-    for i, inc in enumerate(mf.include):
-        path = ("include", i)
-        if inc.framework not in compat.frameworks():
-            raise _fail(src, path, f"unknown framework '{inc.framework}'{_did_you_mean(inc.framework, compat.frameworks())}")
-        try:
-            Version(inc.version)
-        except InvalidVersion:
-            raise _fail(src, path + ("version",), f"'{inc.version}' is not a valid version (PEP 440)") from None
-        cuda_e = CudaEntry(version=inc.cuda, cudnn=inc.cudnn, tensorrt=inc.tensorrt) if inc.cuda else None
-        py = inc.python or pythons[(inc.framework, inc.version)][0]
-        emit(inc.framework, inc.version, inc.device, cuda_e, py, inc.flavor,
-             inc.base if inc.base is not None else mf.defaults.base, [], path, inc.base is not None, inc.gpu_archs)
+    def _gpu_build(self, where: str, fw: compat.Framework, ver: str, cuda_e: CudaEntry | None):
+        fv = fw.versions[ver]
+        if fv.gpu is None:
+            raise UserInputError(f"{where}: {fw.name} {ver} has no GPU build in imagegen's data")
+        if cuda_e is None:
+            raise UserInputError(f"{where}: a gpu cell needs a CUDA version; {fw.name} {ver} supports "
+                                 f"{', '.join(fv.gpu.builds)}")
+        cuda_v = cuda_e.version
+        if cuda_v not in fv.gpu.builds:
+            raise UserInputError(f"{where}: {fw.name} {ver} has no CUDA {cuda_v} build; it supports "
+                                 f"{', '.join(fv.gpu.builds)}")
+        build = fv.gpu.builds[cuda_v]
+        cudnn_v = build.cudnn
+        trt = None
+        if cuda_e.tensorrt is not None:
+            trt = build.tensorrt.get(str(cuda_e.tensorrt))
+            if trt is None:
+                known = ", ".join(build.tensorrt) or "none"
+                raise UserInputError(f"{where}: {fw.name} {ver} with CUDA {cuda_v} has no TensorRT "
+                                     f"{cuda_e.tensorrt} runtime in imagegen's data (TensorRT majors: {known})")
+        if cuda_e.cudnn and not (cudnn_v == cuda_e.cudnn or cudnn_v.startswith(cuda_e.cudnn + ".")):
+            raise UserInputError(f"{where}: {fw.name} {ver} with CUDA {cuda_v} is built with cuDNN {cudnn_v}, "
+                                 f"not {cuda_e.cudnn}")
+        if cuda_v not in self.cuda_data.releases:
+            raise UserInputError(f"{where}: CUDA {cuda_v} is not in imagegen's CUDA data")
+        reqs = list(build.requirements)
+        if fv.gpu.runtime_wheels == "imagegen":
+            reqs += _runtime_wheels(fv.gpu, cuda_v, cudnn_v, f"{where}: {fw.name} {ver}")
+        return reqs, build.index, cuda_v, cudnn_v, trt
 
-    # overrides, budgets, excludes: applied in file order; later rules win.
-    out: list[Cell] = []
-    used_excludes: set[int] = set()
-    used_overrides: set[int] = set()
-    used_budgets: set[int] = set()
-    for cell in cells:
+    def apply_rules(self) -> list[Cell]:
+        """Overrides, budgets and excludes on every emitted cell, in file order (later rules win); a rule
+        that matches no cell is an error."""
+        out: list[Cell] = []
+        used: dict[str, set[int]] = {"exclude": set(), "overrides": set(), "budgets": set()}
+        for cell in self.cells:
+            out.append(self._ruled(cell, used))
+        for section, hits in used.items():
+            for i in range(len(getattr(self.mf, section))):
+                if i not in hits:
+                    raise _fail(self.src, (section, i), f"this {section} rule matches no cell (check the pattern)")
+        return out
+
+    def _ruled(self, cell: Cell, used: dict[str, set[int]]) -> Cell:
+        mf, all_bases = self.mf, self.all_bases
         slim_override: dict[str, Any] = {}
         extra: list[str] = []
-        base_name = cell.base
+        base_name, base_from = cell.base, None
         size = comp = None
-        base_from = None
         archs = cell.gpu_archs
         for i, rule in enumerate(mf.overrides):
             if _rule_matches(rule, cell):
-                used_overrides.add(i)
+                used["overrides"].add(i)
                 if rule.gpu_archs and cell.device == "gpu":
                     archs = tuple(rule.gpu_archs)
                 if rule.slimming:
@@ -545,51 +581,75 @@ def _expand(m: Matrix) -> list[Cell]:
                     comp = rule.budget.compressed if rule.budget.compressed is not None else comp
         for i, rule in enumerate(mf.budgets):
             if _rule_matches(rule, cell):
-                used_budgets.add(i)
+                used["budgets"].add(i)
                 size = rule.size if rule.size is not None else size
                 comp = rule.compressed if rule.compressed is not None else comp
         excluded = None
         for i, rule in enumerate(mf.exclude):
             if _rule_matches(rule, cell):
                 excluded = rule.reason
-                used_excludes.add(i)
+                used["exclude"].add(i)
         if base_from is not None:
-            if base_name not in all_bases:
-                raise _fail(src, base_from, f"override sets unknown base '{base_name}'"
-                            f"{_did_you_mean(base_name, all_bases)}; known: {', '.join(sorted(all_bases))}")
-            new_base = all_bases[base_name]
-            if new_base.libc not in cell.fw.libc:
-                raise _fail(src, base_from, f"{cell.framework} publishes only manylinux wheels, which do not run on "
-                            f"{new_base.libc}; this override puts {cell.ref} on '{base_name}'")
-            if new_base.python != cell.python:
-                raise _fail(src, base_from, f"base '{base_name}' provides Python {new_base.python}, but "
-                            f"{cell.ref} is a Python {cell.python} cell; this override cannot move it there")
-        needed = ("builder", cell.runtime_role)
-        lacking = [r for r in needed if r not in all_bases[base_name].roles]
+            self._check_override_base(cell, base_name, base_from)
+        lacking = [r for r in ("builder", cell.runtime_role) if r not in all_bases[base_name].roles]
         if lacking:
-            where = src.where(("bases", base_name)) if base_name in mf.bases else cell.origin
+            where = self.src.where(("bases", base_name)) if base_name in mf.bases else cell.origin
             raise UserInputError(f"{where}: base '{base_name}' has no {' or '.join(lacking)} role, which "
                                  f"{cell.ref} needs (roles: runtime for slim, dev for full, builder for both)")
-        out.append(_replace(cell, slimming=_slim_rules(m, slim_override, cell.flavor),
-                            requirements=cell.requirements + tuple(extra), base=base_name,
-                            budget_size=size, budget_compressed=comp, excluded=excluded,
-                            base_spec=all_bases[base_name], gpu_archs=archs))
-    for section, used in (("exclude", used_excludes), ("overrides", used_overrides), ("budgets", used_budgets)):
-        for i in range(len(getattr(mf, section))):
-            if i not in used:
-                raise _fail(src, (section, i), f"this {section} rule matches no cell (check the pattern)")
-    used_indexes = {i.name for c in out for i in c.indexes}
-    for name in mf.indexes:
-        if name not in used_indexes:
-            known = sorted({n for c in out for n in c.fw.indexes})
-            raise _fail(src, ("indexes", name), f"index '{name}' is used by no cell: a matrix index replaces a "
-                        f"framework's index of the same name ({', '.join(known) or 'none in this matrix'})")
-    out = _with_aliases(m, out)
-    if mf.default:
-        _check_default(m, out)
-    if not [c for c in out if not c.excluded]:
-        raise _fail(src, ("frameworks",), "the matrix defines no cells")
-    return out
+        return _replace(cell, slimming=_slim_rules(self.m, slim_override, cell.flavor),
+                        requirements=cell.requirements + tuple(extra), base=base_name,
+                        budget_size=size, budget_compressed=comp, excluded=excluded,
+                        base_spec=all_bases[base_name], gpu_archs=archs)
+
+    def _check_override_base(self, cell: Cell, base_name: str, base_from: tuple) -> None:
+        all_bases, src = self.all_bases, self.src
+        if base_name not in all_bases:
+            raise _fail(src, base_from, f"override sets unknown base '{base_name}'"
+                        f"{_did_you_mean(base_name, all_bases)}; known: {', '.join(sorted(all_bases))}")
+        new_base = all_bases[base_name]
+        if new_base.libc not in cell.fw.libc:
+            raise _fail(src, base_from, f"{cell.framework} publishes only manylinux wheels, which do not run on "
+                        f"{new_base.libc}; this override puts {cell.ref} on '{base_name}'")
+        if new_base.python != cell.python:
+            raise _fail(src, base_from, f"base '{base_name}' provides Python {new_base.python}, but "
+                        f"{cell.ref} is a Python {cell.python} cell; this override cannot move it there")
+
+    def check_indexes_used(self, out: list[Cell]) -> None:
+        used_indexes = {i.name for c in out for i in c.indexes}
+        for name in self.mf.indexes:
+            if name not in used_indexes:
+                known = sorted({n for c in out for n in c.fw.indexes})
+                raise _fail(self.src, ("indexes", name), f"index '{name}' is used by no cell: a matrix index "
+                            f"replaces a framework's index of the same name ({', '.join(known) or 'none in this matrix'})")
+
+
+def _tag_of(where: str, ver: str, device: str, cuda_v: str | None, cudnn_v: str | None, trt_v: str | None,
+            py_part: str | None, gpu_archs: list[str] | None, flavor: str) -> tuple[str, str]:
+    """(tag, selector) of a cell: version-device[-cudaX-cudnnY][-trtZ][-pyP][-smNN...]-flavor."""
+    tag_parts = [ver, device]
+    sel_parts = [device]
+    if cuda_v:
+        tag_parts += [f"cuda{cuda_v}", f"cudnn{'.'.join(cudnn_v.split('.')[:2])}"]
+        sel_parts += [f"cuda{cuda_v}"]
+    if trt_v:  # like Paddle's and ONNX Runtime's own TensorRT images: -trt<major.minor>
+        trt_part = "trt" + ".".join(trt_v.split(".")[:2])
+        tag_parts.append(trt_part)
+        sel_parts.append(trt_part)
+    if py_part:
+        tag_parts.append(py_part)
+        sel_parts.append(py_part)
+    if gpu_archs:
+        # an arch-targeted twin of a cell (issue 12): its kernels are cut to these GPUs, so its tag says
+        # so (gpu_archs on a version entry or an override retargets that cell under its own tag)
+        arch_part = "-".join(a.replace("_", "") for a in check_gpu_archs(list(gpu_archs)))
+        tag_parts.append(arch_part)
+        sel_parts.append(arch_part)
+    tag_parts.append(flavor)
+    sel_parts.append(flavor)
+    tag = "-".join(tag_parts)
+    if not TAG_RE.match(tag):
+        raise UserInputError(f"{where}: '{tag}' would not be a valid Docker tag")
+    return tag, "-".join(sel_parts)
 
 
 def _with_aliases(m: Matrix, cells: list[Cell]) -> list[Cell]:
