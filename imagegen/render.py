@@ -14,8 +14,9 @@ import jinja2
 from . import compat, labels
 from .errors import UserInputError
 from .matrix import Cell, Matrix
+from .scripts import contract
 
-VENV = "/opt/venv"
+VENV = contract.VENV
 USER = {"name": "app", "uid": 1000, "gid": 1000}
 SCRIPTS = Path(str(resources.files("imagegen") / "scripts"))
 
@@ -61,6 +62,7 @@ def prune_config(cell: Cell) -> dict:
     for name, paths in fw.inference_prune.items():
         globs.setdefault(name, []).extend(paths)
     cfg: dict = {
+        "schema": contract.PRUNE_CONFIG_SCHEMA,
         "cell": cell.ref,
         "venv": VENV,
         "site_packages": site_packages(cell),
@@ -88,7 +90,7 @@ def prune_config(cell: Cell) -> dict:
             "libdirs": sorted({c.libdir for c in cuda.components.values()}),
             "links": {k: v for k, v in links.items() if k not in pruned},
             "pruned_links": sorted(pruned),
-            "ldconf": "/etc/ld.so.conf.d/imagegen-cuda.conf",
+            "ldconf": contract.CUDA_LDCONF,
             "loader_dirs": list(cuda.loader_dirs),
         }
     return cfg
@@ -141,16 +143,16 @@ def bytecode_config(cell: Cell) -> dict:
     trace = mode in ("compile", "drop")
     stdlib = None
     if mode in ("compile", "all") and role is not None and role.variant == "extract":
-        stdlib = {"src": "/tmp/stdlib", "ddir": f"/usr/lib/python{cell.python}"}
+        stdlib = {"src": contract.STDLIB_COPY, "ddir": f"/usr/lib/python{cell.python}"}
     smoke = None
     if trace and "def host_prepare(" not in compat.smoke_script(cell.fw).read_text():
-        smoke = "/opt/imagegen-build/smoke.py"  # staged by the build (imagegen/smoke.py in the context)
+        smoke = contract.SMOKE_SCRIPT  # staged by the build (imagegen/smoke.py in the context)
     return {
         "trace": trace,
         "import": cell.fw.import_name if trace else None,
         "smoke": smoke,
         "python": f"{VENV}/bin/python",
-        "libdirs": ["/tmp/sysroot/usr/lib/x86_64-linux-gnu", "/tmp/sysroot/lib/x86_64-linux-gnu"] if trace else [],
+        "libdirs": [f"{contract.BUILDER_SYSROOT}/{d}/x86_64-linux-gnu" for d in ("usr/lib", "lib")] if trace else [],
         "stdlib": stdlib,
     }
 
@@ -244,6 +246,9 @@ def render_cell(m: Matrix, cell: Cell, tdir: Path | None = None, *, buildkit: bo
         "roles": roles,
         "refs": refs,
         "venv": VENV,
+        "paths": TEMPLATE_PATHS,
+        "builder_files": builder_files(cell, cfg),
+        "sysroot_files": [f"{contract.CONTEXT_DIR}/{name}" for name in (*SYSROOT_SCRIPTS, "closure.txt")],
         "user": USER,
         "gpu_libdirs": (cfg["cuda"] or {}).get("libdirs", []),
         "runtime_step": runtime_step(bool((cfg["cuda"] or {}).get("libdirs"))),
@@ -325,18 +330,35 @@ def check(rendered: list[Rendered], out_dir: Path, all_cells: bool) -> list[str]
     return problems
 
 
+#: the scripts each stage runs, in their COPY line's order (templates/partials/builder.j2 and
+#: sysroot.j2 copy what `builder_files` and `sysroot_files` list): the builder's always, fatprune's
+#: for cells with `gpu_archs`
+BUILDER_SCRIPTS = ("install.py", "prune.py", "elfmini.py", "compile_bytecode.py", "sde.py", "contract.py")
+FATPRUNE_SCRIPTS = ("fatbin.py", "fatprune.py")
+SYSROOT_SCRIPTS = ("sysroot.py", "sde.py")
+
+#: the in-image paths the templates spell (imagegen/scripts/contract.py owns them)
+TEMPLATE_PATHS = {"build": contract.BUILD_DIR, "stage": contract.STAGE_DIR, "venvroot": contract.VENV_ROOT,
+                  "sysroot": contract.SYSROOT_OUT, "builder_sysroot": contract.BUILDER_SYSROOT,
+                  "wheels": contract.WHEELS_DIR, "prune_config": contract.PRUNE_CONFIG}
+
+
+def builder_files(cell: Cell, cfg: dict) -> list[str]:
+    """The build context's files the builder stage copies to contract.BUILD_DIR: its scripts, prune.json
+    (`cfg`), fatprune's scripts for cells with `gpu_archs`, the smoke script when the bytecode trace
+    runs it."""
+    names = [*BUILDER_SCRIPTS, "prune.json"]
+    if cfg.get("cuda_archs"):
+        names += FATPRUNE_SCRIPTS
+    if cfg["bytecode"]["smoke"]:
+        names.append("smoke.py")
+    return [f"{contract.CONTEXT_DIR}/{name}" for name in names]
+
+
 def build_context_files(cell: Cell | None = None) -> dict[str, Path]:
     """Static helper scripts every build context carries (not committed per cell); cells with
     `gpu_archs` also carry the fat-binary rewriter and its parser."""
-    files = {
-        "imagegen/prune.py": SCRIPTS / "prune.py",
-        "imagegen/elfmini.py": SCRIPTS / "elfmini.py",
-        "imagegen/install.py": SCRIPTS / "install.py",
-        "imagegen/compile_bytecode.py": SCRIPTS / "compile_bytecode.py",
-        "imagegen/sysroot.py": SCRIPTS / "sysroot.py",
-        "imagegen/sde.py": SCRIPTS / "sde.py",
-    }
+    names = dict.fromkeys((*BUILDER_SCRIPTS, *SYSROOT_SCRIPTS))
     if cell is not None and cuda_archs(cell):
-        files["imagegen/fatbin.py"] = SCRIPTS / "fatbin.py"
-        files["imagegen/fatprune.py"] = SCRIPTS / "fatprune.py"
-    return files
+        names.update(dict.fromkeys(FATPRUNE_SCRIPTS))
+    return {f"{contract.CONTEXT_DIR}/{name}": SCRIPTS / name for name in names}
