@@ -66,7 +66,7 @@ def main() -> int:
     ap.add_argument("--targets", default="sm_75")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="fatprune-rehearsal-") as d:
-        for name in ("fatbin.py", "fatprune.py"):
+        for name in ("contract.py", "elfmini.py", "fatbin.py", "fatprune.py"):  # fatprune.py and its siblings
             shutil.copy(ROOT / "imagegen/scripts" / name, Path(d) / name)
         shutil.copy(ROOT / "imagegen/data/smoke/paddle.py", Path(d) / "smoke.py")
         (Path(d) / "inside.py").write_text(INSIDE)

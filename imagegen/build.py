@@ -30,6 +30,7 @@ from .console import err, log
 from .errors import EngineError, ImagegenError
 from .labels import LABEL_CELL, LABEL_CLOSURE, LABEL_DIGEST, OCI_CREATED, OCI_REVISION, OCI_SOURCE, SOURCE_URL
 from .matrix import Cell
+from .scripts import contract
 
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 _IMAGE = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
@@ -501,7 +502,8 @@ def remove_images(ids: list[str], keep: set[str]) -> None:
 
 # A report line of the prune step: the line itself (classic builder), or BuildKit's plain-progress
 # prefix "#12 3.456 " before it
-_REPORT_LINE = re.compile(r"^(?:#\d+ \d+\.\d+ )?IMAGEGEN-(PRUNE|FATPRUNE)-REPORT (.*)$")
+_REPORT_LINE = re.compile(r"^(?:#\d+ \d+\.\d+ )?(" + re.escape(contract.PRUNE_REPORT_MARK) + "|"
+                          + re.escape(contract.FATPRUNE_REPORT_MARK) + ")(.*)$")
 
 
 def prune_report_from_log(log_path: Path) -> dict | None:
@@ -513,16 +515,14 @@ def prune_report_from_log(log_path: Path) -> dict | None:
     try:
         for line in log_path.read_text(errors="replace").splitlines():
             m = _REPORT_LINE.match(line)
-            if m and m.group(1) == "PRUNE" and report is None:
+            if m and m.group(1) == contract.PRUNE_REPORT_MARK and report is None:
                 report = json.loads(m.group(2))
-            elif m and m.group(1) == "FATPRUNE":
+            elif m and m.group(1) == contract.FATPRUNE_REPORT_MARK:
                 fat = json.loads(m.group(2))
     except (OSError, ValueError):
         return None
     if report is not None and fat is not None:
-        report.setdefault("rules", {})["cuda_archs"] = fat
-        if "venv_bytes_after" in report:
-            report["venv_bytes_after"] -= fat.get("bytes", 0)
+        contract.merge_cuda_archs(report, fat)
     return report
 
 

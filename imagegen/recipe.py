@@ -23,15 +23,19 @@ from typing import Any
 from . import compat, labels
 from .errors import UserInputError
 from .matrix import Cell
+from .scripts import contract
 
-VENV = "/opt/venv"
+VENV = contract.VENV
 USER = {"name": "app", "uid": 1000, "gid": 1000}
 SCRIPTS = Path(str(resources.files("imagegen") / "scripts"))
-#: where the build stages the framework's smoke script for the bytecode trace (imagegen/smoke.py in the context)
-SMOKE_IN_BUILD = "/opt/imagegen-build/smoke.py"
 #: the closure's libraries in the builder (the sysroot stage's output), on the loader path while tracing
-SYSROOT_LIBDIRS = ("/tmp/sysroot/usr/lib/x86_64-linux-gnu", "/tmp/sysroot/lib/x86_64-linux-gnu")
-LDCONF = "/etc/ld.so.conf.d/imagegen-cuda.conf"
+SYSROOT_LIBDIRS = tuple(f"{contract.BUILDER_SYSROOT}/{d}/x86_64-linux-gnu" for d in ("usr/lib", "lib"))
+#: the scripts each stage runs, in their COPY line's order (templates/partials/builder.j2 and sysroot.j2
+#: copy what render.builder_files and the sysroot list name): the builder's always, fatprune's for cells
+#: with kernel targets
+BUILDER_SCRIPTS = ("install.py", "prune.py", "elfmini.py", "compile_bytecode.py", "sde.py", "contract.py")
+FATPRUNE_SCRIPTS = ("fatbin.py", "fatprune.py")
+SYSROOT_SCRIPTS = ("sysroot.py", "sde.py")
 #: packages that give an image a shell; a framework that needs one at run time relaxes `no_shell`
 SHELL_PACKAGES = frozenset({"dash", "bash", "busybox", "busybox-static", "zsh"})
 
@@ -93,6 +97,7 @@ class Recipe:
     def prune_json(self) -> dict[str, Any]:
         """prune.json: the rules in force and the paths they act on, as the builder's prune.py reads them."""
         cfg: dict[str, Any] = {
+            "schema": contract.PRUNE_CONFIG_SCHEMA,
             "cell": self.cell.ref,
             "venv": VENV,
             "site_packages": self.site_packages,
@@ -110,7 +115,7 @@ class Recipe:
                 "libdirs": self.gpu_libdirs,
                 "links": {k: v for k, v in self.dlopen_links.items() if k not in pruned},
                 "pruned_links": sorted(pruned),
-                "ldconf": LDCONF,
+                "ldconf": contract.CUDA_LDCONF,
                 "loader_dirs": list(compat.cuda().loader_dirs),
             }
         return cfg
@@ -145,12 +150,8 @@ def of(cell: Cell) -> Recipe:
 def context_files(*, with_fatprune: bool = False) -> dict[str, Path]:
     """The static helper scripts every build context carries (not committed per cell); cells with
     kernel targets also carry the fat-binary rewriter and its parser."""
-    files = {f"imagegen/{name}": SCRIPTS / name for name in
-             ("prune.py", "elfmini.py", "install.py", "compile_bytecode.py", "sysroot.py", "sde.py")}
-    if with_fatprune:
-        files["imagegen/fatbin.py"] = SCRIPTS / "fatbin.py"
-        files["imagegen/fatprune.py"] = SCRIPTS / "fatprune.py"
-    return files
+    names = dict.fromkeys((*BUILDER_SCRIPTS, *SYSROOT_SCRIPTS, *(FATPRUNE_SCRIPTS if with_fatprune else ())))
+    return {f"{contract.CONTEXT_DIR}/{name}": SCRIPTS / name for name in names}
 
 
 def needs_host_prepare(framework: compat.Framework) -> bool:
@@ -187,8 +188,8 @@ def _bytecode(cell: Cell) -> BytecodePlan:
     trace = mode in ("compile", "drop")
     stdlib = None
     if mode in ("compile", "all") and role is not None and role.variant == "extract":
-        stdlib = {"src": "/tmp/stdlib", "ddir": f"/usr/lib/python{cell.python}"}
-    smoke = SMOKE_IN_BUILD if trace and not needs_host_prepare(cell.fw) else None
+        stdlib = {"src": contract.STDLIB_COPY, "ddir": f"/usr/lib/python{cell.python}"}
+    smoke = contract.SMOKE_SCRIPT if trace and not needs_host_prepare(cell.fw) else None
     return BytecodePlan(trace=trace, import_name=cell.fw.import_name if trace else None, smoke=smoke,
                         python=f"{VENV}/bin/python", libdirs=SYSROOT_LIBDIRS if trace else (), stdlib=stdlib)
 

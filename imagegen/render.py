@@ -14,6 +14,7 @@ import jinja2
 from . import compat, recipe
 from .errors import UserInputError
 from .matrix import Cell, Matrix
+from .scripts import contract
 
 
 def templates_dir(matrix_path: Path | None = None) -> Path:
@@ -99,6 +100,9 @@ def render_cell(m: Matrix, cell: Cell, tdir: Path | None = None, *, buildkit: bo
         "roles": roles,
         "refs": refs,
         "venv": recipe.VENV,
+        "paths": TEMPLATE_PATHS,
+        "builder_files": builder_files(rec),
+        "sysroot_files": [f"{contract.CONTEXT_DIR}/{name}" for name in (*recipe.SYSROOT_SCRIPTS, "closure.txt")],
         "user": recipe.USER,
         "gpu_libdirs": rec.gpu_libdirs,
         "runtime_step": runtime_step(bool(rec.gpu_libdirs)),
@@ -174,3 +178,21 @@ def check(rendered: list[Rendered], out_dir: Path, all_cells: bool) -> list[str]
         for stale in sorted(p.name for p in out_dir.iterdir() if p.is_dir() and p.name not in expected_dirs):
             problems.append(f"{out_dir / stale}: no longer in the matrix (delete it)")
     return problems
+
+
+#: the in-image paths the templates spell (imagegen/scripts/contract.py owns them)
+TEMPLATE_PATHS = {"build": contract.BUILD_DIR, "stage": contract.STAGE_DIR, "venvroot": contract.VENV_ROOT,
+                  "sysroot": contract.SYSROOT_OUT, "builder_sysroot": contract.BUILDER_SYSROOT,
+                  "wheels": contract.WHEELS_DIR, "prune_config": contract.PRUNE_CONFIG}
+
+
+def builder_files(rec: recipe.Recipe) -> list[str]:
+    """The build context's files the builder stage copies to contract.BUILD_DIR (templates/partials/
+    builder.j2): its scripts, prune.json, fatprune's scripts for cells with kernel targets, the smoke
+    script when the bytecode trace runs it."""
+    names = [*recipe.BUILDER_SCRIPTS, "prune.json"]
+    if rec.kernel_targets:
+        names += recipe.FATPRUNE_SCRIPTS
+    if rec.bytecode.smoke:
+        names.append("smoke.py")
+    return [f"{contract.CONTEXT_DIR}/{name}" for name in names]

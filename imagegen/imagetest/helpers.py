@@ -7,11 +7,12 @@ import json
 import pytest
 
 from .. import settings
+from ..scripts import contract
 from .container import TestContainer
 from .target import TestTarget
 
 PROBE_TIMEOUT = settings.PROBE_TIMEOUT.value()
-MARKER = "IMAGEGEN-RESULT "
+MARKER = contract.RESULT_MARK
 
 
 class ProbeError(Exception):

@@ -34,6 +34,11 @@ import time
 from contextlib import redirect_stdout
 from pathlib import Path
 
+try:  # imagegen.scripts.compile_bytecode on the host; beside prune.py (which imports it) in the build
+    from . import contract
+except ImportError:
+    import contract  # type: ignore[no-redef]
+
 MODES = {
     "unchecked-hash": py_compile.PycInvalidationMode.UNCHECKED_HASH,
     "checked-hash": py_compile.PycInvalidationMode.CHECKED_HASH,
@@ -86,7 +91,7 @@ def compile_tree(root: Path, *, mode: str = "unchecked-hash", ddir: str | None =
 
 TRACE_MARK = "IMAGEGEN-TRACE "
 TRACE_FAIL = "IMAGEGEN-TRACE-FAILED "
-RESULT_MARK = "IMAGEGEN-RESULT "  # the smoke scripts' result line (imagegen/data/smoke/*.py)
+RESULT_MARK = contract.RESULT_MARK  # the smoke scripts' result line (imagegen/data/smoke/*.py)
 TRACE_CODE = """
 import json, os, sys
 import importlib.machinery

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """CUDA fat-binary (`.nv_fatbin`) parser and the CUDA runtime's kernel-selection rule.
 Standard library only: it is also copied into the builder stage, where only the stdlib exists.
-Importable as `imagegen.scripts.fatbin` and as a plain `fatbin` module.
+Importable as `imagegen.scripts.fatbin` and as a plain `fatbin` module (with elfmini.py, the one ELF
+reader, beside it). Shared: the host imports it too (matrix_model spells architectures with
+`parse_arch`; cuda_kernels and gpu_archs read kernels with `parse_fatbin`, `select`, `find_section`).
 
 Format (NVIDIA does not document it; measured on cuBLAS/cuDNN/Paddle, and ZLUDA and
 `jiegec/fatbinary` agree; see shared FACTS "Fat-binary format details"):
@@ -46,12 +48,19 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import sys
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+try:  # imagegen.scripts.fatbin on the host; a plain module beside elfmini.py in the build
+    from . import elfmini
+except ImportError:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import elfmini  # type: ignore[no-redef]  # noqa: E402
+
 __all__ = [
     "FatbinError", "Entry", "Container", "parse_fatbin", "select", "runs_on",
-    "find_section", "parse_container", "parse_entry_header", "parse_arch", "arch_name", "parse_name", "name_key",
+    "find_section", "wrappers", "parse_container", "parse_entry_header", "parse_arch", "arch_name", "parse_name", "name_key",
     "sass_serves", "ptx_serves",
     "CONTAINER_MAGIC", "FLAG_LZ4", "FLAG_ZSTD", "FLAG_ARCH_SPECIFIC", "FLAG_FAMILY", "FLAG_SM100",
 ]
@@ -72,6 +81,11 @@ FLAG_ZSTD = 0x8000
 FLAG_ARCH_SPECIFIC = 0x100000
 FLAG_FAMILY = 0x200000
 FLAG_SM100 = 0x1000000
+
+SECTION = ".nv_fatbin"                  # the containers
+WRAPPER_SECTION = ".nvFatBinSegment"    # the runtime's records pointing at them (`wrappers`)
+WRAPPER_MAGIC = 0x466243B1
+WRAPPER_SIZE = 24
 
 
 class FatbinError(ValueError):
@@ -320,70 +334,55 @@ def runs_on(entries: Iterable[Entry], cc: "int | str") -> bool:
     return any(_serves(e, c) for e in entries)
 
 
-# ---- minimal ELF64 little-endian section locator (builder side) -----------------------------
-
-_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
-_SHDR = struct.Struct("<IIQQQQIIQQ")
+# ---- the section locator (builder and host): elfmini, the one ELF reader ---------------------
 
 
 def find_section(path_or_buf, name: str) -> "tuple[int, int, int] | None":
     """(file_offset, size, addr) of section `name` in an ELF64 little-endian file (a path or a
     bytes-like object), or None when the file has no such section (or is not ELF64-LE).
-    Reads only the ELF header, the section headers and the section-name table.
-    Raises FatbinError when the section headers are truncated or point outside the file."""
+    Reads only the headers (elfmini.ElfFile), through a read-only mmap for a path.
+    Raises FatbinError when the headers are truncated or point outside the file."""
     if isinstance(path_or_buf, (str, bytes, os.PathLike)) and not (
-            isinstance(path_or_buf, bytes) and path_or_buf[:4] == b"\x7fELF"):
+            isinstance(path_or_buf, bytes) and path_or_buf[:4] == elfmini.ELF_MAGIC):
         with open(path_or_buf, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            if size < _EHDR.size:
+            if size < elfmini.EHDR.size:
                 return None
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
                 return _find_section(m, name)
     return _find_section(path_or_buf, name)
 
 
+def wrappers(elf: "elfmini.ElfFile") -> "list[tuple[int, int, int]]":
+    """(vaddr of the data pointer, its stored value, version) of each `__fatBinC_Wrapper_t` (24 bytes:
+    u32 magic 0x466243B1, u32 version, u64 data pointer, u64 unused) in WRAPPER_SECTION, the records
+    the CUDA runtime registers a library's containers from (shared FACTS "How the fat binaries are
+    wired"). [] without that section. Raises FatbinError on a second such section or a bad magic."""
+    hits = elf.named(WRAPPER_SECTION)
+    if len(hits) > 1:
+        raise FatbinError(f"{len(hits)} sections named {WRAPPER_SECTION}")
+    if not hits or hits[0].type == elfmini.SHT_NOBITS:
+        return []
+    s, out = hits[0], []
+    for i in range(s.size // WRAPPER_SIZE):
+        magic, version, data, _extra = struct.unpack_from("<IIQQ", elf.buf, s.offset + WRAPPER_SIZE * i)
+        if magic != WRAPPER_MAGIC:
+            raise FatbinError(f"{WRAPPER_SECTION} entry {i} has magic {magic:#x}, not {WRAPPER_MAGIC:#x}")
+        out.append((s.addr + WRAPPER_SIZE * i + 8, data, version))
+    return out
+
+
 def _find_section(buf, name: str):
-    n = len(buf)
-    if n < _EHDR.size or bytes(buf[:4]) != b"\x7fELF" or buf[4] != 2 or buf[5] != 1:
+    try:
+        return elfmini.ElfFile(buf).locate(name)
+    except elfmini.BadELF as exc:
+        raise FatbinError(str(exc)) from None
+    except elfmini.NotELF:
         return None
-    (_ident, _type, _mach, _ver, _entry, _phoff, shoff, _flags, _ehsize, _phes, _phnum,
-     shentsize, shnum, shstrndx) = _EHDR.unpack_from(buf, 0)
-    if shoff == 0:
-        return None
-    if shentsize < _SHDR.size:
-        raise FatbinError(f"ELF section header size {shentsize}")
-    if shnum == 0 and shoff + _SHDR.size <= n:         # > 0xff00 sections: count in shdr[0].sh_size
-        shnum = _SHDR.unpack_from(buf, shoff)[5]
-    if shstrndx == 0xFFFF and shoff + _SHDR.size <= n:
-        shstrndx = _SHDR.unpack_from(buf, shoff)[6]
-    if shoff + shnum * shentsize > n:
-        raise FatbinError(f"ELF section headers (0x{shoff:x} + {shnum}x{shentsize}) run past the "
-                          f"end of the file ({n} bytes)")
-    if shstrndx >= shnum:
-        raise FatbinError(f"ELF section-name table index {shstrndx} >= {shnum} sections")
-    str_off, str_size = _SHDR.unpack_from(buf, shoff + shstrndx * shentsize)[4:6]
-    if str_off + str_size > n:
-        raise FatbinError("ELF section-name table runs past the end of the file")
-    want = name.encode()
-    for i in range(shnum):
-        (sh_name, sh_type, _fl, addr, off, size, _l, _i, _al, _es) = _SHDR.unpack_from(
-            buf, shoff + i * shentsize)
-        if sh_name >= str_size:
-            continue
-        s = str_off + sh_name
-        if bytes(buf[s:s + len(want) + 1]) == want + b"\0":
-            if sh_type == 8:   # SHT_NOBITS: no bytes in the file
-                return (off, 0, addr)
-            if off + size > n:
-                raise FatbinError(f"section {name} (0x{off:x} + {size}) runs past the end of "
-                                  f"the file ({n} bytes)")
-            return (off, size, addr)
-    return None
 
 
 def main(argv: "list[str] | None" = None) -> int:
     """`python3 fatbin.py LIB...`: print each library's fat-binary entries (one line per arch)."""
-    import sys
     argv = sys.argv[1:] if argv is None else argv
     rc = 0
     for path in argv:

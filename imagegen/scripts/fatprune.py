@@ -44,24 +44,21 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-try:  # imagegen.scripts.fatprune in the package; a plain script beside fatbin.py in the build
-    from . import fatbin
+try:  # imagegen.scripts.fatprune in the package; a plain script beside its siblings in the build
+    from . import contract, elfmini, fatbin
 except ImportError:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import contract  # type: ignore[no-redef]  # noqa: E402
+    import elfmini  # type: ignore[no-redef]  # noqa: E402
     import fatbin  # type: ignore[no-redef]  # noqa: E402
 
+Phdr, Shdr = elfmini.Phdr, elfmini.Shdr
 PAGE = 0x1000
-PHDR_SIZE = 56
-SHDR_SIZE = 64
-PT_LOAD, PT_DYNAMIC, PT_PHDR = 1, 2, 6
-SHT_NOBITS, SHT_RELA, SHT_SYMTAB, SHT_DYNSYM = 8, 4, 2, 11
+PHDR_SIZE, SHDR_SIZE = elfmini.PHDR_SIZE, elfmini.SHDR_SIZE
+PT_LOAD, PT_PHDR = elfmini.PT_LOAD, elfmini.PT_PHDR
+SHT_NOBITS = elfmini.SHT_NOBITS
 R_X86_64_RELATIVE = 8
-DT_NULL, DT_RELA, DT_RELASZ, DT_RELR = 0, 7, 8, 36
-WRAPPER_MAGIC = 0x466243B1
-WRAPPER_SIZE = 24
-FATBIN_SECTION = ".nv_fatbin"
-WRAPPER_SECTION = ".nvFatBinSegment"
-CONTAINER_MAGIC = 0xBA55ED50
+FATBIN_SECTION = fatbin.SECTION
 COPY_CHUNK = 16 << 20
 
 
@@ -73,147 +70,42 @@ class VerifyFailed(Exception):
     """A rewrite did not pass verification (a bug): the original stays, the build fails."""
 
 
-# -- ELF model ----------------------------------------------------------------------------------
+# -- reading: elfmini's headers, and what this rewriter needs of them ------------------------------
 
 
-@dataclass
-class Phdr:
-    type: int
-    flags: int
-    offset: int
-    vaddr: int
-    paddr: int
-    filesz: int
-    memsz: int
-    align: int
-
-    FMT = "<IIQQQQQQ"
-
-    def pack(self) -> bytes:
-        return struct.pack(self.FMT, self.type, self.flags, self.offset, self.vaddr, self.paddr, self.filesz,
-                           self.memsz, self.align)
-
-
-@dataclass
-class Shdr:
-    name_off: int
-    type: int
-    flags: int
-    addr: int
-    offset: int
-    size: int
-    link: int
-    info: int
-    addralign: int
-    entsize: int
-    name: str = ""
-
-    FMT = "<IIQQQQIIQQ"
-
-    def pack(self) -> bytes:
-        return struct.pack(self.FMT, self.name_off, self.type, self.flags, self.addr, self.offset, self.size,
-                           self.link, self.info, self.addralign, self.entsize)
+def read_elf(buf) -> elfmini.ElfFile:
+    """The headers of a file this rewriter can handle: ELF64 little-endian x86-64, standard header
+    entry sizes, fewer than 0xff00 sections, header tables inside the file. Raises Refused."""
+    if len(buf) < 64 or bytes(buf[:4]) != elfmini.ELF_MAGIC:
+        raise Refused("not an ELF file")
+    (ident, _type, machine, _v, _e, phoff, shoff, _f, _eh, phentsize, phnum, shentsize, shnum,
+     _strndx) = elfmini.EHDR.unpack_from(buf, 0)
+    if ident[4] != 2 or ident[5] != 1 or machine != elfmini.EM_X86_64:
+        raise Refused("not a little-endian ELF64 x86-64 file")
+    if phentsize != PHDR_SIZE or shentsize != SHDR_SIZE or not shnum or shnum >= elfmini.SHN_LORESERVE:
+        raise Refused("unusual ELF header (entry sizes or section count)")
+    if phoff + phnum * PHDR_SIZE > len(buf) or shoff + shnum * SHDR_SIZE > len(buf):
+        raise Refused("header tables lie outside the file")
+    try:
+        return elfmini.ElfFile(buf)
+    except elfmini.NotELF as exc:
+        raise Refused(str(exc)) from None
 
 
-@dataclass
-class Elf:
-    """Headers of a little-endian ELF64 x86-64 file, read from a buffer (an mmap)."""
+def section(elf: elfmini.ElfFile, name: str) -> Shdr | None:
+    """The one section called `name`, or None. Raises Refused when there are several."""
+    hits = elf.named(name)
+    if len(hits) > 1:
+        raise Refused(f"{len(hits)} sections named {name}")
+    return hits[0] if hits else None
 
-    buf: object
-    ehdr: list
-    phdrs: list[Phdr]
-    shdrs: list[Shdr]
 
-    EHDR_FMT = "<16sHHIQQQIHHHHHH"
-
-    @classmethod
-    def read(cls, buf) -> "Elf":
-        if len(buf) < 64 or bytes(buf[:4]) != b"\x7fELF":
-            raise Refused("not an ELF file")
-        ehdr = list(struct.unpack_from(cls.EHDR_FMT, buf, 0))
-        ident, _type, machine = ehdr[0], ehdr[1], ehdr[2]
-        if ident[4] != 2 or ident[5] != 1 or machine != 62:
-            raise Refused("not a little-endian ELF64 x86-64 file")
-        phoff, shoff, phentsize, phnum, shentsize, shnum = ehdr[5], ehdr[6], ehdr[9], ehdr[10], ehdr[11], ehdr[12]
-        if phentsize != PHDR_SIZE or shentsize != SHDR_SIZE or not shnum or shnum >= 0xFF00:
-            raise Refused("unusual ELF header (entry sizes or section count)")
-        if phoff + phnum * PHDR_SIZE > len(buf) or shoff + shnum * SHDR_SIZE > len(buf):
-            raise Refused("header tables lie outside the file")
-        phdrs = [Phdr(*struct.unpack_from(Phdr.FMT, buf, phoff + i * PHDR_SIZE)) for i in range(phnum)]
-        shdrs = [Shdr(*struct.unpack_from(Shdr.FMT, buf, shoff + i * SHDR_SIZE)) for i in range(shnum)]
-        strtab = shdrs[ehdr[13]]
-        names = bytes(buf[strtab.offset:strtab.offset + strtab.size])
-        for s in shdrs:
-            s.name = names[s.name_off:names.find(b"\0", s.name_off)].decode("ascii", "replace")
-        return cls(buf, ehdr, phdrs, shdrs)
-
-    def section(self, name: str) -> Shdr | None:
-        hits = [s for s in self.shdrs if s.name == name]
-        if len(hits) > 1:
-            raise Refused(f"{len(hits)} sections named {name}")
-        return hits[0] if hits else None
-
-    def loads(self) -> list[Phdr]:
-        return [p for p in self.phdrs if p.type == PT_LOAD]
-
-    def vaddr_to_offset(self, vaddr: int, size: int = 1) -> int:
-        for p in self.loads():
-            if p.vaddr <= vaddr and vaddr + size <= p.vaddr + p.filesz:
-                return p.offset + (vaddr - p.vaddr)
+def file_offset(elf: elfmini.ElfFile, vaddr: int, size: int = 1) -> int:
+    """File offset of `size` bytes at `vaddr`, backed by one PT_LOAD's file bytes. Raises Refused."""
+    off = elf.vaddr_to_offset(vaddr, size)
+    if off is None:
         raise Refused(f"address {vaddr:#x} is not backed by file bytes of any PT_LOAD")
-
-    def u64(self, off: int) -> int:
-        return struct.unpack_from("<Q", self.buf, off)[0]
-
-    def dynamic(self) -> dict[int, list[int]]:
-        out: dict[int, list[int]] = {}
-        for p in self.phdrs:
-            if p.type != PT_DYNAMIC:
-                continue
-            for i in range(p.filesz // 16):
-                tag, val = struct.unpack_from("<qQ", self.buf, p.offset + 16 * i)
-                if tag == DT_NULL:
-                    break
-                out.setdefault(tag, []).append(val)
-        return out
-
-    def relas(self) -> list[tuple[int, int, int, int]]:
-        """(file offset of the entry, r_offset, r_info, r_addend) of every SHT_RELA entry."""
-        out = []
-        for s in self.shdrs:
-            if s.type != SHT_RELA or s.entsize not in (0, 24):
-                continue
-            for i in range(s.size // 24):
-                at = s.offset + 24 * i
-                r_offset, r_info, r_addend = struct.unpack_from("<QQq", self.buf, at)
-                out.append((at, r_offset, r_info, r_addend))
-        return out
-
-    def symbols(self) -> list[tuple[int, int, int]]:
-        """(file offset of st_value, st_value, st_shndx) of every defined symbol in .symtab/.dynsym."""
-        out = []
-        for s in self.shdrs:
-            if s.type not in (SHT_SYMTAB, SHT_DYNSYM) or s.entsize != 24:
-                continue
-            for i in range(1, s.size // 24):
-                at = s.offset + 24 * i
-                _name, _info, _other, shndx, value, _size = struct.unpack_from("<IBBHQQ", self.buf, at)
-                if shndx:
-                    out.append((at + 8, value, shndx))
-        return out
-
-    def wrappers(self) -> list[tuple[int, int, int]]:
-        """(vaddr of the data pointer, its stored value, version) of each wrapper in .nvFatBinSegment."""
-        s = self.section(WRAPPER_SECTION)
-        if s is None or s.type == SHT_NOBITS:
-            return []
-        out = []
-        for i in range(s.size // WRAPPER_SIZE):
-            magic, version, data, _extra = struct.unpack_from("<IIQQ", self.buf, s.offset + WRAPPER_SIZE * i)
-            if magic != WRAPPER_MAGIC:
-                raise Refused(f"{WRAPPER_SECTION} entry {i} has magic {magic:#x}, not {WRAPPER_MAGIC:#x}")
-            out.append((s.addr + WRAPPER_SIZE * i + 8, data, version))
-        return out
+    return off
 
 
 # -- the plan -----------------------------------------------------------------------------------
@@ -276,25 +168,49 @@ class Plan:
             raise ValueError(f"offset {old:#x} is inside {FATBIN_SECTION}")
         return old
 
-    @property
-    def new_size(self) -> int:
-        return self.size - self.cut
 
-
-def entry_label(e) -> str:
-    return e.name
+@dataclass
+class References:
+    """What points into .nv_fatbin (offsets relative to the section), each at a container's start."""
+    relocs: list[tuple[int, int, int]]        # RELATIVE relocations: (entry file offset, r_offset, container)
+    wrappers: list[tuple[int, int, int]]      # every wrapper of .nvFatBinSegment (fatbin.wrappers)
+    symbols: list[tuple[int, int]]            # (file offset of st_value, container or the section's end)
+    containers: set[int]                      # the containers referenced
 
 
 def make_plan(path: Path, buf, targets: list[str], keep_ptx: bool) -> Plan | None:
-    """Plan the rewrite of one library, or None when it has no .nv_fatbin. Raises Refused."""
-    elf = Elf.read(buf)
-    sec = elf.section(FATBIN_SECTION)
+    """Plan the rewrite of one library, or None when it has no .nv_fatbin. Raises Refused.
+
+    Phases: the layout's refusals, the containers tiling the section, the references into it, the
+    placement of the kept entries, the pages cut out of the file (with the new program headers),
+    and the values to patch."""
+    elf = read_elf(buf)
+    sec = section(elf, FATBIN_SECTION)
     if sec is None or sec.type == SHT_NOBITS or sec.size == 0:
         return None
-    if elf.ehdr[1] != 3:
+    seg_i = check_layout(elf, sec)
+    containers = tiled_containers(buf, sec)
+    refs = find_references(elf, sec, {container_span(c)[0] for c in containers})
+    placed, new_sec_size = place(containers, refs.containers, targets, keep_ptx)
+    counts = dict(entries_before=sum(len(p.container.entries) for p in placed),
+                  entries_after=sum(len(p.kept) for p in placed),
+                  archs_before=sorted({e.name for p in placed for e in p.container.entries}),
+                  archs_after=sorted({e.name for p in placed for e in p.kept}))
+    phdr_at, cut = page_cut(elf, sec, seg_i, new_sec_size)
+    hi = sec.offset + sec.size
+    if cut <= 0:
+        return Plan(path, len(buf), sec, placed, new_sec_size, seg_i, None, hi, 0, elf.phdrs, **counts)
+    new_phdrs = program_headers(elf, sec, seg_i, new_sec_size, phdr_at, cut)
+    plan = Plan(path, len(buf), sec, placed, new_sec_size, seg_i, phdr_at, hi - cut, cut, new_phdrs, **counts)
+    plan.patches = value_patches(elf, sec, refs, {p.old: p.new for p in placed}, {sec.size: new_sec_size})
+    return plan
+
+
+def check_layout(elf: elfmini.ElfFile, sec: Shdr) -> int:
+    """Refuse a layout this rewriter does not handle; the index of the PT_LOAD holding .nv_fatbin."""
+    if elf.e_type != elfmini.ET_DYN:
         raise Refused("not a shared object (ET_DYN)")
-    dyn = elf.dynamic()
-    if DT_RELR in dyn:
+    if elfmini.DT_RELR in elf.dynamic:
         raise Refused("packed relative relocations (DT_RELR) are not handled")
     lo, hi = sec.offset, sec.offset + sec.size
     alo, ahi = sec.addr, sec.addr + sec.size
@@ -305,7 +221,7 @@ def make_plan(path: Path, buf, targets: list[str], keep_ptx: bool) -> Plan | Non
             continue
         if s.offset < hi and lo < s.offset + s.size:
             raise Refused(f"section {s.name} overlaps {FATBIN_SECTION} in the file")
-        if s.flags & 2 and s.addr < ahi and alo < s.addr + s.size:
+        if s.flags & elfmini.SHF_ALLOC and s.addr < ahi and alo < s.addr + s.size:
             raise Refused(f"section {s.name} overlaps {FATBIN_SECTION} in memory")
     holders = [i for i, p in enumerate(elf.phdrs)
                if p.type == PT_LOAD and p.offset <= lo and hi <= p.offset + p.filesz]
@@ -316,25 +232,26 @@ def make_plan(path: Path, buf, targets: list[str], keep_ptx: bool) -> Plan | Non
     if seg.vaddr + (lo - seg.offset) != alo:
         raise Refused(f"{FATBIN_SECTION}'s address does not match its PT_LOAD")
     for i, p in enumerate(elf.phdrs):
-        if i == seg_i or p.filesz == 0:
-            continue
-        if p.offset < hi and lo < p.offset + p.filesz and not (p.offset >= hi):
+        if i != seg_i and p.filesz and p.offset < hi and lo < p.offset + p.filesz:
             raise Refused(f"program header {i} (type {p.type:#x}) overlaps {FATBIN_SECTION}")
+    return seg_i
 
-    data = memoryview(buf)[lo:hi]
+
+def tiled_containers(buf, sec: Shdr) -> list:
+    """The section's containers (fatbin.Container), which must tile it up to zero padding."""
+    data = memoryview(buf)[sec.offset:sec.offset + sec.size]
     try:
         containers = fatbin.parse_fatbin(data)
     except fatbin.FatbinError as exc:
         raise Refused(f"{FATBIN_SECTION}: {exc}") from None
     if not containers:
         raise Refused(f"{FATBIN_SECTION} holds no fat-binary container")
-    # the containers must tile the section (up to alignment padding of zeros)
     pos = 0
     for c in containers:
         off, length = container_span(c)
         if off < pos or any(data[pos:off]):
             raise Refused(f"unparsed bytes in {FATBIN_SECTION} at {pos:#x}")
-        if struct.unpack_from("<I", data, off)[0] != CONTAINER_MAGIC:
+        if struct.unpack_from("<I", data, off)[0] != fatbin.CONTAINER_MAGIC:
             raise Refused(f"container at {off:#x} has a bad magic")
         epos = off + c.header_size
         for e in c.entries:
@@ -347,25 +264,27 @@ def make_plan(path: Path, buf, targets: list[str], keep_ptx: bool) -> Plan | Non
         pos = off + length
     if any(data[pos:]):
         raise Refused(f"unparsed bytes at the end of {FATBIN_SECTION}")
-    starts = {container_span(c)[0]: c for c in containers}
+    return containers
 
-    # references into the fatbin: RELATIVE relocations (and the value stored at their offset)
-    referenced: set[int] = set()
-    reloc_refs = []  # (entry file offset, r_offset, old container offset)
+
+def find_references(elf: elfmini.ElfFile, sec: Shdr, starts: set[int]) -> References:
+    """Everything that points into .nv_fatbin: RELATIVE relocations (and the value stored at their
+    offset), the wrappers' data pointers, symbols. Each must point at a container's start."""
+    alo, ahi = sec.addr, sec.addr + sec.size
+    relocs, referenced = [], set()
     for at, r_offset, r_info, addend in elf.relas():
-        rtype = r_info & 0xFFFFFFFF
         if alo <= r_offset < ahi:
             raise Refused(f"a relocation applies inside {FATBIN_SECTION} (at {r_offset:#x})")
-        if rtype != R_X86_64_RELATIVE:
+        if r_info & 0xFFFFFFFF != R_X86_64_RELATIVE:
             continue
         if alo <= addend < ahi:
             rel = addend - alo
             if rel not in starts:
                 raise Refused(f"a relocation points inside {FATBIN_SECTION} at {addend:#x}, not at a container")
             referenced.add(rel)
-            reloc_refs.append((at, r_offset, rel))
-    wrappers = elf.wrappers()
-    for _slot, value, _version in wrappers:
+            relocs.append((at, r_offset, rel))
+    wraps = fatbin.wrappers(elf)  # FatbinError (a ValueError) for records it cannot read
+    for _slot, value, _version in wraps:
         if alo <= value < ahi:
             if value - alo not in starts:
                 raise Refused(f"a wrapper points inside {FATBIN_SECTION} at {value:#x}, not at a container")
@@ -377,70 +296,67 @@ def make_plan(path: Path, buf, targets: list[str], keep_ptx: bool) -> Plan | Non
             if not alo <= value <= ahi or (value - alo not in starts and value != ahi):
                 raise Refused(f"a symbol points inside {FATBIN_SECTION} at {value:#x}, not at a container")
             syms.append((at, value - alo))
-        elif alo <= value < ahi and shndx != 0xFFF1:
+        elif alo <= value < ahi and shndx != elfmini.SHN_ABS:
             raise Refused(f"a symbol of section {shndx} points inside {FATBIN_SECTION} at {value:#x}")
+    return References(relocs, wraps, syms, referenced)
 
-    # placement: kept entries compacted per container; orphans keep their bytes and address
+
+def place(containers: list, referenced: set[int], targets: list[str], keep_ptx: bool) -> tuple[list[Placed], int]:
+    """Kept entries compacted per container (8-byte aligned); containers nothing references
+    (orphans) keep their bytes and their address. Returns the placement and the new section size."""
     placed: list[Placed] = []
     cursor = 0
-    before: set[str] = set()
-    after: set[str] = set()
-    n_before = n_after = 0
     for c in containers:
         off, length = container_span(c)
-        n_before += len(c.entries)
-        before.update(entry_label(e) for e in c.entries)
         if off not in referenced:
             placed.append(Placed(off, off, c.header_size, list(c.entries), c, True, length))
             cursor = off + length
-            n_after += len(c.entries)
-            after.update(entry_label(e) for e in c.entries)
             continue
         kept_ids = {id(e) for e in fatbin.select(c.entries, targets, keep_ptx=keep_ptx)}
-        kept = [e for e in c.entries if id(e) in kept_ids]
-        new = (cursor + 7) & ~7
-        p = Placed(off, new, c.header_size, kept, c, False, length)
+        p = Placed(off, (cursor + 7) & ~7, c.header_size, [e for e in c.entries if id(e) in kept_ids], c, False,
+                   length)
         placed.append(p)
-        cursor = new + p.new_len
-        n_after += len(kept)
-        after.update(entry_label(e) for e in kept)
-    new_sec_size = cursor
-    moved = {p.old: p.new for p in placed}
-    moved_end = {sec.size: new_sec_size}
+        cursor = p.new + p.new_len
+    return placed, cursor
 
-    # the freed range [lo + new_sec_size, hi): cut whole pages out of it, after the program headers
-    seg_end = seg.offset + seg.filesz
-    split = seg_end > hi or seg.memsz > seg.filesz
+
+def page_cut(elf: elfmini.ElfFile, sec: Shdr, seg_i: int, new_sec_size: int) -> tuple[int | None, int]:
+    """(phdr_at, cut): `cut` bytes, whole pages, come out of the freed range [lo + new_sec_size, hi).
+    When the PT_LOAD holding .nv_fatbin goes on past it, that segment splits in two and the program
+    header table (one entry more) moves to `phdr_at`, 8-byte aligned after the compacted fatbin (the
+    old table, right after the ELF header, has no spare slot); the pages are cut after it. Else
+    `phdr_at` is None."""
+    lo, hi = sec.offset, sec.offset + sec.size
+    seg = elf.phdrs[seg_i]
+    split = seg.offset + seg.filesz > hi or seg.memsz > seg.filesz
     nph = len(elf.phdrs) + (1 if split else 0)
     phdr_at = (lo + new_sec_size + 7) & ~7 if split else None
     room_from = phdr_at + nph * PHDR_SIZE if split else lo + new_sec_size
-    cut = ((hi - room_from) // PAGE) * PAGE
-    if cut <= 0:
-        return Plan(path, len(buf), sec, placed, new_sec_size, seg_i, None, hi, 0, elf.phdrs,
-                    entries_before=n_before, entries_after=n_after, archs_before=sorted(before),
-                    archs_after=sorted(after))
-    cut_at = hi - cut
+    return phdr_at, ((hi - room_from) // PAGE) * PAGE
 
-    new_phdrs: list[Phdr] = []
+
+def program_headers(elf: elfmini.ElfFile, sec: Shdr, seg_i: int, new_sec_size: int, phdr_at: int | None,
+                    cut: int) -> list[Phdr]:
+    """The new program header table: the PT_LOAD holding .nv_fatbin ends after it (split: a second
+    PT_LOAD maps what followed it, and the table moves to `phdr_at`), later offsets move down by
+    `cut`, and every PT_LOAD gets p_align 0x1000. Raises Refused."""
+    lo, hi = sec.offset, sec.offset + sec.size
+    seg = elf.phdrs[seg_i]
+    nph = len(elf.phdrs) + (1 if phdr_at is not None else 0)
+    out: list[Phdr] = []
     for i, p in enumerate(elf.phdrs):
         q = Phdr(**p.__dict__)
         if i == seg_i:
-            if split:
-                head_end = phdr_at + nph * PHDR_SIZE
-                q.filesz = q.memsz = head_end - p.offset
-                q.align = PAGE
-                new_phdrs.append(q)
+            q.filesz = q.memsz = (phdr_at + nph * PHDR_SIZE if phdr_at is not None else lo + new_sec_size) - p.offset
+            q.align = PAGE
+            out.append(q)
+            if phdr_at is not None:
                 delta = hi - p.offset
-                tail = Phdr(PT_LOAD, p.flags, hi - cut, p.vaddr + delta, p.paddr + delta,
-                            p.filesz - delta, p.memsz - delta, PAGE)
-                new_phdrs.append(tail)
-            else:
-                q.filesz = q.memsz = lo + new_sec_size - p.offset
-                q.align = PAGE
-                new_phdrs.append(q)
+                out.append(Phdr(PT_LOAD, p.flags, hi - cut, p.vaddr + delta, p.paddr + delta, p.filesz - delta,
+                                p.memsz - delta, PAGE))
             continue
         if p.type == PT_PHDR:
-            if split:
+            if phdr_at is not None:
                 q.offset = phdr_at
                 q.vaddr = q.paddr = seg.vaddr + (phdr_at - seg.offset)
                 q.filesz = q.memsz = nph * PHDR_SIZE
@@ -453,35 +369,38 @@ def make_plan(path: Path, buf, targets: list[str], keep_ptx: bool) -> Plan | Non
                 q.align = PAGE
             elif q.align < PAGE and p.offset >= hi:
                 raise Refused(f"PT_LOAD {i} has p_align {p.align:#x} below a page")
-        new_phdrs.append(q)
-    new_loads = [p for p in new_phdrs if p.type == PT_LOAD]
-    if [p.vaddr for p in new_loads] != sorted(p.vaddr for p in new_loads):
+        out.append(q)
+    loads = [p for p in out if p.type == PT_LOAD]
+    if [p.vaddr for p in loads] != sorted(p.vaddr for p in loads):
         raise Refused("PT_LOAD entries are not sorted by address")
+    return out
 
-    plan = Plan(path, len(buf), sec, placed, new_sec_size, seg_i, phdr_at, cut_at, cut, new_phdrs,
-                entries_before=n_before, entries_after=n_after, archs_before=sorted(before),
-                archs_after=sorted(after))
 
-    # value patches, at original file offsets (all outside .nv_fatbin)
-    for at, r_offset, rel in reloc_refs:
+def value_patches(elf: elfmini.ElfFile, sec: Shdr, refs: References, moved: dict[int, int],
+                  moved_end: dict[int, int]) -> dict[int, int]:
+    """{original file offset: new u64 value} (all outside .nv_fatbin): relocation addends and the
+    values stored at their offsets, wrapper data pointers without a relocation, symbol values."""
+    lo, hi, alo = sec.offset, sec.offset + sec.size, sec.addr
+    patches: dict[int, int] = {}
+    for at, r_offset, rel in refs.relocs:
         new_addr = alo + moved[rel]
-        plan.patches[at + 16] = new_addr
-        slot = elf.vaddr_to_offset(r_offset, 8)
+        patches[at + 16] = new_addr
+        slot = file_offset(elf, r_offset, 8)
         stored = elf.u64(slot)
         if stored == alo + rel:
-            plan.patches[slot] = new_addr
+            patches[slot] = new_addr
         elif stored != 0:
             raise Refused(f"the value at {r_offset:#x} ({stored:#x}) disagrees with its relocation")
-    reloc_slots = {r for _a, r, _rel in reloc_refs}
-    for slot_addr, value, _version in wrappers:
-        if alo <= value < ahi and slot_addr not in reloc_slots:
-            plan.patches[elf.vaddr_to_offset(slot_addr, 8)] = alo + moved[value - alo]
-    for at, rel in syms:
-        plan.patches[at] = alo + (moved[rel] if rel in moved else moved_end[rel])
-    for off in plan.patches:
+    reloc_slots = {r for _a, r, _rel in refs.relocs}
+    for slot_addr, value, _version in refs.wrappers:
+        if alo <= value < alo + sec.size and slot_addr not in reloc_slots:
+            patches[file_offset(elf, slot_addr, 8)] = alo + moved[value - alo]
+    for at, rel in refs.symbols:
+        patches[at] = alo + (moved[rel] if rel in moved else moved_end[rel])
+    for off in patches:
         if lo <= off < hi:
             raise Refused("a patched value lies inside the fatbin")
-    return plan
+    return patches
 
 
 # -- writing ------------------------------------------------------------------------------------
@@ -543,7 +462,7 @@ def write_plan(plan: Plan, buf, src_fd: int, dst_fd: int) -> None:
     _write_all(dst_fd, bytes(end_of_padding - at))
     _copy_range(src_fd, dst_fd, plan.gap_end, plan.size)
     # headers and values
-    elf = Elf.read(buf)
+    elf = read_elf(buf)
     ehdr = list(elf.ehdr)
     if plan.phdr_at is not None:
         ehdr[5] = plan.phdr_at
@@ -552,7 +471,7 @@ def write_plan(plan: Plan, buf, src_fd: int, dst_fd: int) -> None:
         table = b"".join(p.pack() for p in plan.new_phdrs)
         os.pwrite(dst_fd, table, ehdr[5])
     ehdr[6] = plan.new_offset(ehdr[6])
-    os.pwrite(dst_fd, struct.pack(Elf.EHDR_FMT, *ehdr), 0)
+    os.pwrite(dst_fd, elfmini.EHDR.pack(*ehdr), 0)
     shdrs = []
     for s in elf.shdrs:
         q = Shdr(**s.__dict__)
@@ -570,11 +489,8 @@ def write_plan(plan: Plan, buf, src_fd: int, dst_fd: int) -> None:
 
 
 def _entry_digests(buf, base: int, c, entries) -> list[tuple[str, str]]:
-    out = []
-    for e in entries:
-        eo, el = entry_span(c, e)
-        out.append((entry_label(e), hashlib.sha256(buf[base + eo:base + eo + el]).hexdigest()))
-    return out
+    at = [(e.name, base + entry_span(c, e)[0], e.size) for e in entries]
+    return [(name, hashlib.sha256(buf[o:o + n]).hexdigest()) for name, o, n in at]
 
 
 def verify(orig_buf, new_buf, targets: list[str], keep_ptx: bool, plan: Plan) -> list[str]:
@@ -588,9 +504,9 @@ def verify(orig_buf, new_buf, targets: list[str], keep_ptx: bool, plan: Plan) ->
     the file shrank by exactly the planned whole pages.
     """
     problems: list[str] = []
-    old = Elf.read(orig_buf)
+    old = read_elf(orig_buf)
     try:
-        new = Elf.read(new_buf)
+        new = read_elf(new_buf)
     except Refused as exc:
         return [f"rewritten file does not parse: {exc}"]
     if len(new_buf) != len(orig_buf) - plan.cut or plan.cut % PAGE:
@@ -621,10 +537,9 @@ def verify(orig_buf, new_buf, targets: list[str], keep_ptx: bool, plan: Plan) ->
             continue
         if sn.type == SHT_NOBITS or not sn.size:
             continue
-        if sn.flags & 2:
-            try:
-                at = new.vaddr_to_offset(sn.addr, sn.size)
-            except Refused:
+        if sn.flags & elfmini.SHF_ALLOC:
+            at = new.vaddr_to_offset(sn.addr, sn.size)
+            if at is None:
                 problems.append(f"section {sn.name} at {sn.addr:#x} is not mapped by one PT_LOAD")
                 continue
             if at != sn.offset:
@@ -632,7 +547,7 @@ def verify(orig_buf, new_buf, targets: list[str], keep_ptx: bool, plan: Plan) ->
                 continue
         problems += _compare(orig_buf, so.offset, new_buf, sn.offset, sn.size, patched_new, sn.name)
     problems += _check_fatbin(old, new, targets, keep_ptx)
-    nsec = new.section(FATBIN_SECTION)
+    nsec = section(new, FATBIN_SECTION)
     _sec, ncont = _containers(new)
     for _at, value, shndx in new.symbols():
         if shndx == new.shdrs.index(nsec) and value - nsec.addr not in ncont and value != nsec.addr + nsec.size:
@@ -664,20 +579,20 @@ def _compare(a, ao: int, b, bo: int, size: int, allowed: list[int], name: str) -
     return []
 
 
-def _containers(elf: Elf):
-    sec = elf.section(FATBIN_SECTION)
+def _containers(elf: elfmini.ElfFile):
+    sec = section(elf, FATBIN_SECTION)
     data = memoryview(elf.buf)[sec.offset:sec.offset + sec.size]
     return sec, {container_span(c)[0]: c for c in fatbin.parse_fatbin(data)}
 
 
-def _pointers(elf: Elf) -> list[int]:
+def _pointers(elf: elfmini.ElfFile) -> list[int]:
     """The run-time data pointer of each wrapper: its RELATIVE addend if relocated, else the stored value."""
     addends = {}
     for _at, r_offset, r_info, addend in elf.relas():
         if r_info & 0xFFFFFFFF == R_X86_64_RELATIVE:
             addends[r_offset] = addend
     out = []
-    for slot, value, _version in elf.wrappers():
+    for slot, value, _version in fatbin.wrappers(elf):
         if slot in addends and value not in (0, addends[slot]):
             out.append(-1)  # stored value disagrees with relocation
         else:
@@ -685,7 +600,7 @@ def _pointers(elf: Elf) -> list[int]:
     return out
 
 
-def _check_fatbin(old: Elf, new: Elf, targets: list[str], keep_ptx: bool) -> list[str]:
+def _check_fatbin(old: elfmini.ElfFile, new: elfmini.ElfFile, targets: list[str], keep_ptx: bool) -> list[str]:
     problems = []
     osec, ocont = _containers(old)
     nsec, ncont = _containers(new)
@@ -769,30 +684,14 @@ def check_load(path: Path, env: dict | None = None) -> str | None:
         "bad=[n for n in names if not dlsym(lib._handle, n.encode())]\n"
         "print('unresolved: '+' '.join(bad[:5]) if bad else 'ok')\n"
     )
-    names = "\n".join(exported_symbols(path))
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        names = "\n".join(read_elf(buf).exported_symbols())  # the defined global/weak FUNC/OBJECT ones
     r = subprocess.run([sys.executable, "-c", code, str(path)], input=names, capture_output=True, text=True,
                        env=env, timeout=600)
     if r.returncode == 0 and r.stdout.strip() == "ok":
         return None
     msg = (r.stdout.strip() + " " + r.stderr.strip()).strip().splitlines()
     return msg[-1][:300] if msg else f"exit {r.returncode}"
-
-
-def exported_symbols(path: Path) -> list[str]:
-    """Names of the defined global/weak FUNC/OBJECT symbols in .dynsym."""
-    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        elf = Elf.read(buf)
-        dynsym = next((s for s in elf.shdrs if s.type == SHT_DYNSYM), None)
-        if dynsym is None:
-            return []
-        strtab = elf.shdrs[dynsym.link]
-        strs = bytes(buf[strtab.offset:strtab.offset + strtab.size])
-        out = []
-        for i in range(1, dynsym.size // 24):
-            name, info, _other, shndx, _value, _size = struct.unpack_from("<IBBHQQ", buf, dynsym.offset + 24 * i)
-            if shndx and shndx < 0xFF00 and (info >> 4) in (1, 2) and (info & 0xF) in (1, 2):
-                out.append(strs[name:strs.find(b"\0", name)].decode("ascii", "replace"))
-        return sorted(set(out))
 
 
 # -- one library, a tree ------------------------------------------------------------------------
@@ -855,7 +754,7 @@ def has_fatbin(path: Path) -> bool:
             if fh.read(4) != b"\x7fELF":
                 return False
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                return Elf.read(buf).section(FATBIN_SECTION) is not None
+                return section(read_elf(buf), FATBIN_SECTION) is not None
     except (OSError, ValueError, Refused, struct.error):
         return False
 
@@ -908,10 +807,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", type=Path, help="directory to rewrite (default: the config's site-packages)")
     ap.add_argument("--targets", help="comma-separated, e.g. sm_75,sm_86 (default: the config's)")
     ap.add_argument("--ptx", choices=["keep", "drop"], help="also keep the newest PTX (default: the config's)")
-    ap.add_argument("--stage", type=Path, help="merge the report into <stage>/etc/imagegen/prune-report.json")
+    ap.add_argument("--stage", type=Path, help=f"merge the report into <stage>/{contract.PRUNE_REPORT}")
     ap.add_argument("--no-dlopen", action="store_true", help="skip the dlopen check")
     args = ap.parse_args(argv)
     cfg = json.loads(args.config.read_text()) if args.config else {}
+    contract.check_config(cfg, "fatprune")
     archs = cfg.get("cuda_archs") or {}
     targets = args.targets.split(",") if args.targets else archs.get("targets") or []
     ptx = (args.ptx or archs.get("ptx") or "drop") == "keep"
@@ -931,14 +831,11 @@ def main(argv: list[str] | None = None) -> int:
         elif r["status"] in ("refused", "unchanged"):
             print(f"fatprune: {name}: {r['status']}: {r.get('reason', '')}", file=sys.stderr)
     if args.stage:
-        out = args.stage / "etc/imagegen/prune-report.json"
-        full = json.loads(out.read_text()) if out.exists() else {"rules": {}}
-        full.setdefault("rules", {})["cuda_archs"] = report
-        if "venv_bytes_after" in full:
-            full["venv_bytes_after"] -= report["bytes"]
+        out = args.stage / contract.PRUNE_REPORT
+        full = contract.merge_cuda_archs(json.loads(out.read_text()) if out.exists() else {"rules": {}}, report)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
-    print("IMAGEGEN-FATPRUNE-REPORT " + json.dumps(report, sort_keys=True))
+    print(contract.FATPRUNE_REPORT_MARK + json.dumps(report, sort_keys=True))
     return 0
 
 

@@ -8,7 +8,7 @@ install, so no layer holds the environment both with and without .pyc files.
 Also prepares GPU library links and the loader configuration (ld.so.conf.d) for the runtime.
 
 Writes <stage>/etc/imagegen/prune-report.json and prints it on one line prefixed with
-IMAGEGEN-PRUNE-REPORT so the build can show it.
+IMAGEGEN-PRUNE-REPORT so the build can show it (contract.py owns both names).
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-try:  # in the builder, elfmini.py sits next to this script; on the host it is a sibling module
-    from . import elfmini
+try:  # in the builder, its siblings sit next to this script; on the host they are sibling modules
+    from . import contract, elfmini
 except ImportError:
-    import elfmini
+    import contract  # type: ignore[no-redef]
+    import elfmini  # type: ignore[no-redef]
 
 ELF_MAGIC = elfmini.ELF_MAGIC
 
@@ -62,7 +63,7 @@ class Pruner:
         self.rules = cfg["rules"]
         self.globs = cfg["globs"]
         self.protect = cfg.get("protect", [])
-        self.stage = Path("/opt/imagegen-stage")  # main() sets the --stage directory
+        self.stage = Path(contract.STAGE_DIR)  # main() sets the --stage directory
         self.report: dict[str, dict] = {}
         self.gpu: dict = {}
 
@@ -323,6 +324,7 @@ def main() -> int:
     ap.add_argument("--stage", required=True, type=Path, help="files for the runtime root, copied as-is")
     args = ap.parse_args()
     cfg = json.loads(args.config.read_text())
+    contract.check_config(cfg, "prune")
     before = tree_size(args.venv)
     args.stage.mkdir(parents=True, exist_ok=True)
     pruner = Pruner(cfg, args.venv)
@@ -332,11 +334,11 @@ def main() -> int:
     after = tree_size(args.venv)
     result = {"cell": cfg["cell"], "venv_bytes_before": before, "venv_bytes_after": after, "rules": report,
               "gpu": gpu}
-    out = args.stage / "etc/imagegen/prune-report.json"
+    out = args.stage / contract.PRUNE_REPORT
     out.parent.mkdir(parents=True, exist_ok=True)
     # the file in the image holds no wall times (a layer must depend on its inputs only); the log line does
     out.write_text(json.dumps(without_timings(result), indent=2, sort_keys=True) + "\n")
-    print("IMAGEGEN-PRUNE-REPORT " + json.dumps(result, sort_keys=True))
+    print(contract.PRUNE_REPORT_MARK + json.dumps(result, sort_keys=True))
     return 0
 
 

@@ -194,7 +194,7 @@ def test_script_runs_standalone_and_merges_its_report(fatlib, tmp_path):
     path, orig = fatlib
     build = tmp_path / "build"
     build.mkdir()
-    for name in ("fatbin.py", "fatprune.py"):
+    for name in ("contract.py", "elfmini.py", "fatbin.py", "fatprune.py"):  # as render.builder_files copies them
         shutil.copy(ROOT / "imagegen/scripts" / name, build / name)
     stage = tmp_path / "stage"
     report = stage / "etc/imagegen/prune-report.json"
@@ -223,7 +223,7 @@ def test_stdlib_only():
     tree = ast.parse((ROOT / "imagegen/scripts/fatprune.py").read_text())
     mods = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     mods |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert mods <= set(sys.stdlib_module_names) | {"fatbin", "__future__"}
+    assert mods <= set(sys.stdlib_module_names) | {"contract", "elfmini", "fatbin", "__future__"}  # and its siblings
 
 
 def test_device_check_script_prunes_and_verifies_without_a_gpu(fatlib, tmp_path):

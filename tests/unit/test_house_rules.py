@@ -145,8 +145,8 @@ DATA_ALLOWED: set[str] = set()
 CACHE_ALLOWED: set[str] = set()
 LABELS_ALLOWED: set[str] = set()
 SETTINGS_ALLOWED: set[str] = set()
-FUNCTIONS_ALLOWED = {  # the aim: at most 3 (two state machines and fatprune's plan)
-    "savestream.fsview: apply_layers", "savestream.layers: read_save_stream", "scripts.fatprune: make_plan",
+FUNCTIONS_ALLOWED = {  # the aim: at most 3 (the save stream's and the overlay's state machines)
+    "savestream.fsview: apply_layers", "savestream.layers: read_save_stream",
 }
 
 
