@@ -11,6 +11,7 @@ from ..units import format_size as human
 from .categories import category_of
 from .packages import UNOWNED
 from .report import Analysis, display_path
+from .schema import AuditReport
 
 HIDDEN = "(hidden by later layers)"
 MAX_NODES = 6000
@@ -93,7 +94,7 @@ def _table(headers: list[str], rows: list[list], numeric: set[int] | None = None
     return f"<table><thead><tr>{h}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _tables(r: dict, top: int) -> str:
+def _tables(r: AuditReport, top: int) -> str:
     t = r["totals"]
     whole = t["layers"] or 1
     parts = [

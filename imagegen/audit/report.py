@@ -15,6 +15,7 @@ from ..savestream.layers import ImageScan, Rec
 from ..scripts.elfmini import strip_hazard
 from .categories import CATEGORIES, category_of, group_of, rule_for_file
 from .packages import UNOWNED, Ownership
+from .schema import AuditReport, Category, Layer, Waste
 
 SCHEMA = "imagegen.audit/1"
 
@@ -57,7 +58,7 @@ class Analysis:
     scan: ImageScan
     view: View
     own: Ownership
-    report: dict
+    report: AuditReport
 
     def file_rows(self):
         """(rec, category, package) per visible regular file."""
@@ -197,7 +198,7 @@ def analyze(scan: ImageScan, view: View, own: Ownership, *, image: str, image_id
     kernels = _kernels_report(t.kernel_libs)
     hidden_total = sum(h.rec.size for h in view.hidden)
     deleted = sum(h.rec.size for h in view.hidden if h.reason == "deleted")
-    report = {
+    report: AuditReport = {
         "schema": SCHEMA,
         "image": image, "id": image_id,
         "totals": {
@@ -252,9 +253,9 @@ def _problems(view: View, t: _Tally, extra: list[str] | None) -> tuple[list[str]
     return problems, loops
 
 
-def _layer_rows(scan: ImageScan, view: View, t: _Tally) -> tuple[list[dict], int, int | None]:
+def _layer_rows(scan: ImageScan, view: View, t: _Tally) -> tuple[list[Layer], int, int | None]:
     """(one row per layer, the layers' content bytes, their gzip bytes or None when one is unknown)."""
-    layers = []
+    layers: list[Layer] = []
     for i, ls in enumerate(scan.layers):
         h = scan.history[i] if i < len(scan.history) else {}
         layers.append({
@@ -271,8 +272,8 @@ def _layer_rows(scan: ImageScan, view: View, t: _Tally) -> tuple[list[dict], int
     return layers, sum(ls.content_bytes for ls in scan.layers), compressed
 
 
-def _category_rows(t: _Tally) -> list[dict]:
-    cats = []
+def _category_rows(t: _Tally) -> list[Category]:
+    cats: list[Category] = []
     for name, b in sorted(t.cat_bytes.items(), key=lambda kv: -kv[1]):
         c = CATEGORIES.get(name)
         cats.append({"name": name, "group": group_of(name), "bytes": b, "files": t.cat_files.get(name, 0),
@@ -303,7 +304,7 @@ def _package_sections(own: Ownership, t: _Tally) -> dict:
     return {"packages": pkgs, "managers": dict(mgr), "unowned": unowned}
 
 
-def _waste(view: View, t: _Tally, hidden_total: int, deleted: int) -> dict:
+def _waste(view: View, t: _Tally, hidden_total: int, deleted: int) -> Waste:
     top_hidden = heapq.nlargest(t.top, view.hidden, key=lambda h: h.rec.size)
     groups = sorted(t.dup_groups.items(), key=lambda kv: -kv[0][1] * (len(kv[1]) - 1))
     return {
@@ -371,7 +372,7 @@ def _kernels_report(libs: list) -> dict | None:
 # comparison
 
 
-def compare(a: dict, b: dict) -> dict:
+def compare(a: AuditReport, b: AuditReport) -> dict:
     def table(key: str, field: str, name_of) -> list[dict]:
         av = {name_of(x): x[field] for x in a[key]}
         bv = {name_of(x): x[field] for x in b[key]}
@@ -408,7 +409,7 @@ def _pkg_table(pa: list[dict], pb: list[dict]) -> list[dict]:
 # gates
 
 
-def check_gates(report: dict, *, max_size: int | None = None, max_wasted: int | None = None,
+def check_gates(report: AuditReport, *, max_size: int | None = None, max_wasted: int | None = None,
                 max_cats: dict[str, int] | None = None) -> list[str]:
     """Reasons the report breaches its limits (empty = pass)."""
     from ..units import format_size as human
@@ -428,7 +429,7 @@ def check_gates(report: dict, *, max_size: int | None = None, max_wasted: int | 
     return reasons
 
 
-def category_bytes(report: dict, name: str) -> int:
+def category_bytes(report: AuditReport, name: str) -> int:
     """Bytes of a category ('cuda:cudnn') or of a group of categories ('cuda', 'docs', 'caches')."""
     return sum(c["bytes"] for c in report["categories"] if c["name"] == name or
                (c["group"] == name and c["name"] != name))

@@ -7,6 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..units import format_size as human
+from .schema import AuditReport
 
 
 def _pct(part: int, whole: int) -> str:
@@ -21,7 +22,7 @@ def _t(title: str) -> Table:
     return Table(title=title, title_justify="left", title_style="bold", show_edge=False, pad_edge=False)
 
 
-def print_report(report: dict, console: Console, *, top: int = 20) -> None:
+def print_report(report: AuditReport, console: Console, *, top: int = 20) -> None:
     """The audit report as tables on `console`: totals, layers, categories, packages, waste, top files and
     directories, CUDA kernels, suggestions, notes."""
     r = report
@@ -51,7 +52,7 @@ def print_report(report: dict, console: Console, *, top: int = 20) -> None:
         console.print(Text(f"note: {p}", style="yellow"))
 
 
-def _layers(r: dict, console: Console, top: int) -> None:
+def _layers(r: AuditReport, console: Console, top: int) -> None:
     lt = _t("Layers")
     for col in ("#", "size", "compressed", "still visible", "hidden later", "removes below", "created by"):
         lt.add_column(col, justify="right" if col not in ("created by",) else "left", no_wrap=col != "created by")
@@ -64,7 +65,7 @@ def _layers(r: dict, console: Console, top: int) -> None:
     console.print()
 
 
-def _categories(r: dict, console: Console, top: int) -> None:
+def _categories(r: AuditReport, console: Console, top: int) -> None:
     t = r["totals"]
     whole = r["totals"]["layers"]
     ct = _t("Categories (they add up to the total)")
@@ -80,7 +81,7 @@ def _categories(r: dict, console: Console, top: int) -> None:
     console.print()
 
 
-def _packages(r: dict, console: Console, top: int) -> None:
+def _packages(r: AuditReport, console: Console, top: int) -> None:
     whole = r["totals"]["layers"]
     pt = _t(f"Packages (top {top})")
     for col, j in (("package", "left"), ("version", "left"), ("bytes", "right"), ("share", "right"),
@@ -101,7 +102,7 @@ def _packages(r: dict, console: Console, top: int) -> None:
     console.print()
 
 
-def _waste(r: dict, console: Console, top: int) -> None:
+def _waste(r: AuditReport, console: Console, top: int) -> None:
     w = r["waste"]
     if w["top_hidden"] or w["duplicate_groups"]:
         wt = _t("Waste")
@@ -115,7 +116,7 @@ def _waste(r: dict, console: Console, top: int) -> None:
         console.print()
 
 
-def _files_and_dirs(r: dict, console: Console, top: int) -> None:
+def _files_and_dirs(r: AuditReport, console: Console, top: int) -> None:
     ft = _t(f"Top {top} files")
     for col, j in (("bytes", "right"), ("path", "left"), ("category", "left"), ("package", "left")):
         ft.add_column(col, justify=j)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -16,6 +16,9 @@ from ..errors import GateFailed, UserInputError
 from ..units import parse_size
 from . import userpaths
 from .app import MatrixOpt, app, load_matrix
+
+if TYPE_CHECKING:
+    from ..audit.schema import AuditReport
 
 
 def _trace_variant(matrix: Path, selector: str) -> tuple[str, list[str]]:
@@ -155,7 +158,7 @@ def _write_html(a, html: Path, top: int) -> None:
         raise UserInputError(f"cannot write {html}: {exc.strerror or exc}") from None
 
 
-def _show(report: dict, other: dict | None, *, json_out: bool, top: int) -> None:
+def _show(report: AuditReport, other: AuditReport | None, *, json_out: bool, top: int) -> None:
     """The report (or IMAGE against IMAGE_B) as JSON or text on stdout."""
     from ..audit.report import compare
 

@@ -73,11 +73,14 @@ def list_cells(
 def schema(
     out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write to this file instead of stdout.",
                                                      callback=userpaths.output_file)] = None,
+    of: Annotated[str, typer.Option("--of", help="Which document: matrix (matrix.yaml, for editor completion), "
+                                    "audit (audit --json), publish-report, scan-report, test-record, "
+                                    "build-record.")] = "matrix",
 ) -> None:
-    """The JSON Schema of matrix.yaml, for editor completion (yaml-language-server)."""
-    from ..matrix import json_schema
+    """The JSON Schema of matrix.yaml (default) or of a document imagegen writes (committed in schemas/)."""
+    from ..schemas import schema as schema_of
 
-    text = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+    text = json.dumps(schema_of(of), indent=2, sort_keys=True) + "\n"
     if out_file:
         out_file.parent.mkdir(parents=True, exist_ok=True)
         out_file.write_text(text)

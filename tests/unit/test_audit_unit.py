@@ -126,6 +126,15 @@ def ground_report(ground):
     return audit(tarball=ground[0]).report
 
 
+def test_the_report_is_its_schema(ground_report):
+    """Every key and type of a real report is in imagegen.audit.schema (schemas/audit.schema.json)."""
+    from pydantic import TypeAdapter
+
+    from imagegen.audit.schema import AuditReport
+
+    TypeAdapter(AuditReport).validate_python(ground_report, strict=True)
+
+
 def test_deleted_big_file_is_exact_waste(ground_report):
     w = ground_report["waste"]
     assert w["deleted"] == MB10 + 111 + 222

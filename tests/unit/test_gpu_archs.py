@@ -153,6 +153,10 @@ def test_audit_reports_kernels_per_arch_per_library(tmp_path):
     assert "CUDA kernels by GPU architecture" in text and "unreadable" in text and "sm_75" in text
     from imagegen.audit.html import _tables
     assert "CUDA kernels by GPU architecture" in _tables(rep, 20)
+    from pydantic import TypeAdapter
+
+    from imagegen.audit.schema import AuditReport
+    TypeAdapter(AuditReport).validate_python(rep, strict=True)  # unreadable libraries and narrower targets too
 
 
 def test_audit_shows_kernels_embedded_in_data_sections(tmp_path):
@@ -178,6 +182,10 @@ def test_audit_shows_kernels_embedded_in_data_sections(tmp_path):
     assert f"{human(len(emb))} embedded in data sections" in con.export_text()
     from imagegen.audit.html import _tables
     assert "embedded in data sections" in _tables(rep, 20)
+    from pydantic import TypeAdapter
+
+    from imagegen.audit.schema import AuditReport
+    TypeAdapter(AuditReport).validate_python(rep, strict=True)  # the CUDA kernels section is in the schema
 
 
 def test_onnxruntime_gpu_cell_counts_cufft_embedded_kernels():

@@ -86,6 +86,10 @@ def test_clean_debian_image_sbom_and_secrets(image, tmp_path):
     cell, archive = image(DEBIAN)
     r = trivy.scan_cell(cell, tmp_path, trivy.Options(cache_dir=tmp_path / "cache"), vuln=False, archive=archive)
     assert r.problems == [] and r.secrets == []
+    from pydantic import TypeAdapter
+
+    from imagegen.schemas import ScanReport
+    TypeAdapter(ScanReport).validate_json(json.dumps(r.as_dict()))  # schemas/scan-report.schema.json
     assert r.sbom.os.startswith("debian") and r.sbom.packages["deb"] == {"libc6==2.36-9+deb12u13"}
     assert json.loads((tmp_path / f"sbom-{cell.id}.cdx.json").read_text())["bomFormat"] == "CycloneDX"
 

@@ -1,0 +1,156 @@
+"""The JSON Schemas of the documents imagegen writes for other programs: the matrix it reads, the audit
+report (`audit --json`), and the reports of a release (`reports/publish.json`, `reports/scan-<cell>.json`,
+test records and build records under the cache). Generated from the types that write them (pydantic),
+committed under `schemas/` (the matrix's as `matrix.schema.json`), kept in step by a unit test, and
+printed by `imagegen schema --of NAME`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from pydantic import ConfigDict, TypeAdapter, with_config
+from typing_extensions import TypedDict
+
+from .errors import UserInputError
+from .publish import AliasResult
+from .sbomfilter import Dropped
+from .secretscan import Secret
+from .trivy import Finding
+from .vulndb import DbInfo
+
+BASE_ID = "https://github.com/imagegen/imagegen/schemas/"
+
+_closed = with_config(ConfigDict(extra="forbid"))
+
+
+@_closed
+class PublishOptions(TypedDict, total=False):
+    skip_test_check: bool
+    replace: bool
+    allow_alias_downgrade: bool
+
+
+@_closed
+class PublishedImage(TypedDict):
+    """One target of `reports/publish.json` (publish.Published, without `dry_run`)."""
+    cell: str
+    ref: str
+    digest: Optional[str]
+    aliases: list[AliasResult]
+    compressed_size: Optional[int]
+    image_id: str
+    config_digest: Optional[str]
+    local_config_digest: str
+    pushed: bool
+    tested: bool
+    tag: str
+    status: str
+    verified: bool
+    media_type: Optional[str]
+    attempts: int
+    error: Optional[str]
+    previous: Optional[str]
+    image_digest: Optional[str]
+    attestations: list[dict[str, Any]]
+    signature: Optional[str]
+
+
+@_closed
+class PublishReport(TypedDict):
+    """`reports/publish.json` (schema imagegen.publish/2; publish.write_report)."""
+    schema: str
+    time: str
+    exit_code: int
+    error: Optional[str]
+    options: PublishOptions
+    images: list[PublishedImage]
+
+
+@_closed
+class SecretAllowEntry(TypedDict):
+    file: str
+    entry: str
+    rule: Optional[str]
+    path: Optional[str]
+    reason: str
+    expires: str
+
+
+@_closed
+class UnusedIgnore(TypedDict):
+    id: str
+    reason: str
+    expires: str
+    package: Optional[str]
+
+
+@_closed
+class ScanReport(TypedDict):
+    """`reports/scan-<cell>.json` (trivy.CellScan.as_dict); the vulnerability keys are null under --no-vuln."""
+    image: str
+    target: str
+    image_id: Optional[str]
+    sbom: Optional[str]
+    os: Optional[str]
+    packages: dict[str, int]
+    dropped: list[Dropped]
+    secrets: list[Secret]
+    secret_allow_expired: list[SecretAllowEntry]
+    secret_allow_unused: list[SecretAllowEntry]
+    vulnerabilities: Optional[list[Finding]]
+    vulnerabilities_dropped: Optional[list[Finding]]
+    unused_ignores: Optional[list[UnusedIgnore]]
+    vuln_db: Optional[DbInfo]
+    problems: list[str]
+    warnings: list[str]
+
+
+def _matrix() -> dict:
+    from .matrix import json_schema
+
+    return json_schema()
+
+
+def _audit() -> dict:
+    from .audit.schema import AuditReport
+
+    return TypeAdapter(AuditReport).json_schema()
+
+
+def _of(t: Any) -> Callable[[], dict]:
+    return lambda: TypeAdapter(t).json_schema()
+
+
+def _records(module: str, cls: str) -> Callable[[], dict]:
+    def make() -> dict:
+        import importlib
+
+        return TypeAdapter(getattr(importlib.import_module(f"imagegen.{module}"), cls)).json_schema()
+    return make
+
+
+#: name -> (file under the repository, title, generator)
+DOCUMENTS: dict[str, tuple[str, str, Callable[[], dict]]] = {
+    "matrix": ("matrix.schema.json", "", _matrix),
+    "audit": ("schemas/audit.schema.json", "imagegen audit --json (imagegen.audit/1)", _audit),
+    "publish-report": ("schemas/publish-report.schema.json", "reports/publish.json (imagegen.publish/2)",
+                       _of(PublishReport)),
+    "scan-report": ("schemas/scan-report.schema.json", "reports/scan-<cell>.json", _of(ScanReport)),
+    "test-record": ("schemas/test-record.schema.json", "test record (imagegen.test-record/2)",
+                    _records("testrecord", "TestRecord")),
+    "build-record": ("schemas/build-record.schema.json", "build record (imagegen.build/1)",
+                     _records("provenance", "BuildRecord")),
+}
+
+
+def schema(name: str) -> dict:
+    """The JSON Schema of document `name` (a key of DOCUMENTS). UserInputError for another name."""
+    if name not in DOCUMENTS:
+        raise UserInputError(f"no schema {name!r}; known: {', '.join(DOCUMENTS)}")
+    path, title, make = DOCUMENTS[name]
+    doc = make()
+    if name != "matrix":  # the matrix's keeps the $id and title it has always had
+        doc = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": BASE_ID + path.split("/")[-1],
+               "title": title, **{k: v for k, v in doc.items() if k != "title"}}
+    return doc
