@@ -242,17 +242,51 @@ def bases(data_dir: Path = DATA) -> dict[str, BaseSpec]:
     return {name: BaseSpec.model_validate(spec) for name, spec in raw.items()}
 
 
-@functools.lru_cache(maxsize=None)
-def flavors(data_dir: Path = DATA) -> dict[str, dict]:
-    """What each flavor means (flavors.yaml): {flavor: {description, runtime_role, slimming,
-    policy}}. The contents policy the image tests enforce comes from here only."""
-    return _load_yaml(data_dir / "flavors.yaml")
+class Flavor(_Model):
+    """One flavor of flavors.yaml: what its images are for, the base role its runtime stage uses, HOME in
+    the image, its default slimming switches and the contents policy its image tests enforce."""
+    description: str
+    runtime_role: Literal["runtime", "dev"]
+    home: str | None = None
+    slimming: dict[str, bool | str]
+    policy: dict[str, bool] = Field(default_factory=dict)
+
+
+class GpuData(_Model):
+    """gpus.yaml: NVIDIA's x86_64 compute capabilities (sm_XX -> GPUs, from NVIDIA's "CUDA GPUs - Compute
+    Capability" table), the container share below which an entry is a stray object, and the libraries
+    that only some operations load (glob -> what they are)."""
+    compute_capabilities: dict[str, str]
+    min_container_share: float = Field(gt=0, lt=1)
+    feature_libraries: dict[str, str] = Field(default_factory=dict)
+
+
+def _validated(model, path: Path):
+    """The data file at `path` through `model`; UserInputError naming the file and the first problem."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(_load_yaml(path))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UserInputError(f"{path}: {'.'.join(str(x) for x in first['loc'])}: {first['msg']}") from None
 
 
 @functools.lru_cache(maxsize=None)
-def prune_rules(data_dir: Path = DATA) -> dict:
+def flavors(data_dir: Path = DATA) -> dict[str, Flavor]:
+    """What each flavor means (flavors.yaml): {flavor: Flavor}. The contents policy the image tests
+    enforce comes from here only."""
+    from pydantic import RootModel
+
+    return _validated(RootModel[dict[str, Flavor]], data_dir / "flavors.yaml").root
+
+
+@functools.lru_cache(maxsize=None)
+def prune_rules(data_dir: Path = DATA) -> dict[str, list[str]]:
     """The paths each slimming rule removes (prune.yaml): {rule: [glob, ...], "protect": [glob, ...]}."""
-    return _load_yaml(data_dir / "prune.yaml")
+    from pydantic import RootModel
+
+    return _validated(RootModel[dict[str, list[str]]], data_dir / "prune.yaml").root
 
 
 @functools.lru_cache(maxsize=None)
@@ -264,8 +298,10 @@ def build_tools(data_dir: Path = DATA) -> tuple[str, ...]:
 @functools.lru_cache(maxsize=None)
 def gpus(data_dir: Path = DATA) -> dict:
     """NVIDIA's GPUs and their compute capabilities, the container share rule and the feature
-    libraries (gpus.yaml): {compute_capabilities: {...}, min_container_share, feature_libraries}."""
-    return _load_yaml(data_dir / "gpus.yaml")
+    libraries (gpus.yaml, checked through :class:`GpuData`): {compute_capabilities: {...},
+    min_container_share, feature_libraries} (a plain dict: bench/gpu_archs_on_device.py supplies the same
+    shape where no YAML reader is installed)."""
+    return _validated(GpuData, data_dir / "gpus.yaml").model_dump()
 
 
 @functools.lru_cache(maxsize=None)

@@ -142,7 +142,7 @@ class Cell:
 
     @property
     def runtime_role(self) -> str:
-        return compat.flavors()[self.flavor]["runtime_role"]
+        return compat.flavors()[self.flavor].runtime_role
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -686,7 +686,7 @@ def _replace(cell: Cell, **changes: Any) -> Cell:
 
 
 def _slim_rules(m: Matrix, override: dict[str, Any] | None, flavor: str) -> SlimRules:
-    values = dict(compat.flavors()[flavor]["slimming"])
+    values = dict(compat.flavors()[flavor].slimming)
     values.update(m.file.defaults.slimming.model_dump(exclude_none=True) if flavor == "slim" else {})
     values.update(override or {})
     return SlimRules(**values)

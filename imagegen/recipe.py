@@ -164,7 +164,7 @@ def _runtime_env(cell: Cell) -> tuple[tuple[str, str], ...]:
     env = [
         ("PATH", f"{VENV}/bin:/usr/local/bin:/usr/bin:/bin"),
         ("VIRTUAL_ENV", VENV),
-        ("HOME", compat.flavors()[cell.flavor].get("home") or f"/home/{USER['name']}"),
+        ("HOME", compat.flavors()[cell.flavor].home or f"/home/{USER['name']}"),
         ("LANG", "C.UTF-8"),
         ("PYTHONUNBUFFERED", "1"),
     ]

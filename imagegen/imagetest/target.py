@@ -139,7 +139,7 @@ def policy_for(flavor: str, slimming: dict[str, Any] | None = None) -> dict[str,
     if flavor not in known:
         raise UserInputError(f"unknown flavor {flavor!r} (imagegen/data/flavors.yaml defines "
                              f"{', '.join(sorted(known))})")
-    declared = known[flavor].get("policy") or {}
+    declared = known[flavor].policy
     base = {name: bool(declared.get(name, False)) for name in POLICY_RULES}
     s = slimming or {}
     switch = {  # slimming key -> policy rules it governs
