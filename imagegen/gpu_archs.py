@@ -26,14 +26,15 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from .labels import CUDA_ARCHS
 from .scripts import fatbin as fb
 
-if TYPE_CHECKING:  # annotations only: at run time this module sits below lockfile and matrix
-    from .lockfile import Lock
+if TYPE_CHECKING:  # annotations only: at run time this module sits below lockfile and matrix (and runs
+    from .lockfile import Lock  # without pydantic on the device machine: bench/gpu_archs_on_device.py)
     from .matrix import Cell
+    from .schemas import KernelFacts, LibraryFacts
 
 FORMAT = 2     # 2: embedded containers (embedded_*), kernel_containers, LTO-IR entries (lto_XX)
 LABEL = CUDA_ARCHS
@@ -61,7 +62,7 @@ parse_name = fb.parse_name      # 'sm_90a' -> ('sass', 90, 'a'); 'compute_70' ->
 
 # ---- facts of one library / wheel ----------------------------------------------------------------
 
-def library_facts(lib, wheel: str = "") -> dict[str, Any]:
+def library_facts(lib, wheel: str = "") -> LibraryFacts:
     """JSON-able facts of one `cuda_kernels.LibraryKernels` (bytes are decimal counts).
     `.nv_fatbin`: fatbin_bytes, containers, kernel_containers (those holding SASS or PTX, the
     share's denominator), bytes / containers_by_arch per entry name; the containers embedded in
@@ -121,7 +122,7 @@ def facts_path(lock_path: Path) -> Path:
     return Path(lock_path).with_name(Path(lock_path).name.removesuffix(".txt") + ".cuda.json")
 
 
-def lock_facts(lock: "Lock", wheel_paths: dict[str, Path]) -> dict | None:
+def lock_facts(lock: "Lock", wheel_paths: dict[str, Path]) -> KernelFacts | None:
     """Facts of the lock's wheels that ship CUDA kernels (None if none does). wheel_paths: sha -> file."""
     wheels = {}
     scanned = []
@@ -182,7 +183,7 @@ def cached_wheel_paths(lock: "Lock") -> dict[str, Path]:
     return out
 
 
-def ensure_facts(lock: "Lock", lock_path: Path, wheel_paths: dict[str, Path] | None = None) -> dict | None:
+def ensure_facts(lock: "Lock", lock_path: Path, wheel_paths: dict[str, Path] | None = None) -> KernelFacts | None:
     """The lock's facts: the committed file when it matches the lock, else computed from the wheels
     (the given paths, or those in the cache) and written next to the lock. None when the binary
     wheels are neither described nor cached (a fresh clone before `imagegen lock`/`fetch`)."""
@@ -203,7 +204,7 @@ def _complete(lock: "Lock", facts: dict) -> bool:
     return all(w.sha256 in scanned for w in lock.wheels if _binary(w.filename))
 
 
-def read_facts(lock_path: Path) -> dict | None:
+def read_facts(lock_path: Path) -> KernelFacts | None:
     path = facts_path(lock_path)
     if not path.exists():
         return None

@@ -106,6 +106,45 @@ class ScanReport(TypedDict):
     warnings: list[str]
 
 
+@_closed
+class LibraryFacts(TypedDict):
+    """The CUDA kernels of one library in a wheel (gpu_archs.library_facts): sizes in bytes, counts of
+    fat-binary containers, per entry name (sm_XX, compute_XX, lto_XX); `kept_bytes`: what the `.nv_fatbin`
+    keeps when pruned to one GPU; the empty dicts and `warning` for a library that could not be read."""
+    path: str
+    wheel: str
+    size: int
+    fatbin_bytes: int
+    containers: int
+    kernel_containers: int
+    embedded_bytes: int
+    embedded_containers: int
+    embedded_kernel_containers: int
+    embedded_bytes_by_arch: dict[str, int]
+    embedded_containers_by_arch: dict[str, int]
+    compressed_bytes: int
+    bytes: dict[str, int]
+    containers_by_arch: dict[str, int]
+    kept_bytes: dict[str, int]
+    warning: Optional[str]
+
+
+@_closed
+class WheelFacts(TypedDict):
+    sha256: str
+    libraries: list[LibraryFacts]
+
+
+@_closed
+class KernelFacts(TypedDict):
+    """locks/<cell>.cuda.json (format 2; gpu_archs.lock_facts): the kernel facts of a lock's wheels, by pin."""
+    format: int
+    cell: str
+    generated_by: str
+    scanned: list[str]  # sha256 of every binary wheel scanned, with kernels or not
+    wheels: dict[str, WheelFacts]
+
+
 def _matrix() -> dict:
     from .matrix import json_schema
 
@@ -137,6 +176,7 @@ DOCUMENTS: dict[str, tuple[str, str, Callable[[], dict]]] = {
     "publish-report": ("schemas/publish-report.schema.json", "reports/publish.json (imagegen.publish/2)",
                        _of(PublishReport)),
     "scan-report": ("schemas/scan-report.schema.json", "reports/scan-<cell>.json", _of(ScanReport)),
+    "kernel-facts": ("schemas/kernel-facts.schema.json", "locks/<cell>.cuda.json (format 2)", _of(KernelFacts)),
     "test-record": ("schemas/test-record.schema.json", "test record (imagegen.test-record/2)",
                     _records("testrecord", "TestRecord")),
     "build-record": ("schemas/build-record.schema.json", "build record (imagegen.build/1)",

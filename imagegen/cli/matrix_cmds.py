@@ -74,7 +74,7 @@ def schema(
     out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write to this file instead of stdout.",
                                                      callback=userpaths.output_file)] = None,
     of: Annotated[str, typer.Option("--of", help="Which document: matrix (matrix.yaml, for editor completion), "
-                                    "audit (audit --json), publish-report, scan-report, test-record, "
+                                    "audit (audit --json), publish-report, scan-report, kernel-facts, test-record, "
                                     "build-record.")] = "matrix",
 ) -> None:
     """The JSON Schema of matrix.yaml (default) or of a document imagegen writes (committed in schemas/)."""

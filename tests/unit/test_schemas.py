@@ -48,3 +48,11 @@ def test_records_are_valid():
     build = BuildRecord(cell="paddle:3.3.1-cpu-slim", image_id="sha256:" + "a" * 64, config_digest="sha256:" + "a" * 64,
                         inputs_digest="sha256:" + "b" * 64, revision="abc", source="https://x", source_date_epoch=1)
     TypeAdapter(BuildRecord).validate_json(json.dumps(asdict(build)))
+
+
+def test_committed_kernel_facts_are_valid():
+    """Every locks/<cell>.cuda.json is a KernelFacts (schemas/kernel-facts.schema.json), strictly."""
+    facts = sorted((ROOT / "locks").glob("*.cuda.json"))
+    assert facts
+    for path in facts:
+        TypeAdapter(schemas.KernelFacts).validate_json(path.read_text(), strict=True)
