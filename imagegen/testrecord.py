@@ -106,7 +106,7 @@ def record_summary(summary, image_ids: dict[str, tuple[str, str, str | None]]) -
     if summary.exit_code not in (0, 1, 5):  # pytest itself broke: no result is trustworthy
         return written
     for name, (image_id, cell, digest) in image_ids.items():
-        results = [r for r in summary.results if r.image == name]
+        results = [r for r in summary.results if r.image in (name, "")]  # "": a check module for every image
         if not results or any(r.outcome in ("failed", "error") for r in results):
             continue
         written.append(write(image_id, cell, digest, passed=sum(r.outcome == "passed" for r in results),

@@ -8,7 +8,8 @@ set -euo pipefail
 # may have none). Otherwise run this script again through sudo.
 if [[ "$(id -u)" -ne 0 ]]; then
   command -v sudo >/dev/null || { echo "$(basename "$0"): run as root (sudo is not installed)" >&2; exit 1; }
-  exec sudo --preserve-env=IMAGEGEN_CACHE,IMAGEGEN_PYTHON,PIP_CERT,PIP_INDEX_URL bash "$0" "$@"
+  keep=$(compgen -e | grep -E '^(IMAGEGEN_|PIP_|DOCKER_HOST$|SOURCE_DATE_EPOCH$)' | paste -sd, -)  # every setting
+  exec sudo ${keep:+--preserve-env="$keep"} bash "$0" "$@"
 fi
 cd "$(dirname "$0")/.."
 variant="${1:-paddle:3.3.1-cpu-slim}"

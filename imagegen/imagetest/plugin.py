@@ -40,6 +40,16 @@ def pytest_runtest_logreport(report) -> None:
         r["message"] = _message(report)
 
 
+def pytest_collectreport(report) -> None:
+    """A check module that skipped or failed while it was collected (`pytest.skip(allow_module_level=True)`,
+    `importorskip`, an import error) ran for no image: recorded for every image (`image` ""), so the
+    skip rule and the test records see it."""
+    if report.skipped or report.failed:
+        _results[report.nodeid] = {
+            "nodeid": report.nodeid, "image": "", "check": report.nodeid, "seconds": 0.0, "properties": {},
+            "outcome": "skipped" if report.skipped else "error", "message": _message(report)}
+
+
 def pytest_sessionfinish(session, exitstatus) -> None:
     path = settings.TEST_RESULTS.value()
     if path:

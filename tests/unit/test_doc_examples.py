@@ -174,9 +174,11 @@ def test_scripts_rerun_through_sudo_only_when_not_root(tmp_path):
     for f in fake.iterdir():
         f.chmod(0o755)
     (tmp_path / "pre.sh").write_text(preamble)
-    env = {"PATH": f"{fake}:/usr/bin:/bin"}
+    env = {"PATH": f"{fake}:/usr/bin:/bin", "IMAGEGEN_CACHE": "/c", "IMAGEGEN_TEST_MEMORY": "4g", "PIP_CERT": "/ca"}
     res = subprocess.run(["bash", str(tmp_path / "pre.sh"), "-k", "x"], capture_output=True, text=True, env=env)
     assert res.stdout.startswith("sudo-called --preserve-env=") and res.stdout.rstrip().endswith("-k x"), res
+    kept = set(res.stdout.split()[1].split("=", 1)[1].split(","))
+    assert kept == {"IMAGEGEN_CACHE", "IMAGEGEN_TEST_MEMORY", "PIP_CERT"}, res  # every setting goes through sudo
     (fake / "id").write_text("#!/bin/sh\necho 0\n")
     (fake / "sudo").unlink()  # root with no sudo installed
     res = subprocess.run(["bash", str(tmp_path / "pre.sh")], capture_output=True, text=True, env=env)

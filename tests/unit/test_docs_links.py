@@ -143,3 +143,11 @@ def test_every_docs_page_is_linked_from_the_readme():
     linked = {(ROOT / t.partition("#")[0]).resolve() for _, _, t in links(README) if _relative(t) and t}
     missing = [p.name for p in DOCS[1:] if p.resolve() not in linked]
     assert not missing, f"docs pages the README does not link: {missing}"
+
+
+def test_the_command_reference_is_generated_from_the_code():
+    """docs/cli.md lists every command, argument and option as the code defines them."""
+    from imagegen.cli import reference
+
+    assert (ROOT / "docs" / "cli.md").read_text() == reference.markdown(), \
+        "docs/cli.md is stale: python -m imagegen.cli.reference > docs/cli.md"

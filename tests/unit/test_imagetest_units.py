@@ -302,3 +302,17 @@ def test_an_unallowed_skip_fails_the_run_and_writes_no_record(tmp_path, monkeypa
     s = Summary(police_skips(hidden), exit_code=0)
     assert not s.ok and s.failed == 1 and testrecord.record_summary(s, ids) == []
     assert not list(tmp_path.rglob("*.json"))
+
+
+def test_a_check_module_skipped_at_collection_blocks_every_record(tmp_path, monkeypatch):
+    """A module-level skip (no result for any image) is recorded for every image: outside the allowed
+    reasons it is an error, and no image of the run gets a record."""
+    from imagegen import testrecord
+    from imagegen.imagetest.runner import CheckResult, Summary, police_skips
+
+    monkeypatch.setenv("IMAGEGEN_CACHE", str(tmp_path))
+    ids = {"img": ("sha256:" + "a" * 64, "paddle:3.3.1-cpu-slim", "sha256:" + "b" * 64)}
+    results = [CheckResult("img", "smoke", "passed", 1.0),
+               CheckResult("", "checks/test_hardening.py", "skipped", 0.0, "could not import 'testinfra'")]
+    s = Summary(police_skips(results), exit_code=0)
+    assert not s.ok and testrecord.record_summary(s, ids) == []
