@@ -8,16 +8,19 @@ it into the Dockerfile and prune.json, `pipeline` stages what it names, `testrun
 image suite's target and `gpu_archs` reads which libraries the image keeps; none works it out again.
 
 Facts come from imagegen/data/ (through compat) and the cell; nothing here reads the engine or the
-network. :func:`of` is cheap (compat caches the data files): callers compute a recipe once and pass
-it on rather than keep a global cache, so the mutable dicts in it are never shared between callers.
+network. :func:`of` computes a cell's recipe once and returns the same read-only object after that
+(its mappings are MappingProxyType, its lists tuples), keyed by the cell and its base's definition.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from . import compat, labels
@@ -70,18 +73,18 @@ class Recipe:
     cell: Cell
     site_packages: str
     runtime_env: tuple[tuple[str, str], ...]
-    rules: dict[str, Any]  # the slimming switches prune.py reads (`ptx` is fatprune's: see kernel_targets)
-    globs: dict[str, list[str]]  # every path rule's globs: prune.yaml's, then the framework's inference_prune
+    rules: Mapping[str, Any]  # the slimming switches prune.py reads (`ptx` is fatprune's: see kernel_targets)
+    globs: Mapping[str, tuple[str, ...]]  # every path rule's globs: prune.yaml's, then the framework's inference_prune
     protect: tuple[str, ...]  # globs no rule may remove (prune.yaml `protect`)
     dlopen: tuple[str, ...]  # unversioned CUDA names the runtime dlopens (framework + its cuDNN)
-    dlopen_links: dict[str, dict[str, str]]  # name -> {dir, target_glob}: the links the image gets
+    dlopen_links: Mapping[str, Mapping[str, str]]  # name -> {dir, target_glob}: the links the image gets
     pruned_dlopen: tuple[str, ...]  # dlopen names whose library an enabled opt-in rule removes
     bytecode: BytecodePlan
-    kernel_targets: dict[str, Any] | None  # {targets: [sm_XX], ptx}: what fatprune.py keeps; None = untouched
-    context_files: dict[str, Path]  # build-context path -> the file imagegen ships
+    kernel_targets: Mapping[str, Any] | None  # {targets: [sm_XX], ptx}: what fatprune.py keeps; None = untouched
+    context_files: Mapping[str, Path]  # build-context path -> the file imagegen ships
     static_labels: tuple[tuple[str, str], ...]  # the Dockerfile's LABEL, in order
-    policy: dict[str, bool]  # the contents rules the image suite enforces
-    policy_notes: dict[str, str] = field(default_factory=dict)  # rule -> why it is relaxed for this cell
+    policy: Mapping[str, bool]  # the contents rules the image suite enforces
+    policy_notes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # rule -> why relaxed
 
     @property
     def removed_globs(self) -> list[str]:
@@ -108,12 +111,12 @@ class Recipe:
             "cuda": None,
         }
         if self.kernel_targets:
-            cfg["cuda_archs"] = dict(self.kernel_targets)
+            cfg["cuda_archs"] = {**self.kernel_targets, "targets": list(self.kernel_targets["targets"])}
         if self.cell.device == "gpu":
             pruned = set(self.pruned_dlopen)
             cfg["cuda"] = {
                 "libdirs": self.gpu_libdirs,
-                "links": {k: v for k, v in self.dlopen_links.items() if k not in pruned},
+                "links": {k: dict(v) for k, v in self.dlopen_links.items() if k not in pruned},
                 "pruned_links": sorted(pruned),
                 "ldconf": contract.CUDA_LDCONF,
                 "loader_dirs": list(compat.cuda().loader_dirs),
@@ -122,8 +125,13 @@ class Recipe:
 
 
 def of(cell: Cell) -> Recipe:
-    """The recipe of `cell`. Raises UserInputError when the framework dlopens a library no CUDA
-    component in imagegen/data/cuda.yaml provides."""
+    """The recipe of `cell` (computed on the first call, then the same object). Raises UserInputError
+    when the framework dlopens a library no CUDA component in imagegen/data/cuda.yaml provides."""
+    return _of(cell, cell.base_spec.model_dump_json() if cell.base_spec is not None else "")
+
+
+@functools.lru_cache(maxsize=512)
+def _of(cell: Cell, base_key: str) -> Recipe:  # base_key: Cell's hash leaves its base's definition out
     data = compat.prune_rules()
     rules = cell.slimming.as_dict()
     rules.pop("ptx", None)  # read by fatprune.py from kernel_targets, not a path rule
@@ -133,18 +141,21 @@ def of(cell: Cell) -> Recipe:
     dlopen = _dlopen_names(cell)
     policy, notes = _policy(cell)
     targets = _kernel_targets(cell)
+    ro = MappingProxyType
     return Recipe(
         cell=cell, site_packages=f"{VENV}/lib/python{cell.python}/site-packages", runtime_env=_runtime_env(cell),
-        rules=rules, globs=globs, protect=tuple(data.get("protect", [])), dlopen=tuple(dlopen),
-        dlopen_links=_links(cell, dlopen), pruned_dlopen=tuple(_pruned(cell, dlopen)), bytecode=_bytecode(cell),
-        kernel_targets=targets, context_files=context_files(with_fatprune=targets is not None),
+        rules=ro(rules), globs=ro({k: tuple(v) for k, v in globs.items()}), protect=tuple(data.get("protect", [])),
+        dlopen=tuple(dlopen), dlopen_links=ro({k: ro(v) for k, v in _links(cell, dlopen).items()}),
+        pruned_dlopen=tuple(_pruned(cell, dlopen)), bytecode=_bytecode(cell),
+        kernel_targets=ro({**targets, "targets": tuple(targets["targets"])}) if targets else None,
+        context_files=ro(context_files(with_fatprune=targets is not None)),
         static_labels=tuple(labels.static(
             title=f"{cell.fw.title} {cell.version} ({cell.tag})", tag=cell.tag,
             base_ref=cell.base_spec.role_ref(cell.base, cell.runtime_role) if cell.base_spec else "",
             framework=cell.framework, version=cell.version, device=cell.device, cuda=cell.cuda, cudnn=cell.cudnn,
             python=cell.python, flavor=cell.flavor, base=cell.base,
             driver_min=compat.cuda().releases[cell.cuda].driver_min if cell.cuda else None)),
-        policy=policy, policy_notes=notes)
+        policy=ro(policy), policy_notes=ro(notes))
 
 
 def context_files(*, with_fatprune: bool = False) -> dict[str, Path]:

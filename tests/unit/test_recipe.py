@@ -39,7 +39,9 @@ def test_policy_narrowed_by_slimming_and_relaxed_for_a_shell(m):
     assert rp.policy["no_shell"] is False and "needs dash" in rp.policy_notes["no_shell"]
     assert ro.policy["no_shell"] is True and "no_shell" not in ro.policy_notes
     assert not rf.policy["no_pip"] and not rf.policy["no_docs"]
-    assert rp.policy is not recipe.of(paddle).policy  # every call is fresh: no caller shares a mutable dict
+    assert recipe.of(paddle) is rp  # computed once per cell
+    with pytest.raises(TypeError):
+        rp.policy["no_shell"] = True  # read-only: no caller can change what the others read
 
 
 def test_removed_globs_are_the_enabled_path_rules(m):
