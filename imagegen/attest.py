@@ -237,6 +237,28 @@ def read_evidence(reg: Registry, repo: str, reference: str) -> tuple[str, list[d
     image = reg.image_for(repo, m) or m
     rows = []
     for f in find(reg, repo, image.digest):
+        if f.kind == "sig":  # cosign's signature manifest: no subject; each payload names the image it signs
+            rows.append({"kind": f.kind, "digest": f.digest, "via": f.via, **_signatures(reg, repo, image.digest, f)})
+            continue
         payload, _ = fetch(reg, repo, image.digest, f)
         rows.append({"kind": f.kind, "digest": f.digest, "via": f.via, **summarize(f.kind, payload)})
     return image.digest, rows
+
+
+def _signatures(reg: Registry, repo: str, image_digest: str, found: Found) -> dict:
+    """What a `.sig` manifest holds, without a key: how many signatures, and how many of their payloads
+    name this image (cosign's simple signing: `critical.image.docker-manifest-digest`). The signatures
+    themselves are checked by `imagegen verify REF --key PUB`."""
+    m = reg.get_manifest(repo, found.digest)
+    if m is None:
+        raise ImagegenError(f"{reg.host}/{repo}@{found.digest}: the sig artifact is listed but absent")
+    layers = m.json.get("layers") or []
+    naming = 0
+    for layer in layers:
+        try:
+            doc = json.loads(reg.get_blob(repo, layer.get("digest", ""), limit=64 * 1024))
+            naming += doc["critical"]["image"]["docker-manifest-digest"] == image_digest
+        except (ImagegenError, ValueError, KeyError, TypeError):
+            pass
+    return {"signatures": len(layers), "naming_this_image": naming,
+            "checked": "no: `imagegen verify REF --key PUB` checks them against your key"}

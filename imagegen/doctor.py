@@ -80,7 +80,8 @@ def check_builder() -> Check:
                      "builder": path.builder, "driver": path.driver, "buildkit": path.buildkit_version})
     return Check("builder", "note", f"builds use {path.describe()}",
                  "with the docker buildx plugin builds use BuildKit: the wheelhouse is bind-mounted, not copied "
-                 "(install docker-buildx, or Docker's docker-buildx-plugin)", data={"path": "classic"})
+                 "(a docker-buildx binary in ~/.docker/cli-plugins/: Debian 13's docker-buildx, Docker's docker-buildx-plugin "
+                 "or buildx's release; see docs/build.md#engines)", data={"path": "classic"})
 
 
 def check_storage(info: dict | None) -> Check:

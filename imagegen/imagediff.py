@@ -14,6 +14,7 @@ before directories: a layer lists the parent directories of what it adds, and th
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 
 from .savestream import ImageScan, Rec
@@ -98,6 +99,8 @@ def _describe(r: Rec, what: str) -> str:
     if what == "content":
         return f"sha256:{r.digest.hex()[:16]}… ({r.size} bytes)" if r.digest else f"({r.size} bytes)"
     if what == "mode":
+        return oct(stat.S_IMODE(r.mode))
+    if what == "tar mode":
         return oct(r.mode)
     if what == "owner":
         return f"{r.uid}:{r.gid}"
@@ -117,7 +120,7 @@ def _rec_diff(x: Rec, y: Rec) -> str | None:
         return "content"
     if x.link != y.link:
         return "link"
-    if x.mode != y.mode:
+    if stat.S_IMODE(x.mode) != stat.S_IMODE(y.mode):
         return "mode"
     if (x.uid, x.gid) != (y.uid, y.gid):
         return "owner"
@@ -125,7 +128,14 @@ def _rec_diff(x: Rec, y: Rec) -> str | None:
         return "xattrs"
     if x.mtime != y.mtime:
         return "mtime"
+    if x.mode != y.mode:  # the same permissions; the tar header's file-type bits differ (a re-packed layer)
+        return "tar mode"
     return None
+
+
+#: how telling each difference is: a changed file before changed metadata before header-only noise
+_RANK = {"missing": 0, "kind": 0, "content": 0, "link": 0, "mode": 1, "owner": 1, "xattrs": 1, "mtime": 2,
+         "tar mode": 3}
 
 
 def compare(a: ImageScan, b: ImageScan, *, limit: int = 20) -> ImageDiff:
@@ -154,8 +164,9 @@ def compare(a: ImageScan, b: ImageScan, *, limit: int = 20) -> ImageDiff:
                 fd = FileDiff(i, path, what, _describe(x, what), _describe(y, what))
             only_dirs = all(r is None or r.kind == "d" for r in (x, y))
             found.append((only_dirs, fd))
-        # files before directories (a layer's tar lists the parent directories of what it adds first)
-        for _, fd in sorted(found, key=lambda t: t[0]):
+        # files before directories (a layer's tar lists the parent directories of what it adds first), and
+        # within them what changed a file's bytes or kind before metadata
+        for _, fd in sorted(found, key=lambda t: (t[0], _RANK.get(t[1].what, 1))):
             d.files_total += 1
             if len(d.files) < limit:
                 d.files.append(fd)

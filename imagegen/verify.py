@@ -84,12 +84,25 @@ def _explain(v: Verdict, image_id: str, other_id: str) -> None:
         v.reason += f"same files; the config differs in {', '.join(d.config[:5])}"
 
 
+def _explain_path(v: Verdict, image_id: str, rebuilt_with: str) -> None:
+    """Say so when the image was built on the other build path than the rebuild (BuildKit and the classic
+    builder write different configs for the same files: each path is reproducible on its own)."""
+    history = engine.api().history(image_id)
+    built_with = "buildkit" if any("buildkit" in (h.get("Comment") or "") for h in history) else "classic"
+    if built_with != rebuilt_with:
+        v.reason += (f"; the image was built with {'BuildKit' if built_with == 'buildkit' else 'the classic builder'}"
+                     f", this rebuild with {'BuildKit' if rebuilt_with == 'buildkit' else 'the classic builder'}: "
+                     f"rebuild on the same path (--builder, or an engine with{'' if built_with == 'buildkit' else 'out'}"
+                     " the buildx plugin; see docs/build.md#engines)")
+
+
 def verify(m, ref: str, rebuild, *, builder: str | None = None, keep: bool = False, progress=None,
-           allow_dirty: bool = False) -> Verdict:
+           allow_dirty: bool = False, announce=None) -> Verdict:
     """Rebuild the image `ref` (a local image) from matrix `m` at this checkout and compare (module
     docstring). `rebuild(m, cell, path, progress) -> (image ID, prepared)`: the pipeline's cold rebuild
     (`pipeline.rebuild`; a stage does not call the pipeline). Raises UserInputError for an image
-    imagegen did not build or whose cell the matrix lacks."""
+    imagegen did not build or whose cell the matrix lacks, or a malformed SOURCE_DATE_EPOCH.
+    `announce(text)`: told once the rebuild is about to start (after every check that can refuse)."""
     from . import buildkit
     from .build import Progress
 
@@ -122,8 +135,14 @@ def verify(m, ref: str, rebuild, *, builder: str | None = None, keep: bool = Fal
                               f"`git worktree add /tmp/verify {verdict.revision[:12]}` and run verify there")
         verdict.seconds = time.monotonic() - t0
         return verdict
+    from . import reproduce
+
+    reproduce.env_epoch()  # a malformed SOURCE_DATE_EPOCH: its one line, before any work
     info = engine.current()
     path = buildkit.choose(builder, engine_version=f"Docker {info.server_version}, API {info.api_version}")
+    if announce is not None:
+        announce(f"verifying {ref}: a cold rebuild of {cell_ref} from this checkout ({path.kind} build path)")
+    before = set(engine.api().images(quiet=True, all=True))  # a rebuild equal to one of these IS that image
     rebuilt, prep = rebuild(m, cell, path, progress or Progress(None))
     try:
         verdict.rebuilt_inputs_digest = prep.digest
@@ -132,10 +151,12 @@ def verify(m, ref: str, rebuild, *, builder: str | None = None, keep: bool = Fal
             verdict.status = "reproduced"
         else:
             _explain(verdict, image_id, rebuilt)
+            _explain_path(verdict, image_id, path.kind)
         verdict.rebuilt_image = rebuilt if keep else ""
     finally:
-        # the rebuild of a reproducible image IS the image (same ID): never remove the user's image
-        if not keep and rebuilt != image_id:
+        # a rebuild identical to an image already here (the user's image, or another build of the same
+        # inputs, tagged or not) IS that image: only an image this rebuild made, untagged, is removed
+        if not keep and rebuilt not in before and not engine.api().inspect_image(rebuilt).get("RepoTags"):
             import docker.errors
 
             try:

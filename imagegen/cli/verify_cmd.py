@@ -53,11 +53,10 @@ def verify_command(
         v = verify_mod.compare_images(ref, against)
     else:
         m = load_matrix(matrix)
-        verify_mod.labels_of(ref)  # a bad reference or a missing image: one line before anything starts
-        log(f"verifying {ref}: a cold rebuild of its cell from this checkout")
         from .. import pipeline
 
-        v = verify_mod.verify(m, ref, pipeline.rebuild, builder=builder, keep=keep, allow_dirty=allow_dirty)
+        v = verify_mod.verify(m, ref, pipeline.rebuild, builder=builder, keep=keep, allow_dirty=allow_dirty,
+                              announce=log)
     if json_out:
         out.print_json(json.dumps({**vars(v), "ok": v.ok}))
     else:

@@ -669,3 +669,10 @@ def test_publish_signs_with_the_users_key_and_verify_checks_it(images, tmp_path)
         r = subprocess.run([sys.executable, "-m", "imagegen", "verify", f"{reg.host}/{target.repo}:{target.tag}",
                             "--key", str(pub)], capture_output=True, text=True, cwd=ROOT)
         assert r.returncode == 0 and "1 of 1 signature(s) verify" in r.stdout and "provenance" in r.stdout, r.stderr
+        # `audit --attestations` lists the signature too (a cosign .sig manifest has no subject: found by tag)
+        r = subprocess.run([sys.executable, "-m", "imagegen", "audit", f"{reg.host}/{target.repo}:{target.tag}",
+                            "--attestations", "--json"], capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode == 0, r.stderr
+        rows = {a["kind"]: a for a in json.loads(r.stdout)["attestations"]}
+        assert set(rows) == {"provenance", "sig"}, rows
+        assert rows["sig"]["signatures"] == 1 and rows["sig"]["naming_this_image"] == 1, rows["sig"]

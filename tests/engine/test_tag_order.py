@@ -30,6 +30,8 @@ def client():
             c.api.remove_image(ref, force=True)
         except docker.errors.ImageNotFound:
             pass
+    left = [i for i in made if i.startswith("sha256:") and _exists(c, i)]
+    assert not left, f"images the test made are still there: {left}"
 
 
 def _tiny(client, made: list[str]) -> str:
@@ -44,6 +46,9 @@ def _tiny(client, made: list[str]) -> str:
     buf.seek(0)
     image, _ = client.images.build(fileobj=buf, custom_context=True, rm=True, forcerm=True)
     made.append(image.id)
+    parent = client.api.inspect_image(image.id).get("Parent")
+    if parent:  # the classic builder's COPY step image: removed too (children first, in the fixture)
+        made.append(parent)
     return image.id
 
 

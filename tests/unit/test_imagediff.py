@@ -48,3 +48,19 @@ def test_mode_and_whiteouts(tmp_path):
     b = _tar(tmp_path, "b", [BASE, [("file", "usr/b", b"b", None, 0o755)]])
     whats = [(f.path, f.what, f.a, f.b) for f in imagediff.compare(a, b).files]
     assert whats == [("/usr/b", "mode", "0o644", "0o755"), ("/usr/a", "whiteout", "yes", "no")]
+
+
+def test_a_changed_file_is_named_before_metadata_differences(tmp_path):
+    """Within a layer, a file whose bytes changed is named first, then changed permissions; a tar header
+    that lost its file-type bits (mode 0o644 against 0o100644: the same permissions on disk, as a re-packed
+    layer has) ranks last, as `tar mode`."""
+    a = _tar(tmp_path, "a", [BASE, [("file", "opt/a.py", b"a", None, 0o644), ("file", "opt/b.py", b"b")]])
+    b = _tar(tmp_path, "b", [BASE, [("file", "opt/a.py", b"a", None, 0o755), ("file", "opt/b.py", b"X")]])
+    d = imagediff.compare(a, b)
+    assert [(f.path, f.what) for f in d.files] == [("/opt/b.py", "content"), ("/opt/a.py", "mode")]
+    from imagegen.savestream.layers import Rec
+
+    x, y = Rec("/opt/c.py", "f", mode=0o100644), Rec("/opt/c.py", "f", mode=0o644)
+    assert imagediff._rec_diff(x, y) == "tar mode"
+    assert imagediff._rec_diff(x, Rec("/opt/c.py", "f", mode=0o100755)) == "mode"
+    assert imagediff._RANK["content"] < imagediff._RANK["mode"] < imagediff._RANK["tar mode"]
