@@ -10,6 +10,7 @@ the one ``app`` with a decorator; the work is done by the pipeline and the stage
     base_cmds.py    base build, base list, doctor
     audit_cmd.py    audit (incl. --trace VARIANT and --trace-image)
     verify_cmd.py   verify (a cold rebuild compared with an image)
+    pick_cmd.py     pick (the image for this host's GPUs)
 """
 
 # Importing a command module registers its commands; this order is the order of `imagegen --help`.
@@ -20,6 +21,7 @@ from . import release_cmds  # noqa: F401
 from . import base_cmds  # noqa: F401
 from . import audit_cmd  # noqa: F401
 from . import verify_cmd  # noqa: F401
+from . import pick_cmd  # noqa: F401
 from .app import app, main
 
 __all__ = ["app", "main"]

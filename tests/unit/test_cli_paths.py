@@ -31,7 +31,7 @@ BASE_ARGS: dict[str, list[str]] = {
     "publish": ["--variant", "cpu-slim", "--dry-run"],
     "scan": ["--variant", "cpu-slim"],
     "fetch": [], "cache prune": ["--dry-run"],
-    "audit": ["some-image:1"], "verify": ["some-image:1"],
+    "audit": ["some-image:1"], "verify": ["some-image:1"], "pick": ["--variant", "gpu-cuda11.8-slim", "-c", "7.5"],
     "base build": ["bookworm"], "base list": [],
     "ci matrix": [],
 }

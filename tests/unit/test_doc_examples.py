@@ -4,7 +4,7 @@
   a fragment, merged over the repo's matrix.yaml (its top-level keys replace the matrix's).
 - Every `imagegen ...` command in a ```console / ```bash block is run, by this rule:
   * cheap commands run for real, in a scratch copy of the repo's matrix, templates, dockerfiles and
-    locks, and must exit 0: `validate`, `list`, `render`, `schema`, any `--help`,
+    locks, and must exit 0: `validate`, `list`, `render`, `schema`, `pick` (with its host as flags), any `--help`,
     and `--dry-run` forms that need no built image (`cache prune --dry-run`). When a ```console
     block shows the command's output, each shown line must appear in the real output.
   * heavy commands (build, test, lock/fetch that download, audit, scan, publish, base build, doctor)
@@ -33,7 +33,7 @@ from imagegen.errors import UserInputError
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-CHEAP = {"validate", "list", "render", "schema"}
+CHEAP = {"validate", "list", "render", "schema", "pick"}
 
 
 def _blocks():
