@@ -374,8 +374,7 @@ def _lock_file(m, cell: "Cell") -> Path:
     return Path(m.path).resolve().parent / "locks" / f"{cell.id}.txt"
 
 
-def committed_facts(m, cell: "Cell") -> dict | None:
-    """The committed facts for a cell's lock, if they describe that lock (no scanning, no network)."""
+def _own_facts(m, cell: "Cell") -> KernelFacts | None:
     lp = _lock_file(m, cell)
     if cell.device != "gpu" or not lp.exists():
         return None
@@ -383,6 +382,31 @@ def committed_facts(m, cell: "Cell") -> dict | None:
     if facts is None:
         return None
     return facts if facts_current(lock_hashes(lp), facts) else None
+
+
+def _lock_key(cell: "Cell") -> tuple:
+    """What a cell's lock is resolved from (pipeline.lock_request: requirements, Python, the base's
+    glibc, indexes; the builder tools are the same for every cell): two cells with one key get the same
+    wheels."""
+    glibc = cell.base_spec.glibc if cell.base_spec is not None else None
+    return (tuple(cell.requirements), cell.python, glibc, tuple(cell.indexes))
+
+
+def committed_facts(m, cell: "Cell") -> KernelFacts | None:
+    """The committed facts for a cell's lock, if they describe that lock (no scanning, no network). A
+    cell without a lock of its own (an arch-targeted twin just added with `include:`) gets the facts of
+    a cell whose lock is resolved from the same inputs, so the same wheels: found by the lock's content,
+    not by the tag's file name."""
+    own = _own_facts(m, cell)
+    if own is not None or cell.device != "gpu" or _lock_file(m, cell).exists():
+        return own
+    key = _lock_key(cell)
+    for other in m.cells:
+        if other is not cell and other.device == "gpu" and _lock_key(other) == key:
+            facts = _own_facts(m, other)
+            if facts is not None:
+                return facts
+    return None
 
 
 def check_matrix(m) -> list[str]:
