@@ -263,10 +263,24 @@ class Coverage:
     def label(self) -> str:
         return ",".join(sm(c) for c in self.archs)
 
+    def feature_gaps(self) -> dict[str, list[str]]:
+        """{sm_XX the image runs on: ["<library>: <what it is>", ...]} for the feature libraries (gpus.yaml
+        feature_libraries: loaded only by some operations) with no kernels there: those operations fail
+        on that GPU ("no kernel image is available", PaddleOCR#15814 for flash-attention on an H100)."""
+        globs = gpu_data().get("feature_libraries") or {}
+        out: dict[str, list[str]] = {}
+        for cc in self.archs:
+            gaps = [f"{path.rsplit('/', 1)[-1]}: {next((d for g, d in globs.items() if _matches(path, [g])), '')}"
+                    for path, srv in sorted(self.feature.items()) if cc not in srv]
+            if gaps:
+                out[sm(cc)] = gaps
+        return out
+
     def as_dict(self) -> dict:
         return {"archs": [sm(c) for c in self.archs], "libraries": self.libraries,
                 "narrowing": {k: [sm(c) for c in v] for k, v in self.narrowing.items()},
                 "feature_libraries": {k: [sm(c) for c in v] for k, v in self.feature.items()},
+                "feature_gaps": self.feature_gaps(),
                 "unreadable": self.unreadable}
 
 

@@ -78,8 +78,18 @@ def _sm(cc: int) -> str:
     return f"sm_{cc}"
 
 
-def judge(cell: Cell, label: str, host: Host, size: tuple[int | None, str]) -> Candidate:
-    """One cell against `host` (module docstring)."""
+def _served_by(label: str, cc: int) -> str | None:
+    """The label's architecture whose kernels a GPU of capability `cc` runs (itself, else the newest of
+    its major below it: CUDA's SASS rule)."""
+    archs = [int(a.strip()[3:].rstrip("af")) for a in label.split(",") if a.strip().startswith("sm_")]
+    fits = [a for a in archs if a == cc or (a // 10 == cc // 10 and a <= cc)]
+    return _sm(max(fits)) if fits else None
+
+
+def judge(cell: Cell, label: str, host: Host, size: tuple[int | None, str],
+          gaps: dict[str, list[str]] | None = None) -> Candidate:
+    """One cell against `host` (module docstring). `gaps`: {sm_XX: feature libraries with no kernels
+    there} (gpu_archs.Coverage.feature_gaps): a fitting cell gets a note for each on the host's GPUs."""
     driver_min = compat.cuda().releases[cell.cuda].driver_min if cell.cuda else None
     c = Candidate(ref=cell.ref, selector=cell.selector, label=label, targeted=bool(cell.gpu_archs),
                   driver_min=driver_min, size=size[0], size_from=size[1])
@@ -94,14 +104,21 @@ def judge(cell: Cell, label: str, host: Host, size: tuple[int | None, str]) -> C
     c.fits = not c.why
     if c.fits and driver_min and not host.driver:
         c.why.append(f"needs driver >= {driver_min} (CUDA {cell.cuda}); the host's driver is unknown")
+    if c.fits:
+        for cc in host.capabilities:
+            for gap in (gaps or {}).get(_served_by(label, cc) or "", []):
+                c.why.append(f"on {_sm(cc)}, {gap.split(':', 1)[0]} has no kernels: the operations that load it "
+                             f"fail ({gap.split(':', 1)[1].strip()})")
     return c
 
 
 def pick(m: Matrix, cells: list[Cell], host: Host, labels: dict[str, str],
-         sizes: dict[str, tuple[int | None, str]]) -> tuple[Candidate | None, list[Candidate]]:
+         sizes: dict[str, tuple[int | None, str]], gaps: dict[str, dict[str, list[str]]] | None = None
+         ) -> tuple[Candidate | None, list[Candidate]]:
     """(the choice or None, every GPU cell judged, best first). `labels`: {cell ref: its
-    io.imagegen.cuda.archs}; `sizes`: {cell ref: (bytes or None, "image" | "budget")}."""
-    judged = [judge(c, labels.get(c.ref, ""), host, sizes.get(c.ref, (None, "")))
+    io.imagegen.cuda.archs}; `sizes`: {cell ref: (bytes or None, "image" | "budget")}; `gaps`: {cell ref:
+    its feature libraries' gaps per architecture}."""
+    judged = [judge(c, labels.get(c.ref, ""), host, sizes.get(c.ref, (None, "")), (gaps or {}).get(c.ref))
               for c in cells if c.device == "gpu" and not c.excluded]
     if not judged:
         raise UserInputError("no GPU cell among the selected cells: select a GPU family, e.g. "

@@ -155,6 +155,7 @@ class RunsOn(TypedDict):
     libraries: int
     narrowing: dict[str, list[str]]
     feature_libraries: dict[str, list[str]]
+    feature_gaps: dict[str, list[str]]  # sm_XX served -> feature libraries with no kernels there
     unreadable: dict[str, str]
 
 

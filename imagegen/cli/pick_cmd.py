@@ -46,14 +46,15 @@ def pick_command(
     """The smallest GPU image of the selected cells that runs natively on the host's GPUs (every CUDA
     library with a kernel path, the driver new enough); an arch-targeted twin first. Exit 1 with the
     reason when none fits."""
-    from .. import pick, pipeline
+    from .. import gpu_archs, pick
 
     if not variant:
         raise UserInputError("name the family to pick from with --variant, e.g. --variant 'paddle:*-gpu-*-slim'")
     h = pick.host(capability, driver)
     m, cells = select_cells(matrix, variant, False)
-    labels = {c.ref: pipeline.committed_label(c, pipeline.lock_path(m, c)) for c in cells if c.device == "gpu"}
-    choice, judged = pick.pick(m, cells, h, labels, _sizes(cells))
+    summaries = {c.ref: gpu_archs.cell_summary(m, c) or {} for c in cells if c.device == "gpu"}
+    choice, judged = pick.pick(m, cells, h, {r: s.get("label", "") for r, s in summaries.items()}, _sizes(cells),
+                               {r: s.get("feature_gaps", {}) for r, s in summaries.items()})
     if json_out:
         out.print_json(json.dumps({"host": {"compute_capabilities": [f"{cc // 10}.{cc % 10}" for cc in h.capabilities],
                                             "driver": h.driver, "from": h.source},

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from imagegen import matrix, pick, pipeline
+from imagegen import gpu_archs, matrix, pick
 from imagegen.errors import UserInputError
 
 pytestmark = pytest.mark.unit
@@ -19,12 +19,13 @@ ROOT = Path(__file__).resolve().parents[2]
 PADDLE = "paddle:*-gpu-*-slim"
 
 
-def _pick(ccs: list[str], driver: str | None):
+def _pick(ccs: list[str], driver: str | None, family: str = PADDLE):
     m = matrix.load(ROOT / "matrix.yaml")
-    cells = m.select([PADDLE])
-    labels = {c.ref: pipeline.committed_label(c, pipeline.lock_path(m, c)) for c in cells}
+    cells = m.select([family])
+    summaries = {c.ref: gpu_archs.cell_summary(m, c) or {} for c in cells}
     sizes = {c.ref: (c.budget_size, "budget") for c in cells}
-    return pick.pick(m, cells, pick.host(ccs, driver), labels, sizes)
+    return pick.pick(m, cells, pick.host(ccs, driver), {r: s.get("label", "") for r, s in summaries.items()}, sizes,
+                     {r: s.get("feature_gaps", {}) for r, s in summaries.items()})
 
 
 def test_a_turing_host_gets_the_sm75_twin_first():
@@ -93,3 +94,12 @@ def test_cli_refusals_are_one_line():
                  ["--variant", "cpu-slim", "-c", "7.5"]):
         r = _cli(*args)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), (args, r.stderr)
+
+
+def test_a_feature_library_without_kernels_on_the_host_is_said():
+    """issue 21 point 2: the Paddle 2.6.2 full image keeps libflashattn (SASS for sm_80/86 only): on a T4
+    it runs, with a note that flash-attention ops will fail; on an A10 (8.6) there is no such note."""
+    choice, _ = _pick(["7.5"], "535.104.05", family="paddle:*-gpu-*-full")
+    assert choice.fits and any(w.startswith("on sm_75, libflashattn.so has no kernels") for w in choice.why)
+    choice, _ = _pick(["8.6"], "535.104.05", family="paddle:*-gpu-*-full")
+    assert choice.fits and not any("libflashattn" in w for w in choice.why)
