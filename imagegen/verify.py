@@ -156,13 +156,14 @@ def verify(m, ref: str, rebuild, *, builder: str | None = None, keep: bool = Fal
     finally:
         # a rebuild identical to an image already here (the user's image, or another build of the same
         # inputs, tagged or not) IS that image: only an image this rebuild made, untagged, is removed
-        if not keep and rebuilt not in before and not engine.api().inspect_image(rebuilt).get("RepoTags"):
-            import docker.errors
+        import docker.errors
 
-            try:
-                engine.api().remove_image(rebuilt, noprune=True)
-            except docker.errors.APIError:
-                pass
+        try:
+            info = engine.api().inspect_image(rebuilt)  # its full ID: a build may name it by a short one
+            if not keep and info["Id"] not in before and not info.get("RepoTags"):
+                engine.api().remove_image(info["Id"], noprune=True)
+        except docker.errors.APIError:
+            pass
     verdict.seconds = time.monotonic() - t0
     return verdict
 
