@@ -289,13 +289,16 @@ def _matches(path: str, globs: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(path, g) or fnmatch.fnmatchcase(path, "*/" + g) for g in globs)
 
 
-def coverage(libs: Iterable[dict]) -> Coverage:
+def coverage(libs: Iterable[dict], needed: Iterable[str] = ()) -> Coverage:
+    """What a set of libraries runs on. Feature libraries (gpus.yaml) are reported, not counted, unless
+    `needed` (a cell's needs_kernels globs) names them."""
     feature_globs = gpu_data().get("feature_libraries") or {}
+    needed = list(needed)
     counted, feature, bad = [], {}, {}
     for lib in libs:
         if lib.get("warning"):
             bad[lib["path"]] = lib["warning"]
-        elif _matches(lib["path"], feature_globs):
+        elif _matches(lib["path"], feature_globs) and not _matches(lib["path"], needed):
             feature[lib["path"]] = served(lib)
         elif lib["kernel_containers"] or lib["embedded_kernel_containers"]:
             counted.append(lib)
@@ -333,7 +336,7 @@ def cell_libraries(cell: "Cell", facts: dict) -> list[dict]:
 def cell_coverage(cell: "Cell", facts: dict | None) -> Coverage | None:
     if facts is None:
         return None
-    return coverage(cell_libraries(cell, facts))
+    return coverage(cell_libraries(cell, facts), getattr(cell, "needs_kernels", ()))
 
 
 def label_value(cell: "Cell", cov: Coverage | None) -> str | None:
@@ -354,8 +357,9 @@ def check_targets(cell: "Cell", facts: dict | None) -> str | None:
     libs = cell_libraries(cell, facts)
     feature_globs = gpu_data().get("feature_libraries") or {}
     by_wheel: dict[str, list[dict]] = {}
+    needed = getattr(cell, "needs_kernels", ())
     for lib in libs:
-        if lib.get("warning") or _matches(lib["path"], feature_globs):
+        if lib.get("warning") or (_matches(lib["path"], feature_globs) and not _matches(lib["path"], needed)):
             continue
         by_wheel.setdefault(lib["wheel"], []).append(lib)
     from packaging.requirements import Requirement
@@ -430,17 +434,37 @@ def check_matrix(m) -> list[str]:
 
     notes = []
     for cell in m.active:
-        if not cell.gpu_archs:
+        if not cell.gpu_archs and not cell.needs_kernels:
             continue
         facts = committed_facts(m, cell)
         if facts is None:
-            notes.append(f"{cell.ref}: no CUDA kernel facts next to its lock yet; gpu_archs checked at "
-                         f"`imagegen lock` (run it and commit locks/)")
+            notes.append(f"{cell.ref}: no CUDA kernel facts next to its lock yet; gpu_archs and needs_kernels "
+                         f"checked at `imagegen lock` (run it and commit locks/)")
             continue
-        why = check_targets(cell, facts)
+        why = check_targets(cell, facts) or _check_needs(cell, facts)
         if why:
             raise UserInputError(f"{cell.origin}: {why}")
     return notes
+
+
+def _check_needs(cell: "Cell", facts: dict) -> str | None:
+    """Why the libraries the cell needs cannot be served: a glob that names no CUDA library of its image,
+    or no GPU on which every counted library, the needed ones included, has kernels."""
+    if not cell.needs_kernels:
+        return None
+    libs = cell_libraries(cell, facts)
+    every = [lib for w in (facts.get("wheels") or {}).values() for lib in w["libraries"]]
+    for glob in cell.needs_kernels:
+        if not any(_matches(lib["path"], [glob]) for lib in libs):
+            removed = any(_matches(lib["path"], [glob]) for lib in every)
+            return (f"needs_kernels '{glob}' names no CUDA library of {cell.ref}'s image"
+                    + (" (its slimming rules remove it: turn that rule off for this cell)" if removed else ""))
+    cov = coverage(libs, cell.needs_kernels)
+    if not cov.archs:
+        why = "; ".join(f"{p.rsplit('/', 1)[-1]}: {describe(lib)}" for lib in libs
+                        for p in [lib["path"]] if _matches(p, cell.needs_kernels))
+        return f"{cell.ref}: no GPU has kernels for every library it needs ({why})"
+    return None
 
 
 def cell_summary(m, cell: "Cell") -> dict | None:

@@ -112,6 +112,7 @@ class Cell:
     tensorrt: str | None = None  # full TensorRT version of the cell's TensorRT runtime wheels
     aliases: tuple[str, ...] = ()  # alias tags in the same repository (imagegen/aliases.py)
     gpu_archs: tuple[str, ...] = ()   # target GPUs, canonical 'sm_75' names sorted; () = not restricted
+    needs_kernels: tuple[str, ...] = ()  # feature libraries (globs) its workloads need: counted in its GPUs
 
     @property
     def ref(self) -> str:
@@ -155,7 +156,7 @@ class Cell:
             "budget": {"size": self.budget_size, "compressed": self.budget_compressed},
             "excluded": self.excluded, "origin": self.origin, "remote_ref": self.remote_ref,
             "aliases": list(self.aliases),
-            "local_ref": self.local_ref, "gpu_archs": list(self.gpu_archs),
+            "local_ref": self.local_ref, "gpu_archs": list(self.gpu_archs), "needs_kernels": list(self.needs_kernels),
         }
 
 
@@ -564,12 +565,14 @@ class _Expander:
         extra: list[str] = []
         base_name, base_from = cell.base, None
         size = comp = None
-        archs = cell.gpu_archs
+        archs, needs = cell.gpu_archs, list(cell.needs_kernels)
         for i, rule in enumerate(mf.overrides):
             if _rule_matches(rule, cell):
                 used["overrides"].add(i)
                 if rule.gpu_archs and cell.device == "gpu":
                     archs = tuple(rule.gpu_archs)
+                if rule.needs_kernels and cell.device == "gpu":
+                    needs += [g for g in rule.needs_kernels if g not in needs]
                 if rule.slimming:
                     slim_override.update(rule.slimming.model_dump(exclude_none=True))
                 if rule.extra_requirements:
@@ -599,7 +602,7 @@ class _Expander:
         return _replace(cell, slimming=_slim_rules(self.m, slim_override, cell.flavor),
                         requirements=cell.requirements + tuple(extra), base=base_name,
                         budget_size=size, budget_compressed=comp, excluded=excluded,
-                        base_spec=all_bases[base_name], gpu_archs=archs)
+                        base_spec=all_bases[base_name], gpu_archs=archs, needs_kernels=tuple(needs))
 
     def _check_override_base(self, cell: Cell, base_name: str, base_from: tuple) -> None:
         all_bases, src = self.all_bases, self.src

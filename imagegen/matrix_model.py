@@ -199,8 +199,19 @@ class OverrideRule(Selector):
     extra_requirements: list[str] | None = None
     budget: Budget | None = None
     gpu_archs: GpuArchs = None
+    needs_kernels: list[str] | None = Field(
+        None, description="Libraries (site-packages-relative globs) that only some operations load, which "
+        "these cells' workloads need (e.g. paddle/libs/libflashattn.so): counted like every other CUDA library, "
+        "so the image's GPUs and gpu_archs are judged with them.")
 
     _archs = field_validator("gpu_archs")(classmethod(lambda cls, v: _check_gpu_archs(v)))
+
+    @field_validator("needs_kernels")
+    @classmethod
+    def _needs(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or not all(isinstance(g, str) and g.strip() and not g.startswith("/") for g in v)):
+            raise ValueError("needs_kernels lists site-packages-relative globs, e.g. [paddle/libs/libflashattn.so]")
+        return v
 
     @field_validator("extra_requirements")
     @classmethod

@@ -258,3 +258,45 @@ def test_a_new_twin_without_a_lock_is_judged_by_its_wheels(tmp_path):
     assert r.returncode == 2 and "paddle 2.6.2 ships no kernels for sm_90" in r.stderr, r.stderr
     r = validate("sm_86")
     assert r.returncode == 0 and "no CUDA kernel facts" not in r.stderr, r.stderr
+
+
+def test_a_cell_that_needs_a_feature_library_is_judged_with_it(tmp_path):
+    """issue 21 point 2: flash-attention (libflashattn: SASS for sm_80/sm_86 only) is a feature library:
+    not counted unless a cell needs it. The Paddle 2.6.2 full image declaring it runs only where it has
+    kernels; a twin cut to sm_75 that needs it is refused; a glob naming no library is refused."""
+    import shutil
+    import subprocess
+    import sys
+
+    from imagegen import matrix as matrix_mod
+
+    for name in ("templates", "locks"):
+        shutil.copytree(ROOT / name, tmp_path / name)
+    base = (ROOT / "matrix.yaml").read_text()
+    assert "\noverrides:\n" in base
+
+    def with_rule(rule: str) -> Path:
+        p = tmp_path / "matrix.yaml"
+        p.write_text(base.replace("\noverrides:\n", "\noverrides:\n" + rule, 1))
+        return p
+
+    p = with_rule('  - {match: "paddle:2.6.2-gpu-*-full", needs_kernels: [paddle/libs/libflashattn.so]}\n')
+    m = matrix_mod.load(p)
+    (full,) = m.select(["paddle:2.6.2-gpu-cuda11.8-cudnn8.6-full"])
+    assert full.needs_kernels == ("paddle/libs/libflashattn.so",)
+    summary = ga.cell_summary(m, full)
+    assert summary["label"] == "sm_80,sm_86,sm_89"  # 8.9 runs sm_86 SASS (same major, not newer)
+    assert not any("libflashattn" in g for gaps in summary["feature_gaps"].values() for g in gaps)
+
+    def validate(rule: str):
+        return subprocess.run([sys.executable, "-m", "imagegen", "validate", "-m", str(with_rule(rule))],
+                              capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+    r = validate('  - {match: "paddle:*-sm75-slim", needs_kernels: [paddle/libs/libflashattn.so]}\n')
+    assert r.returncode == 2 and "its slimming rules remove it" in r.stderr, r.stderr  # slim drops flashattn
+    base = base.replace("\ninclude:\n", "\ninclude:\n  - {framework: paddle, version: 2.6.2, device: gpu, cuda: "
+                        '"11.8", flavor: full, gpu_archs: [sm_75]}\n', 1)  # a full twin for a T4
+    r = validate('  - {match: "paddle:*-sm75-full", needs_kernels: [paddle/libs/libflashattn.so]}\n')
+    assert r.returncode == 2 and "ships no kernels for sm_75 in libflashattn.so" in r.stderr, r.stderr
+    r = validate('  - {match: "paddle:2.6.2-gpu-*-full", needs_kernels: [paddle/libs/libnothing.so]}\n')
+    assert r.returncode == 2 and "needs_kernels 'paddle/libs/libnothing.so' names no CUDA library" in r.stderr, r.stderr

@@ -150,6 +150,7 @@ MUTATIONS = {
     "VersionEntry.gpu_archs": _set("frameworks/paddle/2.6.2/gpu_archs", ["sm_75"]),
     "IncludeRule.gpu_archs": _set("include/0/gpu_archs", ["sm_75"]),
     "OverrideRule.gpu_archs": _set("overrides/0/gpu_archs", ["sm_75"]),
+    "OverrideRule.needs_kernels": _set("overrides/0/needs_kernels", ["paddle/libs/libflashattn.so"]),
     "BaseSpec.source": _set("bases/mine/source", "registry"),
     "BaseSpec.libc": _set("bases/corp/libc", "musl"),
     "BaseSpec.glibc": _set("bases/corp/glibc", "2.28"),
