@@ -434,9 +434,13 @@ def check_matrix(m) -> list[str]:
 
     notes = []
     for cell in m.active:
-        if not cell.gpu_archs and not cell.needs_kernels:
+        if cell.device != "gpu":
             continue
         facts = committed_facts(m, cell)
+        if facts is not None and (why := check_readable(cell, facts)):
+            raise UserInputError(f"{cell.origin}: {why}")
+        if not cell.gpu_archs and not cell.needs_kernels:
+            continue
         if facts is None:
             notes.append(f"{cell.ref}: no CUDA kernel facts next to its lock yet; gpu_archs and needs_kernels "
                          f"checked at `imagegen lock` (run it and commit locks/)")
@@ -445,6 +449,23 @@ def check_matrix(m) -> list[str]:
         if why:
             raise UserInputError(f"{cell.origin}: {why}")
     return notes
+
+
+def check_readable(cell: "Cell", facts: dict | None) -> str | None:
+    """Why the cell's GPU verdict would leave a library out (one line naming it), or None: a library of
+    its image whose fat binary could not be read, and that no `accept_unreadable` glob accepts. Fails
+    closed: such a library is never dropped from the label and the checks silently."""
+    if facts is None:
+        return None
+    accepted = getattr(cell, "accept_unreadable", ())
+    bad = [lib for lib in cell_libraries(cell, facts) if lib.get("warning") and not _matches(lib["path"], accepted)]
+    if not bad:
+        return None
+    first = bad[0]
+    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    return (f"{first['path']}{more}: its CUDA kernels could not be read ({first['warning']}), so the GPUs "
+            f"{cell.ref} runs on cannot be judged with it; accept leaving it out with an override's "
+            f"accept_unreadable: [{first['path']}]")
 
 
 def _check_needs(cell: "Cell", facts: dict) -> str | None:

@@ -113,6 +113,7 @@ class Cell:
     aliases: tuple[str, ...] = ()  # alias tags in the same repository (imagegen/aliases.py)
     gpu_archs: tuple[str, ...] = ()   # target GPUs, canonical 'sm_75' names sorted; () = not restricted
     needs_kernels: tuple[str, ...] = ()  # feature libraries (globs) its workloads need: counted in its GPUs
+    accept_unreadable: tuple[str, ...] = ()  # libraries (globs) whose fat binaries may stay unread
 
     @property
     def ref(self) -> str:
@@ -157,6 +158,7 @@ class Cell:
             "excluded": self.excluded, "origin": self.origin, "remote_ref": self.remote_ref,
             "aliases": list(self.aliases),
             "local_ref": self.local_ref, "gpu_archs": list(self.gpu_archs), "needs_kernels": list(self.needs_kernels),
+            "accept_unreadable": list(self.accept_unreadable),
         }
 
 
@@ -565,7 +567,7 @@ class _Expander:
         extra: list[str] = []
         base_name, base_from = cell.base, None
         size = comp = None
-        archs, needs = cell.gpu_archs, list(cell.needs_kernels)
+        archs, needs, accept = cell.gpu_archs, list(cell.needs_kernels), list(cell.accept_unreadable)
         for i, rule in enumerate(mf.overrides):
             if _rule_matches(rule, cell):
                 used["overrides"].add(i)
@@ -573,6 +575,8 @@ class _Expander:
                     archs = tuple(rule.gpu_archs)
                 if rule.needs_kernels and cell.device == "gpu":
                     needs += [g for g in rule.needs_kernels if g not in needs]
+                if rule.accept_unreadable and cell.device == "gpu":
+                    accept += [g for g in rule.accept_unreadable if g not in accept]
                 if rule.slimming:
                     slim_override.update(rule.slimming.model_dump(exclude_none=True))
                 if rule.extra_requirements:
@@ -602,7 +606,8 @@ class _Expander:
         return _replace(cell, slimming=_slim_rules(self.m, slim_override, cell.flavor),
                         requirements=cell.requirements + tuple(extra), base=base_name,
                         budget_size=size, budget_compressed=comp, excluded=excluded,
-                        base_spec=all_bases[base_name], gpu_archs=archs, needs_kernels=tuple(needs))
+                        base_spec=all_bases[base_name], gpu_archs=archs, needs_kernels=tuple(needs),
+                        accept_unreadable=tuple(accept))
 
     def _check_override_base(self, cell: Cell, base_name: str, base_from: tuple) -> None:
         all_bases, src = self.all_bases, self.src

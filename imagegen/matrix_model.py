@@ -204,13 +204,18 @@ class OverrideRule(Selector):
         "these cells' workloads need (e.g. paddle/libs/libflashattn.so): counted like every other CUDA library, "
         "so the image's GPUs and gpu_archs are judged with them.")
 
+    accept_unreadable: list[str] | None = Field(
+        None, description="CUDA libraries (site-packages-relative globs) whose fat binaries imagegen cannot read, "
+        "accepted as left out of these cells' GPU verdict. Without it such a library fails validate and the build, "
+        "named: the image's GPUs could not be judged with it.")
+
     _archs = field_validator("gpu_archs")(classmethod(lambda cls, v: _check_gpu_archs(v)))
 
-    @field_validator("needs_kernels")
+    @field_validator("needs_kernels", "accept_unreadable")
     @classmethod
-    def _needs(cls, v: list[str] | None) -> list[str] | None:
+    def _globs(cls, v: list[str] | None, info) -> list[str] | None:
         if v is not None and (not v or not all(isinstance(g, str) and g.strip() and not g.startswith("/") for g in v)):
-            raise ValueError("needs_kernels lists site-packages-relative globs, e.g. [paddle/libs/libflashattn.so]")
+            raise ValueError(f"{info.field_name} lists site-packages-relative globs, e.g. [paddle/libs/libflashattn.so]")
         return v
 
     @field_validator("extra_requirements")

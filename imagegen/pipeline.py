@@ -340,7 +340,7 @@ def _kernel_labels(cell: Cell, lk, lpath: Path, wheels: list[Path]) -> dict[str,
     from . import gpu_archs
 
     facts = gpu_archs.ensure_facts(lk, lpath, {w.sha256: p for w, p in zip(lk.wheels, wheels, strict=True)})
-    why = gpu_archs.check_targets(cell, facts)
+    why = gpu_archs.check_readable(cell, facts) or gpu_archs.check_targets(cell, facts)
     if why:
         raise UserInputError(f"{cell.ref}: {why}")
     return {gpu_archs.LABEL: gpu_archs.label_value(cell, gpu_archs.cell_coverage(cell, facts)) or ""}

@@ -300,3 +300,26 @@ def test_a_cell_that_needs_a_feature_library_is_judged_with_it(tmp_path):
     assert r.returncode == 2 and "ships no kernels for sm_75 in libflashattn.so" in r.stderr, r.stderr
     r = validate('  - {match: "paddle:2.6.2-gpu-*-full", needs_kernels: [paddle/libs/libnothing.so]}\n')
     assert r.returncode == 2 and "needs_kernels 'paddle/libs/libnothing.so' names no CUDA library" in r.stderr, r.stderr
+
+
+def test_an_unreadable_library_is_never_dropped_silently():
+    """issue 21 point 4: a library whose fat binary cannot be read fails the verdict, named, unless the
+    matrix accepts leaving it out (accept_unreadable)."""
+    import dataclasses
+
+    from imagegen import matrix as matrix_mod
+
+    m = matrix_mod.load(ROOT / "matrix.yaml")
+    (cell,) = m.select(["gpu-cuda11.8-slim"])
+    good = {"path": "paddle/libs/libgood.so", "wheel": "paddlepaddle-gpu==2.6.2", "warning": None,
+            "kernel_containers": 1, "embedded_kernel_containers": 0, "containers_by_arch": {"sm_75": 1},
+            "embedded_containers_by_arch": {}, "bytes": {"sm_75": 10}, "fatbin_bytes": 10, "embedded_bytes": 0}
+    odd = {**good, "path": "paddle/libs/libodd.so", "warning": "junk at 0x40 between two containers",
+           "bytes": {}, "containers_by_arch": {}}
+    facts = {"wheels": {"paddlepaddle-gpu==2.6.2": {"sha256": "0" * 64, "libraries": [good, odd]}}}
+    why = ga.check_readable(cell, facts)
+    assert why.startswith("paddle/libs/libodd.so: its CUDA kernels could not be read (junk at 0x40")
+    assert "accept_unreadable: [paddle/libs/libodd.so]" in why
+    accepting = dataclasses.replace(cell, accept_unreadable=("paddle/libs/libodd*",))
+    assert ga.check_readable(accepting, facts) is None
+    assert ga.check_readable(cell, {"wheels": {"p==1": {"sha256": "0" * 64, "libraries": [good]}}}) is None

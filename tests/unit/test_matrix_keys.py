@@ -151,6 +151,7 @@ MUTATIONS = {
     "IncludeRule.gpu_archs": _set("include/0/gpu_archs", ["sm_75"]),
     "OverrideRule.gpu_archs": _set("overrides/0/gpu_archs", ["sm_75"]),
     "OverrideRule.needs_kernels": _set("overrides/0/needs_kernels", ["paddle/libs/libflashattn.so"]),
+    "OverrideRule.accept_unreadable": _set("overrides/0/accept_unreadable", ["paddle/libs/libodd.so"]),
     "BaseSpec.source": _set("bases/mine/source", "registry"),
     "BaseSpec.libc": _set("bases/corp/libc", "musl"),
     "BaseSpec.glibc": _set("bases/corp/glibc", "2.28"),
