@@ -336,7 +336,7 @@ def cell_libraries(cell: "Cell", facts: dict) -> list[dict]:
 def cell_coverage(cell: "Cell", facts: dict | None) -> Coverage | None:
     if facts is None:
         return None
-    return coverage(cell_libraries(cell, facts), getattr(cell, "needs_kernels", ()))
+    return coverage(cell_libraries(cell, facts), cell.needs_kernels)
 
 
 def label_value(cell: "Cell", cov: Coverage | None) -> str | None:
@@ -357,7 +357,7 @@ def check_targets(cell: "Cell", facts: dict | None) -> str | None:
     libs = cell_libraries(cell, facts)
     feature_globs = gpu_data().get("feature_libraries") or {}
     by_wheel: dict[str, list[dict]] = {}
-    needed = getattr(cell, "needs_kernels", ())
+    needed = cell.needs_kernels
     for lib in libs:
         if lib.get("warning") or (_matches(lib["path"], feature_globs) and not _matches(lib["path"], needed)):
             continue
@@ -457,7 +457,7 @@ def check_readable(cell: "Cell", facts: dict | None) -> str | None:
     closed: such a library is never dropped from the label and the checks silently."""
     if facts is None:
         return None
-    accepted = getattr(cell, "accept_unreadable", ())
+    accepted = cell.accept_unreadable
     bad = [lib for lib in cell_libraries(cell, facts) if lib.get("warning") and not _matches(lib["path"], accepted)]
     if not bad:
         return None

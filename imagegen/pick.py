@@ -78,14 +78,6 @@ def _sm(cc: int) -> str:
     return f"sm_{cc}"
 
 
-def _served_by(label: str, cc: int) -> str | None:
-    """The label's architecture whose kernels a GPU of capability `cc` runs (itself, else the newest of
-    its major below it: CUDA's SASS rule)."""
-    archs = [int(a.strip()[3:].rstrip("af")) for a in label.split(",") if a.strip().startswith("sm_")]
-    fits = [a for a in archs if a == cc or (a // 10 == cc // 10 and a <= cc)]
-    return _sm(max(fits)) if fits else None
-
-
 def judge(cell: Cell, label: str, host: Host, size: tuple[int | None, str],
           gaps: dict[str, list[str]] | None = None) -> Candidate:
     """One cell against `host` (module docstring). `gaps`: {sm_XX: feature libraries with no kernels
@@ -106,7 +98,8 @@ def judge(cell: Cell, label: str, host: Host, size: tuple[int | None, str],
         c.why.append(f"needs driver >= {driver_min} (CUDA {cell.cuda}); the host's driver is unknown")
     if c.fits:
         for cc in host.capabilities:
-            for gap in (gaps or {}).get(_served_by(label, cc) or "", []):
+            served = gpuhost.serving_arch(label, cc)
+            for gap in (gaps or {}).get(_sm(served) if served else "", []):
                 c.why.append(f"on {_sm(cc)}, {gap.split(':', 1)[0]} has no kernels: the operations that load it "
                              f"fail ({gap.split(':', 1)[1].strip()})")
     return c

@@ -14,6 +14,7 @@ staged files, is stamped after each build so a no-op rebuild answers without sta
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -428,64 +429,56 @@ def build_one(m: Matrix, cell: Cell, *, force: bool, run_tests: bool, progress: 
         stamped = stamped_digest(cell, quick)
         if up_to_date(stamped, current_digest(cell.local_ref)):
             return _unchanged(cell, stamped, run_tests=run_tests, progress=progress, junit_dir=junit_dir, t0=t0)
-    root = paths.cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    workdir = flock.make_owned_dir(root, paths.CONTEXT_PREFIX)  # reaps contexts of killed builds
-    ACTIVE.add("workdirs", str(workdir))
-    log_path = paths.build_log(cell.id)
-    image_id = None
-    tagged = False
-    step_images: list[str] = []
-    try:
-        progress.update(cell, "preparing: lock, bases, wheelhouse, closure")
-        prep = prepare(m, cell, workdir, rendered)
-        quick = quick_key(rendered, prep.base_ids, prep.lock_path.read_bytes(), committed_label(cell, prep.lock_path))
-        if up_to_date(prep.digest, current_digest(cell.local_ref), force=force):
-            write_stamp(cell, quick, prep.digest)
-            return _unchanged(cell, prep.digest, run_tests=run_tests, progress=progress, junit_dir=junit_dir, t0=t0)
-        if callable(path):
-            path = path()
-        if path.kind != "buildkit":  # the same recipe in the classic builder's syntax (no RUN --mount)
-            classic = render.render_cell(m, cell, buildkit=False).files["Dockerfile"]
-            (prep.context / "Dockerfile").write_text(classic)
-        started = _now()
+    with _owned_context() as workdir:  # reaps the contexts of killed builds
+        log_path = paths.build_log(cell.id)
+        image_id = None
+        tagged = False
+        step_images: list[str] = []
         try:
-            image_id = build_image(path, cell, prep.context, prep.digest, prep.closure, log_path, progress,
-                                   extra_labels=prep.labels, no_cache=no_cache, step_images=step_images,
-                                   epoch=prep.epoch).image_id
-        except ImagegenError as exc:
-            if "install: " in str(exc):  # a wheel that fails to install may be a corrupt cache copy
-                _evict_and_raise(m, cell, exc)
-            raise
-        ACTIVE.add("images", image_id)
-        image_id = _normalized(cell, image_id, prep.epoch, progress)
-        report = coldstart.annotate_prune_report(cell.ref, prune_report_from_log(log_path))
-        tests = None
-        if run_tests:
-            from . import testrun
+            progress.update(cell, "preparing: lock, bases, wheelhouse, closure")
+            prep = prepare(m, cell, workdir, rendered)
+            quick = quick_key(rendered, prep.base_ids, prep.lock_path.read_bytes(), committed_label(cell, prep.lock_path))
+            if up_to_date(prep.digest, current_digest(cell.local_ref), force=force):
+                write_stamp(cell, quick, prep.digest)
+                return _unchanged(cell, prep.digest, run_tests=run_tests, progress=progress, junit_dir=junit_dir, t0=t0)
+            if callable(path):
+                path = path()
+            if path.kind != "buildkit":  # the same recipe in the classic builder's syntax (no RUN --mount)
+                classic = render.render_cell(m, cell, buildkit=False).files["Dockerfile"]
+                (prep.context / "Dockerfile").write_text(classic)
+            started = _now()
+            try:
+                image_id = build_image(path, cell, prep.context, prep.digest, prep.closure, log_path, progress,
+                                       extra_labels=prep.labels, no_cache=no_cache, step_images=step_images,
+                                       epoch=prep.epoch).image_id
+            except ImagegenError as exc:
+                if "install: " in str(exc):  # a wheel that fails to install may be a corrupt cache copy
+                    _evict_and_raise(m, cell, exc)
+                raise
+            ACTIVE.add("images", image_id)
+            image_id = _normalized(cell, image_id, prep.epoch, progress)
+            report = coldstart.annotate_prune_report(cell.ref, prune_report_from_log(log_path))
+            tests = None
+            if run_tests:
+                from . import testrun
 
-            def tests():
-                progress.update(cell, "testing")
-                return testrun.test_image(cell, image_id, inputs_digest=prep.digest, junit_dir=junit_dir)
-        tag_if_tested(cell.ref, cell.local_ref, image_id, tests)
-        tagged = True
-        write_stamp(cell, quick, prep.digest)
-        _record_build(prep, path, image_id, started)
-        size = engine.api().inspect_image(image_id)["Size"]
-        progress.finish(cell, "built")
-        return BuildResult(cell, "built", image_id=image_id, seconds=time.monotonic() - t0, size=size,
-                           log_path=log_path, prune_report=report, closure=prep.closure)
-    except BaseException:
-        if image_id and not tagged:  # interrupted or failed before the tag moved
-            discard_untagged(image_id)
-        raise
-    finally:
-        if not keep_cache and step_images:
-            remove_images(step_images, keep={image_id or ""})
-        for step in step_images:
-            ACTIVE.discard("steps", step)
-        flock.remove_owned_dir(workdir)
-        ACTIVE.discard("workdirs", str(workdir))
+                def tests():
+                    progress.update(cell, "testing")
+                    return testrun.test_image(cell, image_id, inputs_digest=prep.digest, junit_dir=junit_dir)
+            tag_if_tested(cell.ref, cell.local_ref, image_id, tests)
+            tagged = True
+            write_stamp(cell, quick, prep.digest)
+            _record_build(prep, path, image_id, started)
+            size = engine.api().inspect_image(image_id)["Size"]
+            progress.finish(cell, "built")
+            return BuildResult(cell, "built", image_id=image_id, seconds=time.monotonic() - t0, size=size,
+                               log_path=log_path, prune_report=report, closure=prep.closure)
+        except BaseException:
+            if image_id and not tagged:  # interrupted or failed before the tag moved
+                discard_untagged(image_id)
+            raise
+        finally:
+            _drop_steps(step_images, image_id, remove=not keep_cache)
 
 
 def tag_if_tested(ref: str, local_ref: str, image_id: str, tests: Callable[[], Summary] | None) -> None:
@@ -515,6 +508,30 @@ def discard_untagged(image_id: str) -> None:
     ACTIVE.discard("images", image_id)
 
 
+def _drop_steps(step_images: list[str], image_id: str | None, *, remove: bool = True) -> None:
+    """After a build: its step images removed (unless kept as layer cache), never the image itself, and
+    forgotten by the interrupt clean-up."""
+    if remove and step_images:
+        remove_images(step_images, keep={image_id or ""})
+    for step in step_images:
+        ACTIVE.discard("steps", step)
+
+
+@contextlib.contextmanager
+def _owned_context():
+    """A build-context work directory under the cache root, owned by this process (flock) and removed
+    on the way out, whatever happens; an interrupt's clean-up (ACTIVE) knows it meanwhile."""
+    root = paths.cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    workdir = flock.make_owned_dir(root, paths.CONTEXT_PREFIX)
+    ACTIVE.add("workdirs", str(workdir))
+    try:
+        yield workdir
+    finally:
+        flock.remove_owned_dir(workdir)
+        ACTIVE.discard("workdirs", str(workdir))
+
+
 def expected_digest(m: Matrix, cell: Cell) -> str:
     """The inputs digest this checkout builds `cell` from ("sha256:<hex>"): the stamp of the build that
     made it when the quick key (rendered files, base IDs, lock, kernel label) still matches, else a full
@@ -527,15 +544,8 @@ def expected_digest(m: Matrix, cell: Cell) -> str:
                                                  committed_label(cell, lpath)))
         if stamped:
             return stamped
-    root = paths.cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    workdir = flock.make_owned_dir(root, paths.CONTEXT_PREFIX)
-    ACTIVE.add("workdirs", str(workdir))
-    try:
+    with _owned_context() as workdir:
         return prepare(m, cell, workdir, rendered).digest
-    finally:
-        flock.remove_owned_dir(workdir)
-        ACTIVE.discard("workdirs", str(workdir))
 
 
 def test_cells(m: Matrix, cells: list[Cell], **options) -> Summary:
@@ -551,35 +561,27 @@ def rebuild(m: Matrix, cell: Cell, path: BuildPath, progress: Progress) -> tuple
     compares with a published image. Returns (image ID, the prepared inputs); the caller removes the
     image. The build's step images and context are removed here, whatever happens."""
     rendered = render.render_cell(m, cell)
-    root = paths.cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    workdir = flock.make_owned_dir(root, paths.CONTEXT_PREFIX)
-    ACTIVE.add("workdirs", str(workdir))
-    step_images: list[str] = []
-    image_id = None
-    try:
-        prep = prepare(m, cell, workdir, rendered)
-        if path.kind != "buildkit":
-            (prep.context / "Dockerfile").write_text(render.render_cell(m, cell, buildkit=False).files["Dockerfile"])
-        built = build_image(path, cell, prep.context, prep.digest, prep.closure, paths.build_log(f"{cell.id}.verify"),
-                            progress, extra_labels=prep.labels, no_cache=True, step_images=step_images,
-                            epoch=prep.epoch)
-        image_id = built.image_id
-        ACTIVE.add("images", image_id)
-        image_id = _normalized(cell, image_id, prep.epoch, progress)
-        return image_id, prep
-    except BaseException:
-        if image_id:  # untagged only: a rebuild identical to a tagged image is that image
-            remove_images([image_id], keep=set())
-            ACTIVE.discard("images", image_id)
-        raise
-    finally:
-        if step_images:
-            remove_images(step_images, keep={image_id or ""})
-        for step in step_images:
-            ACTIVE.discard("steps", step)
-        flock.remove_owned_dir(workdir)
-        ACTIVE.discard("workdirs", str(workdir))
+    with _owned_context() as workdir:
+        step_images: list[str] = []
+        image_id = None
+        try:
+            prep = prepare(m, cell, workdir, rendered)
+            if path.kind != "buildkit":
+                (prep.context / "Dockerfile").write_text(render.render_cell(m, cell, buildkit=False).files["Dockerfile"])
+            built = build_image(path, cell, prep.context, prep.digest, prep.closure, paths.build_log(f"{cell.id}.verify"),
+                                progress, extra_labels=prep.labels, no_cache=True, step_images=step_images,
+                                epoch=prep.epoch)
+            image_id = built.image_id
+            ACTIVE.add("images", image_id)
+            image_id = _normalized(cell, image_id, prep.epoch, progress)
+            return image_id, prep
+        except BaseException:
+            if image_id:  # untagged only: a rebuild identical to a tagged image is that image
+                remove_images([image_id], keep=set())
+                ACTIVE.discard("images", image_id)
+            raise
+        finally:
+            _drop_steps(step_images, image_id)
 
 
 def _now() -> str:

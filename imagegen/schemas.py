@@ -13,9 +13,11 @@ from pydantic import ConfigDict, TypeAdapter, with_config
 from typing_extensions import TypedDict
 
 from .errors import UserInputError
+from .provenance import BuildRecord
 from .publish import AliasResult
 from .sbomfilter import Dropped
 from .secretscan import Secret
+from .testrecord import TestRecord
 from .trivy import Finding
 from .vulndb import DbInfo
 
@@ -161,14 +163,6 @@ def _of(t: Any) -> Callable[[], dict]:
     return lambda: TypeAdapter(t).json_schema()
 
 
-def _records(module: str, cls: str) -> Callable[[], dict]:
-    def make() -> dict:
-        import importlib
-
-        return TypeAdapter(getattr(importlib.import_module(f"imagegen.{module}"), cls)).json_schema()
-    return make
-
-
 #: name -> (file under the repository, title, generator)
 DOCUMENTS: dict[str, tuple[str, str, Callable[[], dict]]] = {
     "matrix": ("matrix.schema.json", "", _matrix),
@@ -178,9 +172,9 @@ DOCUMENTS: dict[str, tuple[str, str, Callable[[], dict]]] = {
     "scan-report": ("schemas/scan-report.schema.json", "reports/scan-<cell>.json", _of(ScanReport)),
     "kernel-facts": ("schemas/kernel-facts.schema.json", "locks/<cell>.cuda.json (format 2)", _of(KernelFacts)),
     "test-record": ("schemas/test-record.schema.json", "test record (imagegen.test-record/2)",
-                    _records("testrecord", "TestRecord")),
+                    _of(TestRecord)),
     "build-record": ("schemas/build-record.schema.json", "build record (imagegen.build/1)",
-                     _records("provenance", "BuildRecord")),
+                     _of(BuildRecord)),
 }
 
 

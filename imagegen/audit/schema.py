@@ -3,7 +3,7 @@ dictionaries: `analyze` returns an :class:`AuditReport`, and the terminal view, 
 comparison and the gates read it. Sizes are bytes (int); seconds are float.
 
 The JSON Schema published in `schemas/audit.schema.json` is generated from these types
-(`imagegen schema --of audit`), and tests validate real reports against them.
+(`imagegen schema --of audit`, imagegen.schemas), and tests validate real reports against them.
 """
 
 from __future__ import annotations
@@ -225,12 +225,3 @@ class AuditReport(TypedDict):
     symlink_loops: list[SymlinkLoop]
     seconds: NotRequired[float]  # the audit's wall time (added by imagegen.audit.audit)
 
-
-def json_schema() -> dict:
-    """The JSON Schema (draft 2020-12) of :class:`AuditReport`, through pydantic."""
-    from pydantic import TypeAdapter
-
-    schema = TypeAdapter(AuditReport).json_schema()
-    schema["$id"] = "https://github.com/imagegen/imagegen/schemas/audit.schema.json"
-    schema["title"] = "imagegen audit --json (imagegen.audit/1)"
-    return schema

@@ -19,15 +19,13 @@ def _sizes(cells) -> dict:
     from ..errors import EngineError
 
     sizes = {c.ref: (c.budget_size, "budget" if c.budget_size else "") for c in cells}
-    try:
-        api = engine.api()
-    except EngineError:
-        return sizes
     for c in cells:
         try:
-            sizes[c.ref] = (api.inspect_image(c.local_ref)["Size"], "image")
-        except Exception:  # noqa: BLE001 - not built here (or the engine went away): the budget stands
+            sizes[c.ref] = (engine.inspect_image(c.local_ref)["Size"], "image")
+        except UserInputError:  # not built here: its budget stands
             pass
+        except EngineError:  # no engine at hand: budgets only
+            break
     return sizes
 
 

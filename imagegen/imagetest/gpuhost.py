@@ -80,9 +80,16 @@ def compute_capabilities() -> list[int]:
     return out
 
 
-def kernel_path(label: str, cc: int) -> bool:
-    """Does an image whose `io.imagegen.cuda.archs` label is `label` ("sm_61,sm_70,...") have a
-    kernel path on capability `cc`? The label lists the capabilities served; a capability not in
-    imagegen's GPU table is judged by CUDA's SASS rule from the listed ones (same major, not newer)."""
+def serving_arch(label: str, cc: int) -> int | None:
+    """The capability of `label` ("sm_61,sm_70,..." as `io.imagegen.cuda.archs` lists them) whose kernels
+    a GPU of capability `cc` runs: `cc` itself, else by CUDA's SASS rule the newest of its major below it
+    (a capability not in imagegen's GPU table is judged so); None when there is none."""
     archs = [int(a.strip()[3:].rstrip("af")) for a in label.split(",") if a.strip().startswith("sm_")]
-    return cc in archs or any(a // 10 == cc // 10 and a <= cc for a in archs)
+    fits = [a for a in archs if a == cc or (a // 10 == cc // 10 and a <= cc)]
+    return max(fits) if fits else None
+
+
+def kernel_path(label: str, cc: int) -> bool:
+    """Does an image whose `io.imagegen.cuda.archs` label is `label` have a kernel path on capability
+    `cc`? (:func:`serving_arch`)"""
+    return serving_arch(label, cc) is not None

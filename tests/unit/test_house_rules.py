@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pysource import docstring_ids  # tests/support, on sys.path by conftest
 
 pytestmark = pytest.mark.unit
 
@@ -45,14 +46,8 @@ def _modules(pkg: Path) -> dict[str, Path]:
     return {p.relative_to(pkg).with_suffix("").as_posix().replace("/", "."): p for p in sorted(pkg.rglob("*.py"))}
 
 
-def _docstring_ids(tree: ast.AST) -> set[int]:
-    return {id(n.body[0].value) for n in ast.walk(tree)
-            if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and n.body
-            and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
-
-
 def _strings(tree: ast.AST) -> list[ast.Constant]:
-    docs = _docstring_ids(tree)
+    docs = docstring_ids(tree)
     return [n for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs]
 
 

@@ -20,6 +20,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from pysource import docstring_ids  # tests/support, on sys.path by conftest
 
 pytestmark = pytest.mark.unit
 
@@ -148,9 +149,7 @@ def check(root: Path, pkg_name: str = "imagegen") -> list[str]:
                 if _layer(t) > _layer(mod):
                     problems.append(f"upward: {label} ({_LAYER_NAMES[_layer(mod)]}) imports {t or pkg_name} "
                                     f"({_LAYER_NAMES[_layer(t)]})")
-        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
-                      if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and n.body
-                      and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        docstrings = docstring_ids(tree)
         for node in ast.walk(tree):
             if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in bound
                     and node.attr.startswith("_") and not node.attr.startswith("__")
