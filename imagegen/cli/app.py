@@ -31,6 +31,13 @@ MatrixOpt = Annotated[
     typer.Option("--matrix", "-m", envvar=settings.MATRIX.name, help="The matrix file.", show_default=True,
                  callback=userpaths.input_file),
 ]
+#: for commands that read the matrix only in some of their forms (audit --trace, verify's rebuild): the
+#: file is checked when it is read, so `audit IMAGE` and `verify REF --key` work outside a checkout
+LaterMatrixOpt = Annotated[
+    Path,
+    typer.Option("--matrix", "-m", envvar=settings.MATRIX.name, help="The matrix file (read only by the forms "
+                 "that need it).", show_default=True, callback=userpaths.input_file_if_named),
+]
 VariantOpt = Annotated[
     Optional[list[str]],
     typer.Option("--variant", "-v", help="A short selector (gpu-cuda11.8-slim), a full tag "

@@ -15,7 +15,7 @@ from ..console import err, out
 from ..errors import GateFailed, UserInputError
 from ..units import parse_size
 from . import userpaths
-from .app import MatrixOpt, app, load_matrix
+from .app import LaterMatrixOpt, app, load_matrix
 
 if TYPE_CHECKING:
     from ..audit.schema import AuditReport
@@ -58,7 +58,7 @@ def _log(msg: str) -> None:
 
 @app.command("audit")
 def audit_command(
-    image: Annotated[Optional[str], typer.Argument(help="Local image (name:tag or id). With --trace-image: the "
+    image: Annotated[Optional[str], typer.Argument(help="A local image (name:tag or id); with --attestations, an image in its registry (HOST/REPO:TAG). With --trace-image: the "
                                                    "command to run, after `--`.")] = None,
     command: Annotated[Optional[list[str]], typer.Argument(help="With --trace-image: the command's arguments.",
                                                            show_default=False)] = None,
@@ -87,7 +87,7 @@ def audit_command(
     attestations: Annotated[bool, typer.Option("--attestations", help="List the SBOM and provenance attached to "
                                                "IMAGE in its registry (host/repo:tag); exit 1 when there are "
                                                "none.")] = False,
-    matrix: MatrixOpt = Path("matrix.yaml"),
+    matrix: LaterMatrixOpt = Path("matrix.yaml"),
 ) -> None:
     """Where every byte of an image goes: layers, categories, packages, waste, suggestions."""
     from ..audit import audit

@@ -152,6 +152,15 @@ input_file = _named(check_input_file)
 input_files_or_dirs = _named(check_input_files_or_dirs)
 
 
+def input_file_if_named(ctx: typer.Context, param: typer.CallbackParam, value):
+    """`input_file` for an option whose default file the command reads only in some of its forms (the
+    matrix of `audit` and `verify`): checked when the user names it (flag or environment), else when read."""
+    source = ctx.get_parameter_source(param.name) if param.name else None
+    if source is not None and source.name == "DEFAULT":
+        return value
+    return input_file(param, value)
+
+
 #: kind of each callback, for the CLI-wide test: "out" options get an unwritable path, "in" a missing one
 CHECKS = {output_file: "out", output_dir: "out", output_file_or_dir: "out", input_file: "in",
-          input_files_or_dirs: "in"}
+          input_files_or_dirs: "in", input_file_if_named: "in"}

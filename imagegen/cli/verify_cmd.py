@@ -10,14 +10,14 @@ import typer
 
 from ..console import err, out
 from . import userpaths
-from .app import JsonOpt, MatrixOpt, app, load_matrix
+from .app import JsonOpt, LaterMatrixOpt, app, load_matrix
 
 
 @app.command("verify")
 def verify_command(
     ref: Annotated[str, typer.Argument(help="A local image imagegen built (tag or ID); with --key, an image "
                                             "in its registry (HOST/REPO:TAG or @DIGEST).")],
-    matrix: MatrixOpt = Path("matrix.yaml"),
+    matrix: LaterMatrixOpt = Path("matrix.yaml"),
     builder: Annotated[Optional[str], typer.Option("--builder", help="The buildx builder for the rebuild "
                                                    "(default: as `imagegen build` chooses).")] = None,
     keep: Annotated[bool, typer.Option("--keep", help="Keep the rebuilt image (untagged) for inspection.")] = False,

@@ -137,6 +137,14 @@ def _cli(*args, env=None):
                           text=True, env={**os.environ, **(env or {})}, timeout=600)
 
 
+def test_audit_of_any_image_needs_no_matrix(loaded, tmp_path):
+    """`audit IMAGE` outside a checkout (no matrix.yaml in sight): the matrix is read only by --trace."""
+    r = subprocess.run([sys.executable, "-m", "imagegen", "audit", loaded[0], "--no-compressed", "--json"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                       env={k: v for k, v in os.environ.items() if k != "IMAGEGEN_MATRIX"})
+    assert r.returncode == 0 and json.loads(r.stdout)["image"] == loaded[0], r.stderr
+
+
 def test_bad_input_one_line_errors(loaded):
     r = _cli("imagegen-test/does-not-exist:nope")
     assert r.returncode == 2 and r.stderr.startswith("error: no image imagegen-test/does-not-exist:nope in the "
